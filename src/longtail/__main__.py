@@ -1,0 +1,3 @@
+from longtail.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The ``longtail`` command line: run, rebalance, config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from longtail import __version__
+from longtail.errors import LongtailError
+
+OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
+                  "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
+                  "(see 'longtail config --keys' for every key)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longtail",
+        description="Long-tailed recognition by decoupling representation and classifier: "
+                    "train features with plain sampling (stage 1), then re-balance only the "
+                    "classifier (cRT, NCM, tau-norm, LWS) and report Many/Medium/Few-shot "
+                    "accuracy.",
+        epilog="Example: longtail run configs/fmnist_lt.yaml stage1.epochs=5 --out runs/quick")
+    parser.add_argument("--version", action="version", version=f"longtail {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run", help="stage 1, features, every stage-2 method, evaluation and report",
+        description="Train stage 1, extract features once, fit every stage-2 method in "
+                    "stage2.methods on them, evaluate on the test split, print a table and "
+                    "write the run directory (config.yaml, metrics.json, per_class.csv, "
+                    "report.md, plots/, stage1/last.pt, features/, stage2/).")
+    run.add_argument("config", metavar="CONFIG",
+                     help="YAML config file, e.g. configs/fmnist_lt.yaml")
+    run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    run.add_argument("--out", metavar="DIR", type=Path,
+                     help="run directory (default: runs/<config name>-<timestamp>)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="allow --out to name a folder that already holds files")
+    run.add_argument("--debug", action="store_true",
+                     help="show the full traceback of errors instead of one line")
+
+    rebalance = sub.add_parser(
+        "rebalance", help="re-run stage 2 and the report of a finished run, from its features",
+        description="Fit the stage-2 methods again on RUN_DIR's cached features and stage-1 "
+                    "classifier (no image is read, the backbone does not run), then rewrite "
+                    "metrics.json and the report. Overrides may change stage2.*, eval.* and "
+                    "device keys, e.g. stage2.crt.epochs=30 stage2.lws.scale_bias=true.")
+    rebalance.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run's folder")
+    rebalance.add_argument("overrides", metavar="KEY=VALUE", nargs="*",
+                           help="stage2.*, eval.* or device overrides")
+    rebalance.add_argument("--debug", action="store_true",
+                           help="show the full traceback of errors instead of one line")
+
+    config = sub.add_parser(
+        "config", help="print the fully resolved config, or the reference of every key",
+        description="Print CONFIG with overrides applied and defaults filled in, as the run "
+                    "would use it; or, with --keys, a table of every key, its type, default "
+                    "and meaning.")
+    config.add_argument("config", metavar="CONFIG", nargs="?", help="YAML config file")
+    config.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    config.add_argument("--keys", action="store_true", help="print the key reference (Markdown)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args, argv)
+    except LongtailError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"longtail: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longtail: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    from longtail.config import config_reference, dump_config, load_config
+
+    if args.command == "config":
+        if args.keys:
+            print(config_reference(), end="")
+        else:
+            print(dump_config(load_config(args.config, args.overrides)), end="")
+        return 0
+    if args.command == "run":
+        cfg = load_config(args.config, args.overrides)
+        from longtail.pipeline import run
+
+        run(cfg, config_name=Path(args.config).stem, out=args.out, overwrite=args.overwrite,
+            argv=argv)
+        return 0
+    if args.command == "rebalance":
+        from longtail.pipeline import rebalance_run
+
+        rebalance_run(args.run_dir, args.overrides)
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,399 @@
+"""Typed configuration: YAML files plus dotted ``KEY=VALUE`` overrides.
+
+Every key lives in one of the dataclasses below, with its type, default and a one-line help
+text. Loading rejects unknown keys (with close matches) and values of the wrong type before
+any work starts. ``docs/config.md`` is generated from these classes (``longtail config --keys``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from longtail.errors import LongtailError
+
+Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws"]
+STAGE2_METHODS: tuple[str, ...] = typing.get_args(Stage2Method)
+
+
+class ConfigError(LongtailError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["fmnist_lt", "list"] = _opt(
+        "fmnist_lt", "dataset reader: fmnist_lt (Fashion-MNIST IDX files) or list (split lists)"
+    )
+    root: str | None = _opt(
+        None, "dataset folder; fmnist_lt default /usr/share/datasets/fashion-mnist"
+    )
+    train: str | None = _opt(None, "list kind: train list file, 'relative/path label' per line")
+    val: str | None = _opt(None, "list kind: validation list file (balanced; used to choose tau)")
+    test: str | None = _opt(None, "list kind: test list file")
+    n_max: int = _opt(1280, "fmnist_lt: training images of the largest class")
+    n_min: int = _opt(5, "fmnist_lt: training images of the smallest class")
+    val_per_class: int = _opt(20, "fmnist_lt: balanced val images per class, from unused train")
+    split_seed: int | None = _opt(None, "seed of the long-tailed split; null: the run's seed")
+    download: bool = _opt(False, "fmnist_lt: download the IDX files into root when missing")
+    image_size: int | None = _opt(
+        None, "input side; null: 28 for fmnist_lt, else the first image's if < 64, else 224"
+    )
+    in_memory: bool | Literal["auto"] = _opt(
+        "auto", "decode images once and keep them as tensors (auto: when under 2 GiB)"
+    )
+    num_workers: int | None = _opt(None, "DataLoader workers; null: 0 in memory, else min(8, cpus)")
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["resnet10", "resnet18", "resnet50", "resnext50_32x4d"] = _opt(
+        "resnet10", "backbone: resnet10, resnet18, resnet50 or resnext50_32x4d"
+    )
+    width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale)")
+    in_channels: int | None = _opt(None, "image channels; null: 1 for fmnist_lt, 3 otherwise")
+    small_stem: bool | None = _opt(
+        None, "3x3 stride-1 stem without max-pool; null: when image_size < 64"
+    )
+
+
+@dataclass
+class Stage1Config:
+    epochs: int = _opt(90, "epochs of joint training")
+    batch_size: int = _opt(512, "images per step")
+    lr: float = _opt(0.2, "initial learning rate of SGD")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    sampler: str | float = _opt(
+        "instance", "instance, class, sqrt, progressive, class_aware, or q in [0, 1]"
+    )
+    samples_per_class: int = _opt(4, "class_aware sampler: consecutive images per class")
+    amp: bool = _opt(True, "bfloat16 autocast on CUDA (ignored on other devices)")
+    lr_schedule: Literal["cosine", "cosine_epoch"] = _opt(
+        "cosine",
+        "cosine: per step down to 0; cosine_epoch: the authors' per-epoch steps, last epoch lr 0",
+    )
+
+
+@dataclass
+class CRTConfig:
+    epochs: int = _opt(10, "epochs of classifier re-training on cached features")
+    lr: float = _opt(0.2, "initial learning rate (cosine to 0)")
+    weight_decay: float = _opt(5e-4, "weight decay of the new classifier")
+    sampler: str | float = _opt("class", "sampler over training features (see stage1.sampler)")
+
+
+@dataclass
+class LWSConfig:
+    epochs: int = _opt(5, "epochs of learnable weight scaling")
+    lr: float = _opt(0.2, "initial learning rate (cosine to 0)")
+    weight_decay: float = _opt(0.0, "weight decay on the scales (the authors' code: 5e-4)")
+    scale_bias: bool = _opt(False, "scale the bias too, as the authors' code does")
+    sampler: str | float = _opt("class", "sampler over training features (see stage1.sampler)")
+
+
+@dataclass
+class TauNormConfig:
+    tau: float | None = _opt(None, "fixed tau; null: choose on the val split from the grid")
+    grid_max: float = _opt(2.0, "largest tau of the grid 0..grid_max")
+    grid_step: float = _opt(0.05, "step of the tau grid")
+
+
+@dataclass
+class NCMConfig:
+    center: bool = _opt(False, "subtract the mean training feature first (the authors' default)")
+
+
+@dataclass
+class Stage2Config:
+    methods: list[Stage2Method] = _opt(
+        list(STAGE2_METHODS), "re-balancing methods to run, in this order"
+    )
+    batch_size: int = _opt(512, "features per step for crt and lws")
+    momentum: float = _opt(0.9, "SGD momentum for crt and lws")
+    crt: CRTConfig = field(default_factory=CRTConfig)
+    lws: LWSConfig = field(default_factory=LWSConfig)
+    tau_norm: TauNormConfig = field(default_factory=TauNormConfig)
+    ncm: NCMConfig = field(default_factory=NCMConfig)
+
+
+@dataclass
+class EvalConfig:
+    many_threshold: int = _opt(100, "Many-shot: classes with more training images than this")
+    few_threshold: int = _opt(20, "Few-shot: classes with fewer training images than this")
+    batch_size: int = _opt(512, "images per step when extracting features")
+
+
+@dataclass
+class Config:
+    seed: int = _opt(0, "seed of every random choice (split, init, sampling, augmentation)")
+    device: str = _opt("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Return the config of YAML file ``path`` (or the defaults) with ``KEY=VALUE`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys, found {type(loaded).__name__}")
+        raw = loaded or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
+        _set_dotted(raw, key.strip(), _parse_value(value))
+    cfg = _build(Config, raw, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Return a validated Config from a nested dict (as written to a run's config.yaml)."""
+    cfg = _build(Config, raw, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """Return the fully resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Return every dotted key of the config, sections excluded."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _all_names(cls: type = Config, prefix: str = "") -> list[str]:
+    names = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        names.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            names += _all_names(hints[f.name], prefix + f.name + ".")
+    return names
+
+
+def _unknown_key(key: str) -> ConfigError:
+    names = _all_names()
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    close += [n for n in names if n.rsplit(".", 1)[-1] == leaf and n not in close]
+    hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+    return ConfigError(f"unknown config key {key}{hint}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config key {prefix.rstrip('.')}: expected a section (mapping), "
+            f"found {type(raw).__name__} {raw!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown_key(prefix + str(key))
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], prefix + f.name + ".")
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, prefix + f.name)
+    return cls(**kwargs)
+
+
+def type_name(tp: Any) -> str:
+    """Return a readable name of a config type, e.g. 'int or null'."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    try:
+        return _coerce_inner(value, tp)
+    except _Mismatch:
+        found = "null" if value is None else f"{type(value).__name__} {value!r}"
+        raise ConfigError(f"config key {key}: expected {type_name(tp)}, found {found}") from None
+
+
+def _coerce_inner(value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce_inner(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch
+        return [_coerce_inner(v, typing.get_args(tp)[0]) for v in value]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _check_semantics(cfg: Config) -> None:
+    from longtail.data.samplers import parse_sampler_spec  # config -> data, never back
+
+    def need(cond: bool, key: str, expected: str, found: Any) -> None:
+        if not cond:
+            raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
+
+    need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
+         f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
+         cfg.eval.few_threshold)
+    need(cfg.data.n_max >= cfg.data.n_min >= 1, "data.n_min", "1 <= n_min <= n_max",
+         cfg.data.n_min)
+    need(cfg.data.val_per_class >= 0, "data.val_per_class", "an int >= 0",
+         cfg.data.val_per_class)
+    need(cfg.stage1.epochs >= 0, "stage1.epochs", "an int >= 0", cfg.stage1.epochs)
+    for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
+                "stage1.samples_per_class", "model.width"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(value >= 1, key, "an int >= 1", value)
+    for key in ("stage2.crt.epochs", "stage2.lws.epochs"):
+        value = getattr(cfg.stage2, key.split(".")[1]).epochs
+        need(value >= 0, key, "an int >= 0", value)
+    need(cfg.stage2.tau_norm.grid_step > 0, "stage2.tau_norm.grid_step", "> 0",
+         cfg.stage2.tau_norm.grid_step)
+    need(len(set(cfg.stage2.methods)) == len(cfg.stage2.methods), "stage2.methods",
+         "each method at most once", cfg.stage2.methods)
+    for key, spec in (("stage1.sampler", cfg.stage1.sampler),
+                      ("stage2.crt.sampler", cfg.stage2.crt.sampler),
+                      ("stage2.lws.sampler", cfg.stage2.lws.sampler)):
+        try:
+            parse_sampler_spec(spec)
+        except ValueError as e:
+            raise ConfigError(f"config key {key}: {e}") from None
+    if cfg.data.kind == "list":
+        for key in ("train", "test"):
+            need(getattr(cfg.data, key) is not None, f"data.{key}",
+                 "a list file (data.kind is list)", None)
+        need(cfg.data.root is not None, "data.root", "the folder of the images", None)
+    has_val = cfg.data.val is not None if cfg.data.kind == "list" else cfg.data.val_per_class > 0
+    if "tau_norm" in cfg.stage2.methods and cfg.stage2.tau_norm.tau is None and not has_val:
+        raise ConfigError("config key stage2.tau_norm.tau: null chooses tau on the val split, "
+                          "but there is none; set data.val (or data.val_per_class > 0) or a "
+                          "fixed tau")
+
+
+def config_reference() -> str:
+    """Return a Markdown table of every config key: type, default and help."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], value, prefix + f.name + ".")
+                continue
+            default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+            lines.append(f"| `{prefix}{f.name}` | {type_name(hints[f.name])} | "
+                         f"`{default.strip()}` | {f.metadata.get('help', '')} |")
+
+    walk(Config, Config(), "")
+    return "\n".join(lines) + "\n"

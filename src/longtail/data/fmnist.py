@@ -1,0 +1,112 @@
+"""Fashion-MNIST-LT: Fashion-MNIST's IDX files made long-tailed by an exponential profile."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longtail.data.profiles import exponential_profile
+from longtail.errors import LongtailError
+
+DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]
+MEAN, STD = (0.2860,), (0.3530,)
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Return the array stored in an IDX file (optionally gzip-compressed)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise LongtailError(f"{path}: cannot read IDX file ({e})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise LongtailError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise LongtailError(f"{path}: expected {expected} bytes for shape {shape}, "
+                            f"found {len(data)} (truncated download?)")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def find_files(root: Path) -> dict[str, Path] | None:
+    """Return the four IDX files under ``root`` (plain or .gz; also torchvision's layout)."""
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        found = {}
+        for key, name in FILES.items():
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        if len(found) == len(FILES):
+            return found
+    return None
+
+
+def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np.ndarray]:
+    """Return train/test images (N, 28, 28) uint8 and labels (N,) from the IDX files in root."""
+    root = Path(root)
+    files = find_files(root)
+    if files is None and download:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+        except Exception as e:  # network errors come in many types
+            raise LongtailError(f"downloading Fashion-MNIST into {root} failed: {e}") from None
+        files = find_files(root)
+    if files is None:
+        names = ", ".join(f"{n}[.gz]" for n in FILES.values())
+        raise LongtailError(
+            f"Fashion-MNIST not found in {root}: expected {names}. On Debian/Ubuntu run "
+            f"'apt-get install dataset-fashion-mnist' (puts them in {DEFAULT_ROOT}); elsewhere "
+            f"copy the four IDX files into data.root, or set data.download=true where the "
+            f"network allows it."
+        )
+    return {key: read_idx(path) for key, path in files.items()}
+
+
+def make_long_tailed_split(
+    labels: np.ndarray, n_max: int, n_min: int, val_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Return (train indices, val indices, class order) of a long-tailed split of ``labels``.
+
+    The class at position i of a seeded random class order keeps
+    ``round(n_max * (n_min/n_max)^(i/(C-1)))`` images, chosen at random; ``val_per_class``
+    further unused images of every class form a balanced val split.
+    """
+    rng = np.random.default_rng(seed)
+    num_classes = int(labels.max()) + 1
+    order = rng.permutation(num_classes)
+    profile = exponential_profile(num_classes, n_max, n_min)
+    train, val = [], []
+    for rank, c in enumerate(order):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n = profile[rank]
+        if n + val_per_class > len(members):
+            raise LongtailError(f"class {c} has {len(members)} images, fewer than n={n} "
+                                f"plus val_per_class={val_per_class}")
+        train.append(members[:n])
+        val.append(members[n : n + val_per_class])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val)), order.tolist()
+
+
+def to_tensor_images(images: np.ndarray) -> torch.Tensor:
+    """Return (N, 1, H, W) uint8 tensors from (N, H, W) arrays."""
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1)

@@ -1,0 +1,246 @@
+"""The sampler family of the paper, in one place.
+
+Class j is drawn with probability ``p_j = n_j^q / sum_i n_i^q``, then a uniformly random image
+of that class:
+
+- ``instance`` (q=1): a plain shuffle of the training set, no replacement;
+- ``class`` (q=0): every class equally likely;
+- ``sqrt`` (q=1/2);
+- a number: any q in [0, 1];
+- ``progressive``: ``p_j(t) = (1 - t/T) p_j^IB + (t/T) p_j^CB`` with t the 0-based epoch and T
+  the number of epochs, so epoch 0 is instance-balanced and epoch T-1 is ``1/T`` short of
+  class-balanced (the paper's formula, not stretched to reach q=0 exactly);
+- ``class_aware``: the authors' variant: classes come from a shuffled list of all classes,
+  reshuffled each time it is used up, and each pick yields ``samples_per_class`` consecutive
+  images of the class from its own shuffled list, reshuffled each time it is used up.
+
+Every sampler is deterministic in (seed, epoch) through its own ``torch.Generator``; nothing
+touches Python's, NumPy's or torch's global RNG. An epoch has ``num_samples`` draws (default:
+the training set size). With ``num_replicas`` processes, one global stream of
+``ceil(num_samples / R) * R`` draws is cut as ``stream[rank::R]``, so ranks get disjoint,
+equal-length shards whose union has the class mix of a single process. A draw costs O(1):
+per-class index arrays are computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+SAMPLER_PRESETS = {"instance": 1.0, "class": 0.0, "sqrt": 0.5}
+SAMPLER_NAMES = (*SAMPLER_PRESETS, "progressive", "class_aware")
+
+
+def parse_sampler_spec(spec: str | float) -> str | float:
+    """Return a checked sampler spec: a preset or special name, or q as a float in [0, 1].
+
+    Raises ValueError with a readable message otherwise.
+    """
+    if isinstance(spec, bool):
+        raise ValueError(f"expected one of {', '.join(SAMPLER_NAMES)} or q in [0, 1], found {spec}")
+    if isinstance(spec, (int, float)):
+        if not 0.0 <= float(spec) <= 1.0:
+            raise ValueError(f"expected q in [0, 1], found {spec}")
+        return float(spec)
+    if spec in SAMPLER_NAMES:
+        return spec
+    try:
+        return parse_sampler_spec(float(spec))
+    except ValueError:
+        pass
+    raise ValueError(f"expected one of {', '.join(SAMPLER_NAMES)} or q in [0, 1], found {spec!r}")
+
+
+def class_probabilities(class_counts: torch.Tensor | Sequence[int], q: float) -> torch.Tensor:
+    """Return ``n_j^q / sum_i n_i^q`` (float64); classes with no images get probability 0."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    weights = torch.where(counts > 0, counts.clamp(min=1) ** q, torch.zeros_like(counts))
+    return weights / weights.sum()
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    # SeedSequence mixes (seed, epoch) so that (0, 1) and (1, 0) give unrelated streams.
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    if num_replicas is None or rank is None:
+        dist = torch.distributed
+        initialised = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if initialised else 1
+        if rank is None:
+            rank = dist.get_rank() if initialised else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+    return num_replicas, rank
+
+
+class LongTailSampler(Sampler[int]):
+    """Base of the family: per-class index arrays, seeding, epochs and sharding.
+
+    Subclasses implement ``_stream(generator, size)``: ``size`` dataset indices, the global
+    stream of one epoch.
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor | Sequence[int],
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise ValueError("labels must be a non-empty 1-d sequence")
+        self.labels = labels
+        self.class_counts = torch.bincount(labels)
+        # Dataset indices grouped by class: class j owns sorted_indices[offsets[j]:offsets[j+1]].
+        self.sorted_indices = torch.argsort(labels, stable=True)
+        self.offsets = torch.cumsum(self.class_counts, 0) - self.class_counts
+        self.num_samples = len(labels) if num_samples is None else int(num_samples)
+        self.seed = seed
+        self.epoch = 0
+        self.num_replicas, self.rank = _distributed_defaults(num_replicas, rank)
+        self.total_size = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose stream the next iteration yields."""
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        """Return this rank's dataset indices for the current epoch (LongTensor)."""
+        stream = self._stream(_generator(self.seed, self.epoch), self.total_size)
+        return stream[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.total_size // self.num_replicas
+
+    def _draw_in_classes(self, classes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Return one uniformly random dataset index of each class in ``classes``."""
+        within = (torch.rand(len(classes), generator=g, dtype=torch.float64)
+                  * self.class_counts[classes]).long()
+        return self.sorted_indices[self.offsets[classes] + within]
+
+    def _stream(self, g: torch.Generator, size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PowerSampler(LongTailSampler):
+    """Class j with probability ``n_j^q / sum n_i^q``, then a uniform image of it.
+
+    q=1 is a plain shuffle without replacement (repeated if more draws than images are asked).
+    """
+
+    def __init__(self, labels: torch.Tensor | Sequence[int], q: float, **kwargs) -> None:
+        super().__init__(labels, **kwargs)
+        self.q = float(q)
+
+    def class_probabilities(self) -> torch.Tensor:
+        return class_probabilities(self.class_counts, self.q)
+
+    def _stream(self, g: torch.Generator, size: int) -> torch.Tensor:
+        if self.q == 1.0:
+            n = len(self.labels)
+            perms = [torch.randperm(n, generator=g) for _ in range(math.ceil(size / n))]
+            return torch.cat(perms)[:size]
+        classes = torch.multinomial(self.class_probabilities().float(), size,
+                                    replacement=True, generator=g)
+        return self._draw_in_classes(classes, g)
+
+
+class ProgressiveSampler(LongTailSampler):
+    """Progressively-balanced: instance-balanced at epoch 0, moving linearly toward class-balanced.
+
+    ``p_j(t) = (1 - t/T) n_j / N + (t/T) / C`` with t the 0-based epoch, T = ``total_epochs``.
+    """
+
+    def __init__(self, labels: torch.Tensor | Sequence[int], total_epochs: int, **kwargs) -> None:
+        super().__init__(labels, **kwargs)
+        if total_epochs < 1:
+            raise ValueError(f"progressive sampling needs total_epochs >= 1, found {total_epochs}")
+        self.total_epochs = total_epochs
+
+    def class_probabilities(self) -> torch.Tensor:
+        t = min(self.epoch, self.total_epochs) / self.total_epochs
+        return ((1 - t) * class_probabilities(self.class_counts, 1.0)
+                + t * class_probabilities(self.class_counts, 0.0))
+
+    def _stream(self, g: torch.Generator, size: int) -> torch.Tensor:
+        classes = torch.multinomial(self.class_probabilities().float(), size,
+                                    replacement=True, generator=g)
+        return self._draw_in_classes(classes, g)
+
+
+class ClassAwareSampler(LongTailSampler):
+    """The authors' class-aware sampling: runs of k images of one class, classes cycled.
+
+    Classes come from a shuffled list of the non-empty classes, reshuffled at each wrap-around,
+    so every class is picked equally often; each pick takes the next ``samples_per_class``
+    images from the class's own shuffled list, reshuffled at each wrap-around.
+    """
+
+    def __init__(self, labels: torch.Tensor | Sequence[int], samples_per_class: int = 4,
+                 **kwargs) -> None:
+        super().__init__(labels, **kwargs)
+        if samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be >= 1, found {samples_per_class}")
+        self.samples_per_class = samples_per_class
+
+    def class_probabilities(self) -> torch.Tensor:
+        return class_probabilities(self.class_counts, 0.0)
+
+    def _stream(self, g: torch.Generator, size: int) -> torch.Tensor:
+        k = self.samples_per_class
+        present = torch.nonzero(self.class_counts > 0).flatten()
+        picks = math.ceil(size / k)
+        cycles = math.ceil(picks / len(present))
+        classes = torch.cat([present[torch.randperm(len(present), generator=g)]
+                             for _ in range(cycles)])[:picks]
+        # Each class needs picks_c * k images from its reshuffled cycle; build them per class
+        # (a loop over classes, not over draws) and scatter them back to the picks' slots.
+        picks_per_class = torch.bincount(classes, minlength=len(self.class_counts))
+        order = torch.argsort(classes, stable=True)
+        chunks = []
+        for c in torch.nonzero(picks_per_class).flatten().tolist():
+            n_c = int(self.class_counts[c])
+            need = int(picks_per_class[c]) * k
+            start = int(self.offsets[c])
+            members = self.sorted_indices[start : start + n_c]
+            cycle = torch.cat([members[torch.randperm(n_c, generator=g)]
+                               for _ in range(math.ceil(need / n_c))])
+            chunks.append(cycle[:need].view(-1, k))
+        runs = torch.empty(picks, k, dtype=torch.long)
+        runs[order] = torch.cat(chunks)
+        return runs.flatten()[:size]
+
+
+def build_sampler(
+    spec: str | float,
+    labels: torch.Tensor | Sequence[int],
+    *,
+    seed: int = 0,
+    total_epochs: int = 1,
+    samples_per_class: int = 4,
+    num_samples: int | None = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+) -> LongTailSampler:
+    """Return the sampler named by ``spec`` (see the module docstring) over ``labels``."""
+    spec = parse_sampler_spec(spec)
+    common = dict(seed=seed, num_samples=num_samples, num_replicas=num_replicas, rank=rank)
+    if spec == "progressive":
+        return ProgressiveSampler(labels, total_epochs=total_epochs, **common)
+    if spec == "class_aware":
+        return ClassAwareSampler(labels, samples_per_class=samples_per_class, **common)
+    q = SAMPLER_PRESETS[spec] if isinstance(spec, str) else spec
+    return PowerSampler(labels, q=q, **common)

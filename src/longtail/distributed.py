@@ -1,0 +1,105 @@
+"""torchrun's environment in one place: process group, device, rank helpers and gathers.
+
+A plain ``longtail run`` is one process; under ``torchrun --nproc-per-node N -m longtail run``
+each process trains on its shard of the sampler's stream (DistributedDataParallel), and only
+rank 0 writes files and prints tables.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from longtail.errors import LongtailError
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True in the process that writes files and prints (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def select_device(preference: str) -> torch.device:
+    """Return the device named by config key ``device`` (auto: cuda, then mps, then cpu).
+
+    Under torchrun, ``cuda`` and ``auto`` mean this process's GPU (LOCAL_RANK).
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise LongtailError(f"config key device: expected auto, cpu, cuda, cuda:N or mps, "
+                            f"found {preference!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LongtailError("config key device: cuda was asked for but no GPU is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise LongtailError("config key device: mps was asked for but is not available")
+    return device
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on GPUs, Gloo on CPUs)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Return the sum of ``values`` over all processes (the tensor itself in one process)."""
+    if world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Return every process's ``rows`` concatenated in rank order (shards may differ in length)."""
+    if world_size() == 1:
+        return rows
+    sizes = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(rows)], device=rows.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[: len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def broadcast_object(obj: object) -> object:
+    """Return rank 0's ``obj`` in every process."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,240 @@
+"""``longtail run``: config -> data -> model -> stage 1 -> features -> stage 2 -> metrics -> report.
+
+``longtail rebalance RUN_DIR`` re-runs only stage 2 and the report from a finished run's cached
+features and stage-1 classifier: no image is read and the backbone never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longtail import __version__, distributed
+from longtail.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+from longtail.config import Config, dump_config, load_config
+from longtail.data import LongTailData, build_data, shot_groups
+from longtail.errors import LongtailError
+from longtail.metrics import evaluate
+from longtail.models import build_model
+from longtail.report import format_table, write_report
+from longtail.scalars import ScalarLog
+from longtail.stages.features import FeatureSet, extract_features, load_features
+from longtail.stages.joint import train_joint
+from longtail.stages.rebalance import build_rebalancer
+
+
+@dataclass
+class DatasetInfo:
+    """What stage 2 and the report need to know of the dataset (saved as dataset.json)."""
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    train_counts: list[int]
+
+
+def default_run_dir(config_name: str) -> Path:
+    """Return ``runs/<config name>-<timestamp>``."""
+    return Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create ``run_dir``; refuse a folder that already holds files unless ``overwrite``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LongtailError(f"--out {run_dir}: exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
+                            f"to replace its results, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bool = False,
+        argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the whole method as configured; return metrics.json's content (rank 0) or {}."""
+    device = distributed.select_device(cfg.device)
+    distributed.init_distributed(device)
+    try:
+        run_dir = None
+        if distributed.is_main():
+            run_dir = out or default_run_dir(config_name)
+            prepare_run_dir(run_dir, overwrite)
+        run_dir = Path(distributed.broadcast_object(run_dir))
+        return _run(cfg, run_dir, device, argv or [])
+    finally:
+        distributed.shutdown()
+
+
+def _say(text: str) -> None:
+    if distributed.is_main():
+        print(text, flush=True)
+
+
+def _run(cfg: Config, run_dir: Path, device: torch.device, argv: list[str]) -> dict[str, Any]:
+    main = distributed.is_main()
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        atomic_write_json(run_dir / "manifest.json", _manifest(cfg, device, argv))
+    _say(f"longtail {__version__}: run directory {run_dir}, device {device}, "
+         f"{distributed.world_size()} process(es)")
+
+    data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+    info = DatasetInfo(data.name, data.num_classes, data.class_names, data.train_counts)
+    if main:
+        atomic_write_json(run_dir / "dataset.json", asdict(info))
+    _say(dataset_summary(data, cfg.eval.many_threshold, cfg.eval.few_threshold))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, data.num_classes, data.channels, data.image_size,
+                        width=cfg.model.width, small_stem=cfg.model.small_stem)
+    log = ScalarLog(run_dir / "logs", enabled=main)
+    start = time.perf_counter()
+    _say(f"\nstage 1: {cfg.model.name} (width {cfg.model.width}, "
+         f"{model.backbone.feature_dim}-d features), {cfg.stage1.epochs} epochs, "
+         f"sampler {cfg.stage1.sampler}, batch {cfg.stage1.batch_size}, lr {cfg.stage1.lr}")
+    train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
+                num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
+                checkpoint_path=run_dir / "stage1" / "last.pt", log=log)
+    _say(f"stage 1 done in {time.perf_counter() - start:.0f} s")
+
+    start = time.perf_counter()
+    features = extract_features(model, data, device=device, batch_size=cfg.eval.batch_size,
+                                num_workers=data.num_workers, out_dir=run_dir / "features")
+    _say(f"features extracted once in {time.perf_counter() - start:.0f} s: "
+         + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in features.items()))
+    metrics: dict[str, Any] = {}
+    if main:
+        metrics = rebalance_and_report(cfg, info, model.fc.weight.detach().cpu(),
+                                       model.fc.bias.detach().cpu(), features, run_dir, device,
+                                       log)
+    log.close()
+    distributed.barrier()
+    return metrics
+
+
+def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Re-run stage 2 and the report of a finished run from its cached features.
+
+    ``overrides`` may change ``stage2.*`` and ``eval.*`` keys; the rest is the run's own.
+    """
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise LongtailError(f"{run_dir}: not a run directory (no config.yaml)")
+    for key in overrides:
+        if not key.split("=", 1)[0].startswith(("stage2.", "eval.", "device")):
+            raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
+                                f"device keys; start a new run for the others")
+    cfg = load_config(config_path, overrides)
+    info = DatasetInfo(**json.loads((run_dir / "dataset.json").read_text()))
+    state = load_checkpoint(run_dir / "stage1" / "last.pt")["model"]
+    features = load_features(run_dir / "features")
+    if "train" not in features or "test" not in features:
+        raise LongtailError(f"{run_dir}/features: expected train.pt and test.pt")
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    device = distributed.select_device(cfg.device)
+    log = ScalarLog(run_dir / "logs")
+    try:
+        return rebalance_and_report(cfg, info, state["fc.weight"], state["fc.bias"], features,
+                                    run_dir, device, log)
+    finally:
+        log.close()
+
+
+def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
+                         bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
+                         device: torch.device, log: ScalarLog) -> dict[str, Any]:
+    """Fit every stage-2 method on ``features``, evaluate on test, write metrics and report."""
+    train, val, test = features["train"], features.get("val"), features["test"]
+    groups = shot_groups(info.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
+    methods: dict[str, dict[str, Any]] = {}
+    weight_norms: dict[str, list[float]] = {}
+    print("\nstage 2 on cached features:", flush=True)
+    for name in cfg.stage2.methods:
+        start = time.perf_counter()
+        method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
+                                  num_classes=info.num_classes, seed=cfg.seed, device=device)
+        method.fit(train.features, train.labels, val.features if val else None,
+                   val.labels if val else None)
+        result = evaluate(method.predict(test.features), test.labels, info.train_counts,
+                          cfg.eval.many_threshold, cfg.eval.few_threshold)
+        if name == "tau_norm":
+            result["tau"] = method.tau_
+        methods[name] = result
+        if method.class_weights() is not None:
+            weight_norms[name] = method.class_weights().norm(dim=1).tolist()
+        save_checkpoint(method.learned_state(), run_dir / "stage2" / f"{name}.pt")
+        log.log("stage2", 0, **{f"{name}_{k}": v for k, v in result.items()
+                                if isinstance(v, float)})
+        extra = f", tau={method.tau_:.2f}" if name == "tau_norm" else ""
+        print(f"  {name:<14} fitted in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
+    metrics = {
+        "dataset": {"name": info.name, "num_classes": info.num_classes,
+                    "train_counts": info.train_counts, "shot_groups": groups},
+        "methods": methods,
+    }
+    print(f"\ntest top-1 (%), {len(test.labels)} images; many/medium/few = mean per-class "
+          f"accuracy of {len(groups['many'])}/{len(groups['medium'])}/{len(groups['few'])} "
+          f"classes\n{format_table(methods)}\n", flush=True)
+    write_report(run_dir, metrics, info.class_names, weight_norms,
+                 header=f"Config: `config.yaml`. Test images: {len(test.labels)}.")
+    print(f"wrote {run_dir}/metrics.json, per_class.csv, report.md, plots/", flush=True)
+    return metrics
+
+
+def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int) -> str:
+    """Return a printable summary: split sizes, class counts and Many/Medium/Few groups."""
+    counts = data.train_counts
+    groups = shot_groups(counts, many_threshold, few_threshold)
+    sizes = ", ".join(f"{len(ds)} {name}" for name, ds in data.splits().items())
+    lines = [f"dataset {data.name}: {data.num_classes} classes; images: {sizes}",
+             f"shot groups by training count: many (> {many_threshold}) "
+             f"{len(groups['many'])} classes, medium ({few_threshold}..{many_threshold}) "
+             f"{len(groups['medium'])}, few (< {few_threshold}) {len(groups['few'])}"]
+    group_of = {c: g for g, classes in groups.items() for c in classes}
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    if len(counts) <= 40:
+        lines.append(f"  {'class':>5}  {'name':<16} {'train':>6}  group")
+        lines += [f"  {c:>5}  {data.class_names[c][:16]:<16} {counts[c]:>6}  {group_of[c]}"
+                  for c in order]
+    else:
+        lines.append(f"  training images per class: max {counts[order[0]]}, median "
+                     f"{counts[order[len(order) // 2]]}, min {counts[order[-1]]}")
+    return "\n".join(lines)
+
+
+def _manifest(cfg: Config, device: torch.device, argv: list[str]) -> dict[str, Any]:
+    import numpy
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "command": ["longtail", *argv],
+        "argv": sys.argv,
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "device": str(device),
+        "world_size": distributed.world_size(),
+        "versions": {"longtail": __version__, "python": platform.python_version(),
+                     "torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "numpy": numpy.__version__},
+        "git_commit": commit,
+        "platform": platform.platform(),
+        "config": cfg.to_dict(),
+    }

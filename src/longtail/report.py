@@ -1,0 +1,103 @@
+"""What a person reads: the results table, metrics.json, per_class.csv, report.md and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from longtail.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+COLUMNS = ("top1", "many", "medium", "few")
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_table(methods: dict[str, dict[str, Any]], markdown: bool = False) -> str:
+    """Return one row per method: top-1, Many, Medium, Few (%), and tau where chosen."""
+    header = ["method", "top-1", "many", "medium", "few", "note"]
+    rows = []
+    for name, m in methods.items():
+        note = f"tau={m['tau']:.2f}" if "tau" in m else ""
+        rows.append([name, *(_cell(m.get(c)) for c in COLUMNS), note])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+
+    def fmt(row: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
+        cells = [x.ljust(w) if i in (0, 5) else x.rjust(w)
+                 for i, (x, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def per_class_csv(metrics: dict[str, Any], class_names: list[str]) -> str:
+    """Return per_class.csv: one row per class with its training count, group and accuracies."""
+    dataset, methods = metrics["dataset"], metrics["methods"]
+    group_of = {c: g for g, classes in dataset["shot_groups"].items() for c in classes}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["class", "name", "train_count", "group", *methods])
+    for c, count in enumerate(dataset["train_counts"]):
+        accs = [m["per_class"][c] for m in methods.values()]
+        writer.writerow([c, class_names[c], count, group_of[c],
+                         *("" if a != a else f"{a:.2f}" for a in accs)])
+    return out.getvalue()
+
+
+def plot_png(draw) -> bytes:
+    """Return the PNG bytes of a figure drawn by ``draw(ax)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def write_report(run_dir: Path, metrics: dict[str, Any], class_names: list[str],
+                 weight_norms: dict[str, list[float]], header: str) -> None:
+    """Write metrics.json, per_class.csv, plots/*.png and report.md into ``run_dir``."""
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "per_class.csv", per_class_csv(metrics, class_names))
+    counts = metrics["dataset"]["train_counts"]
+    order = sorted(range(len(counts)), key=lambda c: -counts[c])
+
+    def accuracy_plot(ax) -> None:
+        for name, m in metrics["methods"].items():
+            ax.plot(range(len(order)), [m["per_class"][c] for c in order], label=name, lw=1.2)
+        ax.set_xlabel("class, by training count (head to tail)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.legend(fontsize=8)
+
+    def norm_plot(ax) -> None:
+        for name, norms in weight_norms.items():
+            top = max(norms) or 1.0
+            ax.plot(range(len(order)), [norms[c] / top for c in order], label=name, lw=1.2)
+        ax.set_xlabel("class, by training count (head to tail)")
+        ax.set_ylabel("classifier weight norm / max")
+        ax.legend(fontsize=8)
+
+    atomic_write_bytes(run_dir / "plots" / "per_class_accuracy.png", plot_png(accuracy_plot))
+    atomic_write_bytes(run_dir / "plots" / "weight_norms.png", plot_png(norm_plot))
+    report = "\n".join([
+        f"# longtail run: {metrics['dataset']['name']}", "", header, "",
+        format_table(metrics["methods"], markdown=True), "",
+        "Accuracies in %; Many / Medium / Few are means of per-class accuracies.", "",
+        "![per-class accuracy](plots/per_class_accuracy.png)", "",
+        "![weight norms](plots/weight_norms.png)", ""])
+    atomic_write_text(run_dir / "report.md", report)

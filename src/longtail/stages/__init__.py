@@ -1,0 +1,1 @@
+"""The stages of the method: joint training, feature extraction, classifier re-balancing."""

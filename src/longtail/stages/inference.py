@@ -1,0 +1,45 @@
+"""Batched inference over a dataset, sharded across processes under torchrun."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from longtail import distributed
+
+
+@torch.no_grad()
+def infer(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (outputs of ``fn`` on every image, labels), on the CPU, in dataset order.
+
+    Each process handles indices ``rank::world_size``; the results are gathered in every process.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    n = len(dataset)
+    shard = Subset(dataset, range(rank, n, world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    outputs, labels = [], []
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False,
+               disable=None if desc is not None and distributed.is_main() else True)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        outputs.append(fn(images).float())
+        labels.append(targets.to(device))
+    out = distributed.gather_rows(torch.cat(outputs)).cpu()
+    lab = distributed.gather_rows(torch.cat(labels)).cpu()
+    if world > 1:  # undo the rank-strided order
+        order = torch.cat([torch.arange(r, n, world) for r in range(world)])
+        out[order], lab[order] = out.clone(), lab.clone()
+    return out, lab

@@ -1,0 +1,143 @@
+"""Stage 1: joint training of backbone and linear classifier with cross-entropy.
+
+SGD with momentum, a cosine schedule to 0, and a sampler of the family in
+``longtail.data.samplers`` (instance-balanced by default). One epoch at a time: progress bar,
+loss, val accuracy and images per second logged, a checkpoint written after every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from longtail import distributed
+from longtail.checkpoint import save_checkpoint
+from longtail.config import Stage1Config
+from longtail.data import LongTailData, build_sampler
+from longtail.errors import LongtailError
+from longtail.models import Classifier
+from longtail.scalars import ScalarLog
+from longtail.stages.inference import infer
+
+
+def cosine_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str) -> float:
+    """Return the LR multiplier at optimizer ``step``.
+
+    ``cosine``: per step, from 1 at step 0 down to 0 at the end of training.
+    ``cosine_epoch``: the authors' schedule, stepped at the start of each epoch, so epoch e
+    (0-based) runs at ``0.5 * (1 + cos(pi * (e + 1) / epochs))`` and the last epoch at 0.
+    """
+    if schedule == "cosine_epoch":
+        return 0.5 * (1 + math.cos(math.pi * (step // steps_per_epoch + 1) / epochs))
+    return 0.5 * (1 + math.cos(math.pi * step / (steps_per_epoch * epochs)))
+
+
+def train_joint(
+    model: Classifier,
+    data: LongTailData,
+    cfg: Stage1Config,
+    *,
+    seed: int,
+    device: torch.device,
+    num_workers: int,
+    eval_batch_size: int,
+    checkpoint_path: Path,
+    log: ScalarLog,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place on ``data.train``; return one record per epoch."""
+    model.to(device).to(memory_format=torch.channels_last)
+    train_set = data.train.with_transform(data.transform(train=True))
+    sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
+                            samples_per_class=cfg.samples_per_class)
+    batch_size = min(cfg.batch_size, len(sampler))
+    loader = DataLoader(
+        train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    steps_per_epoch = len(loader)
+    net = model
+    if distributed.world_size() > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_factor(s, steps_per_epoch, cfg.epochs, cfg.lr_schedule))
+    amp = cfg.amp and device.type == "cuda"
+    val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
+    history: list[dict[str, float]] = []
+    main = distributed.is_main()
+    for epoch in range(cfg.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(loader, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   leave=False, disable=None if main else True)
+        for step, (images, labels) in enumerate(bar):
+            images = images.to(device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(net(images), labels)
+            if not torch.isfinite(loss):
+                raise LongtailError(
+                    f"stage 1: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower stage1.lr (now {cfg.lr}); the last good checkpoint is "
+                    f"{checkpoint_path}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        elapsed = time.perf_counter() - start
+        totals = distributed.all_reduce_sum(
+            torch.stack([loss_sum, torch.tensor(float(seen), device=device)]))
+        record = {
+            "epoch": epoch + 1,
+            "loss": (totals[0] / totals[1]).item(),
+            "lr": lr,
+            "images_per_s": totals[1].item() / elapsed,
+        }
+        if val_set is not None:
+            record["val_top1"] = accuracy(model, val_set, device, eval_batch_size, num_workers)
+        history.append(record)
+        if main:
+            log.log("stage1", epoch + 1, **{k: v for k, v in record.items() if k != "epoch"})
+            tqdm.write(_epoch_line(record, cfg.epochs))
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                             "history": history}, checkpoint_path)
+    model.eval()
+    return history
+
+
+def accuracy(model: Classifier, dataset, device: torch.device, batch_size: int,
+             num_workers: int) -> float:
+    """Return the top-1 accuracy (%) of ``model`` on ``dataset`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    logits, labels = infer(model, dataset, batch_size=batch_size, device=device,
+                           num_workers=num_workers)
+    model.train(was_training)
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {record['epoch']:>3}/{epochs}", f"loss {record['loss']:.4f}"]
+    if "val_top1" in record:
+        parts.append(f"val top-1 {record['val_top1']:5.1f}%")
+    parts += [f"lr {record['lr']:.4f}", f"{record['images_per_s']:.0f} img/s"]
+    return "  ".join(parts)

@@ -1,0 +1,367 @@
+"""Stage 2: re-balancing the classifier on frozen features.
+
+Each method is one small estimator in the scikit-learn manner: the constructor stores
+hyper-parameters (and the joint classifier where the method starts from it), ``fit`` learns
+from features and returns ``self``, learned state ends in ``_``, and ``logits`` / ``predict``
+work on any (N, D) features::
+
+    TauNorm(model.fc.weight).fit(train_feats, train_labels, val_feats, val_labels).predict(x)
+
+The methods:
+- ``Joint``: the stage-1 classifier unchanged.
+- ``NCM``: nearest class mean, by cosine similarity or Euclidean distance.
+- ``CRT``: a new linear classifier trained with class-balanced sampling.
+- ``TauNorm``: ``w_j / ||w_j||^tau``, bias dropped, tau chosen on a validation split.
+- ``LWS``: one learned scale per class on the frozen joint classifier, class-balanced sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from longtail.config import Stage2Config
+from longtail.data.samplers import build_sampler
+
+ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
+
+
+def _features(x: ArrayLike, name: str = "features") -> Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d (N, D) array, found shape {tuple(x.shape)}")
+    return x.float()
+
+
+def _labels(y: ArrayLike, n: int, name: str = "labels") -> Tensor:
+    y = torch.as_tensor(y).long()
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"{name}: expected {n} labels, found shape {tuple(y.shape)}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{name}: expected labels >= 0, found {int(y.min())}")
+    return y
+
+
+def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Return the mean over present classes of per-class top-1 accuracy (a fraction)."""
+    correct = (logits.argmax(1) == labels).float()
+    num_classes = int(labels.max()) + 1
+    hits = torch.zeros(num_classes).index_add_(0, labels, correct)
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    return (hits[present] / counts[present]).mean().item()
+
+
+class Rebalancer:
+    """Base of the stage-2 methods: ``fit`` then ``logits`` / ``predict``."""
+
+    def fit(self, features: ArrayLike, labels: ArrayLike, val_features: ArrayLike | None = None,
+            val_labels: ArrayLike | None = None) -> Rebalancer:
+        raise NotImplementedError
+
+    def logits(self, features: ArrayLike) -> Tensor:
+        """Return class scores (N, C) for ``features`` (N, D); higher is more likely."""
+        raise NotImplementedError
+
+    def predict(self, features: ArrayLike) -> Tensor:
+        """Return the predicted class of each row of ``features``."""
+        return self.logits(features).argmax(1)
+
+    def class_weights(self) -> Tensor | None:
+        """Return the (C, D) weight vectors the logits use, or None for a non-linear method."""
+        return None
+
+    def learned_state(self) -> dict[str, Any]:
+        """Return what ``fit`` learned (the attributes ending in ``_``), to save or inspect."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_")}
+
+    def _check_fitted(self, attribute: str) -> None:
+        if not hasattr(self, attribute):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit() first")
+
+
+class _LinearHead(Rebalancer):
+    """Logits of a linear classifier with learned ``weight_`` (C, D) and ``bias_`` (C,)."""
+
+    def logits(self, features: ArrayLike) -> Tensor:
+        self._check_fitted("weight_")
+        return F.linear(_features(features), self.weight_, self.bias_)
+
+    def class_weights(self) -> Tensor:
+        self._check_fitted("weight_")
+        return self.weight_
+
+
+class Joint(_LinearHead):
+    """The joint (stage-1) classifier unchanged: ``logits = x W^T + b``."""
+
+    def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None) -> None:
+        self.weight = weight
+        self.bias = bias
+
+    def fit(self, features=None, labels=None, val_features=None, val_labels=None) -> Joint:
+        self.weight_ = _features(self.weight, "weight").detach().cpu()
+        self.bias_ = None if self.bias is None else torch.as_tensor(self.bias).float().cpu()
+        return self
+
+
+class NCM(Rebalancer):
+    """Nearest class mean over training features.
+
+    ``metric="cosine"``: features are L2-normalised, class means of them are taken and compared
+    by cosine similarity. ``metric="euclidean"``: raw features and means, scores are negative
+    Euclidean distances. ``center=True`` subtracts the mean training feature first; with
+    ``metric="euclidean", center=True, normalize=True`` this is the authors' default NCM
+    (centre, L2-normalise, average without re-normalising, Euclidean distance).
+    """
+
+    def __init__(self, metric: str = "cosine", center: bool = False,
+                 normalize: bool | None = None) -> None:
+        if metric not in ("cosine", "euclidean"):
+            raise ValueError(f"metric: expected 'cosine' or 'euclidean', found {metric!r}")
+        self.metric = metric
+        self.center = center
+        self.normalize = normalize
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if self.center:
+            x = x - self.center_
+        if self.normalize or (self.normalize is None and self.metric == "cosine"):
+            x = F.normalize(x, dim=1)
+        return x
+
+    def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
+            val_labels=None) -> NCM:
+        x = _features(features)
+        y = _labels(labels, len(x))
+        self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
+        x = self._prepare(x)
+        num_classes = int(y.max()) + 1
+        counts = torch.bincount(y, minlength=num_classes)
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten().tolist()[:10]
+            raise ValueError(f"labels: classes {missing} have no training features")
+        sums = torch.zeros(num_classes, x.shape[1]).index_add_(0, y, x)
+        self.means_ = sums / counts.unsqueeze(1)
+        return self
+
+    def logits(self, features: ArrayLike) -> Tensor:
+        self._check_fitted("means_")
+        x = self._prepare(_features(features))
+        if self.metric == "cosine":
+            return x @ F.normalize(self.means_, dim=1).T
+        return -torch.cdist(x, self.means_)
+
+
+class TauNorm(Rebalancer):
+    """tau-normalised joint classifier: ``w_j / ||w_j||^tau``, bias dropped.
+
+    With ``tau=None``, ``fit`` picks tau from ``grid`` (default 0.0..2.0 step 0.05) by balanced
+    accuracy on the validation features (first best on ties); ``val_scores_`` keeps the curve.
+    """
+
+    def __init__(self, weight: ArrayLike, tau: float | None = None,
+                 grid: list[float] | None = None) -> None:
+        self.weight = weight
+        self.tau = tau
+        self.grid = grid
+
+    @staticmethod
+    def default_grid(grid_max: float = 2.0, step: float = 0.05) -> list[float]:
+        """Return ``[0, step, 2*step, ..., grid_max]``, rounded to 10 decimals."""
+        return [round(i * step, 10) for i in range(int(round(grid_max / step)) + 1)]
+
+    @staticmethod
+    def normalized_weight(weight: Tensor, tau: float) -> Tensor:
+        """Return ``weight`` with each row divided by its L2 norm to the power ``tau``."""
+        norms = weight.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        return weight / norms.pow(tau)
+
+    def fit(self, features=None, labels=None, val_features: ArrayLike | None = None,
+            val_labels: ArrayLike | None = None) -> TauNorm:
+        self.weight_ = _features(self.weight, "weight").detach().cpu()
+        if self.tau is not None:
+            self.tau_ = float(self.tau)
+            self.val_scores_ = {}
+            return self
+        if val_features is None or val_labels is None:
+            raise ValueError("tau=None needs val_features and val_labels to choose tau "
+                             "(or give a fixed tau)")
+        xv = _features(val_features, "val_features")
+        yv = _labels(val_labels, len(xv), "val_labels")
+        grid = self.grid if self.grid is not None else self.default_grid()
+        self.val_scores_ = {
+            float(t): balanced_accuracy(xv @ self.normalized_weight(self.weight_, t).T, yv)
+            for t in grid
+        }
+        self.tau_ = max(self.val_scores_, key=self.val_scores_.get)  # first best on ties
+        return self
+
+    def logits(self, features: ArrayLike) -> Tensor:
+        self._check_fitted("tau_")
+        return _features(features) @ self.class_weights().T
+
+    def class_weights(self) -> Tensor:
+        self._check_fitted("tau_")
+        return self.normalized_weight(self.weight_, self.tau_)
+
+
+class _TrainedOnFeatures(Rebalancer):
+    """Shared training loop of CRT and LWS: SGD with momentum, cosine LR to 0, a sampler."""
+
+    def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
+                 weight_decay: float, sampler: str | float, seed: int,
+                 device: str | torch.device | None) -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.sampler = sampler
+        self.seed = seed
+        self.device = device
+
+    def _device(self) -> torch.device:
+        return torch.device(self.device if self.device is not None else "cpu")
+
+    def _train(self, params: list[Tensor], forward, x: Tensor, y: Tensor) -> None:
+        sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
+                                num_replicas=1, rank=0)
+        device = self._device()
+        x, y = x.to(device), y.to(device)
+        batch_size = min(self.batch_size, len(sampler))
+        steps_per_epoch = len(sampler) // batch_size
+        total = steps_per_epoch * self.epochs
+        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay)
+        self.loss_history_ = []
+        step = 0
+        for epoch in range(self.epochs):
+            sampler.set_epoch(epoch)
+            order = sampler.indices().to(device)
+            loss_sum = torch.zeros((), device=device)
+            for b in range(steps_per_epoch):
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                batch = order[b * batch_size : (b + 1) * batch_size]
+                loss = F.cross_entropy(forward(x[batch]), y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                step += 1
+            self.loss_history_.append(loss_sum.item() / max(steps_per_epoch, 1))
+
+
+class CRT(_LinearHead, _TrainedOnFeatures):
+    """Classifier re-training: a freshly initialised linear classifier (weights and bias) trained
+    on frozen features with class-balanced sampling."""
+
+    def __init__(self, num_classes: int | None = None, epochs: int = 10, lr: float = 0.2,
+                 batch_size: int = 512, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 sampler: str | float = "class", seed: int = 0,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                         weight_decay=weight_decay, sampler=sampler, seed=seed, device=device)
+        self.num_classes = num_classes
+
+    def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
+            val_labels=None) -> CRT:
+        x = _features(features)
+        y = _labels(labels, len(x))
+        num_classes = self.num_classes or int(y.max()) + 1
+        # nn.Linear's default init, drawn from a seeded generator instead of the global RNG.
+        g = torch.Generator().manual_seed(self.seed)
+        bound = 1.0 / math.sqrt(x.shape[1])
+        device = self._device()
+        weight = ((torch.rand(num_classes, x.shape[1], generator=g) * 2 - 1) * bound).to(device)
+        bias = ((torch.rand(num_classes, generator=g) * 2 - 1) * bound).to(device)
+        weight.requires_grad_(True)
+        bias.requires_grad_(True)
+        self._train([weight, bias], lambda f: F.linear(f, weight, bias), x, y)
+        self.weight_, self.bias_ = weight.detach().cpu(), bias.detach().cpu()
+        return self
+
+
+class LWS(_TrainedOnFeatures):
+    """Learnable weight scaling: ``f_j * (w_j . x) + b_j`` with the joint classifier frozen and
+    one scale f_j per class learned with class-balanced sampling.
+
+    ``scale_bias=True`` scales the bias too, ``f_j * (w_j . x + b_j)``, and ``weight_decay=5e-4``
+    decays the scales: both as in the authors' code.
+    """
+
+    def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None, epochs: int = 5,
+                 lr: float = 0.2, batch_size: int = 512, momentum: float = 0.9,
+                 weight_decay: float = 0.0, scale_bias: bool = False,
+                 sampler: str | float = "class", seed: int = 0,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                         weight_decay=weight_decay, sampler=sampler, seed=seed, device=device)
+        self.weight = weight
+        self.bias = bias
+        self.scale_bias = scale_bias
+
+    def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
+                       bias: Tensor | None) -> Tensor:
+        logits = x @ weight.T
+        if bias is None:
+            return logits * scales
+        return (logits + bias) * scales if self.scale_bias else logits * scales + bias
+
+    def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
+            val_labels=None) -> LWS:
+        x = _features(features)
+        y = _labels(labels, len(x))
+        device = self._device()
+        weight = _features(self.weight, "weight").detach().to(device)
+        bias = None if self.bias is None else torch.as_tensor(self.bias).float().detach().to(device)
+        scales = torch.ones(len(weight), device=device, requires_grad=True)
+        self._train([scales], lambda f: self._scaled_logits(f, scales, weight, bias), x, y)
+        self.scales_ = scales.detach().cpu()
+        self.weight_ = weight.cpu()
+        self.bias_ = None if bias is None else bias.cpu()
+        return self
+
+    def logits(self, features: ArrayLike) -> Tensor:
+        self._check_fitted("scales_")
+        return self._scaled_logits(_features(features), self.scales_, self.weight_, self.bias_)
+
+    def class_weights(self) -> Tensor:
+        self._check_fitted("scales_")
+        return self.scales_.unsqueeze(1) * self.weight_
+
+
+def build_rebalancer(
+    name: str,
+    cfg: Stage2Config,
+    *,
+    joint_weight: Tensor,
+    joint_bias: Tensor | None,
+    num_classes: int,
+    seed: int,
+    device: torch.device | None = None,
+) -> Rebalancer:
+    """Return the unfitted method ``name`` configured by the ``stage2.*`` keys."""
+    trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum, seed=seed, device=device)
+    if name == "joint":
+        return Joint(joint_weight, joint_bias)
+    if name == "ncm_cosine":
+        return NCM("cosine", center=cfg.ncm.center)
+    if name == "ncm_euclidean":
+        return NCM("euclidean", center=cfg.ncm.center)
+    if name == "tau_norm":
+        grid = TauNorm.default_grid(cfg.tau_norm.grid_max, cfg.tau_norm.grid_step)
+        return TauNorm(joint_weight, tau=cfg.tau_norm.tau, grid=grid)
+    if name == "crt":
+        return CRT(num_classes, epochs=cfg.crt.epochs, lr=cfg.crt.lr,
+                   weight_decay=cfg.crt.weight_decay, sampler=cfg.crt.sampler, **trained)
+    if name == "lws":
+        return LWS(joint_weight, joint_bias, epochs=cfg.lws.epochs, lr=cfg.lws.lr,
+                   weight_decay=cfg.lws.weight_decay, scale_bias=cfg.lws.scale_bias,
+                   sampler=cfg.lws.sampler, **trained)
+    raise ValueError(f"unknown stage-2 method {name!r}")

@@ -1,0 +1,81 @@
+"""Tiny on-disk fixtures: Fashion-MNIST-format IDX files and image-list datasets."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from longtail.data import fmnist
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` (uint8) as an IDX file, gzip-compressed when ``compress``."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
+    """Return easy-to-learn images: class c lights up its own horizontal band, plus noise."""
+    rng = np.random.default_rng(seed)
+    num_classes = int(labels.max()) + 1
+    images = rng.integers(0, 60, size=(len(labels), size, size, channels)).astype(np.uint8)
+    band = max(1, size // num_classes)
+    for i, c in enumerate(labels):
+        images[i, c * band : (c + 1) * band, :, :] = 220
+    return images
+
+
+def make_fake_fmnist(root: Path, train_per_class: int = 80, test_per_class: int = 10,
+                     compress: bool = True) -> Path:
+    """Write a Fashion-MNIST-shaped dataset (10 classes, 28x28) into ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, per_class, seed in (("train", train_per_class, 0), ("t10k", test_per_class, 1)):
+        labels = np.repeat(np.arange(10), per_class).astype(np.uint8)
+        images = class_images(labels, 28, 1, seed)[..., 0]
+        prefix = "train" if split == "train" else "test"
+        write_idx(root / fmnist.FILES[f"{prefix}_images"], images, compress)
+        write_idx(root / fmnist.FILES[f"{prefix}_labels"], labels, compress)
+    return root
+
+
+def make_image_list_dataset(root: Path, counts: list[int], test_per_class: int = 4,
+                            val_per_class: int = 2, size: int = 16,
+                            formats: tuple[str, ...] = ("png", "jpg", "bmp")) -> dict[str, Path]:
+    """Write images in several formats and ImageNet-LT-style lists train/val/test.txt."""
+    files = {}
+    for split, per_class in (("train", counts), ("val", [val_per_class] * len(counts)),
+                             ("test", [test_per_class] * len(counts))):
+        labels = np.repeat(np.arange(len(counts)), per_class)
+        images = class_images(labels, size, 3, seed=len(split))
+        lines = []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            ext = formats[i % len(formats)]
+            rel = Path(split) / f"class_{label}" / f"{i:05d}.{ext}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / rel)
+            lines.append(f"{rel.as_posix()} {label}")
+        files[split] = root / f"{split}.txt"
+        files[split].write_text("\n".join(lines) + "\n")
+    return files
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path: Path) -> Path:
+    return make_fake_fmnist(tmp_path / "fmnist")
+
+
+@pytest.fixture
+def image_lists(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path / "images"
+    return root, make_image_list_dataset(root, counts=[30, 12, 6, 3])

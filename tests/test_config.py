@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from longtail.cli import main
+from longtail.config import (
+    ConfigError,
+    all_keys,
+    config_from_dict,
+    config_reference,
+    dump_config,
+    load_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED_KEYS = ["seed", "data.kind", "data.root", "data.train", "data.val", "data.test",
+                 "model.name", "stage1.epochs", "stage1.batch_size", "stage1.lr",
+                 "stage1.weight_decay", "stage2.methods", "stage2.crt.epochs",
+                 "stage2.lws.epochs", "eval.many_threshold", "eval.few_threshold"]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_required_keys_exist_with_their_defaults():
+    assert set(REQUIRED_KEYS) <= set(all_keys())
+    cfg = load_config(None)
+    assert cfg.eval.many_threshold == 100 and cfg.eval.few_threshold == 20
+    assert cfg.stage2.crt.epochs == 10 and cfg.stage2.lws.epochs == 5
+    assert cfg.stage2.methods == ["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm",
+                                  "lws"]
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = write(tmp_path, "stage1:\n  epochs: 3\n  weight_decay: 5e-4\n")
+    cfg = load_config(path, ["stage1.lr=0.05", "stage2.methods=[crt, tau_norm]", "seed=4",
+                             "data.root=/x y"])
+    assert cfg.stage1.epochs == 3 and cfg.stage1.lr == 0.05
+    assert cfg.stage1.weight_decay == 5e-4  # YAML 1.1 reads 5e-4 as a string
+    assert cfg.stage2.methods == ["crt", "tau_norm"] and cfg.seed == 4
+    assert cfg.data.root == "/x y"
+    assert isinstance(load_config(None, ["stage1.lr=1"]).stage1.lr, float)
+
+
+def test_resolved_config_round_trips():
+    import yaml
+
+    cfg = load_config(ROOT / "configs" / "fmnist_lt.yaml", ["stage1.epochs=2"])
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stage1.epoch=3", "unknown config key stage1.epoch; did you mean stage1.epochs"),
+    ("stage1.epochs=ten", "config key stage1.epochs: expected int, found str 'ten'"),
+    ("stage1.epochs=2.5", "config key stage1.epochs: expected int, found float 2.5"),
+    ("stage1.lr=fast", "config key stage1.lr: expected float, found str 'fast'"),
+    ("data.kind=csv", "config key data.kind: expected one of fmnist_lt, list"),
+    ("stage2.methods=crt", "config key stage2.methods: expected list of one of"),
+    ("stage2.methods=[crt,lsw]", "config key stage2.methods: expected list of one of"),
+    ("model.small_stem=yes please", "config key model.small_stem: expected bool or null"),
+    ("stage1.sampler=balanced", "config key stage1.sampler: expected one of instance"),
+    ("eval.few_threshold=200", "config key eval.few_threshold: expected at most"),
+    ("data.kind=list", "config key data.train: expected a list file"),
+    ("stage1=3", "config key stage1: expected a section"),
+    ("epochs", "expected KEY=VALUE"),
+])
+def test_config_errors_name_the_key_and_what_was_expected(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_a_file(tmp_path):
+    path = write(tmp_path, "stage2:\n  crt:\n    epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key stage2\.crt\.epocs; did you mean "
+                                          r"stage2\.crt\.epochs"):
+        load_config(path)
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "seed: 1\nstage1: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_cli_reports_config_errors_in_one_line_with_status_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), "stage1.epochs=ten",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "stage1.epochs" in err and "Traceback" not in err
+    assert not out.exists()  # stopped before any work
+
+
+def test_config_reference_in_docs_is_current():
+    text = (ROOT / "docs" / "config.md").read_text()
+    assert config_reference() in text, "docs/config.md is stale: run 'make docs'"
+
+
+def test_shipped_configs_load():
+    for path in (ROOT / "configs").glob("*.yaml"):
+        load_config(path)

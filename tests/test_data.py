@@ -1,0 +1,109 @@
+"""Dataset readers on tiny fixtures: Fashion-MNIST IDX files and image lists."""
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.config import load_config
+from longtail.data import build_data, fmnist
+from longtail.errors import LongtailError
+from tests.conftest import make_fake_fmnist, write_idx
+
+
+def test_read_idx_plain_and_gzip(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for compress in (False, True):
+        path = write_idx(tmp_path / f"a{compress}", array, compress)
+        assert (fmnist.read_idx(path) == array).all()
+
+
+def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
+    path = write_idx(tmp_path / "x", np.zeros((4, 5), np.uint8), compress=False)
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(LongtailError, match="truncated"):
+        fmnist.read_idx(path)
+    other = tmp_path / "y"
+    other.write_bytes(b"\x89PNG....")
+    with pytest.raises(LongtailError, match="not an IDX file"):
+        fmnist.read_idx(other)
+
+
+def test_missing_fashion_mnist_says_where_to_put_it(tmp_path):
+    cfg = load_config(None, [f"data.root={tmp_path}"])
+    with pytest.raises(LongtailError) as info:
+        build_data(cfg.data, seed=0)
+    message = str(info.value)
+    assert str(tmp_path) in message and "dataset-fashion-mnist" in message
+    assert "train-images-idx3-ubyte" in message and "data.download" in message
+
+
+def test_fmnist_lt_split(tmp_path):
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=100, compress=False)
+    cfg = load_config(None, [f"data.root={root}", "data.n_max=60", "data.n_min=2",
+                             "data.val_per_class=5"])
+    data = build_data(cfg.data, seed=0)
+    assert sorted(data.train_counts, reverse=True) == [60, 41, 28, 19, 13, 9, 6, 4, 3, 2]
+    assert torch.bincount(data.val.labels).tolist() == [5] * 10
+    assert len(data.test) == 100 and data.channels == 1 and data.image_size == 28
+    image, label = data.train.with_transform(data.transform(train=True))[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    three = build_data(cfg.data, seed=0, channels=3)
+    assert three.train[0][0].shape == (3, 28, 28)
+
+
+def list_cfg(root, files, *extra):
+    return load_config(None, ["data.kind=list", f"data.root={root}",
+                              f"data.train={files['train']}", f"data.val={files['val']}",
+                              f"data.test={files['test']}", *extra])
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_list_dataset_reads_any_pillow_format(image_lists, in_memory):
+    root, files = image_lists
+    data = build_data(list_cfg(root, files, f"data.in_memory={in_memory}").data, seed=0)
+    assert data.num_classes == 4 and data.train_counts == [30, 12, 6, 3]
+    assert len(data.val) == 8 and len(data.test) == 16
+    assert data.in_memory == in_memory
+    image, label = data.train[0]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
+    gray = build_data(list_cfg(root, files, f"data.in_memory={in_memory}").data, seed=0,
+                      channels=1)
+    assert gray.train[0][0].shape == (1, 16, 16)
+
+
+def test_list_dataset_needs_only_train_and_test(image_lists):
+    root, files = image_lists
+    cfg = load_config(None, ["data.kind=list", f"data.root={root}",
+                             f"data.train={files['train']}", f"data.test={files['test']}",
+                             "stage2.tau_norm.tau=1.0"])
+    assert build_data(cfg.data, seed=0).val is None
+
+
+@pytest.mark.parametrize("line,message", [
+    ("train/class_0/00000.png", r"train\.txt:2: expected 'relative/path label'"),
+    ("train/class_0/00000.png zero", r"train\.txt:2: expected an integer label, found 'zero'"),
+    ("train/class_0/00000.png -1", r"train\.txt:2: expected a label >= 0, found -1"),
+    ("train/nowhere.png 0", r"train\.txt:2: image not found"),
+])
+def test_bad_list_lines_name_file_and_line(image_lists, line, message):
+    root, files = image_lists
+    lines = files["train"].read_text().splitlines()
+    lines.insert(1, line)
+    files["train"].write_text("\n".join(lines) + "\n")
+    with pytest.raises(LongtailError, match=message):
+        build_data(list_cfg(root, files).data, seed=0)
+
+
+def test_test_label_beyond_the_classes(image_lists):
+    root, files = image_lists
+    with open(files["test"], "a") as f:
+        f.write("test/class_0/00000.png 9\n")
+    with pytest.raises(LongtailError, match=r"test\.txt:17: label 9 is not below the class "
+                                            r"count 4"):
+        build_data(list_cfg(root, files).data, seed=0)
+
+
+def test_missing_root_folder(tmp_path, image_lists):
+    _, files = image_lists
+    with pytest.raises(LongtailError, match="data.root: folder not found"):
+        build_data(list_cfg(tmp_path / "nope", files).data, seed=0)

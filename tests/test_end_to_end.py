@@ -1,0 +1,99 @@
+"""Tiny end-to-end runs through the CLI: metrics.json, config.yaml, report and features."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longtail.cli import main
+from longtail.config import STAGE2_METHODS, config_from_dict
+from longtail.models.backbones import Backbone
+from tests.conftest import make_image_list_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["stage1.epochs=2", "stage1.batch_size=32", "stage1.lr=0.05", "model.width=8",
+        "stage2.batch_size=32", "stage2.crt.epochs=3", "stage2.lws.epochs=2",
+        "eval.batch_size=256"]
+
+
+def check_metrics(run_dir: Path, num_classes: int) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dataset = metrics["dataset"]
+    assert dataset["num_classes"] == num_classes and len(dataset["train_counts"]) == num_classes
+    assert sorted(sum(dataset["shot_groups"].values(), [])) == list(range(num_classes))
+    assert set(metrics["methods"]) == set(STAGE2_METHODS)
+    for name, m in metrics["methods"].items():
+        assert 0 <= m["top1"] <= 100, name
+        assert len(m["per_class"]) == num_classes
+        for group in ("many", "medium", "few"):
+            assert m[group] is None or 0 <= m[group] <= 100
+            assert (m[group] is None) == (not dataset["shot_groups"][group])
+    assert 0 <= metrics["methods"]["tau_norm"]["tau"] <= 2
+    config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    for name in ("per_class.csv", "report.md", "manifest.json", "stage1/last.pt",
+                 "features/train.pt", "features/val.pt", "features/test.pt",
+                 "plots/weight_norms.png", "stage2/crt.pt", "logs/scalars.jsonl"):
+        assert (run_dir / name).is_file(), name
+    return metrics
+
+
+def test_tiny_fmnist_run_writes_valid_metrics(fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+                 "data.n_max=60", "data.n_min=2", "data.val_per_class=5", *TINY,
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "shot groups by training count" in printed and "Ankle boot" in printed
+    assert "tau_norm" in printed and "method" in printed
+    metrics = check_metrics(out, 10)
+    assert sorted(metrics["dataset"]["train_counts"], reverse=True)[0] == 60
+    # An existing run directory is never overwritten unless asked.
+    assert main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+                 "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_list_run_needs_only_root_and_lists(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    files = make_image_list_dataset(root, counts=[150, 60, 25, 12, 4], size=20)
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), "data.kind=list",
+                 f"data.root={root}", f"data.train={files['train']}",
+                 f"data.val={files['val']}", f"data.test={files['test']}", *TINY,
+                 "--out", str(out)])
+    assert code == 0
+    metrics = check_metrics(out, 5)
+    assert metrics["dataset"]["train_counts"] == [150, 60, 25, 12, 4]
+    assert metrics["dataset"]["shot_groups"] == {"many": [0], "medium": [1, 2], "few": [3, 4]}
+
+
+def test_rebalance_reruns_stage2_without_the_backbone(fake_fmnist, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+                 "data.n_max=60", "data.n_min=2", "data.val_per_class=5", *TINY,
+                 "stage2.methods=[joint,crt]", "--out", str(out)]) == 0
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("stage 2 ran the backbone")
+
+    monkeypatch.setattr(Backbone, "forward", no_backbone)
+    assert main(["rebalance", str(out), "stage2.methods=[joint,tau_norm,lws,ncm_cosine]",
+                 "stage2.tau_norm.tau=0.5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["joint", "tau_norm", "lws", "ncm_cosine"]
+    assert metrics["methods"]["tau_norm"]["tau"] == 0.5
+    assert main(["rebalance", str(out), "stage1.epochs=3"]) == 2
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_lt_profile(tmp_path):
+    from longtail.config import load_config
+    from longtail.data import build_data
+
+    data = build_data(load_config(ROOT / "configs" / "fmnist_lt.yaml").data, seed=0)
+    assert sorted(data.train_counts, reverse=True) == [1280, 691, 373, 202, 109, 59, 32, 17, 9, 5]
+    assert len(data.val) == 200 and len(data.test) == 10000

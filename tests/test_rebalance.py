@@ -1,0 +1,151 @@
+"""Each stage-2 method on small synthetic features where the right answer is known."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longtail import CRT, LWS, NCM, Joint, TauNorm
+from longtail.stages.rebalance import balanced_accuracy
+
+
+def clusters(counts, dim=8, spread=0.3, seed=0):
+    """Features around well-separated class centres (one axis per class, scaled by 5)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    centres = 5 * torch.eye(len(counts), dim)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=g), labels
+
+
+def biased_classifier(num_classes=4, dim=8):
+    """A joint-like classifier: class axes with norms that grow with class size (head first)."""
+    norms = torch.tensor([4.0, 2.0, 1.0, 0.5])[:num_classes]
+    return norms.unsqueeze(1) * torch.eye(num_classes, dim), torch.tensor([0.3, 0.1, 0.0, -0.2])
+
+
+def test_joint_is_the_linear_classifier():
+    w, b = biased_classifier()
+    x = torch.randn(5, 8)
+    assert torch.allclose(Joint(w, b).fit().logits(x), x @ w.T + b)
+
+
+def test_tau_zero_gives_joint_weights_back_without_bias():
+    w, b = biased_classifier()
+    x = torch.randn(6, 8)
+    model = TauNorm(w, tau=0.0).fit()
+    assert torch.allclose(model.class_weights(), w)
+    assert torch.allclose(model.logits(x), x @ w.T)  # bias dropped
+
+
+def test_tau_one_normalises_every_class_weight():
+    w, _ = biased_classifier()
+    norms = TauNorm(w, tau=1.0).fit().class_weights().norm(dim=1)
+    assert torch.allclose(norms, torch.ones(4))
+
+
+def test_tau_is_chosen_on_validation_where_it_removes_the_norm_bias():
+    w, _ = biased_classifier()
+    # Features close to the class axes but noisy: with raw norms the head class wins too often.
+    xv, yv = clusters([50] * 4, spread=3.0, seed=1)
+    xv = xv / 5
+    model = TauNorm(w).fit(None, None, xv, yv)
+    assert model.tau_ in model.val_scores_ and len(model.val_scores_) == 41  # 0.0..2.0 by 0.05
+    assert 0.8 <= model.tau_ <= 1.2
+    assert model.val_scores_[model.tau_] > model.val_scores_[0.0] + 0.05
+
+
+def test_tau_norm_without_validation_says_what_is_missing():
+    w, _ = biased_classifier()
+    with pytest.raises(ValueError, match="val_features"):
+        TauNorm(w).fit(torch.randn(4, 8), torch.arange(4))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_ncm_is_perfect_on_well_separated_clusters(metric):
+    x, y = clusters([40, 10, 3, 1])
+    xt, yt = clusters([20] * 4, seed=2)
+    model = NCM(metric).fit(x, y)
+    assert (model.predict(xt) == yt).all()
+    expected = torch.stack([x[y == c].mean(0) for c in range(4)])
+    if metric == "euclidean":
+        assert torch.allclose(model.means_, expected, atol=1e-6)
+
+
+def test_ncm_cosine_ignores_feature_norm():
+    x, y = clusters([5, 5, 5, 5])
+    model = NCM("cosine").fit(x, y)
+    assert torch.allclose(model.logits(x), model.logits(10 * x), atol=1e-5)
+
+
+def test_ncm_authors_variant_centres_and_normalises():
+    x, y = clusters([30, 10, 5, 2])
+    model = NCM("euclidean", center=True, normalize=True).fit(x, y)
+    z = F.normalize(x - x.mean(0), dim=1)
+    assert torch.allclose(model.means_[1], z[y == 1].mean(0), atol=1e-6)
+
+
+def test_ncm_needs_every_class():
+    with pytest.raises(ValueError, match="no training features"):
+        NCM().fit(torch.randn(3, 2), torch.tensor([0, 0, 2]))
+
+
+def test_lws_with_unit_scales_equals_joint():
+    w, b = biased_classifier()
+    x, y = clusters([10, 5, 3, 2])
+    for scale_bias in (False, True):
+        model = LWS(w, b, epochs=0, scale_bias=scale_bias).fit(x, y)
+        assert torch.equal(model.scales_, torch.ones(4))
+        assert torch.allclose(model.logits(x), Joint(w, b).fit().logits(x))
+
+
+def test_lws_learns_scales_that_flatten_the_norms_and_keeps_weights_frozen():
+    w, b = biased_classifier()
+    x, y = clusters([400, 100, 20, 5], spread=3.0)
+    x = x / 5
+    model = LWS(w, b, epochs=20, lr=0.1, batch_size=64).fit(x, y)
+    effective = model.class_weights().norm(dim=1)
+    assert effective.max() / effective.min() < 0.5 * (w.norm(dim=1).max() / w.norm(dim=1).min())
+    assert torch.equal(model.weight_, w)
+    xt, yt = clusters([100] * 4, spread=3.0, seed=5)
+    xt = xt / 5
+    assert balanced_accuracy(model.logits(xt), yt) > balanced_accuracy(x @ w.T + b, y) - 0.01
+    assert balanced_accuracy(model.logits(xt), yt) > balanced_accuracy(xt @ w.T + b, yt) + 0.05
+
+
+def test_lws_scale_bias_multiplies_the_whole_logit():
+    w, b = biased_classifier()
+    model = LWS(w, b, epochs=0, scale_bias=True).fit(torch.randn(4, 8), torch.arange(4))
+    model.scales_ = torch.tensor([2.0, 1.0, 1.0, 0.5])
+    x = torch.randn(3, 8)
+    assert torch.allclose(model.logits(x), (x @ w.T + b) * model.scales_)
+
+
+def test_crt_learns_a_balanced_classifier_deterministically():
+    x, y = clusters([300, 60, 10, 3], spread=1.0)
+    xt, yt = clusters([50] * 4, spread=1.0, seed=9)
+    a = CRT(epochs=10, lr=0.1, batch_size=64, seed=1).fit(x, y)
+    b = CRT(epochs=10, lr=0.1, batch_size=64, seed=1).fit(x, y)
+    assert torch.equal(a.weight_, b.weight_) and torch.equal(a.bias_, b.bias_)
+    assert a.weight_.shape == (4, 8) and a.bias_.shape == (4,)
+    assert (a.predict(xt) == yt).float().mean() > 0.95
+
+
+def test_crt_class_balanced_sampling_beats_instance_sampling_on_the_tail():
+    x, y = clusters([1000, 200, 8, 2], spread=4.0)
+    xt, yt = clusters([200] * 4, spread=4.0, seed=3)
+    balanced = CRT(epochs=5, lr=0.05, batch_size=64, sampler="class").fit(x, y)
+    plain = CRT(epochs=5, lr=0.05, batch_size=64, sampler="instance").fit(x, y)
+    tail = yt >= 2
+    acc = lambda m: (m.predict(xt[tail]) == yt[tail]).float().mean()  # noqa: E731
+    assert acc(balanced) > acc(plain)
+
+
+def test_unfitted_methods_say_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        NCM().predict(torch.randn(2, 3))
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match="2-d"):
+        NCM().fit(torch.randn(5), torch.zeros(5))
+    with pytest.raises(ValueError, match="expected 5 labels"):
+        NCM().fit(torch.randn(5, 2), torch.zeros(4))

@@ -1,0 +1,158 @@
+"""The sampler family: class mix, determinism, sharding, progressive and class-aware."""
+
+import pytest
+import torch
+
+from longtail.data.samplers import (
+    ClassAwareSampler,
+    build_sampler,
+    class_probabilities,
+    parse_sampler_spec,
+)
+
+COUNTS = [500, 200, 80, 30, 10, 4]
+LABELS = torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS))
+# Shuffle the dataset order so that indices do not reveal the class.
+LABELS = LABELS[torch.randperm(len(LABELS), generator=torch.Generator().manual_seed(0))]
+
+
+def empirical_mix(sampler, epochs=range(40)):
+    hist = torch.zeros(len(COUNTS), dtype=torch.float64)
+    for e in epochs:
+        sampler.set_epoch(e)
+        hist += torch.bincount(LABELS[sampler.indices()], minlength=len(COUNTS))
+    return hist / hist.sum()
+
+
+def total_variation(p, q):
+    return 0.5 * (p - q).abs().sum().item()
+
+
+@pytest.mark.parametrize("spec,q", [("instance", 1.0), ("class", 0.0), ("sqrt", 0.5),
+                                    (0.25, 0.25), (0.8, 0.8)])
+def test_class_mix_matches_n_to_the_q(spec, q):
+    sampler = build_sampler(spec, LABELS, seed=1)
+    mix = empirical_mix(sampler)
+    assert total_variation(mix, class_probabilities(COUNTS, q)) < 0.01
+    # ... and is clearly wrong for q off by 0.1, so the bound can fail.
+    for off in (q - 0.1, q + 0.1):
+        if 0 <= off <= 1:
+            assert total_variation(mix, class_probabilities(COUNTS, off)) > 0.02
+
+
+def test_instance_sampler_is_a_permutation():
+    sampler = build_sampler("instance", LABELS, seed=0)
+    assert sorted(sampler.indices().tolist()) == list(range(len(LABELS)))
+
+
+def test_every_sampler_yields_an_epoch_of_the_training_set_size():
+    for spec in ("instance", "class", "sqrt", "progressive", "class_aware", 0.3):
+        sampler = build_sampler(spec, LABELS, total_epochs=5)
+        assert len(sampler) == len(LABELS) == len(list(sampler))
+    assert len(build_sampler("class", LABELS, num_samples=100).indices()) == 100
+
+
+def test_same_seed_and_epoch_same_stream_other_epoch_other_stream():
+    for spec in ("instance", "class", "progressive", "class_aware"):
+        a = build_sampler(spec, LABELS, seed=7, total_epochs=4)
+        b = build_sampler(spec, LABELS, seed=7, total_epochs=4)
+        a.set_epoch(2)
+        b.set_epoch(2)
+        assert torch.equal(a.indices(), b.indices())
+        b.set_epoch(3)
+        assert not torch.equal(a.indices(), b.indices())
+        c = build_sampler(spec, LABELS, seed=8, total_epochs=4)
+        c.set_epoch(2)
+        assert not torch.equal(a.indices(), c.indices())
+
+
+def test_samplers_leave_global_rngs_alone():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    expected = (torch.rand(1), random.random(), np.random.rand())
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    for spec in ("instance", "class", "progressive", "class_aware"):
+        list(build_sampler(spec, LABELS, total_epochs=3))
+    assert (torch.rand(1), random.random(), np.random.rand()) == expected
+
+
+def test_progressive_goes_from_instance_to_class_balanced():
+    total = 20
+    sampler = build_sampler("progressive", LABELS, seed=0, total_epochs=total)
+    first = torch.zeros(len(COUNTS), dtype=torch.float64)
+    last = torch.zeros(len(COUNTS), dtype=torch.float64)
+    for _ in range(30):  # many draws at a fixed epoch: vary the seed
+        sampler.seed += 1
+        sampler.set_epoch(0)
+        first += torch.bincount(LABELS[sampler.indices()], minlength=len(COUNTS))
+        sampler.set_epoch(total - 1)
+        last += torch.bincount(LABELS[sampler.indices()], minlength=len(COUNTS))
+    assert total_variation(first / first.sum(), class_probabilities(COUNTS, 1.0)) < 0.01
+    # p(T-1) = (1/T) IB + (1 - 1/T) CB
+    expected_last = (class_probabilities(COUNTS, 1.0) + (total - 1)
+                     * class_probabilities(COUNTS, 0.0)) / total
+    assert total_variation(last / last.sum(), expected_last) < 0.01
+    assert total_variation(last / last.sum(), class_probabilities(COUNTS, 0.0)) < 0.05
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize("spec", ["instance", "class", "sqrt", "class_aware"])
+def test_shards_are_disjoint_equal_and_keep_the_class_mix(replicas, spec):
+    single = build_sampler(spec, LABELS, seed=5, num_replicas=1, rank=0)
+    shards = []
+    for rank in range(replicas):
+        s = build_sampler(spec, LABELS, seed=5, num_replicas=replicas, rank=rank)
+        s.set_epoch(1)
+        shards.append(s.indices())
+    single.set_epoch(1)
+    assert len({len(s) for s in shards}) == 1
+    assert len(shards[0]) * replicas >= len(LABELS)
+    # Disjoint positions of one global stream: interleaving the shards gives it back.
+    stream = torch.stack(shards, dim=1).flatten()
+    expected = build_sampler(spec, LABELS, seed=5, num_samples=len(stream), num_replicas=1,
+                             rank=0)
+    expected.set_epoch(1)
+    assert torch.equal(stream, expected.indices())
+    if spec == "instance":  # no replacement: the shards share no image (beyond padding)
+        assert len(set(stream.tolist())) == len(LABELS)
+    union_mix = torch.bincount(LABELS[stream], minlength=len(COUNTS)).double() / len(stream)
+    single_mix = torch.bincount(LABELS[single.indices()], minlength=len(COUNTS)).double()
+    assert total_variation(union_mix, single_mix / single_mix.sum()) < 0.03
+
+
+def test_class_aware_yields_runs_of_k_equal_labels_over_cycled_classes():
+    k = 4
+    sampler = ClassAwareSampler(LABELS, samples_per_class=k, seed=3)
+    runs = LABELS[sampler.indices()][: (len(LABELS) // k) * k].view(-1, k)
+    assert (runs == runs[:, :1]).all()
+    picks = runs[:, 0]
+    # The class list is cycled: every block of C picks holds each class once.
+    C = len(COUNTS)
+    for block in picks[: (len(picks) // C) * C].view(-1, C):
+        assert sorted(block.tolist()) == list(range(C))
+    # Within a class, images are not repeated before the class list is used up.
+    members = sampler.indices()[LABELS[sampler.indices()] == 5].tolist()
+    n5 = COUNTS[5]
+    for start in range(0, len(members) - n5 + 1, n5):
+        assert len(set(members[start : start + n5])) == n5
+
+
+def test_parse_sampler_spec():
+    assert parse_sampler_spec("sqrt") == "sqrt"
+    assert parse_sampler_spec(0.3) == 0.3
+    assert parse_sampler_spec("0.3") == 0.3
+    for bad in ("balanced", 1.5, -0.1, True):
+        with pytest.raises(ValueError):
+            parse_sampler_spec(bad)
+
+
+def test_sampler_reads_rank_from_arguments_and_checks_them():
+    with pytest.raises(ValueError, match="rank"):
+        build_sampler("class", LABELS, num_replicas=2, rank=2)
