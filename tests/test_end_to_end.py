@@ -97,3 +97,29 @@ def test_real_fashion_mnist_lt_profile(tmp_path):
     data = build_data(load_config(ROOT / "configs" / "fmnist_lt.yaml").data, seed=0)
     assert sorted(data.train_counts, reverse=True) == [1280, 691, 373, 202, 109, 59, 32, 17, 9, 5]
     assert len(data.val) == 200 and len(data.test) == 10000
+
+
+def test_grid_runs_each_sampler_and_writes_grid_json(fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "grid"
+    code = main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+                 "data.n_max=60", "data.n_min=2", "data.val_per_class=5", *TINY,
+                 "stage1.epochs=1", "stage2.methods=[joint,crt,tau_norm]",
+                 "--samplers", "instance,class,0.5", "--out", str(out)])
+    assert code == 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert list(grid) == ["instance", "class", "0.5"]
+    for methods in grid.values():
+        assert list(methods) == ["joint", "crt", "tau_norm"]
+    for sampler in grid:
+        assert yaml.safe_load((out / sampler / "config.yaml").read_text())["stage1"][
+            "sampler"] in ("instance", "class", 0.5)
+    table = (out / "grid.md").read_text().splitlines()
+    assert table[0] == "| stage-1 sampler | joint | crt | tau_norm |"
+    assert len(table) == 5 and " / " in table[2]
+    assert "grid: top-1 / Few-shot" in capsys.readouterr().out
+
+
+def test_grid_rejects_unknown_samplers(capsys):
+    assert main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), "--samplers",
+                 "instance,balanced"]) == 2
+    assert "--samplers balanced" in capsys.readouterr().err

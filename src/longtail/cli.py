@@ -1,4 +1,4 @@
-"""The ``longtail`` command line: run, rebalance, config."""
+"""The ``longtail`` command line: run, grid, rebalance, summarize, config."""
 
 from __future__ import annotations
 
@@ -41,6 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true",
                      help="show the full traceback of errors instead of one line")
 
+    grid = sub.add_parser(
+        "grid", help="stage 1 with each of several samplers, every stage-2 method on each",
+        description="For each sampler of --samplers, run stage 1 with it and every stage-2 "
+                    "method on its features (as 'run' does, into DIR/<sampler>/), then write "
+                    "DIR/grid.json ({sampler: metrics.json's methods}) and a table like the "
+                    "paper's Figure 1: rows = sampler, columns = method, cells = top-1 / Few.")
+    grid.add_argument("config", metavar="CONFIG", help="YAML config file")
+    grid.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    grid.add_argument("--samplers", default="instance,class,sqrt,progressive",
+                      help="comma-separated stage-1 samplers: instance, class, sqrt, "
+                           "progressive, class_aware or q in [0, 1] "
+                           "(default: instance,class,sqrt,progressive)")
+    grid.add_argument("--out", metavar="DIR", type=Path,
+                      help="grid directory (default: runs/<config name>-grid-<timestamp>)")
+    grid.add_argument("--overwrite", action="store_true",
+                      help="allow --out to name a folder that already holds files")
+    grid.add_argument("--debug", action="store_true",
+                      help="show the full traceback of errors instead of one line")
+
     rebalance = sub.add_parser(
         "rebalance", help="re-run stage 2 and the report of a finished run, from its features",
         description="Fit the stage-2 methods again on RUN_DIR's cached features and stage-1 "
@@ -52,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stage2.*, eval.* or device overrides")
     rebalance.add_argument("--debug", action="store_true",
                            help="show the full traceback of errors instead of one line")
+
+    summarize = sub.add_parser(
+        "summarize", help="mean and spread of several runs (e.g. seeds) as one table",
+        description="Read RUN_DIR/metrics.json of each run and print, per method, the mean "
+                    "and sample standard deviation of top-1, Many, Medium, Few and tau.")
+    summarize.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+",
+                           help="finished runs' folders")
+    summarize.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    summarize.add_argument("--json", metavar="FILE", type=Path,
+                           help="also write the summary as JSON")
 
     config = sub.add_parser(
         "config", help="print the fully resolved config, or the reference of every key",
@@ -95,9 +124,49 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         run(cfg, config_name=Path(args.config).stem, out=args.out, overwrite=args.overwrite,
             argv=argv)
         return 0
+    if args.command == "grid":
+        from longtail.config import ConfigError
+        from longtail.data.samplers import parse_sampler_spec
+        from longtail.pipeline import grid
+
+        cfg = load_config(args.config, args.overrides)
+        samplers = []
+        for item in filter(None, (s.strip() for s in args.samplers.split(","))):
+            try:
+                samplers.append(parse_sampler_spec(item))
+            except ValueError as e:
+                raise ConfigError(f"--samplers {item}: {e}") from None
+        if not samplers or len(set(samplers)) != len(samplers):
+            raise ConfigError(f"--samplers: expected distinct samplers, found {args.samplers!r}")
+        grid(cfg, samplers, config_name=Path(args.config).stem, out=args.out,
+             overwrite=args.overwrite, argv=argv)
+        return 0
     if args.command == "rebalance":
         from longtail.pipeline import rebalance_run
 
         rebalance_run(args.run_dir, args.overrides)
         return 0
+    if args.command == "summarize":
+        return _summarize(args)
     raise AssertionError(args.command)
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    import json
+
+    from longtail.checkpoint import atomic_write_json
+    from longtail.report import format_summary, summarize
+
+    runs = []
+    for run_dir in args.run_dirs:
+        path = run_dir / "metrics.json"
+        if not path.is_file():
+            raise LongtailError(f"{path}: not found (is {run_dir} a finished run?)")
+        runs.append(json.loads(path.read_text()))
+    summary = summarize(runs)
+    print(f"{len(runs)} runs: mean ± sample std of test accuracy (%)")
+    print(format_summary(summary, markdown=args.markdown))
+    if args.json:
+        atomic_write_json(args.json, {"runs": [str(r) for r in args.run_dirs],
+                                      "methods": summary})
+    return 0

@@ -115,6 +115,9 @@ class TauNormConfig:
 @dataclass
 class NCMConfig:
     center: bool = _opt(False, "subtract the mean training feature first (the authors' default)")
+    normalize: bool | None = _opt(
+        None, "L2-normalise features before averaging; null: for ncm_cosine only"
+    )
 
 
 @dataclass

@@ -8,6 +8,8 @@ rank 0 writes files and prints tables.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -55,18 +57,20 @@ def select_device(preference: str) -> torch.device:
     return device
 
 
-def init_distributed(device: torch.device) -> None:
-    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on GPUs, Gloo on CPUs)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+@contextmanager
+def session(device: torch.device) -> Iterator[None]:
+    """Join torchrun's process group for the duration (when WORLD_SIZE > 1 and not joined yet):
+    NCCL on GPUs, Gloo on CPUs."""
+    start = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized()
+    if start:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        if start:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -11,7 +11,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from longtail.data import LongTailData, build_data, shot_groups
 from longtail.errors import LongtailError
 from longtail.metrics import evaluate
 from longtail.models import build_model
-from longtail.report import format_table, write_report
+from longtail.report import format_grid, format_table, write_report
 from longtail.scalars import ScalarLog
 from longtail.stages.features import FeatureSet, extract_features, load_features
 from longtail.stages.joint import train_joint
@@ -62,20 +62,53 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _shared_run_dir(out: Path | None, config_name: str, overwrite: bool) -> Path:
+    """Return the run directory chosen (and prepared) by rank 0, in every process."""
+    run_dir = None
+    if distributed.is_main():
+        run_dir = out or default_run_dir(config_name)
+        prepare_run_dir(run_dir, overwrite)
+    return Path(distributed.broadcast_object(run_dir))
+
+
 def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bool = False,
         argv: list[str] | None = None) -> dict[str, Any]:
     """Run the whole method as configured; return metrics.json's content (rank 0) or {}."""
     device = distributed.select_device(cfg.device)
-    distributed.init_distributed(device)
-    try:
-        run_dir = None
-        if distributed.is_main():
-            run_dir = out or default_run_dir(config_name)
-            prepare_run_dir(run_dir, overwrite)
-        run_dir = Path(distributed.broadcast_object(run_dir))
+    with distributed.session(device):
+        run_dir = _shared_run_dir(out, config_name, overwrite)
         return _run(cfg, run_dir, device, argv or [])
-    finally:
-        distributed.shutdown()
+
+
+def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
+         out: Path | None = None, overwrite: bool = False,
+         argv: list[str] | None = None) -> dict[str, Any]:
+    """Run stage 1 once per sampler and every stage-2 method on each (the paper's Figure 1).
+
+    Each sampler's run goes to ``DIR/<sampler>/``; ``DIR/grid.json`` maps each sampler to its
+    metrics.json "methods" object and ``DIR/grid.md`` holds the table.
+    """
+    device = distributed.select_device(cfg.device)
+    results: dict[str, Any] = {}
+    with distributed.session(device):
+        grid_dir = _shared_run_dir(out, f"{config_name}-grid", overwrite)
+        for sampler in samplers:
+            _say(f"\n=== grid: stage1.sampler={sampler} ===")
+            sub = replace(cfg, stage1=replace(cfg.stage1, sampler=sampler))
+            run_dir = grid_dir / str(sampler)
+            if distributed.is_main():
+                prepare_run_dir(run_dir, overwrite)
+            metrics = _run(sub, run_dir, device, argv or [])
+            if distributed.is_main():
+                results[str(sampler)] = metrics["methods"]
+                atomic_write_json(grid_dir / "grid.json", results)
+        if distributed.is_main():
+            table = format_grid(results)
+            atomic_write_text(grid_dir / "grid.md", table + "\n")
+            print(f"\ngrid: top-1 / Few-shot accuracy (%) by stage-1 sampler (rows) and "
+                  f"stage-2 method (columns)\n{table}\n\nwrote {grid_dir}/grid.json, grid.md",
+                  flush=True)
+    return results
 
 
 def _say(text: str) -> None:

@@ -37,6 +37,55 @@ def format_table(methods: dict[str, dict[str, Any]], markdown: bool = False) -> 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
 
+def format_grid(grid: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Return the sampler x method table (Markdown): cells are "top-1 / few"."""
+    methods = list(next(iter(grid.values()))) if grid else []
+    lines = ["| stage-1 sampler | " + " | ".join(methods) + " |",
+             "|" + "---|" * (len(methods) + 1)]
+    for sampler, results in grid.items():
+        cells = [f"{_cell(results[m]['top1'])} / {_cell(results[m]['few'])}" for m in methods]
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Return mean, std (sample, n-1) and n of top1 / many / medium / few / tau of each method
+    over several runs' metrics.json (e.g. seeds); groups that are empty in a run are skipped."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    names = [name for name in runs[0]["methods"] if all(name in r["methods"] for r in runs)]
+    for name in names:
+        summary[name] = {}
+        for column in (*COLUMNS, "tau"):
+            values = [r["methods"][name][column] for r in runs
+                      if r["methods"][name].get(column) is not None]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0
+            summary[name][column] = {"mean": mean, "std": var ** 0.5, "n": len(values)}
+    return summary
+
+
+def format_summary(summary: dict[str, dict[str, dict[str, float]]], markdown: bool = True) -> str:
+    """Return a table of mean +- std per method over runs (see ``summarize``)."""
+    header = ["method", "top-1", "many", "medium", "few", "tau"]
+    rows = []
+    for name, columns in summary.items():
+        cells = [name]
+        for column in (*COLUMNS, "tau"):
+            stat = columns.get(column)
+            digits = 2 if column == "tau" else 1
+            cells.append("-" if stat is None else
+                         f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}")
+        rows.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
+                     for r in [header, *rows])
+
+
 def per_class_csv(metrics: dict[str, Any], class_names: list[str]) -> str:
     """Return per_class.csv: one row per class with its training count, group and accuracies."""
     dataset, methods = metrics["dataset"], metrics["methods"]

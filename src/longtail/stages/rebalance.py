@@ -351,9 +351,9 @@ def build_rebalancer(
     if name == "joint":
         return Joint(joint_weight, joint_bias)
     if name == "ncm_cosine":
-        return NCM("cosine", center=cfg.ncm.center)
+        return NCM("cosine", center=cfg.ncm.center, normalize=cfg.ncm.normalize)
     if name == "ncm_euclidean":
-        return NCM("euclidean", center=cfg.ncm.center)
+        return NCM("euclidean", center=cfg.ncm.center, normalize=cfg.ncm.normalize)
     if name == "tau_norm":
         grid = TauNorm.default_grid(cfg.tau_norm.grid_max, cfg.tau_norm.grid_step)
         return TauNorm(joint_weight, tau=cfg.tau_norm.tau, grid=grid)

@@ -1,0 +1,35 @@
+import math
+
+from longtail.report import format_summary, format_table, per_class_csv, summarize
+
+
+def metrics(top1, few, tau=None):
+    m = {"top1": top1, "many": 90.0, "medium": None, "few": few, "per_class": [90.0, math.nan]}
+    if tau is not None:
+        m["tau"] = tau
+    return {"dataset": {"name": "x", "num_classes": 2, "train_counts": [500, 5],
+                        "shot_groups": {"many": [0], "medium": [], "few": [1]}},
+            "methods": {"joint": m}}
+
+
+def test_table_has_a_row_per_method_and_dashes_for_empty_groups():
+    table = format_table({"joint": metrics(50.0, 10.0)["methods"]["joint"],
+                          "tau_norm": metrics(60.0, 30.0, tau=0.75)["methods"]["joint"]})
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("joint") and "tau=0.75" in lines[3]
+    assert " - " in lines[2] + " "
+
+
+def test_summary_mean_and_sample_std():
+    summary = summarize([metrics(50.0, 10.0, 1.0), metrics(60.0, 20.0, 1.5),
+                         metrics(70.0, 30.0, 2.0)])
+    top1 = summary["joint"]["top1"]
+    assert top1["mean"] == 60.0 and top1["n"] == 3 and abs(top1["std"] - 10.0) < 1e-9
+    assert "medium" not in summary["joint"]  # empty in every run
+    assert "60.0 ± 10.0" in format_summary(summary)
+
+
+def test_per_class_csv_rows():
+    text = per_class_csv(metrics(50.0, 10.0), ["head", "tail"])
+    assert text.splitlines() == ["class,name,train_count,group,joint", "0,head,500,many,90.00",
+                                 "1,tail,5,few,"]
