@@ -107,3 +107,26 @@ def test_missing_root_folder(tmp_path, image_lists):
     _, files = image_lists
     with pytest.raises(LongtailError, match="data.root: folder not found"):
         build_data(list_cfg(tmp_path / "nope", files).data, seed=0)
+
+
+def test_training_augmentation_is_the_same_with_any_workers(fake_fmnist):
+    from torch.utils.data import DataLoader
+
+    from longtail.data import build_sampler
+    from longtail.data.datasets import Augmented, SeededDraws
+
+    cfg = load_config(None, [f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
+                             "data.val_per_class=2"])
+    data = build_data(cfg.data, seed=0)
+    batches = {}
+    for workers in (0, 2):
+        draws = SeededDraws(build_sampler("class", data.train.labels, seed=3), seed=3)
+        draws.set_epoch(1)
+        loader = DataLoader(Augmented(data.train, data.transform(train=True)), batch_size=16,
+                            sampler=draws, num_workers=workers)
+        torch.manual_seed(workers)  # the global RNG must not matter
+        batches[workers] = torch.cat([images for images, _ in loader])
+    assert torch.equal(batches[0], batches[2])
+    # ... and augmentation does vary between draws of the same image.
+    plain = data.train.with_transform(data.transform(train=False))
+    assert not all(torch.equal(batches[0][i], plain[0][0]) for i in range(len(batches[0])))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from longtail.errors import LongtailError
@@ -81,3 +81,61 @@ class ImageFiles(LabelledImages):
 
     def raw(self, index: int) -> torch.Tensor:
         return decode_image(self.paths[index], self.channels)
+
+
+def augmentation_seed(seed: int, epoch: int, position: int) -> int:
+    """Return the RNG seed of the training draw at ``position`` of ``epoch``'s global stream.
+
+    Packs (seed mod 2^16, epoch mod 2^16, position < 2^32) into 64 bits: distinct for every
+    draw of a run, and independent of workers, ranks and restarts.
+    """
+    return ((seed & 0xFFFF) << 48) | ((epoch & 0xFFFF) << 32) | (position & 0xFFFFFFFF)
+
+
+class SeededDraws(Sampler[tuple[int, int]]):
+    """Wraps a sampler of the family to yield (dataset index, augmentation seed) pairs.
+
+    The seed of a draw depends only on (seed, epoch, position in the global stream), so the
+    augmented image is the same with any number of DataLoader workers (persistent or not), on
+    any rank, and after a resume.
+    """
+
+    def __init__(self, sampler: Sampler[int], seed: int) -> None:
+        self.sampler = sampler
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        s = self.sampler
+        indices = s.indices().tolist()
+        for k, index in enumerate(indices):
+            yield index, augmentation_seed(self.seed, s.epoch, s.rank + k * s.num_replicas)
+
+
+class Augmented(Dataset):
+    """Training view of ``images``: item ``(index, seed)`` is image ``index`` transformed under
+    torch's RNG seeded with ``seed`` (the caller's RNG state is left untouched)."""
+
+    def __init__(self, images: LabelledImages, transform: Transform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        image = self.images.raw(index)
+        state = torch.get_rng_state()
+        # The CPU generator only: torch.manual_seed would also seed every accelerator (slow).
+        torch.default_generator.manual_seed(seed)
+        try:
+            image = self.transform(image)
+        finally:
+            torch.set_rng_state(state)
+        return image, int(self.images.labels[index])

@@ -21,6 +21,7 @@ from longtail import distributed
 from longtail.checkpoint import save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import LongTailData, build_sampler
+from longtail.data.datasets import Augmented, SeededDraws
 from longtail.errors import LongtailError
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
@@ -53,14 +54,14 @@ def train_joint(
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data.train``; return one record per epoch."""
     model.to(device).to(memory_format=torch.channels_last)
-    train_set = data.train.with_transform(data.transform(train=True))
     sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
                             samples_per_class=cfg.samples_per_class)
+    draws = SeededDraws(sampler, seed)  # augmentation seeded per draw: resumable, worker-proof
     batch_size = min(cfg.batch_size, len(sampler))
     loader = DataLoader(
-        train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+        Augmented(data.train, data.transform(train=True)), batch_size=batch_size,
+        sampler=draws, num_workers=num_workers, pin_memory=device.type == "cuda",
+        drop_last=True, persistent_workers=num_workers > 0,
     )
     steps_per_epoch = len(loader)
     net = model
@@ -75,7 +76,7 @@ def train_joint(
     history: list[dict[str, float]] = []
     main = distributed.is_main()
     for epoch in range(cfg.epochs):
-        sampler.set_epoch(epoch)
+        draws.set_epoch(epoch)
         net.train()
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
