@@ -17,6 +17,7 @@ test: setup data
 bench: setup
 	$(BIN)/python bench/stage2.py
 	$(BIN)/python bench/samplers.py
+	$(BIN)/python bench/loader.py
 
 lint: setup
 	$(BIN)/ruff check .

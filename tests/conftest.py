@@ -79,3 +79,68 @@ def fake_fmnist(tmp_path: Path) -> Path:
 def image_lists(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     root = tmp_path / "images"
     return root, make_image_list_dataset(root, counts=[30, 12, 6, 3])
+
+
+def make_fake_cifar(root: Path, kind: str = "cifar10_lt", train_per_class: int = 60,
+                    test_per_class: int = 5) -> Path:
+    """Write CIFAR python-format pickles (bytes keys, uint8 arrays) with easy class patterns."""
+    import pickle
+
+    if kind == "cifar10_lt":
+        folder, classes = root / "cifar-10-batches-py", 10
+        train_files, test_file, meta, key, names_key = (
+            [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", b"labels",
+            b"label_names")
+    else:
+        folder, classes = root / "cifar-100-python", 100
+        train_files, test_file, meta, key, names_key = (
+            ["train"], "test", "meta", b"fine_labels", b"fine_label_names")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(labels: np.ndarray, seed: int) -> dict:
+        images = class_images(labels, 32, 3, seed).transpose(0, 3, 1, 2).reshape(len(labels), -1)
+        return {b"data": images, key: labels.tolist()}
+
+    train_labels = np.tile(np.arange(classes), train_per_class)  # interleaved, as in CIFAR
+    for i, part in enumerate(np.array_split(train_labels, len(train_files))):
+        with open(folder / train_files[i], "wb") as f:
+            pickle.dump(batch(part, i), f, protocol=2)
+    with open(folder / test_file, "wb") as f:
+        pickle.dump(batch(np.repeat(np.arange(classes), test_per_class), 99), f, protocol=2)
+    with open(folder / meta, "wb") as f:
+        pickle.dump({names_key: [f"class{c}".encode() for c in range(classes)]}, f, protocol=2)
+    return root
+
+
+def make_inat_json(root: Path, counts: list[int], test_per_class: int = 3) -> dict[str, Path]:
+    """Write images and iNaturalist-2018-style train/val JSON files (COCO layout)."""
+    import json
+
+    files = {}
+    image_id = 0
+    for split, per_class in (("train", counts), ("val", [test_per_class] * len(counts))):
+        labels = np.repeat(np.arange(len(counts)), per_class)
+        images, annotations = [], []
+        for i, (image, label) in enumerate(zip(class_images(labels, 16, 3, len(split)), labels)):
+            rel = f"train_val2018/Plantae/{label}/{split}_{i}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / rel)
+            images.append({"id": image_id, "file_name": rel, "width": 16, "height": 16})
+            annotations.append({"id": image_id, "image_id": image_id,
+                                "category_id": int(label) * 10})  # ids need not be 0..C-1
+            image_id += 1
+        categories = [{"id": c * 10, "name": f"species {c}"} for c in range(len(counts))]
+        files[split] = root / f"{split}2018.json"
+        files[split].write_text(json.dumps({"images": images, "annotations": annotations,
+                                            "categories": categories}))
+    return files
+
+
+def make_image_folder(root: Path, per_class: list[int], size: int = 16) -> Path:
+    """Write root/class_xx/*.png in torchvision's ImageFolder layout."""
+    labels = np.repeat(np.arange(len(per_class)), per_class)
+    for i, (image, label) in enumerate(zip(class_images(labels, size, 3, 5), labels)):
+        path = root / f"class_{label:02d}" / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    return root

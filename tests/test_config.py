@@ -56,8 +56,8 @@ def test_resolved_config_round_trips():
     ("stage1.epoch=3", "unknown config key stage1.epoch; did you mean stage1.epochs"),
     ("stage1.epochs=ten", "config key stage1.epochs: expected int, found str 'ten'"),
     ("stage1.epochs=2.5", "config key stage1.epochs: expected int, found float 2.5"),
-    ("stage1.lr=fast", "config key stage1.lr: expected float, found str 'fast'"),
-    ("data.kind=csv", "config key data.kind: expected one of fmnist_lt, list"),
+    ("stage1.lr=fast", "config key stage1.lr: expected float or null, found str 'fast'"),
+    ("data.kind=csv", "config key data.kind: expected one of fmnist_lt, cifar10_lt"),
     ("stage2.methods=crt", "config key stage2.methods: expected list of one of"),
     ("stage2.methods=[crt,lsw]", "config key stage2.methods: expected list of one of"),
     ("model.small_stem=yes please", "config key model.small_stem: expected bool or null"),
@@ -102,5 +102,24 @@ def test_config_reference_in_docs_is_current():
 
 
 def test_shipped_configs_load():
-    for path in (ROOT / "configs").glob("*.yaml"):
-        load_config(path)
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        load_config(path, ["data.root=/data", "model.weights=/w.pth"])
+
+
+def test_paper_configs_need_their_data_root():
+    with pytest.raises(ConfigError, match="data.root: expected the dataset folder"):
+        load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml")
+    with pytest.raises(ConfigError, match="model.weights: expected a file"):
+        load_config(ROOT / "configs" / "places_lt_resnet152.yaml", ["data.root=/data"])
+
+
+def test_linear_lr_scaling():
+    from longtail.stages.joint import resolve_lr
+
+    cfg = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml", ["data.root=/d"])
+    assert resolve_lr(cfg.stage1) == pytest.approx(0.2)
+    cfg = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",
+                      ["data.root=/d", "stage1.batch_size=128"])
+    assert resolve_lr(cfg.stage1) == pytest.approx(0.05)

@@ -123,3 +123,28 @@ def test_grid_rejects_unknown_samplers(capsys):
     assert main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), "--samplers",
                  "instance,balanced"]) == 2
     assert "--samplers balanced" in capsys.readouterr().err
+
+
+def test_run_on_a_generated_image_folder(tmp_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "folder", per_class=[40] * 4, size=20)
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), "data.kind=image_folder",
+                 f"data.root={root}", "data.n_max=30", "data.n_min=3", "data.val_per_class=3",
+                 "data.test_per_class=5", *TINY, "--out", str(out)]) == 0
+    metrics = check_metrics(out, 4)
+    assert sorted(metrics["dataset"]["train_counts"], reverse=True) == [30, 14, 6, 3]
+
+
+def test_run_on_a_cifar_fixture_with_resnet32(tmp_path):
+    from tests.conftest import make_fake_cifar
+
+    root = make_fake_cifar(tmp_path / "cifar", "cifar10_lt", train_per_class=30)
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "configs" / "cifar10_lt_resnet32.yaml"), f"data.root={root}",
+                 "data.imbalance_ratio=10", "data.val_per_class=2", "stage1.epochs=1",
+                 "stage1.warmup_epochs=0", "stage1.batch_size=32", "stage2.crt.epochs=2",
+                 "stage2.lws.epochs=1", "--out", str(out)]) == 0
+    metrics = check_metrics(out, 10)
+    assert metrics["dataset"]["train_counts"] == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]

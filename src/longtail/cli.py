@@ -1,4 +1,4 @@
-"""The ``longtail`` command line: run, grid, rebalance, summarize, config."""
+"""The ``longtail`` command line: run, grid, rebalance, make-split, summarize, config."""
 
 from __future__ import annotations
 
@@ -71,6 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
                            help="stage2.*, eval.* or device overrides")
     rebalance.add_argument("--debug", action="store_true",
                            help="show the full traceback of errors instead of one line")
+
+    split = sub.add_parser(
+        "make-split", help="write long-tailed train/val/test lists from a balanced source",
+        description="Draw a long-tailed training split (exponential or Pareto profile, fixed "
+                    "by --seed) and balanced val/test splits from a balanced source, and write "
+                    "them as list files (data.kind: list) with classes.txt and split.json "
+                    "(class counts and the SHA-256 of each list). List and image-folder "
+                    "sources are referenced in place; CIFAR and Fashion-MNIST images are "
+                    "written out as PNG files, their official test set as the test split.")
+    split.add_argument("source", choices=["list", "image_folder", "cifar10", "cifar100",
+                                          "fmnist"], help="kind of the balanced source")
+    split.add_argument("--root", type=Path, required=True,
+                       help="the source's folder (images, CIFAR batches or IDX files)")
+    split.add_argument("--list", dest="list_file", type=Path,
+                       help="list source: the balanced list file ('relative/path label')")
+    split.add_argument("--out", type=Path, required=True, help="folder for the lists")
+    split.add_argument("--profile", choices=["exponential", "pareto"], default="exponential",
+                       help="exponential: n_max * (n_min/n_max)^(i/(C-1)); pareto: "
+                            "ImageNet-LT-like (Pareto quantiles, see --alpha)")
+    split.add_argument("--n-max", type=int, help="images of the largest class (default: all "
+                                                 "the smallest class can give)")
+    split.add_argument("--n-min", type=int, help="images of the smallest class")
+    split.add_argument("--ratio", type=float, help="imbalance ratio n_max / n_min (default 100 "
+                                                   "unless --n-min)")
+    split.add_argument("--alpha", type=float, default=6.0, help="pareto shape (ImageNet-LT: 6)")
+    split.add_argument("--val-per-class", type=int, default=20, help="balanced val size per class")
+    split.add_argument("--test-per-class", type=int, default=50,
+                       help="balanced test size per class (list and image_folder sources)")
+    split.add_argument("--seed", type=int, default=0, help="fixes class order and image choice")
+    split.add_argument("--class-order", choices=["random", "label"], default="random",
+                       help="which class gets which size: drawn from --seed, or label order")
+    split.add_argument("--debug", action="store_true",
+                       help="show the full traceback of errors instead of one line")
 
     summarize = sub.add_parser(
         "summarize", help="mean and spread of several runs (e.g. seeds) as one table",
@@ -146,9 +179,28 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
         rebalance_run(args.run_dir, args.overrides)
         return 0
+    if args.command == "make-split":
+        return _make_split(args)
     if args.command == "summarize":
         return _summarize(args)
     raise AssertionError(args.command)
+
+
+def _make_split(args: argparse.Namespace) -> int:
+    from longtail.data.makesplit import SplitRequest, make_split
+
+    summary = make_split(SplitRequest(
+        source=args.source, root=args.root, out=args.out, list_file=args.list_file,
+        profile=args.profile, n_max=args.n_max, n_min=args.n_min, imbalance_ratio=args.ratio,
+        alpha=args.alpha, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
+        seed=args.seed, class_order=args.class_order))
+    for name, info in summary["files"].items():
+        print(f"{args.out / name}: {info['images']} images, sha256 {info['sha256']}")
+    train = summary["counts"]["train"]
+    print(f"train: {len(train)} classes, {max(train)}..{min(train)} images per class "
+          f"({summary['profile']['kind']} profile, seed {summary['seed']})")
+    print(f"summary: {args.out / 'split.json'}\nuse it: {summary['usage']}")
+    return 0
 
 
 def _summarize(args: argparse.Namespace) -> int:

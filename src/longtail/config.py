@@ -35,23 +35,69 @@ def _opt(default: Any, help: str) -> Any:
 
 @dataclass
 class DataConfig:
-    kind: Literal["fmnist_lt", "list"] = _opt(
-        "fmnist_lt", "dataset reader: fmnist_lt (Fashion-MNIST IDX files) or list (split lists)"
+    kind: Literal["fmnist_lt", "cifar10_lt", "cifar100_lt", "list", "inat_json",
+                  "image_folder"] = _opt(
+        "fmnist_lt", "dataset reader: fmnist_lt, cifar10_lt, cifar100_lt (long-tailed from "
+        "balanced data), list (split lists), inat_json (iNaturalist JSON), image_folder"
     )
     root: str | None = _opt(
         None, "dataset folder; fmnist_lt default /usr/share/datasets/fashion-mnist"
     )
-    train: str | None = _opt(None, "list kind: train list file, 'relative/path label' per line")
-    val: str | None = _opt(None, "list kind: validation list file (balanced; used to choose tau)")
-    test: str | None = _opt(None, "list kind: test list file")
-    n_max: int = _opt(1280, "fmnist_lt: training images of the largest class")
-    n_min: int = _opt(5, "fmnist_lt: training images of the smallest class")
-    val_per_class: int = _opt(20, "fmnist_lt: balanced val images per class, from unused train")
-    split_seed: int | None = _opt(None, "seed of the long-tailed split; null: the run's seed")
+    train: str | None = _opt(
+        None, "train split: list file (list), JSON file (inat_json) or sub-folder (image_folder)"
+    )
+    val: str | None = _opt(None, "val split, as data.train (balanced; tau-norm chooses tau on it)")
+    test: str | None = _opt(None, "test split, as data.train")
+    class_names: str | None = _opt(
+        None, "list: text file of class names ('name' per line, or 'label name')"
+    )
+    profile: Literal["exponential", "step", "pareto"] = _opt(
+        "exponential", "long-tail profile of generated splits (fmnist_lt, cifar*_lt, "
+        "image_folder without data.train); step: CIFAR only"
+    )
+    n_max: int | None = _opt(
+        None, "generated splits: images of the largest class; null: 1280 (fmnist_lt), all "
+        "(cifar), the smallest class's (image_folder)"
+    )
+    n_min: int | None = _opt(
+        None, "generated splits: images of the smallest class; null: n_max / imbalance_ratio, "
+        "or 5 (fmnist_lt)"
+    )
+    imbalance_ratio: float | None = _opt(
+        None, "generated splits: n_max / n_min, e.g. 10, 50, 100, 200; null: 100 (cifar)"
+    )
+    pareto_alpha: float = _opt(6.0, "profile pareto: shape parameter (ImageNet-LT: 6)")
+    class_order: Literal["random", "label"] = _opt(
+        "random", "generated splits (not cifar): which class gets which size; random: by seed"
+    )
+    val_per_class: int = _opt(
+        20, "generated splits: balanced val images per class, from images the train split "
+        "does not use"
+    )
+    test_per_class: int = _opt(50, "image_folder without data.test: test images per class")
+    val_from_train: int = _opt(
+        0, "list, inat_json, image_folder without data.val: hold out this many training "
+        "images per class as val"
+    )
+    split_seed: int | None = _opt(None, "seed of generated splits; null: the run's seed")
+    remap_labels: bool = _opt(
+        False, "list, image_folder: map the training labels found to 0..C-1 (printed) "
+        "instead of stopping when they are not 0..C-1"
+    )
+    allow_outside_root: bool = _opt(
+        False, "let list-file paths point outside data.root (e.g. '../x.jpg' or '/abs.jpg')"
+    )
+    on_bad_image: Literal["error", "skip"] = _opt(
+        "error", "an image that cannot be decoded: stop with its file and line, or skip it "
+        "and count it"
+    )
     download: bool = _opt(False, "fmnist_lt: download the IDX files into root when missing")
     image_size: int | None = _opt(
-        None, "input side; null: 28 for fmnist_lt, else the first image's if < 64, else 224"
+        None, "input side; null: 28 (fmnist), 32 (cifar), else the first image's if < 64, "
+        "else 224"
     )
+    mean: list[float] | None = _opt(None, "normalisation mean per channel; null: the dataset's")
+    std: list[float] | None = _opt(None, "normalisation std per channel; null: the dataset's")
     in_memory: bool | Literal["auto"] = _opt(
         "auto", "decode images once and keep them as tensors (auto: when under 2 GiB)"
     )
@@ -60,23 +106,40 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["resnet10", "resnet18", "resnet50", "resnext50_32x4d"] = _opt(
-        "resnet10", "backbone: resnet10, resnet18, resnet50 or resnext50_32x4d"
+    name: Literal["resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
+                  "resnext50_32x4d", "resnext101_32x4d", "resnext152_32x4d",
+                  "resnet32_cifar"] = _opt(
+        "resnet10", "backbone: resnet10/18/50/101/152, resnext50/101/152_32x4d (torchvision's "
+        "ResNet class) or resnet32_cifar"
     )
     width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale)")
     in_channels: int | None = _opt(None, "image channels; null: 1 for fmnist_lt, 3 otherwise")
     small_stem: bool | None = _opt(
         None, "3x3 stride-1 stem without max-pool; null: when image_size < 64"
     )
+    weights: str | None = _opt(
+        None, "initial weights: a local state dict or torchvision checkpoint (loaded with "
+        "weights_only); a classifier of another class count is left out"
+    )
+    trainable: list[str] | None = _opt(
+        None, "modules trained in stage 1, e.g. [layer4, fc]; the rest is frozen (BatchNorm "
+        "statistics included); null: all"
+    )
 
 
 @dataclass
 class Stage1Config:
     epochs: int = _opt(90, "epochs of joint training")
-    batch_size: int = _opt(512, "images per step")
-    lr: float = _opt(0.2, "initial learning rate of SGD")
+    batch_size: int = _opt(512, "images per step, all processes together (split evenly)")
+    lr: float | None = _opt(
+        None, "learning rate of SGD; null: base_lr scaled linearly by the global batch size"
+    )
+    base_lr: float = _opt(0.1, "learning rate at base_batch_size images per step (lr: null)")
+    base_batch_size: int = _opt(256, "the batch size base_lr belongs to")
+    classifier_lr: float | None = _opt(None, "learning rate of the classifier; null: lr")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(5e-4, "SGD weight decay")
+    warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up before the cosine")
     sampler: str | float = _opt(
         "instance", "instance, class, sqrt, progressive, class_aware, or q in [0, 1]"
     )
@@ -347,13 +410,29 @@ def _check_semantics(cfg: Config) -> None:
     need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
-    need(cfg.data.n_max >= cfg.data.n_min >= 1, "data.n_min", "1 <= n_min <= n_max",
-         cfg.data.n_min)
-    need(cfg.data.val_per_class >= 0, "data.val_per_class", "an int >= 0",
-         cfg.data.val_per_class)
+    d = cfg.data
+    if cfg.model.trainable is not None and cfg.model.weights is None:
+        raise ConfigError("config key model.weights: expected a file of pretrained weights, "
+                          "since model.trainable freezes the rest of an untrained backbone")
+    if d.n_max is not None and d.n_min is not None:
+        need(d.n_max >= d.n_min >= 1, "data.n_min", f"1 <= n_min <= n_max ({d.n_max})", d.n_min)
+    for key in ("n_max", "n_min"):
+        value = getattr(d, key)
+        need(value is None or value >= 1, f"data.{key}", "an int >= 1 or null", value)
+    need(d.imbalance_ratio is None or d.imbalance_ratio >= 1, "data.imbalance_ratio",
+         "a number >= 1 or null", d.imbalance_ratio)
+    for key in ("val_per_class", "test_per_class", "val_from_train"):
+        need(getattr(d, key) >= 0, f"data.{key}", "an int >= 0", getattr(d, key))
+    need(d.profile != "step" or d.kind in ("cifar10_lt", "cifar100_lt"), "data.profile",
+         "exponential or pareto (step is CIFAR-LT's)", d.profile)
+    if d.mean is not None or d.std is not None:
+        need(d.mean is not None and d.std is not None and len(d.mean) == len(d.std),
+             "data.std", "mean and std of the same length", d.std)
     need(cfg.stage1.epochs >= 0, "stage1.epochs", "an int >= 0", cfg.stage1.epochs)
+    need(0 <= cfg.stage1.warmup_epochs <= cfg.stage1.epochs, "stage1.warmup_epochs",
+         f"0..stage1.epochs ({cfg.stage1.epochs})", cfg.stage1.warmup_epochs)
     for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
-                "stage1.samples_per_class", "model.width"):
+                "stage1.samples_per_class", "model.width", "stage1.base_batch_size"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         need(value >= 1, key, "an int >= 1", value)
@@ -371,16 +450,19 @@ def _check_semantics(cfg: Config) -> None:
             parse_sampler_spec(spec)
         except ValueError as e:
             raise ConfigError(f"config key {key}: {e}") from None
-    if cfg.data.kind == "list":
+    if d.kind in ("list", "inat_json"):
         for key in ("train", "test"):
-            need(getattr(cfg.data, key) is not None, f"data.{key}",
-                 "a list file (data.kind is list)", None)
-        need(cfg.data.root is not None, "data.root", "the folder of the images", None)
-    has_val = cfg.data.val is not None if cfg.data.kind == "list" else cfg.data.val_per_class > 0
+            need(getattr(d, key) is not None, f"data.{key}",
+                 f"a {'list' if d.kind == 'list' else 'JSON'} file (data.kind is {d.kind})", None)
+    if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt"):
+        need(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})", None)
+    generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
+        d.kind == "image_folder" and d.train is None)
+    has_val = d.val_per_class > 0 if generated else (d.val is not None or d.val_from_train > 0)
     if "tau_norm" in cfg.stage2.methods and cfg.stage2.tau_norm.tau is None and not has_val:
         raise ConfigError("config key stage2.tau_norm.tau: null chooses tau on the val split, "
-                          "but there is none; set data.val (or data.val_per_class > 0) or a "
-                          "fixed tau")
+                          "but there is none; set data.val, data.val_from_train or "
+                          "data.val_per_class, or a fixed tau")
 
 
 def config_reference() -> str:

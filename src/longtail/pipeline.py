@@ -29,11 +29,11 @@ from longtail.config import Config, dump_config, load_config
 from longtail.data import LongTailData, build_data, shot_groups
 from longtail.errors import LongtailError
 from longtail.metrics import evaluate
-from longtail.models import build_model
+from longtail.models import build_model, load_weights
 from longtail.report import format_grid, format_table, write_report
 from longtail.scalars import ScalarLog
 from longtail.stages.features import FeatureSet, extract_features, load_features
-from longtail.stages.joint import train_joint
+from longtail.stages.joint import resolve_lr, train_joint
 from longtail.stages.rebalance import build_rebalancer
 
 
@@ -129,15 +129,25 @@ def _run(cfg: Config, run_dir: Path, device: torch.device, argv: list[str]) -> d
     if main:
         atomic_write_json(run_dir / "dataset.json", asdict(info))
     _say(dataset_summary(data, cfg.eval.many_threshold, cfg.eval.few_threshold))
+    for note in data.notes:
+        _say(f"note: {note}")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, data.num_classes, data.channels, data.image_size,
                         width=cfg.model.width, small_stem=cfg.model.small_stem)
+    if cfg.model.weights:
+        _say(load_weights(model, cfg.model.weights))
+    if cfg.model.trainable is not None:
+        trained = model.freeze(cfg.model.trainable)
+        _say(f"model.trainable: {len(trained)} of {len(list(model.parameters()))} parameter "
+             f"tensors train ({', '.join(cfg.model.trainable)}); the rest is frozen")
     log = ScalarLog(run_dir / "logs", enabled=main)
     start = time.perf_counter()
-    _say(f"\nstage 1: {cfg.model.name} (width {cfg.model.width}, "
-         f"{model.backbone.feature_dim}-d features), {cfg.stage1.epochs} epochs, "
-         f"sampler {cfg.stage1.sampler}, batch {cfg.stage1.batch_size}, lr {cfg.stage1.lr}")
+    _say(f"\nstage 1: {cfg.model.name} ({model.backbone.feature_dim}-d features, "
+         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), "
+         f"{cfg.stage1.epochs} epochs, sampler {cfg.stage1.sampler}, batch "
+         f"{cfg.stage1.batch_size} over {distributed.world_size()} process(es), lr "
+         f"{resolve_lr(cfg.stage1):g}")
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
                 num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
                 checkpoint_path=run_dir / "stage1" / "last.pt", log=log)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from longtail.errors import LongtailError
@@ -19,14 +19,14 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 def decode_image(path: Path, channels: int) -> torch.Tensor:
     """Return the image at ``path`` as a uint8 CHW tensor with 1 (grayscale) or 3 (RGB) channels.
 
-    Pillow decodes it, so any format Pillow reads works.
+    Pillow decodes it, so any format Pillow reads works (torchvision's own decoders are
+    deprecated since 0.29). Raises OSError or ValueError when it cannot be read or decoded.
     """
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            return pil_to_tensor(img)
-    except (OSError, ValueError) as e:
-        raise LongtailError(f"{path}: cannot decode image ({e})") from None
+            return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
+    except Image.DecompressionBombError as e:
+        raise ValueError(str(e)) from None
 
 
 class LabelledImages(Dataset):
@@ -43,14 +43,16 @@ class LabelledImages(Dataset):
         other.transform = transform
         return other
 
-    def raw(self, index: int) -> torch.Tensor:
+    def raw(self, index: int) -> torch.Tensor | None:
         raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         image = self.raw(index)
+        if image is None:  # undecodable and skipped (see ImageFiles)
+            return None
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
@@ -71,16 +73,38 @@ class TensorImages(LabelledImages):
 
 
 class ImageFiles(LabelledImages):
-    """Images decoded from files on every access (for data too large to keep in memory)."""
+    """Images decoded from files on every access (for data too large to keep in memory).
+
+    An image that cannot be decoded stops with a LongtailError naming where it was listed, or,
+    with ``skip_bad=True``, yields None, which ``collate_skipping`` drops from the batch.
+    """
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int] | torch.Tensor,
-                 channels: int, transform: Transform | None = None) -> None:
+                 channels: int, origins: Sequence[str] | None = None, skip_bad: bool = False,
+                 transform: Transform | None = None) -> None:
         super().__init__(labels, transform)
         self.paths = list(paths)
+        self.origins = list(origins) if origins is not None else [str(p) for p in self.paths]
         self.channels = channels
+        self.skip_bad = skip_bad
 
-    def raw(self, index: int) -> torch.Tensor:
-        return decode_image(self.paths[index], self.channels)
+    def raw(self, index: int) -> torch.Tensor | None:
+        try:
+            return decode_image(self.paths[index], self.channels)
+        except (OSError, ValueError) as e:
+            if self.skip_bad:
+                return None
+            raise LongtailError(f"{self.origins[index]}: cannot decode image "
+                                f"{self.paths[index]} ({e}); data.on_bad_image=skip skips such "
+                                f"images") from None
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate a batch, leaving out the images that could not be decoded (None)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return default_collate(kept)
 
 
 def augmentation_seed(seed: int, epoch: int, position: int) -> int:
@@ -128,9 +152,11 @@ class Augmented(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
         index, seed = key
         image = self.images.raw(index)
+        if image is None:  # undecodable and skipped
+            return None
         state = torch.get_rng_state()
         # The CPU generator only: torch.manual_seed would also seed every accelerator (slow).
         torch.default_generator.manual_seed(seed)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longtail.data.profiles import exponential_profile
 from longtail.errors import LongtailError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -80,31 +79,6 @@ def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np
             f"network allows it."
         )
     return {key: read_idx(path) for key, path in files.items()}
-
-
-def make_long_tailed_split(
-    labels: np.ndarray, n_max: int, n_min: int, val_per_class: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Return (train indices, val indices, class order) of a long-tailed split of ``labels``.
-
-    The class at position i of a seeded random class order keeps
-    ``round(n_max * (n_min/n_max)^(i/(C-1)))`` images, chosen at random; ``val_per_class``
-    further unused images of every class form a balanced val split.
-    """
-    rng = np.random.default_rng(seed)
-    num_classes = int(labels.max()) + 1
-    order = rng.permutation(num_classes)
-    profile = exponential_profile(num_classes, n_max, n_min)
-    train, val = [], []
-    for rank, c in enumerate(order):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        n = profile[rank]
-        if n + val_per_class > len(members):
-            raise LongtailError(f"class {c} has {len(members)} images, fewer than n={n} "
-                                f"plus val_per_class={val_per_class}")
-        train.append(members[:n])
-        val.append(members[n : n + val_per_class])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val)), order.tolist()
 
 
 def to_tensor_images(images: np.ndarray) -> torch.Tensor:

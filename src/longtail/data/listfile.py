@@ -9,29 +9,37 @@ from longtail.errors import LongtailError
 
 
 @dataclass
-class ListSplit:
-    """The parsed lines of one list file: image paths (absolute), labels, and line numbers."""
+class FileSplit:
+    """Images stored as files: paths, labels, and where each was listed (for messages)."""
 
-    list_file: Path
+    source: Path
     paths: list[Path]
     labels: list[int]
-    line_numbers: list[int]
+    origins: list[str]
 
 
-def parse_list_file(list_file: str | Path, root: str | Path) -> ListSplit:
+def resolve_near_root(path: str | Path, root: str | Path) -> Path:
+    """Return ``path``; a relative path that is not found from the working directory is looked
+    up in ``root`` (split files often live beside the images)."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and (Path(root) / path).exists():
+        return Path(root) / path
+    return path
+
+
+def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     """Return the entries of ``list_file``; paths are resolved against ``root``.
 
     A relative ``list_file`` is looked up in the working directory, then in ``root``. A line is
     ``relative/path label`` (the last whitespace-separated field is the label, so paths may
     contain spaces); blank lines are skipped. Errors name the file and line.
     """
-    list_file, root = Path(list_file), Path(root)
-    if not list_file.is_file() and not list_file.is_absolute() and (root / list_file).is_file():
-        list_file = root / list_file
+    root = Path(root)
+    list_file = resolve_near_root(list_file, root)
     if not list_file.is_file():
         raise LongtailError(f"{list_file}: list file not found (looked in the working directory "
                             f"and in data.root {root})")
-    paths, labels, numbers = [], [], []
+    paths, labels, origins = [], [], []
     with open(list_file, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             text = line.strip()
@@ -51,14 +59,34 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> ListSplit:
                 raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
             paths.append(root / rel)
             labels.append(label)
-            numbers.append(number)
+            origins.append(f"{list_file}:{number}")
     if not paths:
         raise LongtailError(f"{list_file}: no entries (expected 'relative/path label' lines)")
-    return ListSplit(list_file, paths, labels, numbers)
+    return FileSplit(list_file, paths, labels, origins)
 
 
-def check_files_exist(split: ListSplit) -> None:
+def check_files_exist(split: FileSplit) -> None:
     """Raise a LongtailError naming the first listed image that does not exist."""
-    for path, number in zip(split.paths, split.line_numbers):
+    for path, origin in zip(split.paths, split.origins):
         if not path.is_file():
-            raise LongtailError(f"{split.list_file}:{number}: image not found: {path}")
+            raise LongtailError(f"{origin}: image not found: {path}")
+
+
+def read_class_names(path: str | Path, num_classes: int) -> list[str]:
+    """Return class names from a text file: ``name`` per line (line i is class i), or
+    ``label name`` per line in any order."""
+    path = Path(path)
+    if not path.is_file():
+        raise LongtailError(f"{path}: class-name file not found")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    pairs = [line.split(maxsplit=1) for line in lines]
+    if all(len(p) == 2 and p[0].isdigit() for p in pairs):
+        names = {int(p[0]): p[1] for p in pairs}
+    else:
+        names = dict(enumerate(lines))
+    missing = [c for c in range(num_classes) if c not in names]
+    if missing:
+        raise LongtailError(f"{path}: expected a name for each of the {num_classes} classes, "
+                            f"missing {missing[:5]}")
+    return [names[c] for c in range(num_classes)]

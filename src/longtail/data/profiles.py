@@ -55,3 +55,41 @@ def pareto_profile(num_classes: int, n_max: int = 1280, n_min: int = 5,
     lo, hi = quantiles[0], quantiles[-1]
     sizes = [round(n_min + (n_max - n_min) * (q - lo) / (hi - lo)) for q in quantiles]
     return sorted(sizes, reverse=True)
+
+
+def cifar_lt_profile(num_classes: int, n_max: int, imbalance_ratio: float,
+                     kind: str = "exponential") -> list[int]:
+    """Return Cao et al.'s CIFAR-LT class sizes (LDAM-DRW's IMBALANCECIFAR), in label order.
+
+    ``exponential``: class i keeps ``int(n_max * (1/r) ** (i / (C - 1)))`` (truncated, as in
+    their code); ``step``: the first half of the classes keep n_max, the rest ``int(n_max / r)``.
+    """
+    if kind == "exponential":
+        return [int(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1)))
+                for i in range(num_classes)]
+    if kind == "step":
+        half = num_classes // 2
+        return [n_max] * half + [int(n_max / imbalance_ratio)] * (num_classes - half)
+    raise ValueError(f"unknown CIFAR-LT profile {kind!r}; expected exponential or step")
+
+
+def make_profile(kind: str, num_classes: int, n_max: int, n_min: int | None = None,
+                 imbalance_ratio: float | None = None, alpha: float = 6.0,
+                 default_n_min: int | None = None) -> list[int]:
+    """Return the class sizes of profile ``kind`` (``exponential`` or ``pareto``), largest first.
+
+    The smallest size is ``n_min``, else ``n_max / imbalance_ratio``, else ``default_n_min``,
+    else ``n_max / 100``.
+    """
+    if n_min is None:
+        if imbalance_ratio is not None:
+            n_min = max(1, round(n_max / imbalance_ratio))
+        else:
+            n_min = default_n_min if default_n_min is not None else max(1, round(n_max / 100))
+    if n_min > n_max:
+        raise ValueError(f"n_min ({n_min}) is larger than n_max ({n_max})")
+    if kind == "pareto":
+        return pareto_profile(num_classes, n_max, n_min, alpha)
+    if kind == "exponential":
+        return exponential_profile(num_classes, n_max, n_min)
+    raise ValueError(f"unknown profile {kind!r}; expected exponential or pareto")

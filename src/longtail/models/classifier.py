@@ -5,11 +5,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from longtail.data.transforms import SMALL_IMAGE
+from longtail.errors import LongtailError
 from longtail.models.backbones import build_backbone
 
 
 class Classifier(nn.Module):
-    """Backbone + linear classifier; ``features(x)`` gives what stage 2 works on."""
+    """Backbone + linear classifier; ``features(x)`` gives what stage 2 works on.
+
+    ``freeze(trainable)`` keeps only the named modules trainable; frozen BatchNorm layers stay
+    in eval mode, so their running statistics do not move either.
+    """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -21,6 +26,34 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.backbone(x))
+
+    def freeze(self, trainable: list[str]) -> list[str]:
+        """Train only the modules named in ``trainable`` ("layer4" means "backbone.layer4");
+        return the parameter names left trainable."""
+        modules = dict(self.named_modules())
+        chosen = []
+        for name in trainable:
+            full = name if name in modules else f"backbone.{name}"
+            if full not in modules or not name:
+                options = [n.removeprefix("backbone.") for n, _ in self.named_children()] + [
+                    n for n, _ in self.backbone.named_children()]
+                raise LongtailError(f"config key model.trainable: no module {name!r}; expected "
+                                    f"names such as {', '.join(dict.fromkeys(options))}")
+            chosen.append(full)
+        names = []
+        for pname, param in self.named_parameters():
+            param.requires_grad = any(pname.startswith(m + ".") for m in chosen)
+            if param.requires_grad:
+                names.append(pname)
+        return names
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        for m in self.modules():  # frozen BatchNorm keeps its running statistics
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None \
+                    and not m.weight.requires_grad:
+                m.eval()
+        return self
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,

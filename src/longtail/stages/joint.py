@@ -28,16 +28,28 @@ from longtail.scalars import ScalarLog
 from longtail.stages.inference import infer
 
 
-def cosine_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str) -> float:
+def cosine_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str,
+                  warmup_epochs: int = 0) -> float:
     """Return the LR multiplier at optimizer ``step``.
 
-    ``cosine``: per step, from 1 at step 0 down to 0 at the end of training.
+    A linear warm-up over ``warmup_epochs`` (from 1/warm-up steps to 1), then:
+    ``cosine``: per step, from 1 down to 0 at the end of training;
     ``cosine_epoch``: the authors' schedule, stepped at the start of each epoch, so epoch e
     (0-based) runs at ``0.5 * (1 + cos(pi * (e + 1) / epochs))`` and the last epoch at 0.
     """
+    warmup = warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
     if schedule == "cosine_epoch":
         return 0.5 * (1 + math.cos(math.pi * (step // steps_per_epoch + 1) / epochs))
-    return 0.5 * (1 + math.cos(math.pi * step / (steps_per_epoch * epochs)))
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps_per_epoch * epochs - warmup)))
+
+
+def resolve_lr(cfg: Stage1Config) -> float:
+    """Return ``stage1.lr``, or ``base_lr`` scaled linearly to the (global) batch size."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return cfg.base_lr * cfg.batch_size / cfg.base_batch_size
 
 
 def train_joint(
@@ -57,7 +69,11 @@ def train_joint(
     sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
                             samples_per_class=cfg.samples_per_class)
     draws = SeededDraws(sampler, seed)  # augmentation seeded per draw: resumable, worker-proof
-    batch_size = min(cfg.batch_size, len(sampler))
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise LongtailError(f"config key stage1.batch_size: expected a multiple of the "
+                            f"{world} processes, found {cfg.batch_size}")
+    batch_size = min(cfg.batch_size // world, len(sampler))
     loader = DataLoader(
         Augmented(data.train, data.transform(train=True)), batch_size=batch_size,
         sampler=draws, num_workers=num_workers, pin_memory=device.type == "cuda",
@@ -67,10 +83,18 @@ def train_joint(
     net = model
     if distributed.world_size() > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    lr = resolve_lr(cfg)
+    head = [p for p in model.fc.parameters() if p.requires_grad]
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": ps, "lr": group_lr} for ps, group_lr in
+              ((body, lr), (head, cfg.classifier_lr or lr)) if ps]
+    if not groups:
+        raise LongtailError("config key model.trainable: leaves no parameter to train")
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_factor(s, steps_per_epoch, cfg.epochs, cfg.lr_schedule))
+        optimizer, lambda s: cosine_factor(s, steps_per_epoch, cfg.epochs, cfg.lr_schedule,
+                                           cfg.warmup_epochs))
     amp = cfg.amp and device.type == "cuda"
     val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
     history: list[dict[str, float]] = []
@@ -78,7 +102,7 @@ def train_joint(
     for epoch in range(cfg.epochs):
         draws.set_epoch(epoch)
         net.train()
-        lr = optimizer.param_groups[0]["lr"]
+        epoch_lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = 0
@@ -93,7 +117,7 @@ def train_joint(
             if not torch.isfinite(loss):
                 raise LongtailError(
                     f"stage 1: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower stage1.lr (now {cfg.lr}); the last good checkpoint is "
+                    f"lower stage1.lr (now {lr}); the last good checkpoint is "
                     f"{checkpoint_path}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -109,7 +133,7 @@ def train_joint(
         record = {
             "epoch": epoch + 1,
             "loss": (totals[0] / totals[1]).item(),
-            "lr": lr,
+            "lr": epoch_lr,
             "images_per_s": totals[1].item() / elapsed,
         }
         if val_set is not None:

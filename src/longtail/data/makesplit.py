@@ -1,0 +1,165 @@
+"""``longtail make-split``: long-tailed train/val/test lists from a balanced source.
+
+Sources: a list file or an image folder (the lists point at the original files), CIFAR-10/100
+or Fashion-MNIST (the chosen images are written out as PNG files, since they live in arrays).
+The result is a ``data.kind: list`` dataset plus ``split.json``: the profile, the class counts
+and the SHA-256 of each list, so two users can check they hold the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from longtail.checkpoint import atomic_write_json, atomic_write_text
+from longtail.data import cifar, fmnist
+from longtail.data.folder import read_image_folder
+from longtail.data.listfile import parse_list_file
+from longtail.data.profiles import make_profile
+from longtail.data.splits import long_tailed_split
+from longtail.errors import LongtailError
+
+SOURCES = ("list", "image_folder", "cifar10", "cifar100", "fmnist")
+
+
+@dataclass
+class SplitRequest:
+    """What ``make_split`` is asked for (the CLI's options)."""
+
+    source: str
+    root: Path
+    out: Path
+    list_file: Path | None = None
+    profile: str = "exponential"
+    n_max: int | None = None
+    n_min: int | None = None
+    imbalance_ratio: float | None = None
+    alpha: float = 6.0
+    val_per_class: int = 20
+    test_per_class: int = 50
+    seed: int = 0
+    class_order: str = "random"
+
+
+def make_split(req: SplitRequest) -> dict[str, Any]:
+    """Write ``train.txt``, ``val.txt``, ``test.txt``, ``classes.txt`` and ``split.json`` into
+    ``req.out``; return the summary (split.json's content)."""
+    if req.source not in SOURCES:
+        raise LongtailError(f"make-split: unknown source {req.source!r}; expected one of "
+                            f"{', '.join(SOURCES)}")
+    arrays = req.source in ("cifar10", "cifar100", "fmnist")
+    if arrays:
+        labels, names, images, test_images, test_labels = _array_source(req)
+        paths = None
+    else:
+        pool, names = _file_source(req)
+        labels, paths = np.asarray(pool.labels), pool.paths
+    counts = np.bincount(labels, minlength=len(names))
+    test_from_pool = 0 if arrays else req.test_per_class
+    available = int(counts.min()) - req.val_per_class - test_from_pool
+    n_max = req.n_max or available
+    if not 1 <= n_max <= available:
+        raise LongtailError(
+            f"make-split: the smallest class has {int(counts.min())} images: too few for "
+            f"--n-max {n_max} plus {req.val_per_class} val and {test_from_pool} test per class")
+    try:
+        profile = make_profile(req.profile, len(names), n_max, req.n_min, req.imbalance_ratio,
+                               req.alpha)
+    except ValueError as e:
+        raise LongtailError(f"make-split: {e}") from None
+    split = long_tailed_split(labels, profile, val_per_class=req.val_per_class,
+                              test_per_class=test_from_pool, seed=req.seed,
+                              class_order=req.class_order)
+    req.out.mkdir(parents=True, exist_ok=True)
+    if arrays:
+        data_root = req.out
+        lines = {"train": _export(req.out, "train", images, labels, split.train),
+                 "val": _export(req.out, "val", images, labels, split.val),
+                 "test": _export(req.out, "test", test_images, test_labels,
+                                 np.arange(len(test_labels)))}
+    else:
+        data_root = req.root
+        lines = {name: _list_lines(paths, labels, getattr(split, name), req.root)
+                 for name in ("train", "val", "test")}
+    summary: dict[str, Any] = {
+        "source": {"kind": req.source, "root": str(req.root),
+                   "list": str(req.list_file) if req.list_file else None},
+        "profile": {"kind": req.profile, "n_max": profile[0], "n_min": profile[-1],
+                    "alpha": req.alpha if req.profile == "pareto" else None},
+        "seed": req.seed,
+        "class_order": split.class_order,
+        "data_root": str(data_root),
+        "counts": {}, "files": {},
+    }
+    for name, text in lines.items():
+        if not text:
+            continue
+        atomic_write_text(req.out / f"{name}.txt", text)
+        split_labels = [int(line.rsplit(maxsplit=1)[1]) for line in text.splitlines()]
+        summary["counts"][name] = np.bincount(split_labels, minlength=len(names)).tolist()
+        summary["files"][f"{name}.txt"] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                           "images": len(split_labels)}
+    atomic_write_text(req.out / "classes.txt", "".join(f"{c} {n}\n" for c, n in enumerate(names)))
+    val = f" data.val={req.out / 'val.txt'}" if "val" in summary["counts"] else ""
+    summary["usage"] = (f"longtail run CONFIG data.kind=list data.root={data_root} "
+                        f"data.train={req.out / 'train.txt'}{val} "
+                        f"data.test={req.out / 'test.txt'} "
+                        f"data.class_names={req.out / 'classes.txt'}")
+    atomic_write_json(req.out / "split.json", summary)
+    return summary
+
+
+def _array_source(req: SplitRequest):
+    if req.source == "fmnist":
+        a = fmnist.load_fashion_mnist(req.root)
+        to_hwc = lambda x: np.asarray(x)  # noqa: E731  (N, H, W) grayscale
+        names = list(fmnist.CLASS_NAMES)
+    else:
+        a = cifar.load_cifar(req.root, f"{req.source}_lt")
+        to_hwc = lambda x: np.asarray(x).transpose(0, 2, 3, 1)  # noqa: E731
+        names = a["class_names"]
+    return (np.asarray(a["train_labels"], dtype=np.int64), names, to_hwc(a["train_images"]),
+            to_hwc(a["test_images"]), np.asarray(a["test_labels"], dtype=np.int64))
+
+
+def _file_source(req: SplitRequest):
+    if req.source == "image_folder":
+        return read_image_folder(req.root)
+    if req.list_file is None:
+        raise LongtailError("make-split list: --list FILE is required (the balanced list)")
+    pool = parse_list_file(req.list_file, req.root)
+    present = sorted(set(pool.labels))
+    if present != list(range(len(present))):
+        raise LongtailError(f"{pool.source}: labels must be 0..C-1, each present")
+    return pool, [str(c) for c in present]
+
+
+def _list_lines(paths: list[Path], labels: np.ndarray, indices: np.ndarray, root: Path) -> str:
+    out = []
+    for i in indices.tolist():
+        try:
+            rel = paths[i].relative_to(root).as_posix()
+        except ValueError:
+            rel = paths[i].as_posix()
+        out.append(f"{rel} {int(labels[i])}\n")
+    return "".join(out)
+
+
+def _export(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
+            indices: np.ndarray) -> str:
+    """Write the chosen images as PNG files under out/images/SPLIT/CLASS/; return list lines."""
+    lines = []
+    for i in tqdm(indices.tolist(), desc=f"writing {split} images", unit="img", leave=False,
+                  disable=None):
+        rel = f"images/{split}/{int(labels[i])}/{i:06d}.png"
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(path)
+        lines.append(f"{rel} {int(labels[i])}\n")
+    return "".join(lines)

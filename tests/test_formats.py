@@ -1,0 +1,187 @@
+"""Every dataset format on tiny fixtures: counts, labels, splits and shot groups."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.cli import main
+from longtail.config import load_config
+from longtail.data import build_data, cifar
+from longtail.data.profiles import cifar_lt_profile
+from longtail.errors import LongtailError
+from tests.conftest import (
+    make_fake_cifar,
+    make_fake_fmnist,
+    make_image_folder,
+    make_image_list_dataset,
+    make_inat_json,
+)
+
+
+def data_of(*overrides, seed=0, channels=None):
+    return build_data(load_config(None, list(overrides)).data, seed=seed, channels=channels)
+
+
+def test_cifar10_lt_matches_cao_et_al(tmp_path):
+    root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=60)
+    data = data_of("data.kind=cifar10_lt", f"data.root={root}", "data.imbalance_ratio=10",
+                   "data.val_per_class=3")
+    profile = cifar_lt_profile(10, 60, 10)
+    assert profile == [int(60 * 0.1 ** (i / 9)) for i in range(10)]
+    assert data.train_counts == profile  # label order, head is class 0
+    assert data.image_size == 32 and data.channels == 3 and len(data.test) == 50
+    # The exact images of Cao et al.'s generator: np.random.seed(0), then per class in label
+    # order a shuffle of its indices, keeping the first n_c.
+    labels = np.concatenate([np.asarray(cifar.read_batch(
+        root / "cifar-10-batches-py" / f"data_batch_{i}")[b"labels"]) for i in range(1, 6)])
+    np.random.seed(0)
+    expected = []
+    for c, n in enumerate(profile):
+        idx = np.where(labels == c)[0]
+        np.random.shuffle(idx)
+        expected.append(idx[:n])
+    expected = np.sort(np.concatenate(expected))
+    arrays = cifar.load_cifar(root, "cifar10_lt")
+    images = torch.from_numpy(arrays["train_images"][expected])
+    assert torch.equal(data.train.images, images)
+    # val: 3 per class from unused images; the head class uses all of its images.
+    val_counts = torch.bincount(data.val.labels, minlength=10).tolist()
+    assert val_counts == [0] + [3] * 9
+    groups = load_config(None).eval
+    assert groups.many_threshold == 100
+
+
+def test_cifar_step_profile_and_cifar100(tmp_path):
+    root = make_fake_cifar(tmp_path, "cifar100_lt", train_per_class=20, test_per_class=1)
+    data = data_of("data.kind=cifar100_lt", f"data.root={root}", "data.imbalance_ratio=10",
+                   "data.profile=step", "data.val_per_class=0", "stage2.tau_norm.tau=1")
+    assert data.train_counts == [20] * 50 + [2] * 50
+    assert data.val is None and data.num_classes == 100 and data.class_names[3] == "class3"
+
+
+def test_cifar_pickles_cannot_run_code(tmp_path):
+    root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=10)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": Evil()}, f)
+    with pytest.raises(LongtailError, match="refused to load builtins.print"):
+        data_of("data.kind=cifar10_lt", f"data.root={root}")
+
+
+def test_missing_cifar_names_the_folder(tmp_path):
+    with pytest.raises(LongtailError, match="cifar-10-batches-py"):
+        data_of("data.kind=cifar10_lt", f"data.root={tmp_path}")
+
+
+def test_inat_json(tmp_path):
+    files = make_inat_json(tmp_path, counts=[12, 5, 2])
+    data = data_of("data.kind=inat_json", f"data.root={tmp_path}", "data.train=train2018.json",
+                   "data.test=val2018.json", "data.val_from_train=1")
+    # category ids 0, 10, 20 become labels 0, 1, 2; one image per class held out as val
+    assert data.train_counts == [11, 4, 1] and data.class_names == ["species 0", "species 1",
+                                                                    "species 2"]
+    assert torch.bincount(data.val.labels).tolist() == [1, 1, 1]
+    assert torch.bincount(data.test.labels).tolist() == [3, 3, 3]
+    assert files["train"].is_file()
+
+
+def test_inat_json_errors_name_the_annotation(tmp_path):
+    files = make_inat_json(tmp_path, counts=[3, 2])
+    blob = json.loads(files["val"].read_text())
+    blob["annotations"][1]["category_id"] = 999
+    files["val"].write_text(json.dumps(blob))
+    with pytest.raises(LongtailError, match=r"val2018\.json: annotations\[1\]: category_id 999"):
+        data_of("data.kind=inat_json", f"data.root={tmp_path}", "data.train=train2018.json",
+                "data.test=val2018.json", "stage2.tau_norm.tau=1")
+
+
+def test_image_folder_generated_long_tailed_split(tmp_path):
+    root = make_image_folder(tmp_path / "folder", per_class=[30] * 5)
+    data = data_of("data.kind=image_folder", f"data.root={root}", "data.n_max=20",
+                   "data.n_min=2", "data.val_per_class=3", "data.test_per_class=5", seed=1)
+    assert sorted(data.train_counts, reverse=True) == [20, 11, 6, 4, 2]
+    assert torch.bincount(data.val.labels).tolist() == [3] * 5
+    assert torch.bincount(data.test.labels).tolist() == [5] * 5
+    assert data.class_names == [f"class_{c:02d}" for c in range(5)]
+    again = data_of("data.kind=image_folder", f"data.root={root}", "data.n_max=20",
+                    "data.n_min=2", "data.val_per_class=3", "data.test_per_class=5", seed=1)
+    assert again.split_sha256 == data.split_sha256
+
+
+def test_image_folder_used_as_it_is(tmp_path):
+    make_image_folder(tmp_path / "train", per_class=[9, 4, 2])
+    make_image_folder(tmp_path / "test", per_class=[2, 2, 2])
+    data = data_of("data.kind=image_folder", f"data.root={tmp_path}", "data.train=train",
+                   "data.test=test", "stage2.tau_norm.tau=1")
+    assert data.train_counts == [9, 4, 2] and len(data.test) == 6 and data.val is None
+
+
+def test_list_class_names_and_remap(tmp_path):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[5, 3, 2])
+    (root / "names.txt").write_text("cat\ndog\nbird\n")
+    data = data_of("data.kind=list", f"data.root={root}", f"data.train={files['train']}",
+                   f"data.test={files['test']}", "data.class_names=names.txt",
+                   "stage2.tau_norm.tau=1")
+    assert data.class_names == ["cat", "dog", "bird"]
+    # Labels 0, 1, 2 rewritten as 0, 5, 9: an error unless remapping is asked for.
+    for name in ("train", "test"):
+        text = files[name].read_text().replace(" 1\n", " 5\n").replace(" 2\n", " 9\n")
+        files[name].write_text(text)
+    args = ["data.kind=list", f"data.root={root}", f"data.train={files['train']}",
+            f"data.test={files['test']}", "stage2.tau_norm.tau=1"]
+    with pytest.raises(LongtailError, match=r"train\.txt: classes \[1, 2, 3, 4, 6, 7, 8\] "
+                                            r"have no training images"):
+        data_of(*args)
+    remapped = data_of(*args, "data.remap_labels=true")
+    assert remapped.train_counts == [5, 3, 2]
+    assert any("5->1" in note for note in remapped.notes)
+
+
+def test_make_split_from_an_image_folder_is_reproducible(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "pool", per_class=[40] * 6)
+    args = ["make-split", "image_folder", "--root", str(root), "--profile", "pareto",
+            "--n-max", "30", "--n-min", "2", "--val-per-class", "2", "--test-per-class", "4"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "split.json").read_text())
+    b = json.loads((tmp_path / "b" / "split.json").read_text())
+    assert a["files"] == b["files"]  # same seed: same lists, same SHA-256
+    train = a["counts"]["train"]
+    assert max(train) == 30 and min(train) == 2 and a["counts"]["test"] == [4] * 6
+    assert "use it: longtail run" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "c"), "--seed", "1"]) == 0
+    c = json.loads((tmp_path / "c" / "split.json").read_text())
+    assert c["files"]["train.txt"]["sha256"] != a["files"]["train.txt"]["sha256"]
+    # The lists are a list-kind dataset.
+    data = data_of("data.kind=list", f"data.root={a['data_root']}",
+                   f"data.train={tmp_path / 'a' / 'train.txt'}",
+                   f"data.val={tmp_path / 'a' / 'val.txt'}",
+                   f"data.test={tmp_path / 'a' / 'test.txt'}")
+    assert data.train_counts == train
+
+
+def test_make_split_exports_array_sources(tmp_path):
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=30, test_per_class=2)
+    out = tmp_path / "split"
+    assert main(["make-split", "fmnist", "--root", str(root), "--out", str(out), "--n-max",
+                 "20", "--ratio", "10", "--val-per-class", "2"]) == 0
+    summary = json.loads((out / "split.json").read_text())
+    assert sorted(summary["counts"]["train"], reverse=True)[0] == 20
+    assert min(summary["counts"]["train"]) == 2 and summary["counts"]["test"] == [2] * 10
+    first = (out / "train.txt").read_text().split()[0]
+    assert (out / first).is_file()
+
+
+def test_make_split_says_when_classes_are_too_small(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "pool", per_class=[10] * 3)
+    assert main(["make-split", "image_folder", "--root", str(root), "--out",
+                 str(tmp_path / "o"), "--n-max", "50"]) == 2
+    assert "too few" in capsys.readouterr().err

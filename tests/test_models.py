@@ -1,0 +1,87 @@
+"""Backbones, initial weights and partial freezing."""
+
+import pytest
+import torch
+import torchvision
+
+from longtail.errors import LongtailError
+from longtail.models import BACKBONES, build_backbone, build_model, load_weights
+
+FEATURES = {"resnet10": 512, "resnet18": 512, "resnet50": 2048, "resnet101": 2048,
+            "resnet152": 2048, "resnext50_32x4d": 2048, "resnext101_32x4d": 2048,
+            "resnext152_32x4d": 2048, "resnet32_cifar": 64}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_gives_features_of_its_documented_size(name):
+    assert set(BACKBONES) == set(FEATURES)
+    side = 32 if name == "resnet32_cifar" else 64
+    backbone = build_backbone(name).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(2, 3, side, side))
+    assert out.shape == (2, FEATURES[name]) == (2, backbone.feature_dim)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "resnet152"])
+def test_parameter_counts_match_torchvision(name):
+    ours = sum(p.numel() for p in build_backbone(name).parameters())
+    reference = getattr(torchvision.models, name)()
+    theirs = sum(p.numel() for p in reference.parameters()) - reference.fc.weight.numel() \
+        - reference.fc.bias.numel()
+    assert ours == theirs
+
+
+def test_resnet32_cifar_is_the_standard_size():
+    model = build_model("resnet32_cifar", 10, 3, 32)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 0.46
+
+
+def test_small_stem_for_small_images_and_width():
+    small = build_model("resnet10", 10, 1, 28, width=16)
+    assert small.backbone.conv1.kernel_size == (3, 3) and small.backbone.feature_dim == 128
+    assert isinstance(small.backbone.maxpool, torch.nn.Identity)
+    assert build_model("resnet10", 10, 3, 224).backbone.conv1.kernel_size == (7, 7)
+
+
+def test_torchvision_checkpoint_loads_and_other_classifiers_are_left_out(tmp_path):
+    reference = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("resnet18", 365, 3, 224)
+    summary = load_weights(model, path)
+    assert "classifier left out (1000 classes in the file, 365 here)" in summary
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    # Our own checkpoints (backbone.* names, nested under "model") load too, classifier included.
+    torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ours.pt")
+    again = build_model("resnet18", 365, 3, 224)
+    load_weights(again, tmp_path / "ours.pt")
+    assert torch.equal(again.fc.weight, model.fc.weight)
+
+
+def test_checkpoint_of_another_architecture_or_feature_size_is_refused(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(LongtailError, match="shape"):
+        load_weights(build_model("resnet18", 10, 3, 224, width=32), path)
+    with pytest.raises(LongtailError, match="has shape|do not exist|missing"):
+        load_weights(build_model("resnet50", 10, 3, 224), path)
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": torchvision.models.resnet18()}, path)  # a whole module: needs pickle
+    with pytest.raises(LongtailError, match="refused to load"):
+        load_weights(build_model("resnet18", 10, 3, 224), path)
+
+
+def test_freeze_trains_only_the_named_modules_and_keeps_frozen_batchnorm_still():
+    model = build_model("resnet10", 5, 3, 32)
+    trained = model.freeze(["layer4", "fc"])
+    assert trained and all(n.startswith(("backbone.layer4.", "fc.")) for n in trained)
+    model.train()
+    assert not model.backbone.bn1.training and model.backbone.layer4[0].bn1.training
+    before = model.backbone.bn1.running_mean.clone()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(model.backbone.bn1.running_mean, before)
+    with pytest.raises(LongtailError, match="no module 'layer9'"):
+        model.freeze(["layer9"])
