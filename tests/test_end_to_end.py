@@ -148,3 +148,34 @@ def test_run_on_a_cifar_fixture_with_resnet32(tmp_path):
                  "stage2.lws.epochs=1", "--out", str(out)]) == 0
     metrics = check_metrics(out, 10)
     assert metrics["dataset"]["train_counts"] == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """DistributedDataParallel over Gloo: sharded sampling and feature extraction, one report."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from longtail.config import load_config
+    from longtail.data import build_data
+    from tests.conftest import make_fake_fmnist
+
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=100)
+    args = [f"data.root={root}", "data.n_max=80", "data.n_min=4", "data.val_per_class=5", *TINY]
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "longtail", "run", str(ROOT / "configs" / "fmnist_lt.yaml"),
+         *args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("test top-1 (%)") == 1  # rank 0 reports, once
+    check_metrics(out, 10)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    # Features gathered from both ranks come back complete and in dataset order.
+    data = build_data(load_config(ROOT / "configs" / "fmnist_lt.yaml", args).data, seed=0)
+    train = torch.load(out / "features" / "train.pt", weights_only=True)
+    assert torch.equal(train["labels"], data.train.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -71,3 +72,35 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Return a SHA-256 of a state dict's names, dtypes, shapes and values."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                     path: str | Path) -> None:
+    """Load ``state`` into ``model`` strictly; a missing, extra or differently shaped tensor
+    (another class count, feature size or architecture) is a LongtailError naming it."""
+    own = model.state_dict()
+    for name, value in state.items():
+        if name not in own:
+            raise LongtailError(f"{path}: tensor {name} does not exist in the configured model "
+                                f"(another model.name?)")
+        if value.shape != own[name].shape:
+            what = ("class count" if name.startswith("fc.") and value.shape[1:] ==
+                    own[name].shape[1:] else "feature size" if name.startswith("fc.")
+                    else "shape")
+            raise LongtailError(f"{path}: {what} does not match: {name} is "
+                                f"{tuple(value.shape)} in the checkpoint, "
+                                f"{tuple(own[name].shape)} in the configured model")
+    missing = [n for n in own if n not in state]
+    if missing:
+        raise LongtailError(f"{path}: tensors missing from the checkpoint, e.g. {missing[0]}")
+    model.load_state_dict(state)

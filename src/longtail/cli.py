@@ -31,13 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "stage2.methods on them, evaluate on the test split, print a table and "
                     "write the run directory (config.yaml, metrics.json, per_class.csv, "
                     "report.md, plots/, stage1/last.pt, features/, stage2/).")
-    run.add_argument("config", metavar="CONFIG",
-                     help="YAML config file, e.g. configs/fmnist_lt.yaml")
+    run.add_argument("config", metavar="CONFIG", nargs="?",
+                     help="YAML config file, e.g. configs/fmnist_lt.yaml (optional with "
+                          "--resume: the run's own config.yaml)")
     run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
     run.add_argument("--out", metavar="DIR", type=Path,
                      help="run directory (default: runs/<config name>-<timestamp>)")
     run.add_argument("--overwrite", action="store_true",
                      help="allow --out to name a folder that already holds files")
+    run.add_argument("--resume", metavar="DIR", type=Path,
+                     help="continue the interrupted run in DIR from its last complete state "
+                          "(finished stage-1 epochs, features and stage-2 methods are kept)")
     run.add_argument("--debug", action="store_true",
                      help="show the full traceback of errors instead of one line")
 
@@ -134,11 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     except LongtailError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"longtail: error: {e}", file=sys.stderr)
+        print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("longtail: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """Return the user's message of an error; one raised in a DataLoader worker arrives wrapped
+    in the worker's traceback, whose last line is the message."""
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split())
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -151,11 +163,25 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             print(dump_config(load_config(args.config, args.overrides)), end="")
         return 0
     if args.command == "run":
-        cfg = load_config(args.config, args.overrides)
-        from longtail.pipeline import run
+        from longtail.pipeline import check_resumable, run
 
-        run(cfg, config_name=Path(args.config).stem, out=args.out, overwrite=args.overwrite,
-            argv=argv)
+        if args.config is None and args.resume is None:
+            raise LongtailError("run: expected CONFIG (or --resume DIR)")
+        if args.config is not None and "=" in args.config:  # `longtail run --resume D k=v`
+            args.overrides.insert(0, args.config)
+            args.config = None
+        cfg = None
+        if args.config is not None or args.overrides:
+            # Overrides without CONFIG apply to the resumed run's own config.
+            base = args.config or (args.resume / "config.yaml" if args.resume else None)
+            cfg = load_config(base, args.overrides)
+        if args.resume is not None:
+            if args.out is not None and args.out != args.resume:
+                raise LongtailError("--out and --resume name different folders; --resume "
+                                    "continues the run where it is")
+            cfg = check_resumable(args.resume, cfg)
+        run(cfg, config_name=Path(args.config or "run").stem, out=args.out,
+            overwrite=args.overwrite, resume=args.resume, argv=argv)
         return 0
     if args.command == "grid":
         from longtail.config import ConfigError

@@ -6,6 +6,7 @@ features and stage-1 classifier: no image is read and the backbone never runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -24,6 +25,7 @@ from longtail.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
+    state_digest,
 )
 from longtail.config import Config, dump_config, load_config
 from longtail.data import LongTailData, build_data, shot_groups
@@ -52,13 +54,19 @@ def default_run_dir(config_name: str) -> Path:
     return Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create ``run_dir``; refuse a folder that already holds files unless ``overwrite``."""
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a ``run_dir`` that already holds files unless ``overwrite``."""
     if run_dir.exists() and not run_dir.is_dir():
         raise LongtailError(f"--out {run_dir}: exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
-                            f"to replace its results, or choose another --out")
+                            f"to replace its results, --resume {run_dir} to continue it, or "
+                            f"choose another --out")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create ``run_dir`` (see ``check_run_dir``)."""
+    check_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -71,13 +79,51 @@ def _shared_run_dir(out: Path | None, config_name: str, overwrite: bool) -> Path
     return Path(distributed.broadcast_object(run_dir))
 
 
+def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
+    """Return the config of the interrupted run in ``run_dir``; a given ``cfg`` must agree with
+    it except for keys that do not change results (device, data.root, data.num_workers)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise LongtailError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    saved = load_config(path)
+    if cfg is None:
+        return saved
+    free = {"device", "data.root", "data.num_workers"}
+    ours, theirs = _flatten(cfg.to_dict()), _flatten(saved.to_dict())
+    changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
+    if changed:
+        diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
+        raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
+                            f"config.yaml ({diffs}); resume without changes, or start a new run")
+    return replace(saved, device=cfg.device,
+                   data=replace(saved.data, root=cfg.data.root, num_workers=cfg.data.num_workers))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bool = False,
-        argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the whole method as configured; return metrics.json's content (rank 0) or {}."""
+        resume: Path | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the whole method as configured; return metrics.json's content (rank 0) or {}.
+
+    The data is read and checked before the run directory is made, so bad input leaves
+    nothing behind. With ``resume``, the run in that directory continues where it stopped:
+    finished stages (stage-1 epochs, features, stage-2 methods) are not redone.
+    """
     device = distributed.select_device(cfg.device)
+    if out is not None and resume is None:
+        check_run_dir(out, overwrite)  # before any work
     with distributed.session(device):
-        run_dir = _shared_run_dir(out, config_name, overwrite)
-        return _run(cfg, run_dir, device, argv or [])
+        data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+        run_dir = resume if resume is not None else _shared_run_dir(out, config_name, overwrite)
+        return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
 
 
 def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
@@ -89,8 +135,11 @@ def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
     metrics.json "methods" object and ``DIR/grid.md`` holds the table.
     """
     device = distributed.select_device(cfg.device)
+    if out is not None:
+        check_run_dir(out, overwrite)  # before any work
     results: dict[str, Any] = {}
     with distributed.session(device):
+        data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
         grid_dir = _shared_run_dir(out, f"{config_name}-grid", overwrite)
         for sampler in samplers:
             _say(f"\n=== grid: stage1.sampler={sampler} ===")
@@ -98,7 +147,7 @@ def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
             run_dir = grid_dir / str(sampler)
             if distributed.is_main():
                 prepare_run_dir(run_dir, overwrite)
-            metrics = _run(sub, run_dir, device, argv or [])
+            metrics = _run(sub, data, run_dir, device, argv or [], resumed=False)
             if distributed.is_main():
                 results[str(sampler)] = metrics["methods"]
                 atomic_write_json(grid_dir / "grid.json", results)
@@ -116,18 +165,19 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def _run(cfg: Config, run_dir: Path, device: torch.device, argv: list[str]) -> dict[str, Any]:
+def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, argv: list[str],
+         resumed: bool) -> dict[str, Any]:
     main = distributed.is_main()
-    if main:
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        atomic_write_json(run_dir / "manifest.json", _manifest(cfg, device, argv))
-    _say(f"longtail {__version__}: run directory {run_dir}, device {device}, "
-         f"{distributed.world_size()} process(es)")
-
-    data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
     info = DatasetInfo(data.name, data.num_classes, data.class_names, data.train_counts)
     if main:
-        atomic_write_json(run_dir / "dataset.json", asdict(info))
+        if resumed:
+            _record_resume(run_dir, data, argv)
+        else:
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            atomic_write_json(run_dir / "manifest.json", _manifest(cfg, data, device, argv))
+            atomic_write_json(run_dir / "dataset.json", asdict(info))
+    _say(f"longtail {__version__}: run directory {run_dir}{' (resumed)' if resumed else ''}, "
+         f"device {device}, {distributed.world_size()} process(es)")
     _say(dataset_summary(data, cfg.eval.many_threshold, cfg.eval.few_threshold))
     for note in data.notes:
         _say(f"note: {note}")
@@ -150,13 +200,13 @@ def _run(cfg: Config, run_dir: Path, device: torch.device, argv: list[str]) -> d
          f"{resolve_lr(cfg.stage1):g}")
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
                 num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
-                checkpoint_path=run_dir / "stage1" / "last.pt", log=log)
+                checkpoint_path=run_dir / "stage1" / "last.pt", log=log, resume=resumed)
     _say(f"stage 1 done in {time.perf_counter() - start:.0f} s")
 
     start = time.perf_counter()
     features = extract_features(model, data, device=device, batch_size=cfg.eval.batch_size,
                                 num_workers=data.num_workers, out_dir=run_dir / "features")
-    _say(f"features extracted once in {time.perf_counter() - start:.0f} s: "
+    _say(f"features of every split in {time.perf_counter() - start:.0f} s: "
          + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in features.items()))
     metrics: dict[str, Any] = {}
     if main:
@@ -166,6 +216,21 @@ def _run(cfg: Config, run_dir: Path, device: torch.device, argv: list[str]) -> d
     log.close()
     distributed.barrier()
     return metrics
+
+
+def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
+    """Check that the data is the run's own and note the resume in manifest.json."""
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    recorded = manifest.get("split_sha256", {})
+    for split, digest in data.split_sha256.items():
+        if recorded.get(split, digest) != digest:
+            raise LongtailError(f"--resume {run_dir}: the {split} split differs from the one the "
+                                f"run started with (SHA-256 {recorded[split][:12]}... now "
+                                f"{digest[:12]}...); start a new run")
+    manifest.setdefault("resumed", []).append(
+        {"time": datetime.now().isoformat(timespec="seconds"), "command": ["longtail", *argv]})
+    atomic_write_json(path, manifest)
 
 
 def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -207,22 +272,33 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     print("\nstage 2 on cached features:", flush=True)
     for name in cfg.stage2.methods:
         start = time.perf_counter()
-        method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
-                                  num_classes=info.num_classes, seed=cfg.seed, device=device)
-        method.fit(train.features, train.labels, val.features if val else None,
-                   val.labels if val else None)
-        result = evaluate(method.predict(test.features), test.labels, info.train_counts,
-                          cfg.eval.many_threshold, cfg.eval.few_threshold)
-        if name == "tau_norm":
-            result["tau"] = method.tau_
+        path = run_dir / "stage2" / f"{name}.pt"
+        key = _stage2_key(name, cfg, features, weight, bias)
+        cached = load_checkpoint(path) if path.is_file() else {}
+        if cached.get("key") == key:  # fitted before on the same inputs: reuse
+            result, norms, verb = cached["result"], cached["weight_norms"], "reused"
+        else:
+            method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
+                                      num_classes=info.num_classes, seed=cfg.seed,
+                                      device=device)
+            method.fit(train.features, train.labels, val.features if val else None,
+                       val.labels if val else None)
+            result = evaluate(method.predict(test.features), test.labels, info.train_counts,
+                              cfg.eval.many_threshold, cfg.eval.few_threshold)
+            if name == "tau_norm":
+                result["tau"] = method.tau_
+            weights = method.class_weights()
+            norms = weights.norm(dim=1).tolist() if weights is not None else None
+            save_checkpoint({"key": key, "state": method.learned_state(), "result": result,
+                             "weight_norms": norms}, path)
+            verb = "fitted"
         methods[name] = result
-        if method.class_weights() is not None:
-            weight_norms[name] = method.class_weights().norm(dim=1).tolist()
-        save_checkpoint(method.learned_state(), run_dir / "stage2" / f"{name}.pt")
+        if norms is not None:
+            weight_norms[name] = norms
         log.log("stage2", 0, **{f"{name}_{k}": v for k, v in result.items()
                                 if isinstance(v, float)})
-        extra = f", tau={method.tau_:.2f}" if name == "tau_norm" else ""
-        print(f"  {name:<14} fitted in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
+        extra = f", tau={result['tau']:.2f}" if name == "tau_norm" else ""
+        print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
     metrics = {
         "dataset": {"name": info.name, "num_classes": info.num_classes,
                     "train_counts": info.train_counts, "shot_groups": groups},
@@ -235,6 +311,17 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                  header=f"Config: `config.yaml`. Test images: {len(test.labels)}.")
     print(f"wrote {run_dir}/metrics.json, per_class.csv, report.md, plots/", flush=True)
     return metrics
+
+
+def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,
+                bias: torch.Tensor) -> str:
+    """SHA-256 of everything a stage-2 method's result depends on."""
+    parts = [name, str(cfg.seed), json.dumps(asdict(cfg.stage2), sort_keys=True),
+             json.dumps(asdict(cfg.eval), sort_keys=True),
+             state_digest({"weight": weight, "bias": bias}),
+             *(f"{k}:{v.key or state_digest({'f': v.features, 'l': v.labels})}"
+               for k, v in sorted(features.items()))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int) -> str:
@@ -258,7 +345,8 @@ def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int)
     return "\n".join(lines)
 
 
-def _manifest(cfg: Config, device: torch.device, argv: list[str]) -> dict[str, Any]:
+def _manifest(cfg: Config, data: LongTailData, device: torch.device,
+              argv: list[str]) -> dict[str, Any]:
     import numpy
     import torchvision
 
@@ -278,6 +366,7 @@ def _manifest(cfg: Config, device: torch.device, argv: list[str]) -> dict[str, A
                      "torch": torch.__version__, "torchvision": torchvision.__version__,
                      "numpy": numpy.__version__},
         "git_commit": commit,
+        "split_sha256": data.split_sha256,
         "platform": platform.platform(),
         "config": cfg.to_dict(),
     }

@@ -222,7 +222,7 @@ def _file_data(cfg: DataConfig, split_seed: int, channels: int) -> LongTailData:
         if split is not None:
             check_files_exist(split)
     num_classes = len(names)
-    first = _decode_first(splits["train"], channels)
+    first = _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")
     # Small images are used at their own size (small-image stem), others at the paper's 224.
     side = max(first.shape[1:])
     image_size = cfg.image_size or (side if side < SMALL_IMAGE else 224)
@@ -364,13 +364,15 @@ def _check_inside_root(split: FileSplit, root: Path) -> None:
                                 f"data.allow_outside_root=true if that is intended")
 
 
-def _decode_first(split: FileSplit, channels: int) -> torch.Tensor:
+def _decode_first(split: FileSplit, channels: int, skip_bad: bool) -> torch.Tensor:
+    """Return the first decodable training image (its size sets the defaults)."""
     for path, origin in zip(split.paths, split.origins):
         try:
             return decode_image(path, channels)
         except (OSError, ValueError) as e:
-            raise LongtailError(f"{origin}: cannot decode image {path} ({e})") from None
-    raise LongtailError(f"{split.source}: no images")
+            if not skip_bad:
+                raise LongtailError(f"{origin}: cannot decode image {path} ({e})") from None
+    raise LongtailError(f"{split.source}: no image could be decoded")
 
 
 def _decide_in_memory(cfg: DataConfig, splits: dict[str, FileSplit | None],

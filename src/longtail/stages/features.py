@@ -1,14 +1,20 @@
-"""Features of every split, extracted once with the frozen backbone and kept on disk."""
+"""Features of every split, extracted once with the frozen backbone and cached on disk.
+
+Each ``features/SPLIT.pt`` carries a key: a SHA-256 of the backbone's weights, the split's
+list (its SHA-256) and the test-time transform. A cached file is reused only when its key is
+the one the current model and data would give, so a changed input means new features.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from longtail import distributed
-from longtail.checkpoint import load_checkpoint, save_checkpoint
+from longtail.checkpoint import load_checkpoint, save_checkpoint, state_digest
 from longtail.data import LongTailData
 from longtail.models import Classifier
 from longtail.stages.inference import infer
@@ -16,10 +22,20 @@ from longtail.stages.inference import infer
 
 @dataclass
 class FeatureSet:
-    """Features (N, D) float32 and labels (N,) of one split."""
+    """Features (N, D) float32 and labels (N,) of one split, and the key they were made with."""
 
     features: torch.Tensor
     labels: torch.Tensor
+    key: str = ""
+
+
+def feature_keys(model: Classifier, data: LongTailData) -> dict[str, str]:
+    """Return the cache key of each split's features for this backbone and data."""
+    weights = state_digest(model.backbone.state_dict())
+    transform = repr(data.transform(train=False))
+    return {split: hashlib.sha256("|".join([weights, data.split_sha256.get(split, ""),
+                                            transform]).encode()).hexdigest()
+            for split in data.splits()}
 
 
 def extract_features(
@@ -31,21 +47,29 @@ def extract_features(
     num_workers: int,
     out_dir: Path,
 ) -> dict[str, FeatureSet]:
-    """Return the features of every split of ``data`` and save them as ``out_dir/SPLIT.pt``.
+    """Return the features of every split of ``data``, from ``out_dir/SPLIT.pt`` when its key
+    matches, else extracted (and saved there).
 
     The backbone runs in eval mode with the test-time transform, training split included (as
     NCM and tau-norm need, and as cRT and LWS use here: stage 2 never runs the backbone again).
     """
     model.to(device).eval()
     transform = data.transform(train=False)
+    keys = feature_keys(model, data)
     result = {}
     for split, dataset in data.splits().items():
+        path = out_dir / f"{split}.pt"
+        if path.is_file():
+            cached = load_checkpoint(path)
+            if cached.get("key") == keys[split]:
+                result[split] = FeatureSet(cached["features"], cached["labels"], keys[split])
+                continue
         feats, labels = infer(model.features, dataset.with_transform(transform),
                               batch_size=batch_size, device=device, num_workers=num_workers,
                               desc=f"features {split}")
-        result[split] = FeatureSet(feats, labels)
+        result[split] = FeatureSet(feats, labels, keys[split])
         if distributed.is_main():
-            save_checkpoint({"features": feats, "labels": labels}, out_dir / f"{split}.pt")
+            save_checkpoint({"features": feats, "labels": labels, "key": keys[split]}, path)
     return result
 
 
@@ -54,5 +78,5 @@ def load_features(out_dir: Path) -> dict[str, FeatureSet]:
     result = {}
     for path in sorted(out_dir.glob("*.pt")):
         blob = load_checkpoint(path)
-        result[path.stem] = FeatureSet(blob["features"], blob["labels"])
+        result[path.stem] = FeatureSet(blob["features"], blob["labels"], blob.get("key", ""))
     return result

@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from longtail import distributed
+from longtail.data.datasets import collate_skipping
+from longtail.errors import LongtailError
 
 
 @torch.no_grad()
@@ -29,17 +31,21 @@ def infer(
     n = len(dataset)
     shard = Subset(dataset, range(rank, n, world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_skipping)
     outputs, labels = [], []
     bar = tqdm(loader, desc=desc, unit="batch", leave=False,
                disable=None if desc is not None and distributed.is_main() else True)
     for images, targets in bar:
+        if not len(targets):  # every image of the batch was undecodable (and skipped)
+            continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         outputs.append(fn(images).float())
         labels.append(targets.to(device))
+    if not outputs:
+        raise LongtailError(f"{desc or 'inference'}: no image could be decoded")
     out = distributed.gather_rows(torch.cat(outputs)).cpu()
     lab = distributed.gather_rows(torch.cat(labels)).cpu()
-    if world > 1:  # undo the rank-strided order
+    if world > 1 and len(out) == n:  # undo the rank-strided order (rows keep their labels)
         order = torch.cat([torch.arange(r, n, world) for r in range(world)])
         out[order], lab[order] = out.clone(), lab.clone()
     return out, lab

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from longtail import distributed
-from longtail.checkpoint import save_checkpoint
+from longtail.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import LongTailData, build_sampler
-from longtail.data.datasets import Augmented, SeededDraws
+from longtail.data.datasets import Augmented, SeededDraws, collate_skipping
 from longtail.errors import LongtailError
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
@@ -63,8 +63,16 @@ def train_joint(
     eval_batch_size: int,
     checkpoint_path: Path,
     log: ScalarLog,
+    resume: bool = False,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``data.train``; return one record per epoch."""
+    """Train ``model`` in place on ``data.train``; return one record per epoch.
+
+    After every epoch ``checkpoint_path`` holds everything needed to continue (model,
+    optimizer, scheduler, epoch, history, best val accuracy, RNG state). With ``resume`` and
+    a checkpoint present, training continues after its last complete epoch; since sampling
+    and augmentation depend only on (seed, epoch, position), the continued run computes what
+    an uninterrupted one would have.
+    """
     model.to(device).to(memory_format=torch.channels_last)
     sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
                             samples_per_class=cfg.samples_per_class)
@@ -77,11 +85,11 @@ def train_joint(
     loader = DataLoader(
         Augmented(data.train, data.transform(train=True)), batch_size=batch_size,
         sampler=draws, num_workers=num_workers, pin_memory=device.type == "cuda",
-        drop_last=True, persistent_workers=num_workers > 0,
+        drop_last=True, persistent_workers=num_workers > 0, collate_fn=collate_skipping,
     )
     steps_per_epoch = len(loader)
     net = model
-    if distributed.world_size() > 1:
+    if world > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     lr = resolve_lr(cfg)
     head = [p for p in model.fc.parameters() if p.requires_grad]
@@ -95,56 +103,71 @@ def train_joint(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_factor(s, steps_per_epoch, cfg.epochs, cfg.lr_schedule,
                                            cfg.warmup_epochs))
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    if resume and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        load_model_state(model, state["model"], checkpoint_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        history, best = state["history"], state["best"]
+        if distributed.is_main():
+            print(f"resuming stage 1 after epoch {state['epoch']} of {cfg.epochs} "
+                  f"({checkpoint_path})", flush=True)
     amp = cfg.amp and device.type == "cuda"
     val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
-    history: list[dict[str, float]] = []
     main = distributed.is_main()
-    for epoch in range(cfg.epochs):
+    for epoch in range(len(history), cfg.epochs):
         draws.set_epoch(epoch)
         net.train()
         epoch_lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
+        totals = torch.zeros(3, device=device)  # loss sum, images, images skipped
         bar = tqdm(loader, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    leave=False, disable=None if main else True)
         for step, (images, labels) in enumerate(bar):
+            totals[2] += batch_size - len(labels)
+            if not len(labels):
+                continue
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = F.cross_entropy(net(images), labels)
             if not torch.isfinite(loss):
+                last = (f"the last good checkpoint is {checkpoint_path} (epoch {len(history)})"
+                        if history else "no checkpoint was written yet")
                 raise LongtailError(
                     f"stage 1: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower stage1.lr (now {lr}); the last good checkpoint is "
-                    f"{checkpoint_path}")
+                    f"lower stage1.lr (now {lr:g}); {last}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            seen += len(labels)
+            totals[0] += loss.detach() * len(labels)
+            totals[1] += len(labels)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - start
-        totals = distributed.all_reduce_sum(
-            torch.stack([loss_sum, torch.tensor(float(seen), device=device)]))
-        record = {
-            "epoch": epoch + 1,
-            "loss": (totals[0] / totals[1]).item(),
-            "lr": epoch_lr,
-            "images_per_s": totals[1].item() / elapsed,
-        }
+        totals = distributed.all_reduce_sum(totals)
+        record = {"epoch": epoch + 1, "loss": (totals[0] / totals[1].clamp(min=1)).item(),
+                  "lr": epoch_lr, "images_per_s": totals[1].item() / elapsed}
         if val_set is not None:
             record["val_top1"] = accuracy(model, val_set, device, eval_batch_size, num_workers)
+            if record["val_top1"] > best.get("val_top1", -1.0):
+                best = {"val_top1": record["val_top1"], "epoch": epoch + 1}
         history.append(record)
         if main:
             log.log("stage1", epoch + 1, **{k: v for k, v in record.items() if k != "epoch"})
             tqdm.write(_epoch_line(record, cfg.epochs))
+            if totals[2]:
+                tqdm.write(f"warning: skipped {int(totals[2])} undecodable images in epoch "
+                           f"{epoch + 1} (data.on_bad_image=skip)")
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                             "history": history}, checkpoint_path)
+                             "history": history, "best": best,
+                             "rng": {"torch": torch.get_rng_state()}}, checkpoint_path)
     model.eval()
     return history
 

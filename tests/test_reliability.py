@@ -1,0 +1,378 @@
+"""Runs that survive crashes and bad input: resume, atomic files, caches, clear errors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.checkpoint import atomic_write_bytes, load_checkpoint
+from longtail.cli import main
+from tests.conftest import make_fake_fmnist, make_image_list_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
+TINY = ["model.width=8", "stage1.batch_size=16", "stage1.lr=0.05", "stage2.batch_size=32",
+        "stage2.crt.epochs=2", "stage2.lws.epochs=2", "eval.batch_size=256"]
+
+
+def fmnist_args(root: Path, *extra: str) -> list[str]:
+    return [CONFIG, f"data.root={root}", "data.n_max=60", "data.n_min=2",
+            "data.val_per_class=5", *TINY, *extra]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files the atomic writer would leave if it failed to clean up."""
+    return [p.name for p in folder.rglob(".*.tmp")] if folder.exists() else []
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_sigkill_in_a_middle_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path):
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=500, test_per_class=10)
+    args = [CONFIG, f"data.root={root}", "data.n_max=480", "data.n_min=20",
+            "data.val_per_class=5", *TINY, "stage1.epochs=4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "longtail", "run", *args]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    subprocess.run([*cmd, "--out", str(whole)], env=env, check=True, capture_output=True)
+
+    child = subprocess.Popen([*cmd, "--out", str(broken)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    checkpoint = broken / "stage1" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(0).uniform(0.05, 0.3))  # a random step of epoch 2
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    epoch = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= epoch < 4 and not (broken / "metrics.json").exists(), "not killed mid-run"
+
+    result = subprocess.run([*cmd, "--out", str(broken), "--resume", str(broken)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming stage 1 after epoch {epoch} of 4" in result.stdout
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((broken / "metrics.json").read_text())
+    assert a == b
+    manifest = json.loads((broken / "manifest.json").read_text())
+    assert len(manifest["resumed"]) == 1
+
+
+def test_resuming_a_finished_run_redoes_nothing(fake_fmnist, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1"), "--out", str(out)]) == 0
+    before = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+
+    from longtail.stages import features
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(features, "infer", no_inference)
+    assert main(["run", "--resume", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming stage 1 after epoch 1 of 1" in printed
+    assert printed.count(" reused in ") == 6 and " fitted in " not in printed
+    assert json.loads((out / "metrics.json").read_text()) == before
+
+
+def test_resume_refuses_a_changed_config_or_changed_data(fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=2"), "--resume",
+                 str(out)]) == 2
+    assert "stage1.epochs: 1 -> 2" in capsys.readouterr().err
+    # Same config, but the dataset behind data.root changed.
+    other = make_fake_fmnist(tmp_path / "other", train_per_class=90)
+    assert main(["run", "--resume", str(out), f"data.root={other}"]) == 2
+    assert "split differs from the one the run started with" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_resume_with_a_checkpoint_of_another_class_count_is_refused(fake_fmnist, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1"), "--out", str(out)]) == 0
+    state = load_checkpoint(out / "stage1" / "last.pt")
+    state["model"]["fc.weight"] = state["model"]["fc.weight"][:7]
+    state["model"]["fc.bias"] = state["model"]["fc.bias"][:7]
+    torch.save(state, out / "stage1" / "last.pt")
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: class count does not match: fc.weight is (7, 64)" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Caches
+
+
+def test_feature_cache_is_keyed_by_weights_and_data(fake_fmnist, tmp_path, monkeypatch):
+    from longtail.config import load_config
+    from longtail.data import build_data
+    from longtail.models import build_model
+    from longtail.stages import features
+
+    cfg = load_config(None, [f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
+                             "data.val_per_class=2"])
+    data = build_data(cfg.data, seed=0)
+    model = build_model("resnet10", 10, 1, 28, width=8)
+    kwargs = dict(device=torch.device("cpu"), batch_size=128, num_workers=0,
+                  out_dir=tmp_path / "features")
+    first = features.extract_features(model, data, **kwargs)
+    calls = []
+    real_infer = features.infer
+    monkeypatch.setattr(features, "infer", lambda *a, **k: calls.append(1) or real_infer(*a, **k))
+    again = features.extract_features(model, data, **kwargs)
+    assert not calls and torch.equal(again["train"].features, first["train"].features)
+    with torch.no_grad():
+        model.backbone.layer4[0].conv1.weight.mul_(2)  # new weights: new features
+    changed = features.extract_features(model, data, **kwargs)
+    assert len(calls) == 3 and not torch.equal(changed["test"].features, first["test"].features)
+    other = build_data(cfg.data, seed=1)  # another split: the train features are redone
+    features.extract_features(model, other, **kwargs)
+    assert len(calls) == 5  # train and val (the test split is the same)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def test_a_crash_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    atomic_write_bytes(path, b"old contents")
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(path, b"new contents that never land")
+    assert path.read_bytes() == b"old contents"
+    assert leftovers(tmp_path) == []
+
+
+def test_sigkill_during_writes_never_leaves_a_truncated_file(tmp_path):
+    path = tmp_path / "big.bin"
+    script = (f"from longtail.checkpoint import atomic_write_bytes\n"
+              f"print('writing', flush=True)\n"
+              f"i = 0\n"
+              f"while True:\n"
+              f"    atomic_write_bytes({str(path)!r}, bytes([i % 256]) * 4_000_000)\n"
+              f"    i += 1\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    atomic_write_bytes(path, b"\xff" * 4_000_000)
+    for delay in (0.05, 0.13, 0.21):
+        child = subprocess.Popen([sys.executable, "-c", script], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "writing\n"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        data = path.read_bytes()
+        assert len(data) == 4_000_000 and len(set(data)) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, exit status 2, the file and line or the key, nothing left behind
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 1 and "Traceback" not in err
+    return code, err
+
+
+def list_args(root, files, *extra):
+    return [CONFIG, "data.kind=list", f"data.root={root}", f"data.train={files['train']}",
+            f"data.val={files['val']}", f"data.test={files['test']}", *TINY,
+            "stage1.epochs=1", *extra]
+
+
+@pytest.mark.parametrize("split,line,expected", [
+    ("train", "train/class_0/00000.png", "train.txt:3: expected 'relative/path label'"),
+    ("train", "train/class_0/00000.png x", "train.txt:3: expected an integer label, found 'x'"),
+    ("train", "train/class_0/00000.png -3", "train.txt:3: expected a label >= 0, found -3"),
+    ("test", "test/class_0/00000.png 4", "test.txt:3: label 4 is not below the class count 2"),
+    ("train", "train/missing.png 0", "train.txt:3: image not found"),
+    ("val", "../outside.png 0", "val.txt:3: path"),
+])
+def test_bad_list_lines(tmp_path, capsys, split, line, expected):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[6, 3])
+    (tmp_path / "outside.png").write_bytes((root / "train/class_0/00000.png").read_bytes())
+    lines = files[split].read_text().splitlines()
+    lines.insert(2, line)
+    files[split].write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    code, err = run_cli(["run", *list_args(root, files), "--out", str(out)], capsys)
+    assert code == 2 and expected in err
+    assert not out.exists()
+
+
+def test_paths_outside_the_root_are_allowed_when_asked(tmp_path, capsys):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[6, 3])
+    (tmp_path / "outside.png").write_bytes((root / "train/class_0/00000.png").read_bytes())
+    files["train"].write_text(files["train"].read_text() + "../outside.png 0\n")
+    from longtail.config import load_config
+    from longtail.data import build_data
+
+    cfg = load_config(None, list_args(root, files, "data.allow_outside_root=true")[1:])
+    assert build_data(cfg.data, seed=0).train_counts == [7, 3]
+
+
+def test_class_without_training_images(tmp_path, capsys):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[6, 3, 2])
+    files["train"].write_text(files["train"].read_text().replace(" 1\n", " 2\n"))
+    code, err = run_cli(["run", *list_args(root, files), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "train.txt: classes [1] have no training images" in err
+    assert "data.remap_labels=true" in err
+
+
+def write_broken_image(root: Path, files: dict[str, Path]) -> None:
+    first = files["train"].read_text().split()[0]
+    (root / first).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_undecodable_image_is_found_at_start_when_decoded_in_memory(tmp_path, capsys):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[6, 3])
+    write_broken_image(root, files)
+    out = tmp_path / "run"
+    code, err = run_cli(["run", *list_args(root, files, "data.in_memory=true"), "--out",
+                         str(out)], capsys)
+    assert code == 2 and "train.txt:1: cannot decode image" in err and not out.exists()
+
+
+def test_undecodable_image_found_while_training_in_a_worker(tmp_path, capsys):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[12, 6])
+    first = files["train"].read_text().splitlines()[0]
+    lines = files["train"].read_text().splitlines()
+    files["train"].write_text("\n".join(lines[1:] + [first]) + "\n")  # not the first image
+    (root / first.split()[0]).write_bytes(b"\xff\xd8\xff broken jpeg")
+    out = tmp_path / "run"
+    code, err = run_cli(["run", *list_args(root, files, "data.in_memory=false",
+                                           "data.num_workers=1"), "--out", str(out)], capsys)
+    assert code == 2 and f"train.txt:{len(lines)}: cannot decode image" in err
+    assert "data.on_bad_image=skip" in err
+    assert not (out / "metrics.json").exists() and leftovers(out) == []
+
+
+def test_undecodable_images_can_be_skipped_and_counted(tmp_path, capsys):
+    root = tmp_path / "d"
+    files = make_image_list_dataset(root, counts=[12, 6])
+    write_broken_image(root, files)
+    out = tmp_path / "run"
+    assert main(["run", *list_args(root, files, "data.on_bad_image=skip",
+                                   "data.in_memory=true"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 image(s) that could not be decoded" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["train_counts"] == [11, 6]
+    # ... and when decoded on the fly, each epoch counts what it skipped.
+    out2 = tmp_path / "run2"
+    assert main(["run", *list_args(root, files, "data.on_bad_image=skip",
+                                   "data.in_memory=false", "data.num_workers=0",
+                                   "stage1.batch_size=4"), "--out", str(out2)]) == 0
+    assert "warning: skipped 1 undecodable images in epoch 1" in capsys.readouterr().out
+
+
+def test_missing_dataset_folder(tmp_path, capsys):
+    files = {k: tmp_path / f"{k}.txt" for k in ("train", "val", "test")}
+    code, err = run_cli(["run", *list_args(tmp_path / "nowhere", files), "--out",
+                         str(tmp_path / "o")], capsys)
+    assert code == 2 and "config key data.root: folder not found" in err
+
+
+def test_weights_of_another_feature_size(fake_fmnist, tmp_path, capsys):
+    from longtail.models import build_model
+
+    path = tmp_path / "w.pt"
+    torch.save(build_model("resnet10", 10, 1, 28, width=16).state_dict(), path)
+    out = tmp_path / "run"
+    code, err = run_cli(["run", *fmnist_args(fake_fmnist, f"model.weights={path}"), "--out",
+                         str(out)], capsys)
+    assert code == 2 and "w.pt: tensor backbone.conv1.weight has shape (16, 1, 3, 3)" in err
+
+
+def test_pickled_weights_are_refused(fake_fmnist, tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    code, err = run_cli(["run", *fmnist_args(fake_fmnist, f"model.weights={path}"), "--out",
+                         str(tmp_path / "o")], capsys)
+    assert code == 2 and "evil.pt: refused to load" in err and "full pickle" in err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fake_fmnist, tmp_path, capsys,
+                                                           monkeypatch):
+    import torch.nn.functional as F
+
+    from longtail.stages import joint
+
+    calls = {"n": 0}
+    real = F.cross_entropy
+
+    def poisoned(logits, labels):  # 2 steps per epoch: finite for 5 steps, then NaN
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(joint.F, "cross_entropy", poisoned)
+    out = tmp_path / "run"
+    code, err = run_cli(["run", *fmnist_args(fake_fmnist, "stage1.epochs=3",
+                                             "stage1.batch_size=64"), "--out", str(out)], capsys)
+    assert code == 2
+    assert "loss is nan at epoch 3, step 2" in err and "last.pt (epoch 2)" in err
+    assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] == 2
+    assert not (out / "metrics.json").exists()
+
+
+def test_manifest_records_what_reproduces_the_run(fake_fmnist, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1", "seed=7"), "--out",
+                 str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"][:2] == ["longtail", "run"] and "seed=7" in manifest["command"]
+    assert manifest["seed"] == 7 and manifest["config"]["seed"] == 7
+    assert set(manifest["versions"]) >= {"longtail", "torch", "torchvision", "python"}
+    assert "git_commit" in manifest
+    assert set(manifest["split_sha256"]) == {"train", "val", "test"}
+    assert all(len(h) == 64 for h in manifest["split_sha256"].values())
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    from longtail.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_numpy_global_rng_is_not_used_by_the_split(fake_fmnist):
+    from longtail.config import load_config
+    from longtail.data import build_data
+
+    np.random.seed(0)
+    expected = np.random.rand()
+    np.random.seed(0)
+    build_data(load_config(None, [f"data.root={fake_fmnist}", "data.n_max=40",
+                                  "data.n_min=4"]).data, seed=0)
+    assert np.random.rand() == expected
