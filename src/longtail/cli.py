@@ -24,9 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: longtail run configs/fmnist_lt.yaml stage1.epochs=5 --out runs/quick")
     parser.add_argument("--version", action="version", version=f"longtail {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback of errors instead of one line")
 
     run = sub.add_parser(
-        "run", help="stage 1, features, every stage-2 method, evaluation and report",
+        "run", parents=[common],
+        help="stage 1, features, every stage-2 method, evaluation and report",
         description="Train stage 1, extract features once, fit every stage-2 method in "
                     "stage2.methods on them, evaluate on the test split, print a table and "
                     "write the run directory (config.yaml, metrics.json, per_class.csv, "
@@ -42,11 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", type=Path,
                      help="continue the interrupted run in DIR from its last complete state "
                           "(finished stage-1 epochs, features and stage-2 methods are kept)")
-    run.add_argument("--debug", action="store_true",
-                     help="show the full traceback of errors instead of one line")
 
     grid = sub.add_parser(
-        "grid", help="stage 1 with each of several samplers, every stage-2 method on each",
+        "grid", parents=[common],
+        help="stage 1 with each of several samplers, every stage-2 method on each",
         description="For each sampler of --samplers, run stage 1 with it and every stage-2 "
                     "method on its features (as 'run' does, into DIR/<sampler>/), then write "
                     "DIR/grid.json ({sampler: metrics.json's methods}) and a table like the "
@@ -61,11 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="grid directory (default: runs/<config name>-grid-<timestamp>)")
     grid.add_argument("--overwrite", action="store_true",
                       help="allow --out to name a folder that already holds files")
-    grid.add_argument("--debug", action="store_true",
-                      help="show the full traceback of errors instead of one line")
 
     rebalance = sub.add_parser(
-        "rebalance", help="re-run stage 2 and the report of a finished run, from its features",
+        "rebalance", parents=[common],
+        help="re-run stage 2 and the report of a finished run, from its features",
         description="Fit the stage-2 methods again on RUN_DIR's cached features and stage-1 "
                     "classifier (no image is read, the backbone does not run), then rewrite "
                     "metrics.json and the report. Overrides may change stage2.*, eval.* and "
@@ -73,11 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebalance.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run's folder")
     rebalance.add_argument("overrides", metavar="KEY=VALUE", nargs="*",
                            help="stage2.*, eval.* or device overrides")
-    rebalance.add_argument("--debug", action="store_true",
-                           help="show the full traceback of errors instead of one line")
 
     split = sub.add_parser(
-        "make-split", help="write long-tailed train/val/test lists from a balanced source",
+        "make-split", parents=[common],
+        help="write long-tailed train/val/test lists from a balanced source",
         description="Draw a long-tailed training split (exponential or Pareto profile, fixed "
                     "by --seed) and balanced val/test splits from a balanced source, and write "
                     "them as list files (data.kind: list) with classes.txt and split.json "
@@ -106,11 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0, help="fixes class order and image choice")
     split.add_argument("--class-order", choices=["random", "label"], default="random",
                        help="which class gets which size: drawn from --seed, or label order")
-    split.add_argument("--debug", action="store_true",
-                       help="show the full traceback of errors instead of one line")
 
     summarize = sub.add_parser(
-        "summarize", help="mean and spread of several runs (e.g. seeds) as one table",
+        "summarize", parents=[common],
+        help="mean and spread of several runs (e.g. seeds) as one table",
         description="Read RUN_DIR/metrics.json of each run and print, per method, the mean "
                     "and sample standard deviation of top-1, Many, Medium, Few and tau.")
     summarize.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+",
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also write the summary as JSON")
 
     config = sub.add_parser(
-        "config", help="print the fully resolved config, or the reference of every key",
+        "config", parents=[common],
+        help="print the fully resolved config, or the reference of every key",
         description="Print CONFIG with overrides applied and defaults filled in, as the run "
                     "would use it; or, with --keys, a table of every key, its type, default "
                     "and meaning.")
