@@ -147,6 +147,17 @@ def test_feature_cache_is_keyed_by_weights_and_data(fake_fmnist, tmp_path, monke
     assert len(calls) == 5  # train and val (the test split is the same)
 
 
+def test_rebalance_refuses_features_of_other_weights(fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1"), "--out", str(out)]) == 0
+    state = load_checkpoint(out / "stage1" / "last.pt")
+    state["model"]["backbone.conv1.weight"] += 1
+    torch.save(state, out / "stage1" / "last.pt")
+    capsys.readouterr()
+    assert main(["rebalance", str(out)]) == 2
+    assert "were not made by the backbone in stage1/last.pt" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # Atomic files
 

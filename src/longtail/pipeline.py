@@ -34,7 +34,12 @@ from longtail.metrics import evaluate
 from longtail.models import build_model, load_weights
 from longtail.report import format_grid, format_table, write_report
 from longtail.scalars import ScalarLog
-from longtail.stages.features import FeatureSet, extract_features, load_features
+from longtail.stages.features import (
+    FeatureSet,
+    backbone_digest,
+    extract_features,
+    load_features,
+)
 from longtail.stages.joint import resolve_lr, train_joint
 from longtail.stages.rebalance import build_rebalancer
 
@@ -251,6 +256,12 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     features = load_features(run_dir / "features")
     if "train" not in features or "test" not in features:
         raise LongtailError(f"{run_dir}/features: expected train.pt and test.pt")
+    digest = backbone_digest(state)
+    stale = [split for split, f in features.items() if f.weights != digest]
+    if stale:
+        raise LongtailError(f"{run_dir}/features: {', '.join(stale)} features were not made by "
+                            f"the backbone in stage1/last.pt; run 'longtail run --resume "
+                            f"{run_dir}' to extract them again")
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     device = distributed.select_device(cfg.device)
     log = ScalarLog(run_dir / "logs")

@@ -27,15 +27,21 @@ class FeatureSet:
     features: torch.Tensor
     labels: torch.Tensor
     key: str = ""
+    weights: str = ""  # SHA-256 of the backbone weights that produced them
 
 
 def feature_keys(model: Classifier, data: LongTailData) -> dict[str, str]:
     """Return the cache key of each split's features for this backbone and data."""
-    weights = state_digest(model.backbone.state_dict())
+    weights = backbone_digest(model.state_dict())
     transform = repr(data.transform(train=False))
     return {split: hashlib.sha256("|".join([weights, data.split_sha256.get(split, ""),
                                             transform]).encode()).hexdigest()
             for split in data.splits()}
+
+
+def backbone_digest(model_state: dict[str, torch.Tensor]) -> str:
+    """Return the SHA-256 of the backbone part of a Classifier state dict."""
+    return state_digest({k: v for k, v in model_state.items() if k.startswith("backbone.")})
 
 
 def extract_features(
@@ -56,20 +62,23 @@ def extract_features(
     model.to(device).eval()
     transform = data.transform(train=False)
     keys = feature_keys(model, data)
+    weights = backbone_digest(model.state_dict())
     result = {}
     for split, dataset in data.splits().items():
         path = out_dir / f"{split}.pt"
         if path.is_file():
             cached = load_checkpoint(path)
             if cached.get("key") == keys[split]:
-                result[split] = FeatureSet(cached["features"], cached["labels"], keys[split])
+                result[split] = FeatureSet(cached["features"], cached["labels"], keys[split],
+                                           weights)
                 continue
         feats, labels = infer(model.features, dataset.with_transform(transform),
                               batch_size=batch_size, device=device, num_workers=num_workers,
                               desc=f"features {split}")
-        result[split] = FeatureSet(feats, labels, keys[split])
+        result[split] = FeatureSet(feats, labels, keys[split], weights)
         if distributed.is_main():
-            save_checkpoint({"features": feats, "labels": labels, "key": keys[split]}, path)
+            save_checkpoint({"features": feats, "labels": labels, "key": keys[split],
+                             "weights": weights}, path)
     return result
 
 
@@ -78,5 +87,6 @@ def load_features(out_dir: Path) -> dict[str, FeatureSet]:
     result = {}
     for path in sorted(out_dir.glob("*.pt")):
         blob = load_checkpoint(path)
-        result[path.stem] = FeatureSet(blob["features"], blob["labels"], blob.get("key", ""))
+        result[path.stem] = FeatureSet(blob["features"], blob["labels"], blob.get("key", ""),
+                                       blob.get("weights", ""))
     return result
