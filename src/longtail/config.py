@@ -190,6 +190,7 @@ class Stage2Config:
     )
     batch_size: int = _opt(512, "features per step for crt and lws")
     momentum: float = _opt(0.9, "SGD momentum for crt and lws")
+    samples_per_class: int = _opt(4, "crt and lws with the class_aware sampler: images per pick")
     crt: CRTConfig = field(default_factory=CRTConfig)
     lws: LWSConfig = field(default_factory=LWSConfig)
     tau_norm: TauNormConfig = field(default_factory=TauNormConfig)
@@ -432,7 +433,8 @@ def _check_semantics(cfg: Config) -> None:
     need(0 <= cfg.stage1.warmup_epochs <= cfg.stage1.epochs, "stage1.warmup_epochs",
          f"0..stage1.epochs ({cfg.stage1.epochs})", cfg.stage1.warmup_epochs)
     for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
-                "stage1.samples_per_class", "model.width", "stage1.base_batch_size"):
+                "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
+                "stage2.samples_per_class"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         need(value >= 1, key, "an int >= 1", value)

@@ -214,7 +214,7 @@ class _TrainedOnFeatures(Rebalancer):
     """Shared training loop of CRT and LWS: SGD with momentum, cosine LR to 0, a sampler."""
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
-                 weight_decay: float, sampler: str | float, seed: int,
+                 weight_decay: float, sampler: str | float, samples_per_class: int, seed: int,
                  device: str | torch.device | None) -> None:
         self.epochs = epochs
         self.lr = lr
@@ -222,6 +222,7 @@ class _TrainedOnFeatures(Rebalancer):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.sampler = sampler
+        self.samples_per_class = samples_per_class
         self.seed = seed
         self.device = device
 
@@ -230,7 +231,8 @@ class _TrainedOnFeatures(Rebalancer):
 
     def _train(self, params: list[Tensor], forward, x: Tensor, y: Tensor) -> None:
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
-                                num_replicas=1, rank=0)
+                                samples_per_class=self.samples_per_class, num_replicas=1,
+                                rank=0)
         device = self._device()
         x, y = x.to(device), y.to(device)
         batch_size = min(self.batch_size, len(sampler))
@@ -263,10 +265,11 @@ class CRT(_LinearHead, _TrainedOnFeatures):
 
     def __init__(self, num_classes: int | None = None, epochs: int = 10, lr: float = 0.2,
                  batch_size: int = 512, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 sampler: str | float = "class", seed: int = 0,
+                 sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
                  device: str | torch.device | None = None) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                         weight_decay=weight_decay, sampler=sampler, seed=seed, device=device)
+                         weight_decay=weight_decay, sampler=sampler,
+                         samples_per_class=samples_per_class, seed=seed, device=device)
         self.num_classes = num_classes
 
     def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
@@ -298,10 +301,11 @@ class LWS(_TrainedOnFeatures):
     def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None, epochs: int = 5,
                  lr: float = 0.2, batch_size: int = 512, momentum: float = 0.9,
                  weight_decay: float = 0.0, scale_bias: bool = False,
-                 sampler: str | float = "class", seed: int = 0,
+                 sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
                  device: str | torch.device | None = None) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                         weight_decay=weight_decay, sampler=sampler, seed=seed, device=device)
+                         weight_decay=weight_decay, sampler=sampler,
+                         samples_per_class=samples_per_class, seed=seed, device=device)
         self.weight = weight
         self.bias = bias
         self.scale_bias = scale_bias
@@ -347,7 +351,8 @@ def build_rebalancer(
     device: torch.device | None = None,
 ) -> Rebalancer:
     """Return the unfitted method ``name`` configured by the ``stage2.*`` keys."""
-    trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum, seed=seed, device=device)
+    trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum,
+                   samples_per_class=cfg.samples_per_class, seed=seed, device=device)
     if name == "joint":
         return Joint(joint_weight, joint_bias)
     if name == "ncm_cosine":
