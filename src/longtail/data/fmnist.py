@@ -6,7 +6,6 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from longtail.errors import LongtailError
 
@@ -79,8 +78,3 @@ def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np
             f"network allows it."
         )
     return {key: read_idx(path) for key, path in files.items()}
-
-
-def to_tensor_images(images: np.ndarray) -> torch.Tensor:
-    """Return (N, 1, H, W) uint8 tensors from (N, H, W) arrays."""
-    return torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1)
