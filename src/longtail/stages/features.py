@@ -30,9 +30,8 @@ class FeatureSet:
     weights: str = ""  # SHA-256 of the backbone weights that produced them
 
 
-def feature_keys(model: Classifier, data: LongTailData) -> dict[str, str]:
-    """Return the cache key of each split's features for this backbone and data."""
-    weights = backbone_digest(model.state_dict())
+def feature_keys(weights: str, data: LongTailData) -> dict[str, str]:
+    """Return the cache key of each split's features for backbone digest ``weights``."""
     transform = repr(data.transform(train=False))
     return {split: hashlib.sha256("|".join([weights, data.split_sha256.get(split, ""),
                                             transform]).encode()).hexdigest()
@@ -61,8 +60,8 @@ def extract_features(
     """
     model.to(device).eval()
     transform = data.transform(train=False)
-    keys = feature_keys(model, data)
     weights = backbone_digest(model.state_dict())
+    keys = feature_keys(weights, data)
     result = {}
     for split, dataset in data.splits().items():
         path = out_dir / f"{split}.pt"
