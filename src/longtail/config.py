@@ -278,30 +278,36 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def _fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """Return (dotted name, field, type) of every field, sections and their keys alike."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        out.append((prefix + f.name, f, hints[f.name]))
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _fields(hints[f.name], prefix + f.name + ".")
+    return out
+
+
+def all_keys() -> list[str]:
     """Return every dotted key of the config, sections excluded."""
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += all_keys(hints[f.name], prefix + f.name + ".")
-        else:
-            keys.append(prefix + f.name)
-    return keys
+    return [name for name, _, tp in _fields() if not dataclasses.is_dataclass(tp)]
 
 
-def _all_names(cls: type = Config, prefix: str = "") -> list[str]:
-    names = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        names.append(prefix + f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
-            names += _all_names(hints[f.name], prefix + f.name + ".")
-    return names
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Return the config as {dotted key: value}."""
+    def walk(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+        flat = {}
+        for key, value in tree.items():
+            flat.update(walk(value, f"{prefix}{key}.") if isinstance(value, dict)
+                        else {prefix + key: value})
+        return flat
+
+    return walk(cfg.to_dict(), "")
 
 
 def _unknown_key(key: str) -> ConfigError:
-    names = _all_names()
+    names = [name for name, _, _ in _fields()]
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     leaf = key.rsplit(".", 1)[-1]
     close += [n for n in names if n.rsplit(".", 1)[-1] == leaf and n not in close]
@@ -470,17 +476,12 @@ def _check_semantics(cfg: Config) -> None:
 def config_reference() -> str:
     """Return a Markdown table of every config key: type, default and help."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-
-    def walk(cls: type, obj: Any, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], value, prefix + f.name + ".")
-                continue
-            default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
-            lines.append(f"| `{prefix}{f.name}` | {type_name(hints[f.name])} | "
-                         f"`{default.strip()}` | {f.metadata.get('help', '')} |")
-
-    walk(Config, Config(), "")
+    defaults = flatten(Config())
+    for name, f, tp in _fields():
+        if dataclasses.is_dataclass(tp):
+            continue
+        default = yaml.safe_dump(defaults[name], default_flow_style=True)
+        default = default.strip().removesuffix("...").strip()
+        lines.append(f"| `{name}` | {type_name(tp)} | `{default}` | "
+                     f"{f.metadata.get('help', '')} |")
     return "\n".join(lines) + "\n"

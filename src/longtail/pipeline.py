@@ -27,7 +27,7 @@ from longtail.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from longtail.config import Config, dump_config, load_config
+from longtail.config import Config, dump_config, flatten, load_config
 from longtail.data import LongTailData, build_data, shot_groups
 from longtail.errors import LongtailError
 from longtail.metrics import evaluate
@@ -94,7 +94,7 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     if cfg is None:
         return saved
     free = {"device", "data.root", "data.num_workers"}
-    ours, theirs = _flatten(cfg.to_dict()), _flatten(saved.to_dict())
+    ours, theirs = flatten(cfg), flatten(saved)
     changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
     if changed:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
@@ -102,16 +102,6 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
                             f"config.yaml ({diffs}); resume without changes, or start a new run")
     return replace(saved, device=cfg.device,
                    data=replace(saved.data, root=cfg.data.root, num_workers=cfg.data.num_workers))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bool = False,

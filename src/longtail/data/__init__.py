@@ -35,6 +35,7 @@ from longtail.data.inat import read_inat_json
 from longtail.data.listfile import (
     FileSplit,
     check_files_exist,
+    list_text,
     parse_list_file,
     read_class_names,
     resolve_near_root,
@@ -213,7 +214,7 @@ def _file_data(cfg: DataConfig, split_seed: int, channels: int) -> LongTailData:
         splits["train"], splits["val"] = _subset(train, kept), _subset(train, held)
         notes.append(f"val: {len(held)} images held out of training "
                      f"(data.val_from_train={cfg.val_from_train})")
-        hashes = {k: _file_split_sha256(v, root) for k, v in splits.items() if v is not None}
+        hashes = _hashes(splits, root)
     if not cfg.allow_outside_root:
         for split in splits.values():
             if split is not None:
@@ -339,20 +340,10 @@ def _subset(split: FileSplit, indices: np.ndarray) -> FileSplit:
                      [split.origins[i] for i in idx])
 
 
-def _file_split_sha256(split: FileSplit, root: Path) -> str:
-    """SHA-256 of a split written as a list file: 'relative/path label' lines."""
-    lines = []
-    for path, label in zip(split.paths, split.labels):
-        try:
-            rel = path.relative_to(root).as_posix()
-        except ValueError:
-            rel = path.as_posix()
-        lines.append(f"{rel} {label}\n")
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
 def _hashes(splits: dict[str, FileSplit | None], root: Path) -> dict[str, str]:
-    return {k: _file_split_sha256(v, root) for k, v in splits.items() if v is not None}
+    """SHA-256 of each split written as a list file ('relative/path label' lines)."""
+    return {k: hashlib.sha256(list_text(v.paths, v.labels, root).encode()).hexdigest()
+            for k, v in splits.items() if v is not None}
 
 
 def _check_inside_root(split: FileSplit, root: Path) -> None:

@@ -65,6 +65,18 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     return FileSplit(list_file, paths, labels, origins)
 
 
+def list_text(paths: list[Path], labels: list[int], root: Path) -> str:
+    """Return ``relative/path label`` lines (paths relative to ``root`` where they can be)."""
+    lines = []
+    for path, label in zip(paths, labels):
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            rel = path.as_posix()
+        lines.append(f"{rel} {int(label)}\n")
+    return "".join(lines)
+
+
 def check_files_exist(split: FileSplit) -> None:
     """Raise a LongtailError naming the first listed image that does not exist."""
     for path, origin in zip(split.paths, split.origins):

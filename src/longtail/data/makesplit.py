@@ -20,7 +20,7 @@ from tqdm import tqdm
 from longtail.checkpoint import atomic_write_json, atomic_write_text
 from longtail.data import cifar, fmnist
 from longtail.data.folder import read_image_folder
-from longtail.data.listfile import parse_list_file
+from longtail.data.listfile import list_text, parse_list_file
 from longtail.data.profiles import make_profile
 from longtail.data.splits import long_tailed_split
 from longtail.errors import LongtailError
@@ -85,8 +85,8 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
                                  np.arange(len(test_labels)))}
     else:
         data_root = req.root
-        lines = {name: _list_lines(paths, labels, getattr(split, name), req.root)
-                 for name in ("train", "val", "test")}
+        lines = {name: list_text([paths[i] for i in idx], labels[idx].tolist(), req.root)
+                 for name in ("train", "val", "test") for idx in [getattr(split, name)]}
     summary: dict[str, Any] = {
         "source": {"kind": req.source, "root": str(req.root),
                    "list": str(req.list_file) if req.list_file else None},
@@ -138,17 +138,6 @@ def _file_source(req: SplitRequest):
     if present != list(range(len(present))):
         raise LongtailError(f"{pool.source}: labels must be 0..C-1, each present")
     return pool, [str(c) for c in present]
-
-
-def _list_lines(paths: list[Path], labels: np.ndarray, indices: np.ndarray, root: Path) -> str:
-    out = []
-    for i in indices.tolist():
-        try:
-            rel = paths[i].relative_to(root).as_posix()
-        except ValueError:
-            rel = paths[i].as_posix()
-        out.append(f"{rel} {int(labels[i])}\n")
-    return "".join(out)
 
 
 def _export(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
