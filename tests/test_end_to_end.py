@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from longtail.cli import main
-from longtail.config import STAGE2_METHODS, config_from_dict
+from longtail.config import DEFAULT_METHODS, config_from_dict
 from longtail.models.backbones import Backbone
 from tests.conftest import make_image_list_dataset
 
@@ -21,8 +21,9 @@ def check_metrics(run_dir: Path, num_classes: int) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     dataset = metrics["dataset"]
     assert dataset["num_classes"] == num_classes and len(dataset["train_counts"]) == num_classes
+    assert len(dataset["group_counts"]) == num_classes
     assert sorted(sum(dataset["shot_groups"].values(), [])) == list(range(num_classes))
-    assert set(metrics["methods"]) == set(STAGE2_METHODS)
+    assert set(metrics["methods"]) == set(DEFAULT_METHODS)
     for name, m in metrics["methods"].items():
         assert 0 <= m["top1"] <= 100, name
         assert len(m["per_class"]) == num_classes

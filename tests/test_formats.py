@@ -31,7 +31,7 @@ def test_cifar10_lt_matches_cao_et_al(tmp_path):
                    "data.val_per_class=3")
     profile = cifar_lt_profile(10, 60, 10)
     assert profile == [int(60 * 0.1 ** (i / 9)) for i in range(10)]
-    assert data.train_counts == profile  # label order, head is class 0
+    assert data.group_counts == profile  # label order, head is class 0
     assert data.image_size == 32 and data.channels == 3 and len(data.test) == 50
     # The exact images of Cao et al.'s generator: np.random.seed(0), then per class in label
     # order a shuffle of its indices, keeping the first n_c.
@@ -45,11 +45,15 @@ def test_cifar10_lt_matches_cao_et_al(tmp_path):
         expected.append(idx[:n])
     expected = np.sort(np.concatenate(expected))
     arrays = cifar.load_cifar(root, "cifar10_lt")
-    images = torch.from_numpy(arrays["train_images"][expected])
-    assert torch.equal(data.train.images, images)
-    # val: 3 per class from unused images; the head class uses all of its images.
+    # val: 3 per class from unused images; the head class uses all of its images, so its 3
+    # val images come out of its training images, and the groups keep the counts before that.
     val_counts = torch.bincount(data.val.labels, minlength=10).tolist()
-    assert val_counts == [0] + [3] * 9
+    assert val_counts == [3] * 10
+    assert data.train_counts == [profile[0] - 3, *profile[1:]]
+    assert data.group_counts == profile
+    kept = torch.from_numpy(arrays["train_images"][expected])
+    assert all((kept == image).flatten(1).all(1).any() for image in data.train.images)
+    assert len(data.train) + 3 == len(kept)
     groups = load_config(None).eval
     assert groups.many_threshold == 100
 
@@ -87,6 +91,7 @@ def test_inat_json(tmp_path):
     # category ids 0, 10, 20 become labels 0, 1, 2; one image per class held out as val
     assert data.train_counts == [11, 4, 1] and data.class_names == ["species 0", "species 1",
                                                                     "species 2"]
+    assert data.group_counts == [12, 5, 2]  # Many/Medium/Few from the counts before hold-out
     assert torch.bincount(data.val.labels).tolist() == [1, 1, 1]
     assert torch.bincount(data.test.labels).tolist() == [3, 3, 3]
     assert files["train"].is_file()

@@ -19,8 +19,11 @@ import yaml
 
 from longtail.errors import LongtailError
 
-Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws"]
+Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws",
+                       "finetune", "finetune_last"]
 STAGE2_METHODS: tuple[str, ...] = typing.get_args(Stage2Method)
+# Run by default: the methods on cached features (fine-tuning re-trains the network).
+DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
 
 
 class ConfigError(LongtailError):
@@ -96,6 +99,8 @@ class DataConfig:
         None, "input side; null: 28 (fmnist), 32 (cifar), else the first image's if < 64, "
         "else 224"
     )
+    hflip: bool = _opt(True, "random horizontal flips in training (turn off where a mirrored "
+                       "image is another class, e.g. characters)")
     mean: list[float] | None = _opt(None, "normalisation mean per channel; null: the dataset's")
     std: list[float] | None = _opt(None, "normalisation std per channel; null: the dataset's")
     in_memory: bool | Literal["auto"] = _opt(
@@ -149,6 +154,10 @@ class Stage1Config:
         "cosine",
         "cosine: per step down to 0; cosine_epoch: the authors' per-epoch steps, last epoch lr 0",
     )
+    select: Literal["last", "best_val"] = _opt(
+        "last", "weights stage 2 starts from: the last epoch's, or the epoch with the best val "
+        "top-1 (the authors' choice; stage1/best.pt)"
+    )
 
 
 @dataclass
@@ -184,17 +193,40 @@ class NCMConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    epochs: int = _opt(10, "epochs of fine-tuning (finetune, finetune_last)")
+    lr: float = _opt(0.01, "initial learning rate (cosine to 0)")
+    weight_decay: float = _opt(5e-4, "weight decay")
+    batch_size: int = _opt(128, "images per step")
+    sampler: str | float = _opt("class", "sampler over training images (see stage1.sampler)")
+
+
+@dataclass
 class Stage2Config:
     methods: list[Stage2Method] = _opt(
-        list(STAGE2_METHODS), "re-balancing methods to run, in this order"
+        list(DEFAULT_METHODS), "re-balancing methods to run, in this order; finetune and "
+        "finetune_last re-train the network (the paper's comparison), the others work on features"
     )
     batch_size: int = _opt(512, "features per step for crt and lws")
     momentum: float = _opt(0.9, "SGD momentum for crt and lws")
     samples_per_class: int = _opt(4, "crt and lws with the class_aware sampler: images per pick")
+    select: Literal["last", "best_val"] = _opt(
+        "last", "crt and lws: keep the last epoch's classifier, or the epoch with the best val "
+        "top-1 (the authors' choice)"
+    )
+    features: Literal["cached", "online"] = _opt(
+        "cached", "crt and lws: train on the cached test-transform features, or run the frozen "
+        "backbone every epoch on augmented training images (the authors' way, slower)"
+    )
+    bn: Literal["eval", "train"] = _opt(
+        "eval", "features=online: backbone BatchNorm in eval mode, or in train mode so its "
+        "statistics drift under class-balanced batches (the authors' code)"
+    )
     crt: CRTConfig = field(default_factory=CRTConfig)
     lws: LWSConfig = field(default_factory=LWSConfig)
     tau_norm: TauNormConfig = field(default_factory=TauNormConfig)
     ncm: NCMConfig = field(default_factory=NCMConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass
@@ -440,11 +472,12 @@ def _check_semantics(cfg: Config) -> None:
          f"0..stage1.epochs ({cfg.stage1.epochs})", cfg.stage1.warmup_epochs)
     for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
-                "stage2.samples_per_class"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+                "stage2.samples_per_class", "stage2.finetune.batch_size"):
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
         need(value >= 1, key, "an int >= 1", value)
-    for key in ("stage2.crt.epochs", "stage2.lws.epochs"):
+    for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.finetune.epochs"):
         value = getattr(cfg.stage2, key.split(".")[1]).epochs
         need(value >= 0, key, "an int >= 0", value)
     need(cfg.stage2.tau_norm.grid_step > 0, "stage2.tau_norm.grid_step", "> 0",
@@ -453,7 +486,8 @@ def _check_semantics(cfg: Config) -> None:
          "each method at most once", cfg.stage2.methods)
     for key, spec in (("stage1.sampler", cfg.stage1.sampler),
                       ("stage2.crt.sampler", cfg.stage2.crt.sampler),
-                      ("stage2.lws.sampler", cfg.stage2.lws.sampler)):
+                      ("stage2.lws.sampler", cfg.stage2.lws.sampler),
+                      ("stage2.finetune.sampler", cfg.stage2.finetune.sampler)):
         try:
             parse_sampler_spec(spec)
         except ValueError as e:
@@ -467,6 +501,10 @@ def _check_semantics(cfg: Config) -> None:
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
         d.kind == "image_folder" and d.train is None)
     has_val = d.val_per_class > 0 if generated else (d.val is not None or d.val_from_train > 0)
+    for key, select in (("stage1.select", cfg.stage1.select),
+                        ("stage2.select", cfg.stage2.select)):
+        need(select == "last" or has_val, key, "last, since there is no val split "
+             "(data.val, data.val_from_train or data.val_per_class)", select)
     if "tau_norm" in cfg.stage2.methods and cfg.stage2.tau_norm.tau is None and not has_val:
         raise ConfigError("config key stage2.tau_norm.tau: null chooses tau on the val split, "
                           "but there is none; set data.val, data.val_from_train or "

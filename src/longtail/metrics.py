@@ -29,15 +29,16 @@ def group_accuracy(per_class: Sequence[float], classes: Sequence[int]) -> float 
 def evaluate(
     predictions: torch.Tensor,
     labels: torch.Tensor,
-    train_counts: Sequence[int],
+    group_counts: Sequence[int],
     many_threshold: int = 100,
     few_threshold: int = 20,
 ) -> dict[str, object]:
     """Return top1 over all images, many / medium / few (mean of per-class accuracies of each
-    shot group, None when empty) and per_class, all in percent."""
-    per_class = per_class_accuracy(predictions, labels, len(train_counts))
-    groups = shot_groups(train_counts, many_threshold, few_threshold)
-    result: dict[str, object] = {"top1": 100.0 * (predictions == labels).float().mean().item()}
+    shot group by ``group_counts``, None when empty) and per_class, all in percent (float64)."""
+    per_class = per_class_accuracy(predictions, labels, len(group_counts))
+    groups = shot_groups(group_counts, many_threshold, few_threshold)
+    hits = int((predictions == labels).sum())
+    result: dict[str, object] = {"top1": 100.0 * hits / max(len(labels), 1)}
     for name, classes in groups.items():
         result[name] = group_accuracy(per_class, classes)
     result["per_class"] = per_class

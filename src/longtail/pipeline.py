@@ -41,7 +41,8 @@ from longtail.stages.features import (
     load_features,
 )
 from longtail.stages.joint import resolve_lr, train_joint
-from longtail.stages.rebalance import build_rebalancer
+from longtail.stages.online import FINETUNE_METHODS, ONLINE_METHODS, NetworkStage2
+from longtail.stages.rebalance import Joint, build_rebalancer
 
 
 @dataclass
@@ -52,6 +53,12 @@ class DatasetInfo:
     num_classes: int
     class_names: list[str]
     train_counts: list[int]
+    group_counts: list[int] | None = None  # before a val hold-out; None: train_counts
+
+    @property
+    def counts_for_groups(self) -> list[int]:
+        """Training counts that decide the Many/Medium/Few groups."""
+        return self.group_counts or self.train_counts
 
 
 def default_run_dir(config_name: str) -> Path:
@@ -163,7 +170,8 @@ def _say(text: str) -> None:
 def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, argv: list[str],
          resumed: bool) -> dict[str, Any]:
     main = distributed.is_main()
-    info = DatasetInfo(data.name, data.num_classes, data.class_names, data.train_counts)
+    info = DatasetInfo(data.name, data.num_classes, data.class_names, data.train_counts,
+                       data.group_counts)
     if main:
         if resumed:
             _record_resume(run_dir, data, argv)
@@ -203,14 +211,66 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
                                 num_workers=data.num_workers, out_dir=run_dir / "features")
     _say(f"features of every split in {time.perf_counter() - start:.0f} s: "
          + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in features.items()))
+    weight, bias = model.fc.weight.detach().cpu(), model.fc.bias.detach().cpu()
+    prefit = _fit_network_methods(cfg, model, data, features, weight, bias, run_dir, device, log)
     metrics: dict[str, Any] = {}
     if main:
-        metrics = rebalance_and_report(cfg, info, model.fc.weight.detach().cpu(),
-                                       model.fc.bias.detach().cpu(), features, run_dir, device,
-                                       log)
+        metrics = rebalance_and_report(cfg, info, weight, bias, features, run_dir, device, log,
+                                       prefit)
     log.close()
     distributed.barrier()
     return metrics
+
+
+def network_methods(cfg: Config) -> list[str]:
+    """Return the stage-2 methods of ``cfg`` that need images and the network, not features."""
+    online = ONLINE_METHODS if cfg.stage2.features == "online" else ()
+    return [n for n in cfg.stage2.methods if n in FINETUNE_METHODS or n in online]
+
+
+def _fit_network_methods(cfg: Config, model, data: LongTailData,
+                         features: dict[str, FeatureSet], weight: torch.Tensor,
+                         bias: torch.Tensor, run_dir: Path, device: torch.device,
+                         log: ScalarLog) -> dict[str, tuple[Any, torch.Tensor]]:
+    """Fit the methods that run the network (fine-tuning, online cRT / LWS) in every process;
+    return {name: (fitted method, test features to predict from)}. One whose stage2/NAME.pt
+    holds a result for the same inputs is left to ``rebalance_and_report`` to reuse."""
+    names = [n for n in network_methods(cfg)
+             if _cached_result(run_dir, n, cfg, features, weight, bias) is None]
+    if not names:
+        return {}
+    net = NetworkStage2(model, data, cfg, device, run_dir, log)
+    val = features.get("val")
+    out: dict[str, tuple[Any, torch.Tensor]] = {}
+    for name in names:
+        start = time.perf_counter()
+        if name in FINETUNE_METHODS:
+            part = "everything" if name == "finetune" else "the last stage and the classifier"
+            _say(f"\n{name}: fine-tuning {part} for {cfg.stage2.finetune.epochs} epochs, "
+                 f"sampler {cfg.stage2.finetune.sampler}")
+            tuned = net.finetune(name)
+            method = Joint(tuned.fc.weight.detach().cpu(), tuned.fc.bias.detach().cpu()).fit()
+            out[name] = (method, net.features(tuned, "test"))
+        else:
+            batches, frozen = net.online_batches(name)
+            method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
+                                      num_classes=data.num_classes, seed=cfg.seed, device=device)
+            method.fit(batches, None, val.features if val else None, val.labels if val else None)
+            test = (net.features(frozen, "test") if cfg.stage2.bn == "train"
+                    else features["test"].features)
+            out[name] = (method, test)
+        _say(f"  {name}: on images in {time.perf_counter() - start:.0f} s")
+    return out
+
+
+def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, FeatureSet],
+                   weight: torch.Tensor, bias: torch.Tensor) -> dict[str, Any] | None:
+    """Return stage2/NAME.pt's content when it was fitted on the same inputs, else None."""
+    path = run_dir / "stage2" / f"{name}.pt"
+    if not path.is_file():
+        return None
+    cached = load_checkpoint(path)
+    return cached if cached.get("key") == _stage2_key(name, cfg, features, weight, bias) else None
 
 
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
@@ -242,7 +302,11 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
                                 f"device keys; start a new run for the others")
     cfg = load_config(config_path, overrides)
     info = DatasetInfo(**json.loads((run_dir / "dataset.json").read_text()))
-    state = load_checkpoint(run_dir / "stage1" / "last.pt")["model"]
+    stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
+    if not stage1.is_file():
+        raise LongtailError(f"{stage1}: not found; run 'longtail run --resume {run_dir}' to "
+                            f"finish stage 1")
+    state = load_checkpoint(stage1)["model"]
     features = load_features(run_dir / "features")
     if "train" not in features or "test" not in features:
         raise LongtailError(f"{run_dir}/features: expected train.pt and test.pt")
@@ -250,7 +314,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     stale = [split for split, f in features.items() if f.weights != digest]
     if stale:
         raise LongtailError(f"{run_dir}/features: {', '.join(stale)} features were not made by "
-                            f"the backbone in stage1/last.pt; run 'longtail run --resume "
+                            f"the backbone in {stage1}; run 'longtail run --resume "
                             f"{run_dir}' to extract them again")
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     device = distributed.select_device(cfg.device)
@@ -264,10 +328,19 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
 
 def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                          bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
-                         device: torch.device, log: ScalarLog) -> dict[str, Any]:
-    """Fit every stage-2 method on ``features``, evaluate on test, write metrics and report."""
+                         device: torch.device, log: ScalarLog,
+                         prefit: dict[str, tuple[Any, torch.Tensor]] | None = None
+                         ) -> dict[str, Any]:
+    """Fit every stage-2 method on ``features``, evaluate on test, write metrics and report.
+
+    ``prefit`` holds methods already fitted on images (fine-tuning, online stage 2) with the
+    test features to evaluate them on.
+    """
+    prefit = prefit or {}
+    on_images = set(network_methods(cfg))
     train, val, test = features["train"], features.get("val"), features["test"]
-    groups = shot_groups(info.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
+    groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold,
+                         cfg.eval.few_threshold)
     methods: dict[str, dict[str, Any]] = {}
     weight_norms: dict[str, list[float]] = {}
     print("\nstage 2 on cached features:", flush=True)
@@ -279,12 +352,21 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
         if cached.get("key") == key:  # fitted before on the same inputs: reuse
             result, norms, verb = cached["result"], cached["weight_norms"], "reused"
         else:
-            method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
-                                      num_classes=info.num_classes, seed=cfg.seed,
-                                      device=device)
-            method.fit(train.features, train.labels, val.features if val else None,
-                       val.labels if val else None)
-            result = evaluate(method.predict(test.features), test.labels, info.train_counts,
+            if name in prefit:
+                method, test_features = prefit[name]
+                verb = "fitted on images"
+            elif name in on_images:
+                raise LongtailError(f"stage2.methods: {name} re-runs the network on images, "
+                                    f"which 'rebalance' does not; use 'longtail run'")
+            else:
+                method = build_rebalancer(name, cfg.stage2, joint_weight=weight,
+                                          joint_bias=bias, num_classes=info.num_classes,
+                                          seed=cfg.seed, device=device)
+                method.fit(train.features, train.labels, val.features if val else None,
+                           val.labels if val else None)
+                test_features, verb = test.features, "fitted"
+            result = evaluate(method.predict(test_features), test.labels,
+                              info.counts_for_groups,
                               cfg.eval.many_threshold, cfg.eval.few_threshold)
             if name == "tau_norm":
                 result["tau"] = method.tau_
@@ -292,7 +374,6 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
             norms = weights.norm(dim=1).tolist() if weights is not None else None
             save_checkpoint({"key": key, "state": method.learned_state(), "result": result,
                              "weight_norms": norms}, path)
-            verb = "fitted"
         methods[name] = result
         if norms is not None:
             weight_norms[name] = norms
@@ -302,7 +383,8 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
         print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
     metrics = {
         "dataset": {"name": info.name, "num_classes": info.num_classes,
-                    "train_counts": info.train_counts, "shot_groups": groups},
+                    "train_counts": info.train_counts, "group_counts": info.counts_for_groups,
+                    "shot_groups": groups},
         "methods": methods,
     }
     print(f"\ntest top-1 (%), {len(test.labels)} images; many/medium/few = mean per-class "
@@ -327,7 +409,7 @@ def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight:
 
 def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int) -> str:
     """Return a printable summary: split sizes, class counts and Many/Medium/Few groups."""
-    counts = data.train_counts
+    counts = data.group_counts
     groups = shot_groups(counts, many_threshold, few_threshold)
     sizes = ", ".join(f"{len(ds)} {name}" for name, ds in data.splits().items())
     lines = [f"dataset {data.name}: {data.num_classes} classes; images: {sizes}",

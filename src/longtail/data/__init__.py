@@ -77,15 +77,24 @@ class LongTailData:
     num_workers: int
     split_sha256: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    hflip: bool = True
+    # Training images per class before a val hold-out; the shot groups come from these, so a
+    # class does not change group because some of its images went to val.
+    counts_before_holdout: list[int] | None = None
 
     @property
     def train_counts(self) -> list[int]:
         """Training images per class."""
         return torch.bincount(self.train.labels, minlength=self.num_classes).tolist()
 
+    @property
+    def group_counts(self) -> list[int]:
+        """Images per class that decide the Many/Medium/Few groups: before any val hold-out."""
+        return self.counts_before_holdout or self.train_counts
+
     def transform(self, train: bool):
         """Return the train (augmented) or test transform of this dataset."""
-        return build_transform(self.image_size, train, self.mean, self.std)
+        return build_transform(self.image_size, train, self.mean, self.std, self.hflip)
 
     def splits(self) -> dict[str, LabelledImages]:
         """Return the present splits by name: train, val (when there is one), test."""
@@ -105,6 +114,7 @@ def build_data(cfg: DataConfig, seed: int, channels: int | None = None) -> LongT
             raise LongtailError(f"config key data.mean: expected {data.channels} values (one per "
                                 f"channel), found {len(cfg.mean)}")
         data.mean, data.std = tuple(cfg.mean), tuple(cfg.std)
+    data.hflip = cfg.hflip
     return data
 
 
@@ -125,7 +135,8 @@ def _array_data(cfg: DataConfig, split_seed: int, channels: int | None) -> LongT
         names, mean, std, side = arrays["class_names"], cifar.MEAN, cifar.STD, 32
     labels = np.asarray(arrays["train_labels"], dtype=np.int64)
     num_classes = len(names)
-    train_idx, val_idx = _array_split(cfg, labels, num_classes, split_seed)
+    train_idx, val_idx, counts_before_holdout = _array_split(cfg, labels, num_classes,
+                                                              split_seed)
     images, test_images, mean, std = _match_channels(images, test_images, mean, std,
                                                      channels or images.shape[1])
     labels_t = torch.from_numpy(labels)
@@ -141,18 +152,20 @@ def _array_data(cfg: DataConfig, split_seed: int, channels: int | None) -> LongT
         image_size=cfg.image_size or side, mean=mean, std=std,
         train=TensorImages(images[train_idx], labels_t[train_idx]), val=val,
         test=TensorImages(test_images, test_labels), in_memory=True,
-        num_workers=_num_workers(cfg, in_memory=True), split_sha256=hashes)
+        num_workers=_num_workers(cfg, in_memory=True), split_sha256=hashes,
+        counts_before_holdout=counts_before_holdout)
 
 
 def _array_split(cfg: DataConfig, labels: np.ndarray, num_classes: int,
-                 split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train, val) indices of the long-tailed split of a balanced array dataset."""
+                 split_seed: int) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
+    """Return (train, val) indices of the long-tailed split of a balanced array dataset, and
+    the training counts before val took training images (None when it took none)."""
     if cfg.kind == "fmnist_lt":
         n_max = cfg.n_max or 1280
         profile = _profile(cfg, num_classes, n_max, default_n_min=5)
         split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
                                   seed=split_seed, class_order=cfg.class_order)
-        return split.train, split.val
+        return split.train, split.val, None
     # CIFAR-LT: Cao et al.'s generator, classes in label order, their own RNG stream.
     per_class = int(np.bincount(labels).min())
     n_max = cfg.n_max or per_class
@@ -162,12 +175,24 @@ def _array_split(cfg: DataConfig, labels: np.ndarray, num_classes: int,
     else:
         profile = cifar_lt_profile(num_classes, n_max, ratio, cfg.profile)
     train = cifar.cao_selection(labels, profile)
-    # The balanced val split takes images the long-tailed train split left unused.
+    # The balanced val split takes images the long-tailed train split left unused; a class
+    # with too few of them (the head class uses all its images) gives the rest out of its
+    # training images, so val holds every class. The shot groups use the counts before that.
     rng = np.random.default_rng(split_seed)
+    before = np.bincount(labels[train], minlength=num_classes).tolist()
     unused = np.setdiff1d(np.arange(len(labels)), train)
-    val = [rng.permutation(unused[labels[unused] == c])[: cfg.val_per_class]
-           for c in range(num_classes)]
-    return np.sort(train), np.sort(np.concatenate(val)).astype(np.int64)
+    val, taken = [], []
+    for c in range(num_classes):
+        spare = rng.permutation(unused[labels[unused] == c])[: cfg.val_per_class]
+        short = min(cfg.val_per_class - len(spare), before[c] - 1)  # keep one to train on
+        if short > 0:
+            taken.append(rng.permutation(train[labels[train] == c])[:short])
+            spare = np.concatenate([spare, taken[-1]])
+        val.append(spare)
+    if taken:
+        train = np.setdiff1d(train, np.concatenate(taken))
+    return (np.sort(train), np.sort(np.concatenate(val)).astype(np.int64),
+            before if taken else None)
 
 
 def _profile(cfg: DataConfig, num_classes: int, n_max: int, default_n_min: int) -> list[int]:
@@ -208,8 +233,11 @@ def _file_data(cfg: DataConfig, split_seed: int, channels: int) -> LongTailData:
     if not root.is_dir():
         raise LongtailError(f"config key data.root: folder not found: {root}")
     splits, names, hashes, notes = _read_file_splits(cfg, root, split_seed)
+    counts_before_holdout = None
     if splits.get("val") is None and cfg.val_from_train > 0:
         train = splits["train"]
+        counts_before_holdout = np.bincount(np.asarray(train.labels),
+                                            minlength=len(names)).tolist()
         kept, held = hold_out_per_class(np.asarray(train.labels), cfg.val_from_train, split_seed)
         splits["train"], splits["val"] = _subset(train, kept), _subset(train, held)
         notes.append(f"val: {len(held)} images held out of training "
@@ -238,7 +266,7 @@ def _file_data(cfg: DataConfig, split_seed: int, channels: int) -> LongTailData:
         name=root.name or str(root), num_classes=num_classes, class_names=names,
         channels=channels, image_size=image_size, mean=mean, std=std, train=datasets["train"],
         val=datasets.get("val"), test=datasets["test"], in_memory=in_memory, num_workers=workers,
-        split_sha256=hashes, notes=notes)
+        split_sha256=hashes, notes=notes, counts_before_holdout=counts_before_holdout)
 
 
 def _read_file_splits(cfg: DataConfig, root: Path, split_seed: int):

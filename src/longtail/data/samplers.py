@@ -7,9 +7,9 @@ of that class:
 - ``class`` (q=0): every class equally likely;
 - ``sqrt`` (q=1/2);
 - a number: any q in [0, 1];
-- ``progressive``: ``p_j(t) = (1 - t/T) p_j^IB + (t/T) p_j^CB`` with t the 0-based epoch and T
-  the number of epochs, so epoch 0 is instance-balanced and epoch T-1 is ``1/T`` short of
-  class-balanced (the paper's formula, not stretched to reach q=0 exactly);
+- ``progressive``: ``p_j(t) = (1 - s) p_j^IB + s p_j^CB`` with ``s = t / (T - 1)``, t the
+  0-based epoch and T the number of epochs, so the first epoch is instance-balanced and the
+  last one class-balanced, as the paper describes (its formula with t/T would stop 1/T short);
 - ``class_aware``: the authors' variant: classes come from a shuffled list of all classes,
   reshuffled each time it is used up, and each pick yields ``samples_per_class`` consecutive
   images of the class from its own shuffled list, reshuffled each time it is used up.
@@ -159,9 +159,10 @@ class PowerSampler(LongTailSampler):
 
 
 class ProgressiveSampler(LongTailSampler):
-    """Progressively-balanced: instance-balanced at epoch 0, moving linearly toward class-balanced.
+    """Progressively-balanced: instance-balanced at epoch 0, class-balanced at the last epoch.
 
-    ``p_j(t) = (1 - t/T) n_j / N + (t/T) / C`` with t the 0-based epoch, T = ``total_epochs``.
+    ``p_j(t) = (1 - s) n_j / N + s / C`` with ``s = t / (T - 1)``, t the 0-based epoch and
+    T = ``total_epochs`` (a single epoch is instance-balanced).
     """
 
     def __init__(self, labels: torch.Tensor | Sequence[int], total_epochs: int, **kwargs) -> None:
@@ -171,9 +172,9 @@ class ProgressiveSampler(LongTailSampler):
         self.total_epochs = total_epochs
 
     def class_probabilities(self) -> torch.Tensor:
-        t = min(self.epoch, self.total_epochs) / self.total_epochs
-        return ((1 - t) * class_probabilities(self.class_counts, 1.0)
-                + t * class_probabilities(self.class_counts, 0.0))
+        s = min(self.epoch / max(self.total_epochs - 1, 1), 1.0)
+        return ((1 - s) * class_probabilities(self.class_counts, 1.0)
+                + s * class_probabilities(self.class_counts, 0.0))
 
     def _stream(self, g: torch.Generator, size: int) -> torch.Tensor:
         classes = torch.multinomial(self.class_probabilities().float(), size,

@@ -17,21 +17,24 @@ def build_transform(
     train: bool,
     mean: Sequence[float],
     std: Sequence[float],
+    hflip: bool = True,
 ) -> v2.Transform:
     """Return the transform for ``image_size`` inputs, augmented when ``train``.
 
     Small images (< 64 px): resize to the target side, then pad-and-crop (padding of 1/8 of the
     side) and horizontal flip in training. Large images: the paper's RandomResizedCrop, flip and
     ColorJitter(0.4, 0.4, 0.4) in training; Resize(side * 256/224) + CenterCrop at test.
+    ``hflip=False`` leaves the flip out.
     """
     if image_size < SMALL_IMAGE:
         steps: list[v2.Transform] = [v2.Resize(image_size), v2.CenterCrop(image_size)]
         if train:
-            steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8)),
-                      v2.RandomHorizontalFlip()]
+            steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8))]
+            steps += [v2.RandomHorizontalFlip()] if hflip else []
     elif train:
-        steps = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip(),
-                 v2.ColorJitter(0.4, 0.4, 0.4)]
+        steps = [v2.RandomResizedCrop(image_size)]
+        steps += [v2.RandomHorizontalFlip()] if hflip else []
+        steps += [v2.ColorJitter(0.4, 0.4, 0.4)]
     else:
         steps = [v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]

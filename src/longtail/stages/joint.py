@@ -64,8 +64,12 @@ def train_joint(
     checkpoint_path: Path,
     log: ScalarLog,
     resume: bool = False,
+    stage_name: str = "stage 1",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data.train``; return one record per epoch.
+
+    With ``cfg.select == "best_val"`` the model ends with the weights of the epoch of best val
+    top-1 (kept in ``best.pt`` beside the checkpoint), else with the last epoch's.
 
     After every epoch ``checkpoint_path`` holds everything needed to continue (model,
     optimizer, scheduler, epoch, history, best val accuracy, RNG state). With ``resume`` and
@@ -105,6 +109,8 @@ def train_joint(
                                            cfg.warmup_epochs))
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
+    best_path = checkpoint_path.parent / "best.pt"
+    best_state: dict[str, torch.Tensor] | None = None
     if resume and checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path, map_location=device)
         load_model_state(model, state["model"], checkpoint_path)
@@ -112,6 +118,8 @@ def train_joint(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         history, best = state["history"], state["best"]
+        if cfg.select == "best_val" and best_path.is_file():
+            best_state = load_checkpoint(best_path, map_location=device)["model"]
         if distributed.is_main():
             print(f"resuming stage 1 after epoch {state['epoch']} of {cfg.epochs} "
                   f"({checkpoint_path})", flush=True)
@@ -124,7 +132,7 @@ def train_joint(
         epoch_lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         totals = torch.zeros(3, device=device)  # loss sum, images, images skipped
-        bar = tqdm(loader, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+        bar = tqdm(loader, desc=f"{stage_name} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    leave=False, disable=None if main else True)
         for step, (images, labels) in enumerate(bar):
             totals[2] += batch_size - len(labels)
@@ -139,8 +147,8 @@ def train_joint(
                 last = (f"the last good checkpoint is {checkpoint_path} (epoch {len(history)})"
                         if history else "no checkpoint was written yet")
                 raise LongtailError(
-                    f"stage 1: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower stage1.lr (now {lr:g}); {last}")
+                    f"{stage_name}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"lower the learning rate (now {lr:g}); {last}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -157,9 +165,15 @@ def train_joint(
             record["val_top1"] = accuracy(model, val_set, device, eval_batch_size, num_workers)
             if record["val_top1"] > best.get("val_top1", -1.0):
                 best = {"val_top1": record["val_top1"], "epoch": epoch + 1}
+                if cfg.select == "best_val":  # every rank keeps it: val top-1 is gathered
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if main:
+                        save_checkpoint({"model": best_state, "epoch": epoch + 1,
+                                         "val_top1": record["val_top1"]}, best_path)
         history.append(record)
         if main:
-            log.log("stage1", epoch + 1, **{k: v for k, v in record.items() if k != "epoch"})
+            log.log(stage_name.replace(" ", ""), epoch + 1,
+                    **{k: v for k, v in record.items() if k != "epoch"})
             tqdm.write(_epoch_line(record, cfg.epochs))
             if totals[2]:
                 tqdm.write(f"warning: skipped {int(totals[2])} undecodable images in epoch "
@@ -168,6 +182,11 @@ def train_joint(
                              "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                              "history": history, "best": best,
                              "rng": {"torch": torch.get_rng_state()}}, checkpoint_path)
+    if cfg.select == "best_val" and best_state is not None:
+        model.load_state_dict(best_state)
+        if main:
+            print(f"stage1.select=best_val: the weights of epoch {best['epoch']} (val top-1 "
+                  f"{best['val_top1']:.1f}%) go on to stage 2", flush=True)
     model.eval()
     return history
 

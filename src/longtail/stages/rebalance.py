@@ -210,12 +210,43 @@ class TauNorm(Rebalancer):
         return self.normalized_weight(self.weight_, self.tau_)
 
 
+class CachedBatches:
+    """Training batches drawn by index from features held in one tensor: ``sampler`` gives
+    each epoch's order, ``batch_size`` rows a step (the last partial batch is dropped)."""
+
+    def __init__(self, features: Tensor, labels: Tensor, sampler, batch_size: int,
+                 device: torch.device) -> None:
+        self.features, self.labels = features.to(device), labels.to(device)
+        self.sampler = sampler
+        self.batch_size = min(batch_size, len(sampler))
+        self.feature_dim = features.shape[1]
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        order = self.sampler.indices().to(self.device)
+        for b in range(len(self)):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.features[batch], self.labels[batch]
+
+
 class _TrainedOnFeatures(Rebalancer):
-    """Shared training loop of CRT and LWS: SGD with momentum, cosine LR to 0, a sampler."""
+    """Shared training loop of CRT and LWS: SGD with momentum, cosine LR to 0, a sampler.
+
+    ``fit`` takes features and labels, or a batch source with ``set_epoch``, ``__iter__``
+    (yielding feature and label batches), ``__len__`` and ``feature_dim``, such as the online
+    stage 2's frozen backbone on augmented images. With ``select="best_val"`` and val features,
+    the parameters of the epoch with the best val top-1 are kept (the authors' choice).
+    """
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
                  weight_decay: float, sampler: str | float, samples_per_class: int, seed: int,
-                 device: str | torch.device | None) -> None:
+                 device: str | torch.device | None, select: str = "last") -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -225,38 +256,59 @@ class _TrainedOnFeatures(Rebalancer):
         self.samples_per_class = samples_per_class
         self.seed = seed
         self.device = device
+        self.select = select
 
     def _device(self) -> torch.device:
         return torch.device(self.device if self.device is not None else "cpu")
 
-    def _train(self, params: list[Tensor], forward, x: Tensor, y: Tensor) -> None:
+    def _batches(self, features: ArrayLike, labels: ArrayLike | None):
+        """Return the batch source of ``fit``'s input (see the class docstring)."""
+        if hasattr(features, "set_epoch"):
+            return features
+        x = _features(features)
+        y = _labels(labels, len(x))
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
-        device = self._device()
-        x, y = x.to(device), y.to(device)
-        batch_size = min(self.batch_size, len(sampler))
-        steps_per_epoch = len(sampler) // batch_size
-        total = steps_per_epoch * self.epochs
+        return CachedBatches(x, y, sampler, self.batch_size, self._device())
+
+    def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
+               val_labels: ArrayLike | None) -> None:
+        total = len(batches) * self.epochs
         optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay)
-        self.loss_history_ = []
-        step = 0
+        select = self.select == "best_val" and val_features is not None
+        if select:
+            xv = _features(val_features, "val_features").to(self._device())
+            yv = _labels(val_labels, len(xv), "val_labels").to(self._device())
+        if self.select not in ("last", "best_val"):
+            raise ValueError(f"select: expected 'last' or 'best_val', found {self.select!r}")
+        self.loss_history_, self.val_history_ = [], []
+        best, step = -1.0, 0
         for epoch in range(self.epochs):
-            sampler.set_epoch(epoch)
-            order = sampler.indices().to(device)
-            loss_sum = torch.zeros((), device=device)
-            for b in range(steps_per_epoch):
+            batches.set_epoch(epoch)
+            loss_sum = torch.zeros((), device=self._device())
+            for features, labels in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                batch = order[b * batch_size : (b + 1) * batch_size]
-                loss = F.cross_entropy(forward(x[batch]), y[batch])
+                loss = F.cross_entropy(forward(features), labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach()
                 step += 1
-            self.loss_history_.append(loss_sum.item() / max(steps_per_epoch, 1))
+            self.loss_history_.append(loss_sum.item() / max(len(batches), 1))
+            if select:
+                with torch.no_grad():
+                    top1 = (forward(xv).argmax(1) == yv).double().mean().item()
+                self.val_history_.append(top1)
+                if top1 > best:
+                    best, self.best_epoch_ = top1, epoch + 1
+                    kept = [p.detach().clone() for p in params]
+        if select and self.epochs:
+            with torch.no_grad():
+                for p, k in zip(params, kept):
+                    p.copy_(k)
 
 
 class CRT(_LinearHead, _TrainedOnFeatures):
@@ -266,26 +318,33 @@ class CRT(_LinearHead, _TrainedOnFeatures):
     def __init__(self, num_classes: int | None = None, epochs: int = 10, lr: float = 0.2,
                  batch_size: int = 512, momentum: float = 0.9, weight_decay: float = 5e-4,
                  sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, select: str = "last") -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
-                         samples_per_class=samples_per_class, seed=seed, device=device)
+                         samples_per_class=samples_per_class, seed=seed, device=device,
+                         select=select)
         self.num_classes = num_classes
 
-    def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> CRT:
-        x = _features(features)
-        y = _labels(labels, len(x))
-        num_classes = self.num_classes or int(y.max()) + 1
+        batches = self._batches(features, labels)
+        if self.num_classes is None and isinstance(batches, CachedBatches):
+            num_classes = int(batches.labels.max()) + 1
+        elif self.num_classes is None:
+            raise ValueError("num_classes: needed when fitting on a batch source")
+        else:
+            num_classes = self.num_classes
+        dim = batches.feature_dim
         # nn.Linear's default init, drawn from a seeded generator instead of the global RNG.
         g = torch.Generator().manual_seed(self.seed)
-        bound = 1.0 / math.sqrt(x.shape[1])
+        bound = 1.0 / math.sqrt(dim)
         device = self._device()
-        weight = ((torch.rand(num_classes, x.shape[1], generator=g) * 2 - 1) * bound).to(device)
+        weight = ((torch.rand(num_classes, dim, generator=g) * 2 - 1) * bound).to(device)
         bias = ((torch.rand(num_classes, generator=g) * 2 - 1) * bound).to(device)
         weight.requires_grad_(True)
         bias.requires_grad_(True)
-        self._train([weight, bias], lambda f: F.linear(f, weight, bias), x, y)
+        self._train([weight, bias], lambda f: F.linear(f, weight, bias), batches, val_features,
+                    val_labels)
         self.weight_, self.bias_ = weight.detach().cpu(), bias.detach().cpu()
         return self
 
@@ -302,10 +361,11 @@ class LWS(_TrainedOnFeatures):
                  lr: float = 0.2, batch_size: int = 512, momentum: float = 0.9,
                  weight_decay: float = 0.0, scale_bias: bool = False,
                  sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, select: str = "last") -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
-                         samples_per_class=samples_per_class, seed=seed, device=device)
+                         samples_per_class=samples_per_class, seed=seed, device=device,
+                         select=select)
         self.weight = weight
         self.bias = bias
         self.scale_bias = scale_bias
@@ -317,15 +377,15 @@ class LWS(_TrainedOnFeatures):
             return logits * scales
         return (logits + bias) * scales if self.scale_bias else logits * scales + bias
 
-    def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> LWS:
-        x = _features(features)
-        y = _labels(labels, len(x))
+        batches = self._batches(features, labels)
         device = self._device()
         weight = _features(self.weight, "weight").detach().to(device)
         bias = None if self.bias is None else torch.as_tensor(self.bias).float().detach().to(device)
         scales = torch.ones(len(weight), device=device, requires_grad=True)
-        self._train([scales], lambda f: self._scaled_logits(f, scales, weight, bias), x, y)
+        self._train([scales], lambda f: self._scaled_logits(f, scales, weight, bias), batches,
+                    val_features, val_labels)
         self.scales_ = scales.detach().cpu()
         self.weight_ = weight.cpu()
         self.bias_ = None if bias is None else bias.cpu()
@@ -352,7 +412,8 @@ def build_rebalancer(
 ) -> Rebalancer:
     """Return the unfitted method ``name`` configured by the ``stage2.*`` keys."""
     trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum,
-                   samples_per_class=cfg.samples_per_class, seed=seed, device=device)
+                   samples_per_class=cfg.samples_per_class, seed=seed, device=device,
+                   select=cfg.select)
     if name == "joint":
         return Joint(joint_weight, joint_bias)
     if name == "ncm_cosine":
