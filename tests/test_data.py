@@ -97,7 +97,7 @@ def test_bad_list_lines_name_file_and_line(image_lists, line, message):
 def test_test_label_beyond_the_classes(image_lists):
     root, files = image_lists
     with open(files["test"], "a") as f:
-        f.write("test/class_0/00000.png 9\n")
+        f.write("test/class_0/extra.png 9\n")
     with pytest.raises(LongtailError, match=r"test\.txt:17: label 9 is not below the class "
                                             r"count 4"):
         build_data(list_cfg(root, files).data, seed=0)

@@ -84,8 +84,11 @@ def test_rebalance_reruns_stage2_without_the_backbone(fake_fmnist, tmp_path, mon
     assert main(["rebalance", str(out), "stage2.methods=[joint,tau_norm,lws,ncm_cosine]",
                  "stage2.tau_norm.tau=0.5"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["methods"]) == ["joint", "tau_norm", "lws", "ncm_cosine"]
+    # the methods fitted now, then the earlier ones not re-fitted (kept, not lost)
+    assert list(metrics["methods"]) == ["joint", "tau_norm", "lws", "ncm_cosine", "crt"]
     assert metrics["methods"]["tau_norm"]["tau"] == 0.5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rebalanced"][-1]["kept"] == ["crt"]
     assert main(["rebalance", str(out), "stage1.epochs=3"]) == 2
 
 
@@ -148,7 +151,9 @@ def test_run_on_a_cifar_fixture_with_resnet32(tmp_path):
                  "stage1.warmup_epochs=0", "stage1.batch_size=32", "stage2.crt.epochs=2",
                  "stage2.lws.epochs=1", "--out", str(out)]) == 0
     metrics = check_metrics(out, 10)
-    assert metrics["dataset"]["train_counts"] == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]
+    # the head class gives its 2 val images out of training; groups use the counts before
+    assert metrics["dataset"]["train_counts"] == [28, 23, 17, 13, 10, 8, 6, 5, 3, 3]
+    assert metrics["dataset"]["group_counts"] == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
@@ -180,3 +185,24 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     data = build_data(load_config(ROOT / "configs" / "fmnist_lt.yaml", args).data, seed=0)
     train = torch.load(out / "features" / "train.pt", weights_only=True)
     assert torch.equal(train["labels"], data.train.labels)
+    # Every rank extracted with the saved model's BatchNorm statistics: the features equal a
+    # recompute from stage1/last.pt in one process.
+    from longtail.models import build_model
+    from longtail.stages.inference import infer
+
+    model = build_model("resnet10", 10, 1, 28, width=8)
+    model.load_state_dict(torch.load(out / "stage1" / "last.pt", weights_only=True)["model"])
+    model.eval()
+    test = torch.load(out / "features" / "test.pt", weights_only=True)
+    again, _ = infer(model.features, data.test.with_transform(data.transform(train=False)),
+                     batch_size=256, device=torch.device("cpu"))
+    torch.testing.assert_close(test["features"], again, rtol=1e-4, atol=1e-5)
+    # The same global batch in one process: the same method, up to BatchNorm statistics being
+    # per process (batch 16 each instead of 32): top-1 within 10 points on this tiny data.
+    single = tmp_path / "single"
+    assert main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), *args, "--out",
+                 str(single)]) == 0
+    one = json.loads((single / "metrics.json").read_text())["methods"]
+    two = json.loads((out / "metrics.json").read_text())["methods"]
+    for method in one:
+        assert abs(one[method]["top1"] - two[method]["top1"]) <= 10, method

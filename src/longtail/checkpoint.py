@@ -8,11 +8,27 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from longtail.errors import LongtailError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _file_mode() -> int:
+    """Return the mode a new file gets under the process's umask (mkstemp would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def make_dir(path: str | Path) -> None:
+    """Create folder ``path`` (and parents); a failure names the folder and the reason."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LongtailError(f"{path}: cannot create the folder ({e.strerror})") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -21,14 +37,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     A crash at any moment leaves either the old file or the new one, never a truncated one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_dir(path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise LongtailError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise LongtailError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -46,6 +69,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
     """Save tensors/containers with ``torch.save`` atomically."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -53,6 +78,8 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise LongtailError(f"{path}: checkpoint not found")
@@ -76,6 +103,8 @@ def _nan_to_none(obj: Any) -> Any:
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """Return a SHA-256 of a state dict's names, dtypes, shapes and values."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous().reshape(-1)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from longtail import __version__
-from longtail.errors import LongtailError
+from longtail.errors import Interrupted, LongtailError
 
 OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
                   "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--markdown", action="store_true", help="print a Markdown table")
     summarize.add_argument("--json", metavar="FILE", type=Path,
                            help="also write the summary as JSON")
+    summarize.add_argument("--ignore", metavar="KEYS",
+                           help="comma-separated config keys (or sections, e.g. data) allowed "
+                                "to differ between the runs besides seed; by default runs of "
+                                "another dataset or setting are refused")
 
     config = sub.add_parser(
         "config", parents=[common],
@@ -133,7 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also come after options (`grid CONFIG --samplers a,b k=v`).
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return _dispatch(args, argv)
     except LongtailError as e:
@@ -141,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"longtail: interrupted; {e.hint}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("longtail: interrupted", file=sys.stderr)
         return 130
@@ -164,30 +178,36 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             print(dump_config(load_config(args.config, args.overrides)), end="")
         return 0
     if args.command == "run":
-        from longtail.pipeline import check_resumable, run
-
-        if args.config is None and args.resume is None:
-            raise LongtailError("run: expected CONFIG (or --resume DIR)")
-        if args.config is not None and "=" in args.config:  # `longtail run --resume D k=v`
+        if args.config is not None and "=" in args.config:  # `longtail run k=v` or `--resume D k=v`
+            if args.resume is None:
+                raise LongtailError(f"run: expected a CONFIG file first, found {args.config!r}; "
+                                    f"e.g. longtail run configs/fmnist_lt.yaml {args.config}")
             args.overrides.insert(0, args.config)
             args.config = None
+        if args.config is None and args.resume is None:
+            raise LongtailError("run: expected a CONFIG file (e.g. configs/fmnist_lt.yaml), or "
+                                "--resume DIR")
         cfg = None
         if args.config is not None or args.overrides:
             # Overrides without CONFIG apply to the resumed run's own config.
             base = args.config or (args.resume / "config.yaml" if args.resume else None)
-            cfg = load_config(base, args.overrides)
+            if args.config is None and not base.is_file():
+                raise LongtailError(f"--resume {args.resume}: not a run directory (no "
+                                    f"config.yaml)")
+            cfg = load_config(base, args.overrides)  # before torch is imported: fast errors
         if args.resume is not None:
             if args.out is not None and args.out != args.resume:
                 raise LongtailError("--out and --resume name different folders; --resume "
                                     "continues the run where it is")
+        from longtail.pipeline import check_resumable, run
+
+        if args.resume is not None:
             cfg = check_resumable(args.resume, cfg)
         run(cfg, config_name=Path(args.config or "run").stem, out=args.out,
             overwrite=args.overwrite, resume=args.resume, argv=argv)
         return 0
     if args.command == "grid":
-        from longtail.config import ConfigError
-        from longtail.data.samplers import parse_sampler_spec
-        from longtail.pipeline import grid
+        from longtail.config import ConfigError, parse_sampler_spec
 
         cfg = load_config(args.config, args.overrides)
         samplers = []
@@ -198,6 +218,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 raise ConfigError(f"--samplers {item}: {e}") from None
         if not samplers or len(set(samplers)) != len(samplers):
             raise ConfigError(f"--samplers: expected distinct samplers, found {args.samplers!r}")
+        from longtail.pipeline import grid
+
         grid(cfg, samplers, config_name=Path(args.config).stem, out=args.out,
              overwrite=args.overwrite, argv=argv)
         return 0
@@ -214,6 +236,24 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _make_split(args: argparse.Namespace) -> int:
+    # Checked before NumPy and torch are imported: a mistake is answered at once.
+    for option, value, low in (("--n-max", args.n_max, 1), ("--n-min", args.n_min, 1),
+                               ("--val-per-class", args.val_per_class, 0),
+                               ("--test-per-class", args.test_per_class, 0)):
+        if value is not None and value < low:
+            raise LongtailError(f"make-split {option}: expected an integer >= {low}, found "
+                                f"{value}")
+    if args.ratio is not None and not args.ratio >= 1:
+        raise LongtailError(f"make-split --ratio: expected a number >= 1, found {args.ratio}")
+    if not args.alpha > 0:
+        raise LongtailError(f"make-split --alpha: expected a number > 0, found {args.alpha}")
+    if args.n_max is not None and args.n_min is not None and args.n_min > args.n_max:
+        raise LongtailError(f"make-split --n-min: expected at most --n-max ({args.n_max}), "
+                            f"found {args.n_min}")
+    if args.source == "list" and args.list_file is None:
+        raise LongtailError("make-split list: expected --list FILE (the balanced list)")
+    if not args.root.is_dir():
+        raise LongtailError(f"make-split --root {args.root}: folder not found")
     from longtail.data.makesplit import SplitRequest, make_split
 
     summary = make_split(SplitRequest(
@@ -234,17 +274,39 @@ def _summarize(args: argparse.Namespace) -> int:
     import json
 
     from longtail.checkpoint import atomic_write_json
-    from longtail.report import format_summary, summarize
+    from longtail.config import flatten, load_config
+    from longtail.report import comparable_runs, format_summary, summarize
 
-    runs = []
+    seen: dict[Path, Path] = {}
+    runs, configs, splits = [], [], []
     for run_dir in args.run_dirs:
+        if run_dir.resolve() in seen:
+            raise LongtailError(f"summarize: {run_dir} is given twice (as {seen[run_dir.resolve()]}"
+                                f"); each run once")
+        seen[run_dir.resolve()] = run_dir
         path = run_dir / "metrics.json"
         if not path.is_file():
             raise LongtailError(f"{path}: not found (is {run_dir} a finished run?)")
-        runs.append(json.loads(path.read_text()))
+        try:
+            runs.append(json.loads(path.read_text()))
+            manifest = run_dir / "manifest.json"
+            splits.append(json.loads(manifest.read_text()).get("split_sha256", {})
+                          if manifest.is_file() else {})
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LongtailError(f"{path}: not valid JSON ({e})") from None
+        configs.append(flatten(load_config(run_dir / "config.yaml"))
+                       if (run_dir / "config.yaml").is_file() else {})
+    ignore = [k.strip() for k in (args.ignore or "").split(",") if k.strip()]
+    problem = comparable_runs(args.run_dirs, configs, splits, ignore)
+    if problem:
+        raise LongtailError(f"summarize: {problem}")
+    if args.json and not args.json.parent.is_dir():
+        raise LongtailError(f"--json {args.json}: folder {args.json.parent} not found")
     summary = summarize(runs)
-    print(f"{len(runs)} runs: mean ± sample std of test accuracy (%)")
-    print(format_summary(summary, markdown=args.markdown))
+    n = len(runs)
+    print(f"{n} runs: mean ± sample std of test accuracy (%); (n=K) marks a cell over fewer runs"
+          if n > 1 else "1 run: test accuracy (%), no spread from a single run")
+    print(format_summary(summary, markdown=args.markdown, runs=n))
     if args.json:
         atomic_write_json(args.json, {"runs": [str(r) for r in args.run_dirs],
                                       "methods": summary})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,30 @@ Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm"
 STAGE2_METHODS: tuple[str, ...] = typing.get_args(Stage2Method)
 # Run by default: the methods on cached features (fine-tuning re-trains the network).
 DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
+
+
+SAMPLER_PRESETS = {"instance": 1.0, "class": 0.0, "sqrt": 0.5}
+SAMPLER_NAMES = (*SAMPLER_PRESETS, "progressive", "class_aware")
+
+
+def parse_sampler_spec(spec: str | float) -> str | float:
+    """Return a checked sampler spec: a preset or special name, or q as a float in [0, 1].
+
+    Raises ValueError with a readable message otherwise.
+    """
+    if isinstance(spec, bool):
+        raise ValueError(f"expected one of {', '.join(SAMPLER_NAMES)} or q in [0, 1], found {spec}")
+    if isinstance(spec, (int, float)):
+        if not 0.0 <= float(spec) <= 1.0:
+            raise ValueError(f"expected q in [0, 1], found {spec}")
+        return float(spec)
+    if spec in SAMPLER_NAMES:
+        return spec
+    try:
+        return parse_sampler_spec(float(spec))
+    except ValueError:
+        pass
+    raise ValueError(f"expected one of {', '.join(SAMPLER_NAMES)} or q in [0, 1], found {spec!r}")
 
 
 class ConfigError(LongtailError):
@@ -262,14 +287,23 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:
+            raise ConfigError(f"{path}: the config file is empty; expected a mapping of keys "
+                              f"such as 'data:' and 'stage1:' (see configs/fmnist_lt.yaml)")
+        if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys, found {type(loaded).__name__}")
-        raw = loaded or {}
+        raw = loaded
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -440,8 +474,6 @@ def _coerce_inner(value: Any, tp: Any) -> Any:
 
 
 def _check_semantics(cfg: Config) -> None:
-    from longtail.data.samplers import parse_sampler_spec  # config -> data, never back
-
     def need(cond: bool, key: str, expected: str, found: Any) -> None:
         if not cond:
             raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
@@ -466,17 +498,44 @@ def _check_semantics(cfg: Config) -> None:
          "exponential or pareto (step is CIFAR-LT's)", d.profile)
     if d.mean is not None or d.std is not None:
         need(d.mean is not None and d.std is not None and len(d.mean) == len(d.std),
-             "data.std", "mean and std of the same length", d.std)
-    need(cfg.stage1.epochs >= 0, "stage1.epochs", "an int >= 0", cfg.stage1.epochs)
-    need(0 <= cfg.stage1.warmup_epochs <= cfg.stage1.epochs, "stage1.warmup_epochs",
-         f"0..stage1.epochs ({cfg.stage1.epochs})", cfg.stage1.warmup_epochs)
+             "data.mean", "data.mean and data.std set together, one value per channel each; "
+             f"data.std is {d.std}, data.mean", d.mean)
+    need(cfg.stage1.epochs >= 1 or (cfg.stage1.epochs == 0 and cfg.model.weights is not None),
+         "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
+         cfg.stage1.epochs)
+    need(cfg.stage1.warmup_epochs == 0 or 0 < cfg.stage1.warmup_epochs < cfg.stage1.epochs,
+         "stage1.warmup_epochs", f"0..stage1.epochs - 1 ({cfg.stage1.epochs - 1}): the cosine "
+         f"needs at least one epoch after the warm-up", cfg.stage1.warmup_epochs)
+    for key in ("stage1.lr", "stage1.base_lr", "stage1.classifier_lr", "stage2.crt.lr",
+                "stage2.lws.lr", "stage2.finetune.lr"):
+        value = _get(cfg, key)
+        need(value is None or (value > 0 and math.isfinite(value)), key,
+             "a learning rate > 0" + (" or null" if key in ("stage1.lr", "stage1.classifier_lr")
+                                      else ""), value)
+    for key in ("stage1.weight_decay", "stage2.crt.weight_decay", "stage2.lws.weight_decay",
+                "stage2.finetune.weight_decay"):
+        need(_get(cfg, key) >= 0 and math.isfinite(_get(cfg, key)), key, "a number >= 0",
+             _get(cfg, key))
+    for key in ("stage1.momentum", "stage2.momentum"):
+        need(0 <= _get(cfg, key) < 1, key, "a number in [0, 1)", _get(cfg, key))
+    need(d.num_workers is None or d.num_workers >= 0, "data.num_workers", "an int >= 0 or null",
+         d.num_workers)
+    need(d.std is None or all(v > 0 for v in d.std), "data.std", "values > 0 (images are "
+         "divided by them)", d.std)
+    need(d.image_size is None or d.image_size >= 8, "data.image_size", "an int >= 8 or null",
+         d.image_size)
+    need(cfg.model.in_channels in (None, 1, 3), "model.in_channels", "1, 3 or null",
+         cfg.model.in_channels)
+    need(cfg.model.width >= 8, "model.width", "an int >= 8 (narrower stems crash oneDNN on CPU)",
+         cfg.model.width)
+    need(len(cfg.stage2.methods) >= 1, "stage2.methods", "at least one method, e.g. "
+         f"[{', '.join(DEFAULT_METHODS)}]", cfg.stage2.methods)
+    need(cfg.eval.many_threshold >= 0 and cfg.eval.few_threshold >= 0, "eval.few_threshold",
+         "thresholds >= 0", cfg.eval.few_threshold)
     for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
                 "stage2.samples_per_class", "stage2.finetune.batch_size"):
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        need(value >= 1, key, "an int >= 1", value)
+        need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
     for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.finetune.epochs"):
         value = getattr(cfg.stage2, key.split(".")[1]).epochs
         need(value >= 0, key, "an int >= 0", value)
@@ -509,6 +568,13 @@ def _check_semantics(cfg: Config) -> None:
         raise ConfigError("config key stage2.tau_norm.tau: null chooses tau on the val split, "
                           "but there is none; set data.val, data.val_from_train or "
                           "data.val_per_class, or a fixed tau")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def config_reference() -> str:

@@ -107,3 +107,15 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics).
+
+    DistributedDataParallel broadcasts buffers at the start of each forward, so after the last
+    training step each process holds the statistics of its own last batch; evaluation and
+    feature extraction must all use the ones that are saved (rank 0's).
+    """
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

@@ -6,3 +6,11 @@ class LongtailError(Exception):
 
     Messages name the file and line or the config key, what was expected and what was found.
     """
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: carries what to type to continue it."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -24,13 +26,14 @@ from longtail.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     load_checkpoint,
+    make_dir,
     save_checkpoint,
     state_digest,
 )
 from longtail.config import Config, dump_config, flatten, load_config
 from longtail.data import LongTailData, build_data, shot_groups
-from longtail.errors import LongtailError
-from longtail.metrics import evaluate
+from longtail.errors import Interrupted, LongtailError
+from longtail.metrics import evaluate, group_accuracy
 from longtail.models import build_model, load_weights
 from longtail.report import format_grid, format_table, write_report
 from longtail.scalars import ScalarLog
@@ -74,12 +77,16 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
                             f"to replace its results, --resume {run_dir} to continue it, or "
                             f"choose another --out")
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise LongtailError(f"--out {run_dir}: cannot write in {existing} (read-only or not "
+                            f"yours); choose another --out")
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Create ``run_dir`` (see ``check_run_dir``)."""
     check_run_dir(run_dir, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
 
 
 def _shared_run_dir(out: Path | None, config_name: str, overwrite: bool) -> Path:
@@ -120,12 +127,28 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     finished stages (stage-1 epochs, features, stage-2 methods) are not redone.
     """
     device = distributed.select_device(cfg.device)
-    if out is not None and resume is None:
-        check_run_dir(out, overwrite)  # before any work
-    with distributed.session(device):
-        data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
-        run_dir = resume if resume is not None else _shared_run_dir(out, config_name, overwrite)
-        return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
+    target = out or default_run_dir(config_name)
+    if resume is None:
+        check_run_dir(target, overwrite)  # before any work
+    run_dir, fresh = resume, False
+    try:
+        with distributed.session(device):
+            data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            if resume is None:
+                fresh = not target.exists() or not any(target.iterdir())
+                run_dir = _shared_run_dir(target, config_name, overwrite)
+            return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
+    except KeyboardInterrupt:
+        if run_dir is None:
+            raise Interrupted("nothing was written") from None
+        raise Interrupted(f"continue with: longtail run --resume {run_dir}") from None
+    except BaseException:
+        # A run that failed before its first stage-1 checkpoint leaves no folder behind
+        # (one it did not create, e.g. with --overwrite, is left alone).
+        if fresh and run_dir is not None and distributed.is_main() and \
+                not (run_dir / "stage1" / "last.pt").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
@@ -316,25 +339,38 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         raise LongtailError(f"{run_dir}/features: {', '.join(stale)} features were not made by "
                             f"the backbone in {stage1}; run 'longtail run --resume "
                             f"{run_dir}' to extract them again")
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    metrics_path = run_dir / "metrics.json"
+    earlier = json.loads(metrics_path.read_text())["methods"] if metrics_path.is_file() else {}
     device = distributed.select_device(cfg.device)
     log = ScalarLog(run_dir / "logs")
     try:
-        return rebalance_and_report(cfg, info, state["fc.weight"], state["fc.bias"], features,
-                                    run_dir, device, log)
+        metrics = rebalance_and_report(cfg, info, state["fc.weight"], state["fc.bias"],
+                                       features, run_dir, device, log, earlier=earlier)
     finally:
         log.close()
+    # config.yaml holds the latest stage-2 settings; manifest.json the history of changes.
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.setdefault("rebalanced", []).append(
+        {"time": datetime.now().isoformat(timespec="seconds"),
+         "command": ["longtail", "rebalance", str(run_dir), *overrides],
+         "methods": list(cfg.stage2.methods),
+         "kept": [m for m in earlier if m not in cfg.stage2.methods]})
+    atomic_write_json(manifest_path, manifest)
+    return metrics
 
 
 def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                          bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
                          device: torch.device, log: ScalarLog,
-                         prefit: dict[str, tuple[Any, torch.Tensor]] | None = None
-                         ) -> dict[str, Any]:
+                         prefit: dict[str, tuple[Any, torch.Tensor]] | None = None,
+                         earlier: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Fit every stage-2 method on ``features``, evaluate on test, write metrics and report.
 
     ``prefit`` holds methods already fitted on images (fine-tuning, online stage 2) with the
-    test features to evaluate them on.
+    test features to evaluate them on. ``earlier`` holds results of methods not fitted now
+    (``rebalance`` with a subset of methods): they are kept in metrics.json and the report.
     """
     prefit = prefit or {}
     on_images = set(network_methods(cfg))
@@ -381,6 +417,17 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                                 if isinstance(v, float)})
         extra = f", tau={result['tau']:.2f}" if name == "tau_norm" else ""
         print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
+    for name, result in (earlier or {}).items():
+        if name in methods:
+            continue
+        # Regroup with the current thresholds: per-class accuracies do not depend on them.
+        result = {**result, **{group: group_accuracy(result["per_class"], classes)
+                               for group, classes in groups.items()}}
+        methods[name] = result
+        path = run_dir / "stage2" / f"{name}.pt"
+        norms = load_checkpoint(path).get("weight_norms") if path.is_file() else None
+        if norms is not None:
+            weight_norms[name] = norms
     metrics = {
         "dataset": {"name": info.name, "num_classes": info.num_classes,
                     "train_counts": info.train_counts, "group_counts": info.counts_for_groups,

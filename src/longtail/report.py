@@ -48,26 +48,66 @@ def format_grid(grid: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+# Keys that do not change what a run measures (where it ran, how fast).
+_FREE_KEYS = ("seed", "device", "data.root", "data.num_workers", "data.in_memory",
+              "eval.batch_size")
+
+
+def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
+                    splits: list[dict[str, str]], ignore: list[str]) -> str | None:
+    """Return why runs cannot be averaged (another setting than the seed, another split), or
+    None. ``configs`` are flattened config.yaml's, ``splits`` manifest.json's split_sha256;
+    keys in ``ignore`` (or under a section in it) may differ."""
+    def free(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in (*_FREE_KEYS, *ignore))
+
+    first = configs[0]
+    for name, config in zip(names[1:], configs[1:]):
+        for key in sorted(set(first) | set(config)):
+            if not free(key) and first.get(key) != config.get(key):
+                return (f"{names[0]} and {name} differ in {key} ({first.get(key)!r} vs "
+                        f"{config.get(key)!r}); runs to average may differ only in seed, or "
+                        f"pass --ignore {key}")
+    # A split fixed by its lists (or by data.split_seed) must be the same file in every run;
+    # a split drawn from the seed differs with it, and its config was compared above.
+    seeded = first.get("data.split_seed") is None and (
+        first.get("data.kind") in ("fmnist_lt", "cifar10_lt", "cifar100_lt")
+        or (first.get("data.kind") == "image_folder" and first.get("data.train") is None)
+        or (first.get("data.val_from_train") or 0) > 0)
+    if not seeded and not free("data"):
+        for name, split in zip(names[1:], splits[1:]):
+            for part in sorted(set(splits[0]) & set(split)):
+                if splits[0][part] != split[part]:
+                    return (f"{names[0]} and {name} have different {part} splits (SHA-256 "
+                            f"{splits[0][part][:12]}... vs {split[part][:12]}...); pass "
+                            f"--ignore data to average them anyway")
+    return None
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Return mean, std (sample, n-1) and n of top1 / many / medium / few / tau of each method
-    over several runs' metrics.json (e.g. seeds); groups that are empty in a run are skipped."""
+    """Return mean, std (sample, n-1; None for one value) and n of top1 / many / medium / few /
+    tau of each method over several runs' metrics.json (e.g. seeds). A method or group missing
+    from a run (or empty in it) is averaged over the runs that have it: see n."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    names = [name for name in runs[0]["methods"] if all(name in r["methods"] for r in runs)]
+    names = list(dict.fromkeys(name for r in runs for name in r["methods"]))
     for name in names:
         summary[name] = {}
         for column in (*COLUMNS, "tau"):
-            values = [r["methods"][name][column] for r in runs
-                      if r["methods"][name].get(column) is not None]
+            values = [r["methods"][name][column] for r in runs if name in r["methods"]
+                      and r["methods"][name].get(column) is not None]
             if not values:
                 continue
             mean = sum(values) / len(values)
-            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0
-            summary[name][column] = {"mean": mean, "std": var ** 0.5, "n": len(values)}
+            std = ((sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                   if len(values) > 1 else None)
+            summary[name][column] = {"mean": mean, "std": std, "n": len(values)}
     return summary
 
 
-def format_summary(summary: dict[str, dict[str, dict[str, float]]], markdown: bool = True) -> str:
-    """Return a table of mean +- std per method over runs (see ``summarize``)."""
+def format_summary(summary: dict[str, dict[str, dict[str, float]]], markdown: bool = True,
+                   runs: int | None = None) -> str:
+    """Return a table of mean +- std per method over runs (see ``summarize``); a cell over
+    fewer than ``runs`` runs says how many."""
     header = ["method", "top-1", "many", "medium", "few", "tau"]
     rows = []
     for name, columns in summary.items():
@@ -75,8 +115,15 @@ def format_summary(summary: dict[str, dict[str, dict[str, float]]], markdown: bo
         for column in (*COLUMNS, "tau"):
             stat = columns.get(column)
             digits = 2 if column == "tau" else 1
-            cells.append("-" if stat is None else
-                         f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}")
+            if stat is None:
+                cells.append("-")
+                continue
+            cell = f"{stat['mean']:.{digits}f}"
+            if stat["std"] is not None:
+                cell += f" ± {stat['std']:.{digits}f}"
+            if runs is not None and stat["n"] < runs:
+                cell += f" (n={stat['n']})"
+            cells.append(cell)
         rows.append(cells)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

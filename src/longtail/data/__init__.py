@@ -247,9 +247,14 @@ def _file_data(cfg: DataConfig, split_seed: int, channels: int) -> LongTailData:
         for split in splits.values():
             if split is not None:
                 _check_inside_root(split, root)
-    for split in splits.values():
+    for name, split in splits.items():
         if split is not None:
-            check_files_exist(split)
+            splits[name] = check_files_exist(split, skip_missing=cfg.on_bad_image == "skip")
+            if len(splits[name].paths) < len(split.paths):
+                notes.append(f"{name}: {len(split.paths) - len(splits[name].paths)} listed "
+                             f"images are missing and left out (data.on_bad_image=skip)")
+    # A val split held out of training may lack classes too small to give an image.
+    _check_every_class_present(splits, names, ("val", "test") if cfg.val else ("test",))
     num_classes = len(names)
     first = _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")
     # Small images are used at their own size (small-image stem), others at the paper's 224.
@@ -336,9 +341,15 @@ def _check_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
     if len(present) != num_classes:
         if not cfg.remap_labels:
             missing = sorted(set(range(num_classes)) - set(present))
+            # The first label above the first gap is most often the culprit (a typo).
+            culprit = min(label for label in present if label > missing[0])
+            origin = train.origins[train.labels.index(culprit)]
+            contiguous = missing == list(range(missing[0], missing[-1] + 1))
+            gap = (f"{missing[0]}..{missing[-1]}" if contiguous and len(missing) > 1
+                   else ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else ""))
             raise LongtailError(
-                f"{train.source}: classes {missing[:10]} have no training images (labels must "
-                f"be 0..C-1, each used in training; data.remap_labels=true maps the "
+                f"{origin}: label {culprit}, but no training image has label {gap}; labels "
+                f"must be 0..C-1, each used in training (data.remap_labels=true maps the "
                 f"{len(present)} labels found to 0..{len(present) - 1})")
         mapping = {old: new for new, old in enumerate(present)}
         for split in splits.values():
@@ -375,12 +386,30 @@ def _hashes(splits: dict[str, FileSplit | None], root: Path) -> dict[str, str]:
 
 
 def _check_inside_root(split: FileSplit, root: Path) -> None:
-    base = os.path.normpath(os.path.abspath(root))
+    # realpath: a symbolic link inside the root that points outside it is outside too.
+    base = os.path.realpath(root)
     for path, origin in zip(split.paths, split.origins):
-        full = os.path.normpath(os.path.abspath(path))
+        full = os.path.realpath(path)
         if os.path.commonpath([base, full]) != base:
-            raise LongtailError(f"{origin}: path {path} is outside data.root {root}; set "
+            via = "" if os.path.normpath(os.path.abspath(path)) == full else f" (-> {full})"
+            raise LongtailError(f"{origin}: path {path}{via} is outside data.root {root}; set "
                                 f"data.allow_outside_root=true if that is intended")
+
+
+def _check_every_class_present(splits: dict[str, FileSplit | None], names: list[str],
+                               which: tuple[str, ...]) -> None:
+    """Val and test must hold every class: tau and best-val epochs chosen without a class, or
+    a test set without one, would not measure what the report says."""
+    for name in which:
+        split = splits.get(name)
+        if split is None:
+            continue
+        missing = sorted(set(range(len(names))) - set(split.labels))
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            raise LongtailError(f"{split.source}: the {name} split has no image of classes "
+                                f"[{shown}] ({len(missing)} of {len(names)}); a balanced "
+                                f"{name} split needs every class")
 
 
 def _decode_first(split: FileSplit, channels: int, skip_bad: bool) -> torch.Tensor:

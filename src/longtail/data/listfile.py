@@ -40,9 +40,14 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
         raise LongtailError(f"{list_file}: list file not found (looked in the working directory "
                             f"and in data.root {root})")
     paths, labels, origins = [], [], []
-    with open(list_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
+    first_line: dict[str, int] = {}
+    with open(list_file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
+                                    f"the line is 0x{raw[e.start]:02x})") from None
             if not text:
                 continue
             parts = text.rsplit(maxsplit=1)
@@ -57,6 +62,10 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
                                     f"found {label_text!r}") from None
             if label < 0:
                 raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
+            if rel in first_line:
+                raise LongtailError(f"{list_file}:{number}: {rel} is listed twice (first on "
+                                    f"line {first_line[rel]}); each image once per split")
+            first_line[rel] = number
             paths.append(root / rel)
             labels.append(label)
             origins.append(f"{list_file}:{number}")
@@ -77,11 +86,22 @@ def list_text(paths: list[Path], labels: list[int], root: Path) -> str:
     return "".join(lines)
 
 
-def check_files_exist(split: FileSplit) -> None:
-    """Raise a LongtailError naming the first listed image that does not exist."""
-    for path, origin in zip(split.paths, split.origins):
-        if not path.is_file():
-            raise LongtailError(f"{origin}: image not found: {path}")
+def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit:
+    """Return ``split``; a listed image that does not exist is a LongtailError naming it, or,
+    with ``skip_missing``, is left out of the returned split."""
+    keep = []
+    for i, (path, origin) in enumerate(zip(split.paths, split.origins)):
+        if path.is_file():
+            keep.append(i)
+        elif not skip_missing:
+            raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
+                                f"leaves missing images out)")
+    if len(keep) == len(split.paths):
+        return split
+    if not keep:
+        raise LongtailError(f"{split.source}: none of the listed images exists")
+    return FileSplit(split.source, [split.paths[i] for i in keep],
+                     [split.labels[i] for i in keep], [split.origins[i] for i in keep])
 
 
 def read_class_names(path: str | Path, num_classes: int) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from longtail.checkpoint import atomic_write_json, atomic_write_text
+from longtail.checkpoint import atomic_write_json, atomic_write_text, make_dir
 from longtail.data import cifar, fmnist
 from longtail.data.folder import read_image_folder
 from longtail.data.listfile import list_text, parse_list_file
@@ -76,7 +76,7 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     split = long_tailed_split(labels, profile, val_per_class=req.val_per_class,
                               test_per_class=test_from_pool, seed=req.seed,
                               class_order=req.class_order)
-    req.out.mkdir(parents=True, exist_ok=True)
+    make_dir(req.out)
     if arrays:
         data_root = req.out
         lines = {"train": _export(req.out, "train", images, labels, split.train),

@@ -31,28 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-SAMPLER_PRESETS = {"instance": 1.0, "class": 0.0, "sqrt": 0.5}
-SAMPLER_NAMES = (*SAMPLER_PRESETS, "progressive", "class_aware")
-
-
-def parse_sampler_spec(spec: str | float) -> str | float:
-    """Return a checked sampler spec: a preset or special name, or q as a float in [0, 1].
-
-    Raises ValueError with a readable message otherwise.
-    """
-    if isinstance(spec, bool):
-        raise ValueError(f"expected one of {', '.join(SAMPLER_NAMES)} or q in [0, 1], found {spec}")
-    if isinstance(spec, (int, float)):
-        if not 0.0 <= float(spec) <= 1.0:
-            raise ValueError(f"expected q in [0, 1], found {spec}")
-        return float(spec)
-    if spec in SAMPLER_NAMES:
-        return spec
-    try:
-        return parse_sampler_spec(float(spec))
-    except ValueError:
-        pass
-    raise ValueError(f"expected one of {', '.join(SAMPLER_NAMES)} or q in [0, 1], found {spec!r}")
+from longtail.config import SAMPLER_NAMES, SAMPLER_PRESETS, parse_sampler_spec  # noqa: F401
 
 
 def class_probabilities(class_counts: torch.Tensor | Sequence[int], q: float) -> torch.Tensor:

@@ -38,6 +38,8 @@ def cosine_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str,
     (0-based) runs at ``0.5 * (1 + cos(pi * (e + 1) / epochs))`` and the last epoch at 0.
     """
     warmup = warmup_epochs * steps_per_epoch
+    if epochs <= 0:  # no training (stage1.epochs=0 with model.weights)
+        return 1.0
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "cosine_epoch":
@@ -158,6 +160,7 @@ def train_joint(
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - start
+        distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics everywhere
         totals = distributed.all_reduce_sum(totals)
         record = {"epoch": epoch + 1, "loss": (totals[0] / totals[1].clamp(min=1)).item(),
                   "lr": epoch_lr, "images_per_s": totals[1].item() / elapsed}
