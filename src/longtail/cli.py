@@ -8,14 +8,23 @@ from pathlib import Path
 
 from longtail import __version__
 from longtail.errors import Interrupted, LongtailError
+from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
 
 OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
                   "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
                   "(see 'longtail config --keys' for every key)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage itself is in --help)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="longtail",
         description="Long-tailed recognition by decoupling representation and classifier: "
                     "train features with plain sampling (stage 1), then re-balance only the "
@@ -24,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: longtail run configs/fmnist_lt.yaml stage1.epochs=5 --out runs/quick")
     parser.add_argument("--version", action="version", version=f"longtail {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true",
                         help="show the full traceback of errors instead of one line")
 
@@ -196,14 +205,21 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                                     f"config.yaml)")
             cfg = load_config(base, args.overrides)  # before torch is imported: fast errors
         if args.resume is not None:
+            if not (args.resume / "config.yaml").is_file():
+                raise LongtailError(f"--resume {args.resume}: not a run directory (no "
+                                    f"config.yaml)")
             if args.out is not None and args.out != args.resume:
                 raise LongtailError("--out and --resume name different folders; --resume "
                                     "continues the run where it is")
+        out = args.out
+        if args.resume is None:
+            out = out or default_run_dir(Path(args.config).stem)
+            check_run_dir(out, args.overwrite)
         from longtail.pipeline import check_resumable, run
 
         if args.resume is not None:
             cfg = check_resumable(args.resume, cfg)
-        run(cfg, config_name=Path(args.config or "run").stem, out=args.out,
+        run(cfg, config_name=Path(args.config or "run").stem, out=out,
             overwrite=args.overwrite, resume=args.resume, argv=argv)
         return 0
     if args.command == "grid":
@@ -218,12 +234,15 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 raise ConfigError(f"--samplers {item}: {e}") from None
         if not samplers or len(set(samplers)) != len(samplers):
             raise ConfigError(f"--samplers: expected distinct samplers, found {args.samplers!r}")
+        out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
+        check_run_dir(out, args.overwrite)
         from longtail.pipeline import grid
 
-        grid(cfg, samplers, config_name=Path(args.config).stem, out=args.out,
+        grid(cfg, samplers, config_name=Path(args.config).stem, out=out,
              overwrite=args.overwrite, argv=argv)
         return 0
     if args.command == "rebalance":
+        check_rebalance_args(args.run_dir, args.overrides)  # before torch is imported
         from longtail.pipeline import rebalance_run
 
         rebalance_run(args.run_dir, args.overrides)

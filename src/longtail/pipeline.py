@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from longtail.errors import Interrupted, LongtailError
 from longtail.metrics import evaluate, group_accuracy
 from longtail.models import build_model, load_weights
 from longtail.report import format_grid, format_table, write_report
+from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
 from longtail.scalars import ScalarLog
 from longtail.stages.features import (
     FeatureSet,
@@ -62,25 +62,6 @@ class DatasetInfo:
     def counts_for_groups(self) -> list[int]:
         """Training counts that decide the Many/Medium/Few groups."""
         return self.group_counts or self.train_counts
-
-
-def default_run_dir(config_name: str) -> Path:
-    """Return ``runs/<config name>-<timestamp>``."""
-    return Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a ``run_dir`` that already holds files unless ``overwrite``."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LongtailError(f"--out {run_dir}: exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
-                            f"to replace its results, --resume {run_dir} to continue it, or "
-                            f"choose another --out")
-    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise LongtailError(f"--out {run_dir}: cannot write in {existing} (read-only or not "
-                            f"yours); choose another --out")
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -316,14 +297,8 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
 
     ``overrides`` may change ``stage2.*`` and ``eval.*`` keys; the rest is the run's own.
     """
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise LongtailError(f"{run_dir}: not a run directory (no config.yaml)")
-    for key in overrides:
-        if not key.split("=", 1)[0].startswith(("stage2.", "eval.", "device")):
-            raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
-                                f"device keys; start a new run for the others")
-    cfg = load_config(config_path, overrides)
+    check_rebalance_args(run_dir, overrides)
+    cfg = load_config(run_dir / "config.yaml", overrides)
     info = DatasetInfo(**json.loads((run_dir / "dataset.json").read_text()))
     stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
     if not stage1.is_file():

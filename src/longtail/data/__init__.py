@@ -114,7 +114,7 @@ def build_data(cfg: DataConfig, seed: int, channels: int | None = None) -> LongT
             raise LongtailError(f"config key data.mean: expected {data.channels} values (one per "
                                 f"channel), found {len(cfg.mean)}")
         data.mean, data.std = tuple(cfg.mean), tuple(cfg.std)
-    data.hflip = cfg.hflip
+    data.hflip = cfg.hflip if cfg.hflip is not None else data.image_size >= SMALL_IMAGE
     return data
 
 
@@ -431,10 +431,19 @@ def _decide_in_memory(cfg: DataConfig, splits: dict[str, FileSplit | None],
     return total <= IN_MEMORY_LIMIT
 
 
+def usable_cpus() -> int:
+    """Return the CPUs this process may run on (its affinity mask, e.g. under taskset or a
+    container's cpuset), not all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _num_workers(cfg: DataConfig, in_memory: bool) -> int:
     if cfg.num_workers is not None:
         return cfg.num_workers
-    return 0 if in_memory else min(8, os.cpu_count() or 1)
+    return 0 if in_memory else min(8, usable_cpus())
 
 
 def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int,
@@ -444,7 +453,7 @@ def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int
     if not in_memory:
         return files
     # Decode every image once (in parallel) and keep the tensors; skipped ones are dropped.
-    loader = DataLoader(files, batch_size=None, num_workers=min(workers or 2, os.cpu_count() or 1),
+    loader = DataLoader(files, batch_size=None, num_workers=min(workers or 2, usable_cpus()),
                         collate_fn=lambda item: item)
     images, labels = [], []
     for item in tqdm(loader, desc=f"decoding {split.source.name}", unit="img", leave=False,

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SMALL_IMAGE = 64  # below this side length: small-image stem and crop-with-padding augmentation
+SMALL_IMAGE = 64  # below this side length: used at its own size, crop-with-padding augmentation
 
 
 def build_transform(

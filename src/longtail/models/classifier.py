@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from longtail.data.transforms import SMALL_IMAGE
 from longtail.errors import LongtailError
 from longtail.models.backbones import build_backbone
+
+
+# At 28 and 32 px torchvision's 7x7/2 stem + max-pool was as accurate as the 3x3/1 stem at
+# a seventh of the CPU time (docs/results.md); only much smaller images need the small stem.
+SMALL_STEM_BELOW = 16
 
 
 class Classifier(nn.Module):
@@ -58,8 +62,9 @@ class Classifier(nn.Module):
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
                 width: int = 64, small_stem: bool | None = None) -> Classifier:
-    """Return backbone ``name`` with a linear classifier; small stem when image_size < 64."""
+    """Return backbone ``name`` with a linear classifier; ``small_stem=None``: the small stem
+    only for images under ``SMALL_STEM_BELOW`` px (docs/results.md has the measurements)."""
     if small_stem is None:
-        small_stem = image_size < SMALL_IMAGE
+        small_stem = image_size < SMALL_STEM_BELOW
     backbone = build_backbone(name, in_channels, width, small_stem)
     return Classifier(backbone, backbone.feature_dim, num_classes)

@@ -17,6 +17,7 @@ The methods:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -210,6 +211,23 @@ class TauNorm(Rebalancer):
         return self.normalized_weight(self.weight_, self.tau_)
 
 
+# Below this many multiply-adds per step, extra threads cost more than they give: they spin
+# and, on a loaded machine, wait for cores (a demo cRT fit swung from 0.2 s to 8 s).
+SMALL_STEP_MACS = 8_000_000
+
+
+@contextlib.contextmanager
+def threads_for(step_macs: int):
+    """Run the block on one thread when a step is small (see SMALL_STEP_MACS)."""
+    before = torch.get_num_threads()
+    if step_macs < SMALL_STEP_MACS and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class CachedBatches:
     """Training batches drawn by index from features held in one tensor: ``sampler`` gives
     each epoch's order, ``batch_size`` rows a step (the last partial batch is dropped)."""
@@ -274,6 +292,15 @@ class _TrainedOnFeatures(Rebalancer):
 
     def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
                val_labels: ArrayLike | None) -> None:
+        if isinstance(batches, CachedBatches) and self._device().type == "cpu":
+            classes = max(p.shape[0] for p in params)
+            with threads_for(batches.batch_size * batches.feature_dim * classes):
+                self._train_loop(params, forward, batches, val_features, val_labels)
+        else:
+            self._train_loop(params, forward, batches, val_features, val_labels)
+
+    def _train_loop(self, params: list[Tensor], forward, batches,
+                    val_features: ArrayLike | None, val_labels: ArrayLike | None) -> None:
         total = len(batches) * self.epochs
         optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay)

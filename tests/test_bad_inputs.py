@@ -1,0 +1,297 @@
+"""Every bad input or misuse in docs/reliability.md: exit status 2, one line naming the culprit,
+nothing left behind; mistakes in the command line or config answered in under 2 s.
+
+CASES is the table docs/reliability.md shows (a test checks that every case is listed there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from longtail.cli import main
+from tests.conftest import make_fake_fmnist, make_image_list_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return path
+
+
+def _edit_list(world: Path, split: str, change) -> None:
+    path = world / "d" / f"{split}.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(change(lines)) + "\n")
+
+
+def _run_dir(world: Path, name: str, seed: int = 0, epochs: int = 30) -> Path:
+    """A finished-looking run folder: config.yaml, metrics.json and manifest.json."""
+    import json
+
+    folder = world / name
+    text = Path(CONFIG).read_text().replace("seed: 0", f"seed: {seed}")
+    _write(folder / "config.yaml", text.replace("epochs: 30", f"epochs: {epochs}"))
+    method = {"top1": 80.0, "many": 90.0, "medium": 70.0, "few": 60.0, "per_class": [80.0]}
+    _write(folder / "metrics.json", json.dumps({"dataset": {}, "methods": {"crt": method}}))
+    _write(folder / "manifest.json", json.dumps({"split_sha256": {}}))
+    return folder
+
+
+LIST = ["data.kind=list", "data.root={w}/d", "data.train={w}/d/train.txt",
+        "data.val={w}/d/val.txt", "data.test={w}/d/test.txt"]
+
+# (case, setup(world) or None, argv with {w} for the world folder, expected in the message)
+CASES = [
+    # --- command line and config: answered before torch is imported ----------------------
+    ("config file missing", None, ["run", "{w}/typo.yaml"], "typo.yaml: config file not found"),
+    ("config file empty", lambda w: _write(w / "e.yaml", ""), ["run", "{w}/e.yaml"],
+     "e.yaml: the config file is empty"),
+    ("config file not YAML", lambda w: _write(w / "b.yaml", "seed: [1, 2\n"),
+     ["run", "{w}/b.yaml"], "b.yaml:2: not valid YAML"),
+    ("config file a list", lambda w: _write(w / "l.yaml", "- 1\n- 2\n"), ["run", "{w}/l.yaml"],
+     "l.yaml: expected a mapping of keys, found list"),
+    ("config file not UTF-8", lambda w: _write(w / "u.yaml", b"seed: \xff\n"),
+     ["run", "{w}/u.yaml"], "u.yaml: not a UTF-8 text file"),
+    ("run with overrides only", None, ["run", "stage1.epochs=1"],
+     "run: expected a CONFIG file first, found 'stage1.epochs=1'"),
+    ("run with nothing", None, ["run"], "run: expected a CONFIG file"),
+    ("unknown command", None, ["trian"], "invalid choice: 'trian'"),
+    ("unknown option", None, ["run", CONFIG, "--epochs", "3"], "unrecognized arguments: --epochs"),
+    ("unknown key", None, ["run", CONFIG, "stage1.epoch=3"],
+     "unknown config key stage1.epoch; did you mean stage1.epochs"),
+    ("override without =", None, ["config", CONFIG, "stage1.epochs"],
+     "override 'stage1.epochs': expected KEY=VALUE"),
+    ("wrong type", None, ["run", CONFIG, "stage1.epochs=ten"],
+     "config key stage1.epochs: expected int, found str 'ten'"),
+    ("zero epochs", None, ["run", CONFIG, "stage1.epochs=0"], "config key stage1.epochs"),
+    ("negative learning rate", None, ["run", CONFIG, "stage1.lr=-1"],
+     "config key stage1.lr: expected a learning rate > 0"),
+    ("NaN learning rate", None, ["run", CONFIG, "stage2.crt.lr=.nan"],
+     "config key stage2.crt.lr: expected a learning rate > 0"),
+    ("momentum of 1", None, ["run", CONFIG, "stage1.momentum=1"], "config key stage1.momentum"),
+    ("negative workers", None, ["run", CONFIG, "data.num_workers=-1"],
+     "config key data.num_workers: expected an int >= 0"),
+    ("zero std", None, ["run", CONFIG, "data.mean=[0.5]", "data.std=[0]"],
+     "config key data.std: expected values > 0"),
+    ("std without mean", None, ["run", CONFIG, "data.std=[0.2]"], "config key data.mean"),
+    ("two input channels", None, ["run", CONFIG, "model.in_channels=2"],
+     "config key model.in_channels: expected 1, 3 or null, found 2"),
+    ("width too small", None, ["run", CONFIG, "model.width=4"], "config key model.width"),
+    ("warm-up as long as training", None, ["run", CONFIG, "stage1.warmup_epochs=30"],
+     "config key stage1.warmup_epochs"),
+    ("no stage-2 method", None, ["run", CONFIG, "stage2.methods=[]"],
+     "config key stage2.methods: expected at least one method"),
+    ("a method twice", None, ["run", CONFIG, "stage2.methods=[crt,crt]"],
+     "config key stage2.methods: expected each method at most once"),
+    ("unknown method", None, ["run", CONFIG, "stage2.methods=[crt,wls]"],
+     "config key stage2.methods: expected list of one of"),
+    ("bad sampler", None, ["run", CONFIG, "stage1.sampler=sqrtt"], "config key stage1.sampler"),
+    ("q out of range", None, ["run", CONFIG, "stage2.crt.sampler=1.5"],
+     "config key stage2.crt.sampler: expected q in [0, 1]"),
+    ("list without train", None, ["run", CONFIG, "data.kind=list", "data.root=/x"],
+     "config key data.train"),
+    ("best_val without val", None, ["run", CONFIG, "data.val_per_class=0",
+                                    "stage2.tau_norm.tau=1", "stage1.select=best_val"],
+     "config key stage1.select: expected last, since there is no val split"),
+    ("tau chosen without val", None, ["run", CONFIG, "data.val_per_class=0"],
+     "config key stage2.tau_norm.tau"),
+    ("grid: unknown sampler", None, ["grid", CONFIG, "--samplers", "instance,foo"],
+     "--samplers foo"),
+    ("grid: a sampler twice", None, ["grid", CONFIG, "--samplers", "sqrt,sqrt"],
+     "--samplers: expected distinct samplers"),
+    ("grid: override after an option", None,
+     ["grid", CONFIG, "--samplers", "sqrt", "stage1.epoch=1"], "unknown config key stage1.epoch"),
+    ("--out is a file", lambda w: _write(w / "f.txt", "x"), ["run", CONFIG, "--out", "{w}/f.txt"],
+     "f.txt: exists and is not a folder"),
+    ("--out not empty", lambda w: _write(w / "full" / "x", "x"),
+     ["run", CONFIG, "--out", "{w}/full"], "folder exists and is not empty; pass --overwrite"),
+    ("--out not writable", None, ["run", CONFIG, "--out", "/proc/1/run"],
+     "cannot write in /proc/1"),
+    ("--resume of no run", None, ["run", "--resume", "{w}/nothing"], "not a run directory"),
+    ("--out and --resume differ", lambda w: _run_dir(w, "r"),
+     ["run", "--resume", "{w}/r", "--out", "{w}/other"], "--out and --resume name different"),
+    ("rebalance of no run", None, ["rebalance", "{w}"], "not a run directory (no config.yaml)"),
+    ("rebalance changing stage 1", lambda w: _run_dir(w, "r"),
+     ["rebalance", "{w}/r", "stage1.epochs=3"], "rebalance only changes stage2.*"),
+    ("make-split: n-min 0", None,
+     ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--n-min", "0"],
+     "make-split --n-min: expected an integer >= 1, found 0"),
+    ("make-split: n-min above n-max", None, ["make-split", "fmnist", "--root", "{w}", "--out",
+                                             "{w}/s", "--n-max", "5", "--n-min", "9"],
+     "make-split --n-min: expected at most --n-max"),
+    ("make-split: ratio below 1", None,
+     ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--ratio", "0.5"],
+     "make-split --ratio"),
+    ("make-split: list without --list", None,
+     ["make-split", "list", "--root", "{w}", "--out", "{w}/s"], "expected --list FILE"),
+    ("make-split: missing root", None,
+     ["make-split", "fmnist", "--root", "{w}/none", "--out", "{w}/s"], "folder not found"),
+    ("summarize: missing run", None, ["summarize", "{w}/none"], "metrics.json: not found"),
+    ("summarize: a run twice", lambda w: _run_dir(w, "a"), ["summarize", "{w}/a", "{w}/a/"],
+     "is given twice"),
+    ("summarize: runs of other settings", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1, 10)),
+     ["summarize", "{w}/a", "{w}/b"], "differ in stage1.epochs (30 vs 10)"),
+    ("summarize: --json into a missing folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["summarize", "{w}/a", "{w}/b", "--json", "{w}/no/s.json"], "no/s.json: folder"),
+]
+
+# Bad data: found when the data is read, before the run directory exists.
+DATA_CASES = [
+    ("list line without label", lambda w: _edit_list(w, "train", lambda x: [*x, "a.png"]),
+     "train.txt:13: expected 'relative/path label'"),
+    ("label not an integer", lambda w: _edit_list(w, "train", lambda x: [*x, "a.png one"]),
+     "train.txt:13: expected an integer label, found 'one'"),
+    ("negative label", lambda w: _edit_list(w, "train", lambda x: [*x, "a.png -1"]),
+     "train.txt:13: expected a label >= 0, found -1"),
+    ("label with a gap", lambda w: _edit_list(w, "train", lambda x: [*x, "a.png 17"]),
+     "train.txt:13: label 17, but no training image has label 3..16"),
+    ("test label beyond the classes", lambda w: _edit_list(w, "test", lambda x: [*x, "a.png 5"]),
+     "test.txt:13: label 5 is not below the class count 3"),
+    ("duplicate list line", lambda w: _edit_list(w, "train", lambda x: [*x, x[0]]),
+     "train.txt:13: train/class_0/00000.png is listed twice (first on line 1)"),
+    ("list not UTF-8", lambda w: _write(w / "d" / "val.txt", b"val/\xe9.png 0\n"),
+     "val.txt:1: not UTF-8 text"),
+    ("empty list", lambda w: _write(w / "d" / "val.txt", "\n"), "val.txt: no entries"),
+    ("list file missing", lambda w: (w / "d" / "test.txt").unlink(),
+     "test.txt: list file not found"),
+    ("image missing", lambda w: (w / "d" / "train/class_0/00000.png").unlink(),
+     "train.txt:1: image not found"),
+    ("path outside the root", lambda w: _edit_list(w, "val", lambda x: [
+        *x, "../outside.png 0"]), "val.txt:7: path"),
+    ("symlink out of the root", lambda w: (w / "d" / "val" / "link.png").symlink_to(
+        w / "outside.png") or _edit_list(w, "val", lambda x: [*x, "val/link.png 0"]),
+     "is outside data.root"),
+    ("val without a class", lambda w: _edit_list(w, "val", lambda x: [
+        line for line in x if not line.endswith(" 2")]),
+     "the val split has no image of classes [2]"),
+    ("image not decodable", lambda w: _write(w / "d" / "train/class_0/00000.png", b"nope"),
+     "train.txt:1: cannot decode image"),
+    ("dataset folder missing", lambda w: shutil.rmtree(w / "d"),
+     "config key data.root: folder not found"),
+]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Path:
+    make_image_list_dataset(tmp_path / "d", counts=[6, 4, 2])
+    (tmp_path / "outside.png").write_bytes((tmp_path / "d/train/class_0/00000.png").read_bytes())
+    return tmp_path
+
+
+def _argv(argv: list[str], world: Path) -> list[str]:
+    return [a.replace("{w}", str(world)) for a in argv]
+
+
+@pytest.mark.parametrize("case,setup,argv,expected", CASES, ids=[c[0] for c in CASES])
+def test_cli_mistake_is_one_line_fast_and_leaves_nothing(world, case, setup, argv, expected):
+    if setup:
+        setup(world)
+    before = sorted(p.relative_to(world) for p in world.rglob("*"))
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "longtail", *_argv(argv, world)],
+                            capture_output=True, text=True, cwd=world, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    elapsed = time.perf_counter() - start
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert expected in lines[0], lines[0]
+    assert result.stdout == ""
+    assert sorted(p.relative_to(world) for p in world.rglob("*")) == before  # nothing left
+    assert elapsed < 2.0, f"{case}: {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("case,setup,expected", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_is_one_line_and_leaves_nothing(world, capsys, case, setup, expected):
+    setup(world)
+    out = world / "run"
+    code = main(["run", CONFIG, *_argv(LIST, world), "stage1.epochs=1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert expected in err, err
+    assert not out.exists()
+
+
+def test_missing_images_are_skipped_when_asked(world, capsys):
+    """data.on_bad_image=skip leaves out a listed image that does not exist (and says so)."""
+    (world / "d" / "train/class_0/00000.png").unlink()
+    from longtail.config import load_config
+    from longtail.data import build_data
+
+    cfg = load_config(CONFIG, [*_argv(LIST, world), "data.on_bad_image=skip"])
+    data = build_data(cfg.data, 0, None)
+    assert data.train_counts == [5, 4, 2]
+    assert any("1 listed images are missing" in note for note in data.notes)
+
+
+def test_no_out_in_a_read_only_working_directory(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "longtail", "run", CONFIG],
+                            capture_output=True, text=True, cwd="/proc/1", timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 2 and "cannot write in /proc/1" in result.stderr
+
+
+def test_fashion_mnist_missing_says_where_to_put_it(tmp_path, capsys):
+    code = main(["run", CONFIG, f"data.root={tmp_path}/none", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset-fashion-mnist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_failure_after_the_run_folder_exists_removes_it(tmp_path, capsys, monkeypatch):
+    """A run that fails before its first stage-1 checkpoint leaves no folder behind."""
+    from longtail.stages import joint
+
+    def broken(*args, **kwargs):
+        raise joint.LongtailError("stage 1: simulated failure")
+
+    monkeypatch.setattr("longtail.pipeline.train_joint", broken)
+    root = make_fake_fmnist(tmp_path / "f")
+    out = tmp_path / "run"
+    code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
+                 "data.val_per_class=4", "--out", str(out)])
+    assert code == 2 and "simulated failure" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("longtail.pipeline.train_joint", interrupted)
+    root = make_fake_fmnist(tmp_path / "f")
+    out = tmp_path / "run"
+    code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
+                 "data.val_per_class=4", "--out", str(out)])
+    assert code == 130
+    assert f"continue with: longtail run --resume {out}" in capsys.readouterr().err
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from longtail.checkpoint import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_reliability_doc_lists_every_case():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    missing = [c[0] for c in [*CASES, *DATA_CASES] if f"| {c[0]} |" not in text]
+    assert not missing, f"docs/reliability.md lacks {missing}"
