@@ -16,6 +16,7 @@ test: setup data
 
 bench: setup
 	$(BIN)/python bench/stage2.py
+	$(BIN)/python bench/stage1.py
 	$(BIN)/python bench/samplers.py
 	$(BIN)/python bench/loader.py
 

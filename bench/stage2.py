@@ -5,8 +5,16 @@
 Features: 115,846 x 512 training features over 1,000 classes with Pareto-like counts from
 1280 down to 5 (ImageNet-LT's shape), 20 val and 50 test features per class, and a joint
 classifier whose weight norms grow with class size. Prints the seconds each method takes to
-fit and to score the test features, and its balanced test accuracy (a sanity check only: the
-features are synthetic). Stage 2 never runs a backbone; this measures it alone.
+fit and to score the test features, its balanced test accuracy (a sanity check only: the
+features are synthetic), and beside it the bound: the time, measured in the same run, of the
+matrix products the method cannot avoid, and the ratio fit / bound:
+
+- cRT: per epoch, the forward product and the weight-gradient product of every batch
+  (batch x D by D x C, and C x batch by batch x D), times the epochs;
+- LWS: one product of the training features with the joint weights (x W^T);
+- tau-norm: one product of the val features with the joint weights;
+- NCM: the class sums of the training features and the test-by-class similarities.
+Stage 2 never runs a backbone; this measures it alone.
 """
 
 from __future__ import annotations
@@ -28,6 +36,40 @@ def synthetic_features(counts: torch.Tensor, dim: int, seed: int,
     labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
     features = centres[labels] + 2.0 * torch.randn(len(labels), dim, generator=g)
     return features.relu(), labels  # non-negative, like pooled ReLU features
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bounds(cfg, train_x, train_y, val_x, test_x, num_classes) -> dict[str, float]:
+    """Return the seconds of the products each method cannot avoid (see the docstring)."""
+    dim, batch = train_x.shape[1], cfg.batch_size
+    weight = torch.randn(num_classes, dim)
+    grad = torch.randn(batch, num_classes)
+    steps = len(train_x) // batch
+
+    def crt_epoch() -> None:
+        for b in range(steps):
+            x = train_x[b * batch : (b + 1) * batch]
+            x @ weight.T
+            grad.T @ x
+
+    means = torch.zeros(num_classes, dim)
+    epoch = _best_of(crt_epoch, 1)
+    return {
+        "crt": epoch * cfg.crt.epochs,
+        "lws": _best_of(lambda: train_x @ weight.T),
+        "tau_norm": _best_of(lambda: val_x @ weight.T),
+        "ncm_cosine": _best_of(lambda: (means.index_add(0, train_y, train_x), test_x @ means.T)),
+        "ncm_euclidean": _best_of(lambda: (means.index_add(0, train_y, train_x),
+                                           test_x @ means.T)),
+    }
 
 
 def main() -> None:
@@ -54,8 +96,10 @@ def main() -> None:
           f"(counts {int(counts.max())}..{int(counts.min())}), val {tuple(val_x.shape)}, "
           f"test {tuple(test_x.shape)}; device {device}, {torch.get_num_threads()} threads")
     cfg = Config().stage2  # the paper's settings: cRT 10 epochs, LWS 5, batch 512
+    bound = bounds(cfg, train_x, train_y, val_x, test_x, args.classes)
     results = {}
-    print(f"{'method':<14} {'fit s':>8} {'predict s':>10} {'bal. acc %':>11}")
+    print(f"{'method':<14} {'fit s':>8} {'bound s':>8} {'fit/bound':>9} {'predict s':>10} "
+          f"{'bal. acc %':>11}")
     for name in cfg.methods:
         method = build_rebalancer(name, cfg, joint_weight=weight, joint_bias=bias,
                                   num_classes=args.classes, seed=0, device=device)
@@ -66,9 +110,16 @@ def main() -> None:
         logits = method.logits(test_x)
         predict_s = time.perf_counter() - start
         acc = 100 * balanced_accuracy(logits, test_y)
+        limit = bound.get(name)
         results[name] = {"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3),
+                         "bound_s": None if limit is None else round(limit, 3),
                          "balanced_accuracy": round(acc, 2)}
-        print(f"{name:<14} {fit_s:>8.2f} {predict_s:>10.2f} {acc:>11.1f}", flush=True)
+        ratio = f"{fit_s / limit:>9.2f}" if limit else f"{'-':>9}"
+        shown = f"{limit:>8.2f}" if limit is not None else f"{'-':>8}"
+        print(f"{name:<14} {fit_s:>8.2f} {shown} {ratio} {predict_s:>10.2f} {acc:>11.1f}",
+              flush=True)
+    total = sum(r["fit_s"] for r in results.values())
+    print(f"all methods: {total:.2f} s; bound of cRT + 3 s: {bound['crt'] + 3:.2f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "threads": torch.get_num_threads(),

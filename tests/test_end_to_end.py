@@ -169,7 +169,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     from tests.conftest import make_fake_fmnist
 
     root = make_fake_fmnist(tmp_path / "f", train_per_class=100)
-    args = [f"data.root={root}", "data.n_max=80", "data.n_min=4", "data.val_per_class=5", *TINY]
+    args = [f"data.root={root}", "data.n_max=80", "data.n_min=4", "data.val_per_class=5", *TINY,
+            "stage1.epochs=6", "stage1.lr=0.1"]
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -198,11 +199,14 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
                      batch_size=256, device=torch.device("cpu"))
     torch.testing.assert_close(test["features"], again, rtol=1e-4, atol=1e-5)
     # The same global batch in one process: the same method, up to BatchNorm statistics being
-    # per process (batch 16 each instead of 32): top-1 within 10 points on this tiny data.
+    # per process (16 images each instead of 32; SyncBatchNorm is GPU-only). On this tiny data
+    # (a width-8 network, 100 test images) that moves top-1 by up to ~15 points, so the
+    # tolerance is 25; a broken shard, gather or label order falls to chance (10%).
     single = tmp_path / "single"
     assert main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), *args, "--out",
                  str(single)]) == 0
     one = json.loads((single / "metrics.json").read_text())["methods"]
     two = json.loads((out / "metrics.json").read_text())["methods"]
     for method in one:
-        assert abs(one[method]["top1"] - two[method]["top1"]) <= 10, method
+        assert abs(one[method]["top1"] - two[method]["top1"]) <= 25, method
+        assert min(one[method]["top1"], two[method]["top1"]) > 30, method

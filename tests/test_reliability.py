@@ -322,7 +322,7 @@ def test_weights_of_another_feature_size(fake_fmnist, tmp_path, capsys):
     out = tmp_path / "run"
     code, err = run_cli(["run", *fmnist_args(fake_fmnist, f"model.weights={path}"), "--out",
                          str(out)], capsys)
-    assert code == 2 and "w.pt: tensor backbone.conv1.weight has shape (16, 1, 3, 3)" in err
+    assert code == 2 and "w.pt: tensor backbone.conv1.weight has shape (16, 1, 7, 7)" in err
 
 
 def test_pickled_weights_are_refused(fake_fmnist, tmp_path, capsys):

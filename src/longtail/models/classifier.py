@@ -7,7 +7,6 @@ from torch import Tensor, nn
 from longtail.errors import LongtailError
 from longtail.models.backbones import build_backbone
 
-
 # At 28 and 32 px torchvision's 7x7/2 stem + max-pool was as accurate as the 3x3/1 stem at
 # a seventh of the CPU time (docs/results.md); only much smaller images need the small stem.
 SMALL_STEM_BELOW = 16

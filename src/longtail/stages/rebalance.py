@@ -57,6 +57,12 @@ def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
     return (hits[present] / counts[present]).mean().item()
 
 
+def _matmul_chunked(x: Tensor, weight: Tensor, rows: int = 65536) -> Tensor:
+    """Return ``x @ weight.T`` computed in row chunks (bounded temporary memory)."""
+    with torch.no_grad():
+        return torch.cat([x[i : i + rows] @ weight.T for i in range(0, len(x), rows)])
+
+
 class Rebalancer:
     """Base of the stage-2 methods: ``fit`` then ``logits`` / ``predict``."""
 
@@ -195,10 +201,10 @@ class TauNorm(Rebalancer):
         xv = _features(val_features, "val_features")
         yv = _labels(val_labels, len(xv), "val_labels")
         grid = self.grid if self.grid is not None else self.default_grid()
-        self.val_scores_ = {
-            float(t): balanced_accuracy(xv @ self.normalized_weight(self.weight_, t).T, yv)
-            for t in grid
-        }
+        # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
+        logits = _matmul_chunked(xv, self.weight_)
+        norms = self.weight_.norm(dim=1).clamp(min=1e-12)
+        self.val_scores_ = {float(t): balanced_accuracy(logits / norms.pow(t), yv) for t in grid}
         self.tau_ = max(self.val_scores_, key=self.val_scores_.get)  # first best on ties
         return self
 
@@ -397,12 +403,15 @@ class LWS(_TrainedOnFeatures):
         self.bias = bias
         self.scale_bias = scale_bias
 
-    def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
-                       bias: Tensor | None) -> Tensor:
-        logits = x @ weight.T
+    def _scale(self, logits: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
+        """Return the LWS logits from the joint logits without bias, ``x W^T``."""
         if bias is None:
             return logits * scales
         return (logits + bias) * scales if self.scale_bias else logits * scales + bias
+
+    def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
+                       bias: Tensor | None) -> Tensor:
+        return self._scale(x @ weight.T, scales, bias)
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> LWS:
@@ -411,8 +420,17 @@ class LWS(_TrainedOnFeatures):
         weight = _features(self.weight, "weight").detach().to(device)
         bias = None if self.bias is None else torch.as_tensor(self.bias).float().detach().to(device)
         scales = torch.ones(len(weight), device=device, requires_grad=True)
-        self._train([scales], lambda f: self._scaled_logits(f, scales, weight, bias), batches,
-                    val_features, val_labels)
+        if isinstance(batches, CachedBatches):
+            # x W^T does not change while the scales learn: one product for the whole fit,
+            # then a step costs batch x C numbers instead of a (batch x D) (D x C) product.
+            batches = CachedBatches(_matmul_chunked(batches.features, weight), batches.labels,
+                                    batches.sampler, batches.batch_size, device)
+            if val_features is not None:
+                val_features = _matmul_chunked(_features(val_features).to(device), weight)
+            forward = lambda logits: self._scale(logits, scales, bias)  # noqa: E731
+        else:
+            forward = lambda f: self._scaled_logits(f, scales, weight, bias)  # noqa: E731
+        self._train([scales], forward, batches, val_features, val_labels)
         self.scales_ = scales.detach().cpu()
         self.weight_ = weight.cpu()
         self.bias_ = None if bias is None else bias.cpu()

@@ -1,0 +1,90 @@
+"""Stage 1's speed against the model's own bound on this machine.
+
+    python bench/stage1.py [--steps 20] [--resnet50-steps 3]
+
+For each model, the same batch size and input size two ways:
+- bare: a training loop on one batch already in memory as a float tensor (forward, loss,
+  backward, SGD step, nothing else): the most this model can do here;
+- longtail: ``train_joint`` (stage 1 of ``longtail run``) for one epoch on uint8 images held in
+  memory, with its sampler, per-draw seeded augmentation, DataLoader and bookkeeping.
+The ratio longtail / bare is what the pipeline costs on top of the model.
+
+Models: the demo's (ResNet-10 width 32, torchvision stem, 28 px, 1 channel, batch 128) and
+ResNet-50 at 224 px (batch 32, a few steps: CPUs are slow at it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from longtail.config import Stage1Config
+from longtail.data import LongTailData
+from longtail.data.datasets import TensorImages
+from longtail.models import build_model
+from longtail.scalars import ScalarLog
+from longtail.stages.joint import train_joint
+
+
+def bare_loop(model, batch: int, channels: int, side: int, steps: int) -> float:
+    """Return images per second of plain training steps on one in-memory batch."""
+    model.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for i in range(steps + 2):
+        if i == 2:  # two warm-up steps
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def longtail_epoch(model, batch: int, channels: int, side: int, steps: int) -> float:
+    """Return images per second of one stage-1 epoch of ``steps`` batches (longtail's loop)."""
+    n = batch * steps
+    images = torch.randint(0, 256, (n, channels, side, side), dtype=torch.uint8)
+    labels = torch.arange(n) % 10
+    data = LongTailData(name="synthetic", num_classes=10, class_names=[str(c) for c in range(10)],
+                        channels=channels, image_size=side, mean=(0.5,) * channels,
+                        std=(0.25,) * channels, train=TensorImages(images, labels), val=None,
+                        test=TensorImages(images[:batch], labels[:batch]), in_memory=True,
+                        num_workers=0)
+    cfg = Stage1Config(epochs=1, batch_size=batch, lr=0.01)
+    with tempfile.TemporaryDirectory() as folder:
+        history = train_joint(model, data, cfg, seed=0, device=torch.device("cpu"),
+                              num_workers=0, eval_batch_size=batch,
+                              checkpoint_path=Path(folder) / "last.pt",
+                              log=ScalarLog(Path(folder), enabled=False))
+    return history[-1]["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps of the demo model")
+    parser.add_argument("--resnet50-steps", type=int, default=3, help="steps of ResNet-50")
+    args = parser.parse_args()
+    print(f"{torch.get_num_threads()} threads; images per second, training")
+    print(f"{'model':<36} {'bare':>8} {'longtail':>9} {'ratio':>6}")
+    for name, width, channels, side, batch, steps in (
+            ("resnet10 w32, 28 px, batch 128", 32, 1, 28, 128, args.steps),
+            ("resnet50, 224 px, batch 32", 64, 3, 224, 32, args.resnet50_steps)):
+        arch = name.split()[0].rstrip(",")
+        torch.manual_seed(0)
+        bare = bare_loop(build_model(arch, 10, channels, side, width=width), batch, channels,
+                         side, steps)
+        torch.manual_seed(0)
+        ours = longtail_epoch(build_model(arch, 10, channels, side, width=width), batch,
+                              channels, side, steps)
+        print(f"{name:<36} {bare:>8.1f} {ours:>9.1f} {ours / bare:>6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
