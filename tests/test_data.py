@@ -1,5 +1,7 @@
 """Dataset readers on tiny fixtures: Fashion-MNIST IDX files and image lists."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from longtail.config import load_config
 from longtail.data import build_data, fmnist
 from longtail.errors import LongtailError
 from tests.conftest import make_fake_fmnist, write_idx
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
 
 
 def test_read_idx_plain_and_gzip(tmp_path):
@@ -113,20 +117,63 @@ def test_training_augmentation_is_the_same_with_any_workers(fake_fmnist):
     from torch.utils.data import DataLoader
 
     from longtail.data import build_sampler
-    from longtail.data.datasets import Augmented, SeededDraws
+    from longtail.data.datasets import Augmented, SeededDraws, collate_skipping
 
     cfg = load_config(None, [f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
                              "data.val_per_class=2"])
     data = build_data(cfg.data, seed=0)
-    batches = {}
-    for workers in (0, 2):
-        draws = SeededDraws(build_sampler("class", data.train.labels, seed=3), seed=3)
-        draws.set_epoch(1)
-        loader = DataLoader(Augmented(data.train, data.transform(train=True)), batch_size=16,
-                            sampler=draws, num_workers=workers)
-        torch.manual_seed(workers)  # the global RNG must not matter
-        batches[workers] = torch.cat([images for images, _ in loader])
-    assert torch.equal(batches[0], batches[2])
+    # the batched path of small in-memory images, and the image-by-image one of the others
+    views = [data.training_view(), (Augmented(data.train, data.transform(train=True)),
+                                    collate_skipping)]
+    for view, collate in views:
+        batches = {}
+        for workers in (0, 2):
+            draws = SeededDraws(build_sampler("class", data.train.labels, seed=3), seed=3)
+            draws.set_epoch(1)
+            loader = DataLoader(view, batch_size=16, sampler=draws, num_workers=workers,
+                                collate_fn=collate)
+            torch.manual_seed(workers)  # the global RNG must not matter
+            batches[workers] = torch.cat([images for images, _ in loader])
+        assert torch.equal(batches[0], batches[2])
     # ... and augmentation does vary between draws of the same image.
     plain = data.train.with_transform(data.transform(train=False))
     assert not all(torch.equal(batches[0][i], plain[0][0]) for i in range(len(batches[0])))
+
+
+def test_batch_augment_crops_flips_and_depends_only_on_each_draws_seed():
+    from longtail.data.transforms import BatchAugment, _mix
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 2, 16, 16), generator=g, dtype=torch.uint8)
+    seeds = torch.randint(0, 2**62, (64,), generator=g)
+    augment = BatchAugment(16, (0.5, 0.5), (0.25, 0.25), hflip=True)
+    out = augment(images, seeds)
+    pad = 2  # 16 // 8
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    flips = 0
+    for i in range(64):
+        dy, dx = int(_mix(seeds[i : i + 1], 1) % 5), int(_mix(seeds[i : i + 1], 2) % 5)
+        crop = padded[i, :, dy : dy + 16, dx : dx + 16]
+        if int(_mix(seeds[i : i + 1], 3) & 1):
+            crop, flips = crop.flip(-1), flips + 1
+        assert torch.allclose(out[i], (crop.float() / 255 - 0.5) / 0.25)
+    assert 16 < flips < 48  # about half
+    # the same draw gives the same image in any batch, in any order
+    order = torch.randperm(64, generator=g)
+    assert torch.equal(augment(images[order], seeds[order]), out[order])
+    # no flips when asked: every image is a plain crop
+    plain = BatchAugment(16, (0.5, 0.5), (0.25, 0.25), hflip=False)(images, seeds)
+    for i in range(64):
+        dy, dx = int(_mix(seeds[i : i + 1], 1) % 5), int(_mix(seeds[i : i + 1], 2) % 5)
+        crop = padded[i, :, dy : dy + 16, dx : dx + 16]
+        assert torch.allclose(plain[i], (crop.float() / 255 - 0.5) / 0.25)
+
+
+def test_small_images_in_memory_are_augmented_a_batch_at_a_time(fake_fmnist):
+    from longtail.data.datasets import RawDraws
+
+    cfg = load_config(CONFIG, [f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
+                               "data.val_per_class=2"])
+    data = build_data(cfg.data, seed=0)
+    view, _ = data.training_view()
+    assert isinstance(view, RawDraws) and data.hflip is False  # 28 px: no flips by default

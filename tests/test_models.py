@@ -88,3 +88,20 @@ def test_freeze_trains_only_the_named_modules_and_keeps_frozen_batchnorm_still()
     assert torch.equal(model.backbone.bn1.running_mean, before)
     with pytest.raises(LongtailError, match="no module 'layer9'"):
         model.freeze(["layer9"])
+
+
+def test_gpu_check_script_runs_on_cpu():
+    """bench/gpu_check.py is meant for a GPU; its CPU smoke run keeps it from rotting."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "gpu_check.py"), "--device", "cpu", "--steps", "1",
+         "--batch", "2", "--images", "16"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "img/s" in result.stdout and "bottleneck:" in result.stdout

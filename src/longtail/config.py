@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -181,6 +182,9 @@ class Stage1Config:
     )
     samples_per_class: int = _opt(4, "class_aware sampler: consecutive images per class")
     amp: bool = _opt(True, "bfloat16 autocast on CUDA (ignored on other devices)")
+    compile: bool = _opt(False, "train through torch.compile (bench/gpu_check.py measures it)")
+    eval_every: int = _opt(1, "val top-1 every N epochs (and after the last); 0: only after the "
+                              "last. select=best_val chooses among the epochs evaluated")
     lr_schedule: Literal["cosine", "cosine_epoch"] = _opt(
         "cosine",
         "cosine: per step down to 0; cosine_epoch: the authors' per-epoch steps, last epoch lr 0",
@@ -550,6 +554,16 @@ def _check_semantics(cfg: Config) -> None:
          cfg.model.in_channels)
     need(cfg.model.width >= 8, "model.width", "an int >= 8 (narrower stems crash oneDNN on CPU)",
          cfg.model.width)
+    need(0 <= cfg.seed < 2**32, "seed", "an int in [0, 2^32)", cfg.seed)
+    need(cfg.stage1.eval_every >= 0, "stage1.eval_every", "an int >= 0", cfg.stage1.eval_every)
+    need(d.split_seed is None or 0 <= d.split_seed < 2**32, "data.split_seed",
+         "an int in [0, 2^32) or null", d.split_seed)
+    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None, "device",
+         "auto, cpu, cuda, cuda:N or mps", cfg.device)
+    need(cfg.stage2.tau_norm.grid_max >= 0, "stage2.tau_norm.grid_max", "a number >= 0",
+         cfg.stage2.tau_norm.grid_max)
+    need(cfg.stage2.tau_norm.tau is None or cfg.stage2.tau_norm.tau >= 0,
+         "stage2.tau_norm.tau", "a number >= 0 or null", cfg.stage2.tau_norm.tau)
     need(len(cfg.stage2.methods) >= 1, "stage2.methods", "at least one method, e.g. "
          f"[{', '.join(DEFAULT_METHODS)}]", cfg.stage2.methods)
     need(cfg.eval.many_threshold >= 0 and cfg.eval.few_threshold >= 0, "eval.few_threshold",

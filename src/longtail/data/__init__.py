@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from longtail.config import DataConfig
 from longtail.data import cifar, fmnist
 from longtail.data.datasets import (
+    Augmented,
     ImageFiles,
     LabelledImages,
+    RawDraws,
     TensorImages,
+    collate_skipping,
     decode_image,
 )
 from longtail.data.folder import read_image_folder
@@ -49,7 +53,13 @@ from longtail.data.profiles import (
 )
 from longtail.data.samplers import build_sampler
 from longtail.data.splits import hold_out_per_class, long_tailed_split
-from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SMALL_IMAGE, build_transform
+from longtail.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SMALL_IMAGE,
+    BatchAugment,
+    build_transform,
+)
 from longtail.errors import LongtailError
 
 __all__ = ["LongTailData", "build_data", "build_sampler", "build_transform",
@@ -95,6 +105,21 @@ class LongTailData:
     def transform(self, train: bool):
         """Return the train (augmented) or test transform of this dataset."""
         return build_transform(self.image_size, train, self.mean, self.std, self.hflip)
+
+    def training_view(self) -> tuple[Dataset, Callable]:
+        """Return (dataset of ``(index, seed)`` draws, collate function) for training.
+
+        Small images held in memory at their target size are augmented a batch at a time
+        (``BatchAugment``); others image by image (``Augmented``).
+        """
+        train = self.train
+        if (isinstance(train, TensorImages) and isinstance(train.images, torch.Tensor)
+                and self.image_size < SMALL_IMAGE
+                and tuple(train.images.shape[2:]) == (self.image_size, self.image_size)):
+            view = RawDraws(train, BatchAugment(self.image_size, self.mean, self.std,
+                                                self.hflip))
+            return view, view.collate
+        return Augmented(train, self.transform(train=True)), collate_skipping
 
     def splits(self) -> dict[str, LabelledImages]:
         """Return the present splits by name: train, val (when there is one), test."""

@@ -165,3 +165,23 @@ class Augmented(Dataset):
         finally:
             torch.set_rng_state(state)
         return image, int(self.images.labels[index])
+
+
+class RawDraws(Dataset):
+    """Training view for ``BatchAugment``: item ``(index, seed)`` is the raw uint8 image, its
+    label and the draw's seed; ``collate`` stacks a batch and augments it in one go."""
+
+    def __init__(self, images: TensorImages, augment) -> None:
+        self.images = images
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int]:
+        return key
+
+    def collate(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor([k[0] for k in keys])
+        seeds = torch.tensor([k[1] for k in keys], dtype=torch.int64)
+        return self.augment(self.images.images[index], seeds), self.images.labels[index]

@@ -21,7 +21,7 @@ from longtail import distributed
 from longtail.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import LongTailData, build_sampler
-from longtail.data.datasets import Augmented, SeededDraws, collate_skipping
+from longtail.data.datasets import SeededDraws
 from longtail.errors import LongtailError
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
@@ -88,15 +88,18 @@ def train_joint(
         raise LongtailError(f"config key stage1.batch_size: expected a multiple of the "
                             f"{world} processes, found {cfg.batch_size}")
     batch_size = min(cfg.batch_size // world, len(sampler))
+    view, collate = data.training_view()
     loader = DataLoader(
-        Augmented(data.train, data.transform(train=True)), batch_size=batch_size,
-        sampler=draws, num_workers=num_workers, pin_memory=device.type == "cuda",
-        drop_last=True, persistent_workers=num_workers > 0, collate_fn=collate_skipping,
+        view, batch_size=batch_size, sampler=draws, num_workers=num_workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=num_workers > 0,
+        collate_fn=collate,
     )
     steps_per_epoch = len(loader)
     net = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
     lr = resolve_lr(cfg)
     head = [p for p in model.fc.parameters() if p.requires_grad]
     body = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -164,7 +167,8 @@ def train_joint(
         totals = distributed.all_reduce_sum(totals)
         record = {"epoch": epoch + 1, "loss": (totals[0] / totals[1].clamp(min=1)).item(),
                   "lr": epoch_lr, "images_per_s": totals[1].item() / elapsed}
-        if val_set is not None:
+        due = epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+        if val_set is not None and due:
             record["val_top1"] = accuracy(model, val_set, device, eval_batch_size, num_workers)
             if record["val_top1"] > best.get("val_top1", -1.0):
                 best = {"val_top1": record["val_top1"], "epoch": epoch + 1}

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from longtail.config import Config, Stage1Config
 from longtail.data import LongTailData, build_sampler
-from longtail.data.datasets import Augmented, SeededDraws, collate_skipping
+from longtail.data.datasets import SeededDraws
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
 from longtail.stages.inference import infer
@@ -43,10 +43,10 @@ class OnlineBatches:
                  bn: str, seed: int, device: torch.device, num_workers: int) -> None:
         self.model, self.bn, self.device = model, bn, device
         self.draws = SeededDraws(sampler, seed)
-        self.loader = DataLoader(
-            Augmented(data.train, data.transform(train=True)),
-            batch_size=min(batch_size, len(sampler)), sampler=self.draws, drop_last=True,
-            num_workers=num_workers, collate_fn=collate_skipping)
+        view, collate = data.training_view()
+        self.loader = DataLoader(view, batch_size=min(batch_size, len(sampler)),
+                                 sampler=self.draws, drop_last=True, num_workers=num_workers,
+                                 collate_fn=collate)
         self.feature_dim = model.backbone.feature_dim
 
     def __len__(self) -> int:

@@ -220,6 +220,8 @@ class TauNorm(Rebalancer):
 # Below this many multiply-adds per step, extra threads cost more than they give: they spin
 # and, on a loaded machine, wait for cores (a demo cRT fit swung from 0.2 s to 8 s).
 SMALL_STEP_MACS = 8_000_000
+# LWS keeps the joint logits of the training set when they fit in this many bytes.
+LOGITS_MEMORY = 4 << 30
 
 
 @contextlib.contextmanager
@@ -420,9 +422,12 @@ class LWS(_TrainedOnFeatures):
         weight = _features(self.weight, "weight").detach().to(device)
         bias = None if self.bias is None else torch.as_tensor(self.bias).float().detach().to(device)
         scales = torch.ones(len(weight), device=device, requires_grad=True)
-        if isinstance(batches, CachedBatches):
+        logits_bytes = len(batches.features) * len(weight) * 4 if isinstance(
+            batches, CachedBatches) else None
+        if logits_bytes is not None and logits_bytes <= LOGITS_MEMORY:
             # x W^T does not change while the scales learn: one product for the whole fit,
             # then a step costs batch x C numbers instead of a (batch x D) (D x C) product.
+            # (Above LOGITS_MEMORY, e.g. iNaturalist's 437k x 8142, each batch's product.)
             batches = CachedBatches(_matmul_chunked(batches.features, weight), batches.labels,
                                     batches.sampler, batches.batch_size, device)
             if val_features is not None:
