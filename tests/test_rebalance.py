@@ -149,3 +149,19 @@ def test_inputs_are_checked():
         NCM().fit(torch.randn(5), torch.zeros(5))
     with pytest.raises(ValueError, match="expected 5 labels"):
         NCM().fit(torch.randn(5, 2), torch.zeros(4))
+
+
+def test_crt_written_out_gradient_equals_autograd_and_torch_sgd(monkeypatch):
+    """cRT's hand-written step (softmax minus one-hot, SGD with momentum and weight decay)
+    gives the classifier that autograd with torch.optim.SGD gives."""
+    from longtail.stages.rebalance import CRT
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(5).repeat_interleave(torch.tensor([50, 30, 12, 6, 3]))
+    x = torch.randn(len(y), 16, generator=g) + torch.nn.functional.one_hot(y, 16).float()
+    fast = CRT(5, epochs=4, batch_size=16, lr=0.3, weight_decay=1e-3).fit(x, y)
+    monkeypatch.setattr(CRT, "_linear_step", lambda self, weight, bias: None)
+    slow = CRT(5, epochs=4, batch_size=16, lr=0.3, weight_decay=1e-3).fit(x, y)
+    torch.testing.assert_close(fast.weight_, slow.weight_, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.bias_, slow.bias_, rtol=1e-4, atol=1e-5)
+    assert fast.loss_history_ == pytest.approx(slow.loss_history_, rel=1e-4)

@@ -299,19 +299,37 @@ class _TrainedOnFeatures(Rebalancer):
         return CachedBatches(x, y, sampler, self.batch_size, self._device())
 
     def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
-               val_labels: ArrayLike | None) -> None:
+               val_labels: ArrayLike | None, step=None) -> None:
         if isinstance(batches, CachedBatches) and self._device().type == "cpu":
             classes = max(p.shape[0] for p in params)
             with threads_for(batches.batch_size * batches.feature_dim * classes):
-                self._train_loop(params, forward, batches, val_features, val_labels)
+                self._train_loop(params, forward, batches, val_features, val_labels, step)
         else:
-            self._train_loop(params, forward, batches, val_features, val_labels)
+            self._train_loop(params, forward, batches, val_features, val_labels, step)
 
-    def _train_loop(self, params: list[Tensor], forward, batches,
-                    val_features: ArrayLike | None, val_labels: ArrayLike | None) -> None:
-        total = len(batches) * self.epochs
+    def _sgd_step(self, params: list[Tensor], forward):
+        """Return step(features, labels, lr) -> loss: cross-entropy, autograd, torch's SGD."""
+        for p in params:
+            p.requires_grad_(True)
         optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                                     weight_decay=self.weight_decay)
+
+        def step(features: Tensor, labels: Tensor, lr: float) -> Tensor:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(forward(features), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        return step
+
+    def _train_loop(self, params: list[Tensor], forward, batches,
+                    val_features: ArrayLike | None, val_labels: ArrayLike | None,
+                    step=None) -> None:
+        total = len(batches) * self.epochs
+        step = step or self._sgd_step(params, forward)
         select = self.select == "best_val" and val_features is not None
         if select:
             xv = _features(val_features, "val_features").to(self._device())
@@ -319,19 +337,14 @@ class _TrainedOnFeatures(Rebalancer):
         if self.select not in ("last", "best_val"):
             raise ValueError(f"select: expected 'last' or 'best_val', found {self.select!r}")
         self.loss_history_, self.val_history_ = [], []
-        best, step = -1.0, 0
+        best, done = -1.0, 0
         for epoch in range(self.epochs):
             batches.set_epoch(epoch)
             loss_sum = torch.zeros((), device=self._device())
             for features, labels in batches:
-                for group in optimizer.param_groups:
-                    group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                loss = F.cross_entropy(forward(features), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                step += 1
+                loss_sum += step(features, labels,
+                                 self.lr * 0.5 * (1 + math.cos(math.pi * done / total)))
+                done += 1
             self.loss_history_.append(loss_sum.item() / max(len(batches), 1))
             if select:
                 with torch.no_grad():
@@ -376,12 +389,39 @@ class CRT(_LinearHead, _TrainedOnFeatures):
         device = self._device()
         weight = ((torch.rand(num_classes, dim, generator=g) * 2 - 1) * bound).to(device)
         bias = ((torch.rand(num_classes, generator=g) * 2 - 1) * bound).to(device)
-        weight.requires_grad_(True)
-        bias.requires_grad_(True)
         self._train([weight, bias], lambda f: F.linear(f, weight, bias), batches, val_features,
-                    val_labels)
+                    val_labels, step=self._linear_step(weight, bias))
         self.weight_, self.bias_ = weight.detach().cpu(), bias.detach().cpu()
         return self
+
+
+    def _linear_step(self, weight: Tensor, bias: Tensor):
+        """Return step(features, labels, lr) -> loss for the linear classifier, with the
+        cross-entropy gradient written out (softmax minus one-hot) and SGD with momentum and
+        weight decay as torch.optim.SGD does it: the same numbers without autograd's per-step
+        overhead, which dominated the small steps of the demo."""
+        momentum, decay = self.momentum, self.weight_decay
+        buffers: list[Tensor] = []
+
+        def step(features: Tensor, labels: Tensor, lr: float) -> Tensor:
+            rows = torch.arange(len(labels), device=labels.device)
+            with torch.no_grad():
+                log_probs = torch.log_softmax(torch.addmm(bias, features, weight.T), dim=1)
+                loss = -log_probs[rows, labels].mean()
+                probs = log_probs.exp_()
+                probs[rows, labels] -= 1
+                probs /= len(labels)
+                grads = [probs.T @ features + decay * weight, probs.sum(0) + decay * bias]
+                if not buffers:
+                    buffers.extend(g.clone() for g in grads)
+                else:
+                    for buf, g in zip(buffers, grads):
+                        buf.mul_(momentum).add_(g)
+                weight.add_(buffers[0], alpha=-lr)
+                bias.add_(buffers[1], alpha=-lr)
+            return loss
+
+        return step
 
 
 class LWS(_TrainedOnFeatures):
