@@ -165,3 +165,18 @@ def test_crt_written_out_gradient_equals_autograd_and_torch_sgd(monkeypatch):
     torch.testing.assert_close(fast.weight_, slow.weight_, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.bias_, slow.bias_, rtol=1e-4, atol=1e-5)
     assert fast.loss_history_ == pytest.approx(slow.loss_history_, rel=1e-4)
+
+
+@pytest.mark.parametrize("scale_bias", [False, True])
+def test_lws_written_out_gradient_equals_autograd(monkeypatch, scale_bias):
+    from longtail.stages.rebalance import LWS
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(4).repeat_interleave(torch.tensor([40, 20, 8, 3]))
+    x = torch.randn(len(y), 12, generator=g) + torch.nn.functional.one_hot(y, 12).float()
+    weight, bias = torch.randn(4, 12, generator=g), torch.randn(4, generator=g)
+    args = dict(epochs=3, batch_size=8, lr=0.3, weight_decay=1e-3, scale_bias=scale_bias)
+    fast = LWS(weight, bias, **args).fit(x, y)
+    monkeypatch.setattr(LWS, "_scales_step", lambda self, scales, bias: None)
+    slow = LWS(weight, bias, **args).fit(x, y)
+    torch.testing.assert_close(fast.scales_, slow.scales_, rtol=1e-4, atol=1e-5)

@@ -204,7 +204,11 @@ class TauNorm(Rebalancer):
         # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
         logits = _matmul_chunked(xv, self.weight_)
         norms = self.weight_.norm(dim=1).clamp(min=1e-12)
-        self.val_scores_ = {float(t): balanced_accuracy(logits / norms.pow(t), yv) for t in grid}
+        scaled = torch.empty_like(logits)  # one buffer for the whole grid
+        self.val_scores_ = {}
+        for t in grid:
+            torch.div(logits, norms.pow(t), out=scaled)
+            self.val_scores_[float(t)] = balanced_accuracy(scaled, yv)
         self.tau_ = max(self.val_scores_, key=self.val_scores_.get)  # first best on ties
         return self
 
@@ -451,6 +455,31 @@ class LWS(_TrainedOnFeatures):
             return logits * scales
         return (logits + bias) * scales if self.scale_bias else logits * scales + bias
 
+    def _scales_step(self, scales: Tensor, bias: Tensor | None):
+        """Return step(joint logits, labels, lr) -> loss with the gradient of the scales written
+        out: d loss / d f_j = sum over the batch of (softmax - one-hot)_j times what f_j
+        multiplies (the logit, plus the bias with scale_bias), then SGD with momentum and weight
+        decay as torch.optim.SGD does it."""
+        buffer: list[Tensor] = []
+
+        def step(logits: Tensor, labels: Tensor, lr: float) -> Tensor:
+            rows = torch.arange(len(labels), device=labels.device)
+            with torch.no_grad():
+                scaled = logits + bias if bias is not None and self.scale_bias else logits
+                log_probs = torch.log_softmax(self._scale(logits, scales, bias), dim=1)
+                loss = -log_probs[rows, labels].mean()
+                probs = log_probs.exp_()
+                probs[rows, labels] -= 1
+                grad = (probs * scaled).sum(0) / len(labels) + self.weight_decay * scales
+                if not buffer:
+                    buffer.append(grad.clone())
+                else:
+                    buffer[0].mul_(self.momentum).add_(grad)
+                scales.add_(buffer[0], alpha=-lr)
+            return loss
+
+        return step
+
     def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
                        bias: Tensor | None) -> Tensor:
         return self._scale(x @ weight.T, scales, bias)
@@ -473,9 +502,11 @@ class LWS(_TrainedOnFeatures):
             if val_features is not None:
                 val_features = _matmul_chunked(_features(val_features).to(device), weight)
             forward = lambda logits: self._scale(logits, scales, bias)  # noqa: E731
+            step = self._scales_step(scales, bias)
         else:
             forward = lambda f: self._scaled_logits(f, scales, weight, bias)  # noqa: E731
-        self._train([scales], forward, batches, val_features, val_labels)
+            step = None  # features from the backbone: autograd
+        self._train([scales], forward, batches, val_features, val_labels, step=step)
         self.scales_ = scales.detach().cpu()
         self.weight_ = weight.cpu()
         self.bias_ = None if bias is None else bias.cpu()
