@@ -182,6 +182,8 @@ DATA_CASES = [
      "the val split has no image of classes [2]"),
     ("image not decodable", lambda w: _write(w / "d" / "train/class_0/00000.png", b"nope"),
      "train.txt:1: cannot decode image"),
+    ("one class only", lambda w: _edit_list(w, "train", lambda x: [
+        line for line in x if line.endswith(" 0")]), "train.txt: expected at least 2 classes"),
     ("dataset folder missing", lambda w: shutil.rmtree(w / "d"),
      "config key data.root: folder not found"),
 ]

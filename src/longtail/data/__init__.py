@@ -281,6 +281,9 @@ def _file_data(cfg: DataConfig, split_seed: int, channels: int) -> LongTailData:
     # A val split held out of training may lack classes too small to give an image.
     _check_every_class_present(splits, names, ("val", "test") if cfg.val else ("test",))
     num_classes = len(names)
+    if num_classes < 2:
+        raise LongtailError(f"{splits['train'].source}: expected at least 2 classes in the "
+                            f"training split, found {num_classes}")
     first = _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")
     # Small images are used at their own size (small-image stem), others at the paper's 224.
     side = max(first.shape[1:])
@@ -362,6 +365,9 @@ def _check_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
     """Check (or remap) list labels so that classes are 0..C-1, each with training images."""
     train = splits["train"]
     present = sorted(set(train.labels))
+    if len(present) < 2:
+        raise LongtailError(f"{train.source}: expected at least 2 classes in the training "
+                            f"split, found {len(present)}")
     num_classes = present[-1] + 1
     if len(present) != num_classes:
         if not cfg.remap_labels:
