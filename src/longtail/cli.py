@@ -196,14 +196,6 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         if args.config is None and args.resume is None:
             raise LongtailError("run: expected a CONFIG file (e.g. configs/fmnist_lt.yaml), or "
                                 "--resume DIR")
-        cfg = None
-        if args.config is not None or args.overrides:
-            # Overrides without CONFIG apply to the resumed run's own config.
-            base = args.config or (args.resume / "config.yaml" if args.resume else None)
-            if args.config is None and not base.is_file():
-                raise LongtailError(f"--resume {args.resume}: not a run directory (no "
-                                    f"config.yaml)")
-            cfg = load_config(base, args.overrides)  # before torch is imported: fast errors
         if args.resume is not None:
             if not (args.resume / "config.yaml").is_file():
                 raise LongtailError(f"--resume {args.resume}: not a run directory (no "
@@ -211,6 +203,11 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             if args.out is not None and args.out != args.resume:
                 raise LongtailError("--out and --resume name different folders; --resume "
                                     "continues the run where it is")
+        cfg = None
+        if args.config is not None or args.overrides:
+            # Overrides without CONFIG apply to the resumed run's own config.
+            base = args.config or args.resume / "config.yaml"
+            cfg = load_config(base, args.overrides)  # before torch is imported: fast errors
         out = args.out
         if args.resume is None:
             out = out or default_run_dir(Path(args.config).stem)

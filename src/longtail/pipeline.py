@@ -358,9 +358,8 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     for name in cfg.stage2.methods:
         start = time.perf_counter()
         path = run_dir / "stage2" / f"{name}.pt"
-        key = _stage2_key(name, cfg, features, weight, bias)
-        cached = load_checkpoint(path) if path.is_file() else {}
-        if cached.get("key") == key:  # fitted before on the same inputs: reuse
+        cached = _cached_result(run_dir, name, cfg, features, weight, bias)
+        if cached is not None:  # fitted before on the same inputs: reuse
             result, norms, verb = cached["result"], cached["weight_norms"], "reused"
         else:
             if name in prefit:
@@ -383,7 +382,8 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                 result["tau"] = method.tau_
             weights = method.class_weights()
             norms = weights.norm(dim=1).tolist() if weights is not None else None
-            save_checkpoint({"key": key, "state": method.learned_state(), "result": result,
+            save_checkpoint({"key": _stage2_key(name, cfg, features, weight, bias),
+                             "state": method.learned_state(), "result": result,
                              "weight_norms": norms}, path)
         methods[name] = result
         if norms is not None:

@@ -304,11 +304,11 @@ class _TrainedOnFeatures(Rebalancer):
 
     def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
                val_labels: ArrayLike | None, step=None) -> None:
+        threads = contextlib.nullcontext()  # batches from a backbone: its work sets the threads
         if isinstance(batches, CachedBatches) and self._device().type == "cpu":
             classes = max(p.shape[0] for p in params)
-            with threads_for(batches.batch_size * batches.feature_dim * classes):
-                self._train_loop(params, forward, batches, val_features, val_labels, step)
-        else:
+            threads = threads_for(batches.batch_size * batches.feature_dim * classes)
+        with threads:
             self._train_loop(params, forward, batches, val_features, val_labels, step)
 
     def _sgd_step(self, params: list[Tensor], forward):
@@ -326,6 +326,35 @@ class _TrainedOnFeatures(Rebalancer):
             loss.backward()
             optimizer.step()
             return loss.detach()
+
+        return step
+
+    def _manual_step(self, params: list[Tensor], logits_of, gradients_of):
+        """Return step(inputs, labels, lr) -> loss with the cross-entropy gradient written out:
+        ``gradients_of(inputs, d)`` maps d = d loss / d logits (softmax minus one-hot, over the
+        batch) to the parameters' gradients; then SGD with momentum and weight decay as
+        torch.optim.SGD does it. The same numbers as autograd (tests compare them) without its
+        per-step overhead, which dominated the small steps of the demo."""
+        buffers: list[Tensor] = []
+
+        def step(inputs: Tensor, labels: Tensor, lr: float) -> Tensor:
+            rows = torch.arange(len(labels), device=labels.device)
+            with torch.no_grad():
+                log_probs = torch.log_softmax(logits_of(inputs), dim=1)
+                loss = -log_probs[rows, labels].mean()
+                d = log_probs.exp_()
+                d[rows, labels] -= 1
+                d /= len(labels)
+                grads = [g + self.weight_decay * p
+                         for g, p in zip(gradients_of(inputs, d), params)]
+                if not buffers:  # torch's SGD starts its momentum buffer at the first gradient
+                    buffers.extend(g.clone() for g in grads)
+                else:
+                    for buf, g in zip(buffers, grads):
+                        buf.mul_(self.momentum).add_(g)
+                for p, buf in zip(params, buffers):
+                    p.add_(buf, alpha=-lr)
+            return loss
 
         return step
 
@@ -400,32 +429,9 @@ class CRT(_LinearHead, _TrainedOnFeatures):
 
 
     def _linear_step(self, weight: Tensor, bias: Tensor):
-        """Return step(features, labels, lr) -> loss for the linear classifier, with the
-        cross-entropy gradient written out (softmax minus one-hot) and SGD with momentum and
-        weight decay as torch.optim.SGD does it: the same numbers without autograd's per-step
-        overhead, which dominated the small steps of the demo."""
-        momentum, decay = self.momentum, self.weight_decay
-        buffers: list[Tensor] = []
-
-        def step(features: Tensor, labels: Tensor, lr: float) -> Tensor:
-            rows = torch.arange(len(labels), device=labels.device)
-            with torch.no_grad():
-                log_probs = torch.log_softmax(torch.addmm(bias, features, weight.T), dim=1)
-                loss = -log_probs[rows, labels].mean()
-                probs = log_probs.exp_()
-                probs[rows, labels] -= 1
-                probs /= len(labels)
-                grads = [probs.T @ features + decay * weight, probs.sum(0) + decay * bias]
-                if not buffers:
-                    buffers.extend(g.clone() for g in grads)
-                else:
-                    for buf, g in zip(buffers, grads):
-                        buf.mul_(momentum).add_(g)
-                weight.add_(buffers[0], alpha=-lr)
-                bias.add_(buffers[1], alpha=-lr)
-            return loss
-
-        return step
+        """Return the written-out step of the linear classifier (see ``_manual_step``)."""
+        return self._manual_step([weight, bias], lambda f: torch.addmm(bias, f, weight.T),
+                                 lambda f, d: [d.T @ f, d.sum(0)])
 
 
 class LWS(_TrainedOnFeatures):
@@ -456,29 +462,12 @@ class LWS(_TrainedOnFeatures):
         return (logits + bias) * scales if self.scale_bias else logits * scales + bias
 
     def _scales_step(self, scales: Tensor, bias: Tensor | None):
-        """Return step(joint logits, labels, lr) -> loss with the gradient of the scales written
-        out: d loss / d f_j = sum over the batch of (softmax - one-hot)_j times what f_j
-        multiplies (the logit, plus the bias with scale_bias), then SGD with momentum and weight
-        decay as torch.optim.SGD does it."""
-        buffer: list[Tensor] = []
-
-        def step(logits: Tensor, labels: Tensor, lr: float) -> Tensor:
-            rows = torch.arange(len(labels), device=labels.device)
-            with torch.no_grad():
-                scaled = logits + bias if bias is not None and self.scale_bias else logits
-                log_probs = torch.log_softmax(self._scale(logits, scales, bias), dim=1)
-                loss = -log_probs[rows, labels].mean()
-                probs = log_probs.exp_()
-                probs[rows, labels] -= 1
-                grad = (probs * scaled).sum(0) / len(labels) + self.weight_decay * scales
-                if not buffer:
-                    buffer.append(grad.clone())
-                else:
-                    buffer[0].mul_(self.momentum).add_(grad)
-                scales.add_(buffer[0], alpha=-lr)
-            return loss
-
-        return step
+        """Return the written-out step of the scales on joint logits (see ``_manual_step``):
+        d logit_j / d f_j is the logit, plus the bias with scale_bias."""
+        with_bias = bias is not None and self.scale_bias
+        return self._manual_step(
+            [scales], lambda logits: self._scale(logits, scales, bias),
+            lambda logits, d: [(d * (logits + bias if with_bias else logits)).sum(0)])
 
     def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
                        bias: Tensor | None) -> Tensor:
