@@ -149,6 +149,22 @@ CASES = [
      ["summarize", "{w}/a", "{w}/b"], "differ in stage1.epochs (30 vs 10)"),
     ("summarize: --json into a missing folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/no/s.json"], "no/s.json: folder"),
+    # --- beyond the paper: losses, mixup, the new stage-2 methods -------------------------
+    ("unknown stage-1 loss", None, ["run", CONFIG, "stage1.loss=focal"],
+     "stage1.loss: expected one of ce, logit_adjusted, balanced_softmax"),
+    ("stage2.methods not a list or all", None, ["run", CONFIG, "stage2.methods=every"],
+     "config key stage2.methods: expected list of"),
+    ("negative mixup alpha", None, ["run", CONFIG, "stage1.mixup_alpha=-0.2"],
+     "stage1.mixup_alpha: expected a number >= 0"),
+    ("label smoothing of 1", None, ["run", CONFIG, "stage2.crt.las_head=1"],
+     "stage2.crt.las_head: expected a number in [0, 1)"),
+    ("MaxNorm radius 0", None, ["run", CONFIG, "stage2.wb.max_norm=0"],
+     "stage2.wb.max_norm: expected a number > 0 or null"),
+    ("logit_adjust without val", None,
+     ["run", CONFIG, "data.val_per_class=0", "stage2.methods=[logit_adjust]"],
+     "stage2.logit_adjust.tau: null chooses tau on the val split"),
+    ("grid: unknown loss", None, ["grid", CONFIG, "--losses", "ce,focal"],
+     "--losses: expected distinct losses of ce, logit_adjusted, balanced_softmax"),
 ]
 
 # Bad data: found when the data is read, before the run directory exists.

@@ -17,19 +17,23 @@ TINY = ["stage1.epochs=2", "stage1.batch_size=32", "stage1.lr=0.05", "model.widt
         "eval.batch_size=256"]
 
 
-def check_metrics(run_dir: Path, num_classes: int) -> dict:
+def check_metrics(run_dir: Path, num_classes: int, methods=DEFAULT_METHODS) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     dataset = metrics["dataset"]
     assert dataset["num_classes"] == num_classes and len(dataset["train_counts"]) == num_classes
     assert len(dataset["group_counts"]) == num_classes
     assert sorted(sum(dataset["shot_groups"].values(), [])) == list(range(num_classes))
-    assert set(metrics["methods"]) == set(DEFAULT_METHODS)
+    assert list(metrics["methods"]) == list(methods)
     for name, m in metrics["methods"].items():
         assert 0 <= m["top1"] <= 100, name
+        assert 0 <= m["ece"] <= 100 and m["nll"] > 0 and 0 <= m["balanced_accuracy"] <= 100
+        assert len(m["reliability"]["count"]) == 15, name
         assert len(m["per_class"]) == num_classes
         for group in ("many", "medium", "few"):
             assert m[group] is None or 0 <= m[group] <= 100
             assert (m[group] is None) == (not dataset["shot_groups"][group])
+    # every method's reliability bins hold every test image once
+    assert len({sum(m["reliability"]["count"]) for m in metrics["methods"].values()}) == 1
     assert 0 <= metrics["methods"]["tau_norm"]["tau"] <= 2
     config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     for name in ("per_class.csv", "report.md", "manifest.json", "stage1/last.pt",
@@ -118,15 +122,40 @@ def test_grid_runs_each_sampler_and_writes_grid_json(fake_fmnist, tmp_path, caps
         assert yaml.safe_load((out / sampler / "config.yaml").read_text())["stage1"][
             "sampler"] in ("instance", "class", 0.5)
     table = (out / "grid.md").read_text().splitlines()
-    assert table[0] == "| stage-1 sampler | joint | crt | tau_norm |"
+    assert table[0] == "| stage-1 variant | joint | crt | tau_norm |"
     assert len(table) == 5 and " / " in table[2]
     assert "grid: top-1 / Few-shot" in capsys.readouterr().out
+
+
+def test_grid_losses_with_mixup_and_every_method(fake_fmnist, tmp_path, capsys):
+    """grid --losses runs stage 1 once per loss (here with mixup) and stage2.methods=all fits
+    every method on features, each with calibration figures and a reliability diagram."""
+    from longtail.config import FEATURE_METHODS
+
+    out = tmp_path / "grid"
+    code = main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+                 "data.n_max=60", "data.n_min=2", "data.val_per_class=5", *TINY,
+                 "stage1.epochs=1", "stage1.mixup_alpha=0.2", "stage2.methods=all",
+                 "stage2.wb.epochs=2", "--losses", "ce,logit_adjusted", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    grid = json.loads((out / "grid.json").read_text())
+    assert list(grid) == ["instance-ce", "instance-logit_adjusted"]
+    for row in grid:
+        config = yaml.safe_load((out / row / "config.yaml").read_text())
+        assert config["stage1"]["loss"] == row.split("-")[1]
+        assert config["stage2"]["methods"] == list(FEATURE_METHODS)
+        check_metrics(out / row, 10, FEATURE_METHODS)
+        assert (out / row / "plots" / "reliability.png").stat().st_size > 1000
+        assert "reliability.png" in (out / row / "report.md").read_text()
 
 
 def test_grid_rejects_unknown_samplers(capsys):
     assert main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), "--samplers",
                  "instance,balanced"]) == 2
     assert "--samplers balanced" in capsys.readouterr().err
+    assert main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), "--losses",
+                 "ce,focal"]) == 2
+    assert "--losses: expected distinct losses of ce, logit_adjusted" in capsys.readouterr().err
 
 
 def test_run_on_a_generated_image_folder(tmp_path):

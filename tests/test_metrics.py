@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from longtail.metrics import evaluate, group_accuracy, per_class_accuracy
@@ -30,3 +31,44 @@ def test_top1_is_exact_in_float64():
     labels = torch.arange(5)
     preds = torch.tensor([0, 1, 2, 3, 0])
     assert evaluate(preds, labels, group_counts=[200] * 5)["top1"] == 80.0
+
+
+def test_ece_of_a_perfectly_calibrated_toy_is_zero():
+    """Confidence 0.75 on every image and 75% of them right: ECE 0; NLL is -log of the
+    probability given to the true class."""
+    from longtail.metrics import calibration
+
+    p = torch.tensor([0.75, 0.25])
+    scores = p.log().repeat(12, 1)
+    labels = torch.tensor([0] * 9 + [1] * 3)
+    result = calibration(scores, labels)
+    assert result["ece"] == pytest.approx(0.0, abs=1e-4)
+    assert result["nll"] == pytest.approx(-(9 * math.log(0.75) + 3 * math.log(0.25)) / 12)
+    bins = result["reliability"]
+    assert bins["count"][11] == 12 and sum(bins["count"]) == 12  # 0.75 is in (11/15, 12/15]
+    assert bins["confidence"][11] == pytest.approx(0.75) and bins["accuracy"][11] == 0.75
+    assert bins["accuracy"][0] is None
+
+
+def test_ece_of_an_overconfident_toy_and_the_bins_agree_with_torchmetrics():
+    from longtail.metrics import calibration
+
+    scores = torch.tensor([[10.0, 0.0]] * 10)  # confidence ~1.0
+    labels = torch.tensor([0] * 6 + [1] * 4)
+    assert calibration(scores, labels)["ece"] == pytest.approx(40.0, abs=0.01)
+    g = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(500, 7, generator=g) * 2, torch.randint(0, 7, (500,),
+                                                                            generator=g)
+    result = calibration(scores, labels)
+    bins = result["reliability"]
+    from_bins = sum(n * abs(a - c) for n, a, c in zip(bins["count"], bins["accuracy"],
+                                                      bins["confidence"]) if n) / 500
+    assert 100 * from_bins == pytest.approx(result["ece"], abs=1e-3)
+
+
+def test_balanced_accuracy_is_the_mean_per_class_accuracy():
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    predictions = torch.tensor([0, 0, 0, 0, 0, 2])  # class 0: 100%, 1: 0%, 2: 100%
+    result = evaluate(predictions, labels, group_counts=[100, 10, 1])
+    assert result["top1"] == pytest.approx(500 / 6)
+    assert result["balanced_accuracy"] == pytest.approx(200 / 3)

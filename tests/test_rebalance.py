@@ -151,17 +151,29 @@ def test_inputs_are_checked():
         NCM().fit(torch.randn(5, 2), torch.zeros(4))
 
 
-def test_crt_written_out_gradient_equals_autograd_and_torch_sgd(monkeypatch):
-    """cRT's hand-written step (softmax minus one-hot, SGD with momentum and weight decay)
-    gives the classifier that autograd with torch.optim.SGD gives."""
-    from longtail.stages.rebalance import CRT
+@pytest.mark.parametrize("method", ["crt", "logit_adjusted", "balanced_softmax", "las", "wb"])
+def test_crt_written_out_gradient_equals_autograd_and_torch_sgd(monkeypatch, method):
+    """cRT's hand-written step (softmax minus target, SGD with momentum and weight decay)
+    gives the classifier that autograd with torch.optim.SGD gives, for every loss variant
+    (and weight balancing's class weights and MaxNorm)."""
+    from longtail.stages.rebalance import CRT, LAS, WB
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(5).repeat_interleave(torch.tensor([50, 30, 12, 6, 3]))
     x = torch.randn(len(y), 16, generator=g) + torch.nn.functional.one_hot(y, 16).float()
-    fast = CRT(5, epochs=4, batch_size=16, lr=0.3, weight_decay=1e-3).fit(x, y)
-    monkeypatch.setattr(CRT, "_linear_step", lambda self, weight, bias: None)
-    slow = CRT(5, epochs=4, batch_size=16, lr=0.3, weight_decay=1e-3).fit(x, y)
+    args = dict(epochs=4, batch_size=16, lr=0.3, weight_decay=1e-3)
+    joint = torch.randn(5, 16, generator=g) * 3
+    build = {"crt": lambda: CRT(5, **args),
+             "logit_adjusted": lambda: CRT(5, loss="logit_adjusted", loss_tau=0.7, **args),
+             "balanced_softmax": lambda: CRT(5, loss="balanced_softmax", **args),
+             "las": lambda: LAS(5, **args),
+             "wb": lambda: WB(joint, torch.zeros(5),
+                              max_norm=1.0, **args)}[method]
+    fast = build()
+    fast.fit(x, y)
+    monkeypatch.setattr(CRT, "_linear_step", lambda self, *args: None)
+    slow = build()
+    slow.fit(x, y)
     torch.testing.assert_close(fast.weight_, slow.weight_, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.bias_, slow.bias_, rtol=1e-4, atol=1e-5)
     assert fast.loss_history_ == pytest.approx(slow.loss_history_, rel=1e-4)
@@ -177,6 +189,6 @@ def test_lws_written_out_gradient_equals_autograd(monkeypatch, scale_bias):
     weight, bias = torch.randn(4, 12, generator=g), torch.randn(4, generator=g)
     args = dict(epochs=3, batch_size=8, lr=0.3, weight_decay=1e-3, scale_bias=scale_bias)
     fast = LWS(weight, bias, **args).fit(x, y)
-    monkeypatch.setattr(LWS, "_scales_step", lambda self, scales, bias: None)
+    monkeypatch.setattr(LWS, "_scales_step", lambda self, *args: None)
     slow = LWS(weight, bias, **args).fit(x, y)
     torch.testing.assert_close(fast.scales_, slow.scales_, rtol=1e-4, atol=1e-5)

@@ -51,11 +51,13 @@ def test_online_finetune_and_select_run_end_to_end(fake_fmnist, tmp_path):
     code = main(["run", FMNIST, f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
                  "data.val_per_class=4", *TINY, "stage2.features=online", "stage2.bn=train",
                  "stage1.select=best_val", "stage2.select=best_val",
-                 "stage2.finetune.epochs=1",
-                 "stage2.methods=[joint,crt,lws,finetune,finetune_last]", "--out", str(out)])
+                 "stage2.finetune.epochs=1", "stage2.wb.epochs=1",
+                 "stage2.methods=[joint,crt,lws,las,balms,wb,finetune,finetune_last]",
+                 "--out", str(out)])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["methods"]) == {"joint", "crt", "lws", "finetune", "finetune_last"}
+    assert set(metrics["methods"]) == {"joint", "crt", "lws", "las", "balms", "wb", "finetune",
+                                       "finetune_last"}
     assert (out / "stage1" / "best.pt").is_file()
     assert (out / "stage2" / "finetune" / "last.pt").is_file()
     # rebalance reuses the image-based results and refits nothing it cannot

@@ -58,17 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = sub.add_parser(
         "grid", parents=[common],
-        help="stage 1 with each of several samplers, every stage-2 method on each",
-        description="For each sampler of --samplers, run stage 1 with it and every stage-2 "
-                    "method on its features (as 'run' does, into DIR/<sampler>/), then write "
-                    "DIR/grid.json ({sampler: metrics.json's methods}) and a table like the "
-                    "paper's Figure 1: rows = sampler, columns = method, cells = top-1 / Few.")
+        help="stage 1 with each of several samplers (and losses), every stage-2 method on each",
+        description="For each sampler of --samplers (and each loss of --losses), run stage 1 "
+                    "with it and every stage-2 method on its features (as 'run' does, into "
+                    "DIR/<sampler>/ or DIR/<sampler>-<loss>/), then write DIR/grid.json "
+                    "({row: metrics.json's methods}) and a table like the paper's Figure 1: "
+                    "rows = stage-1 variant, columns = method, cells = top-1 / Few.")
     grid.add_argument("config", metavar="CONFIG", help="YAML config file")
     grid.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
-    grid.add_argument("--samplers", default="instance,class,sqrt,progressive",
+    grid.add_argument("--samplers", default=None,
                       help="comma-separated stage-1 samplers: instance, class, sqrt, "
-                           "progressive, class_aware or q in [0, 1] "
-                           "(default: instance,class,sqrt,progressive)")
+                           "progressive, class_aware or q in [0, 1] (default: "
+                           "instance,class,sqrt,progressive; with --losses: stage1.sampler)")
+    grid.add_argument("--losses", default=None,
+                      help="comma-separated stage-1 losses: ce, logit_adjusted, "
+                           "balanced_softmax (default: stage1.loss)")
     grid.add_argument("--out", metavar="DIR", type=Path,
                       help="grid directory (default: runs/<config name>-grid-<timestamp>)")
     grid.add_argument("--overwrite", action="store_true",
@@ -220,9 +224,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             overwrite=args.overwrite, resume=args.resume, argv=argv)
         return 0
     if args.command == "grid":
-        from longtail.config import ConfigError, parse_sampler_spec
+        from longtail.config import LOSSES, ConfigError, parse_sampler_spec
 
         cfg = load_config(args.config, args.overrides)
+        if args.samplers is None:
+            args.samplers = (str(cfg.stage1.sampler) if args.losses
+                             else "instance,class,sqrt,progressive")
         samplers = []
         for item in filter(None, (s.strip() for s in args.samplers.split(","))):
             try:
@@ -231,11 +238,18 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 raise ConfigError(f"--samplers {item}: {e}") from None
         if not samplers or len(set(samplers)) != len(samplers):
             raise ConfigError(f"--samplers: expected distinct samplers, found {args.samplers!r}")
+        losses = None
+        if args.losses is not None:
+            losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+            bad = [x for x in losses if x not in LOSSES]
+            if bad or not losses or len(set(losses)) != len(losses):
+                raise ConfigError(f"--losses: expected distinct losses of {', '.join(LOSSES)}, "
+                                  f"found {args.losses!r}")
         out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
         check_run_dir(out, args.overwrite)
         from longtail.pipeline import grid
 
-        grid(cfg, samplers, config_name=Path(args.config).stem, out=out,
+        grid(cfg, samplers, losses, config_name=Path(args.config).stem, out=out,
              overwrite=args.overwrite, argv=argv)
         return 0
     if args.command == "rebalance":

@@ -23,10 +23,16 @@ import yaml
 from longtail.errors import LongtailError
 
 Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws",
-                       "finetune", "finetune_last"]
+                       "logit_adjust", "balms", "las", "wb", "finetune", "finetune_last"]
 STAGE2_METHODS: tuple[str, ...] = typing.get_args(Stage2Method)
-# Run by default: the methods on cached features (fine-tuning re-trains the network).
+# The paper's methods, run by default.
 DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
+# stage2.methods: all -> every method on cached features (fine-tuning re-trains the network).
+FEATURE_METHODS: tuple[str, ...] = STAGE2_METHODS[:10]
+# Methods that train on features with a sampler: they can also run online (stage2.features).
+TRAINED_METHODS: tuple[str, ...] = ("crt", "lws", "balms", "las", "wb")
+Loss = Literal["ce", "logit_adjusted", "balanced_softmax"]
+LOSSES: tuple[str, ...] = typing.get_args(Loss)
 
 
 SAMPLER_PRESETS = {"instance": 1.0, "class": 0.0, "sqrt": 0.5}
@@ -185,6 +191,14 @@ class Stage1Config:
     compile: bool = _opt(False, "train through torch.compile (bench/gpu_check.py measures it)")
     eval_every: int = _opt(1, "val top-1 every N epochs (and after the last); 0: only after the "
                               "last. select=best_val chooses among the epochs evaluated")
+    loss: Loss = _opt(
+        "ce", "ce; logit_adjusted: softmax of logits + loss_tau * log prior in training, plain "
+        "logits at test (Menon et al. 2021); balanced_softmax: + log n_y (Ren et al. 2020)"
+    )
+    loss_tau: float = _opt(1.0, "loss=logit_adjusted: the tau of tau * log prior")
+    mixup_alpha: float = _opt(
+        0.0, "mixup of image pairs with weight ~ Beta(alpha, alpha) (MiSLAS: 0.2); 0: off"
+    )
     lr_schedule: Literal["cosine", "cosine_epoch"] = _opt(
         "cosine",
         "cosine: per step down to 0; cosine_epoch: the authors' per-epoch steps, last epoch lr 0",
@@ -201,6 +215,35 @@ class CRTConfig:
     lr: float = _opt(0.2, "initial learning rate (cosine to 0)")
     weight_decay: float = _opt(5e-4, "weight decay of the new classifier")
     sampler: str | float = _opt("class", "sampler over training features (see stage1.sampler)")
+    loss: Loss = _opt("ce", "loss of the new classifier (see stage1.loss)")
+    loss_tau: float = _opt(1.0, "loss=logit_adjusted: the tau of tau * log prior")
+    label_smoothing: Literal["none", "las"] = _opt(
+        "none", "las: MiSLAS's label-aware smoothing, las_head for the largest class down to "
+        "las_tail for the smallest"
+    )
+    las_head: float = _opt(0.3, "label smoothing of the largest class (crt with las, and las)")
+    las_tail: float = _opt(0.0, "label smoothing of the smallest class (crt with las, and las)")
+
+
+@dataclass
+class LogitAdjustConfig:
+    tau: float | None = _opt(None, "fixed tau; null: choose on the val split from the grid")
+    grid_max: float = _opt(2.0, "largest tau of the grid 0..grid_max")
+    grid_step: float = _opt(0.05, "step of the tau grid")
+
+
+@dataclass
+class WBConfig:
+    epochs: int = _opt(10, "epochs of weight balancing's classifier training")
+    lr: float = _opt(0.02, "initial learning rate (cosine to 0)")
+    weight_decay: float = _opt(5e-3, "weight decay of the classifier")
+    max_norm: float | None = _opt(
+        None, "MaxNorm radius: no class weight vector longer than this after a step; null: "
+        "the mean norm of the joint classifier's"
+    )
+    beta: float = _opt(0.9999, "class-balanced loss weights (1 - beta) / (1 - beta^n_y)")
+    sampler: str | float = _opt("instance", "sampler over training features (see "
+                                            "stage1.sampler)")
 
 
 @dataclass
@@ -239,18 +282,21 @@ class FinetuneConfig:
 @dataclass
 class Stage2Config:
     methods: list[Stage2Method] = _opt(
-        list(DEFAULT_METHODS), "re-balancing methods to run, in this order; finetune and "
-        "finetune_last re-train the network (the paper's comparison), the others work on features"
+        list(DEFAULT_METHODS), "re-balancing methods to run, in this order, or all (every "
+        "method on features); finetune and finetune_last re-train the network (the paper's "
+        "comparison), the others work on features"
     )
-    batch_size: int = _opt(512, "features per step for crt and lws")
-    momentum: float = _opt(0.9, "SGD momentum for crt and lws")
-    samples_per_class: int = _opt(4, "crt and lws with the class_aware sampler: images per pick")
+    batch_size: int = _opt(
+        512, "features per step of the trained methods (crt, lws, balms, las, wb)")
+    momentum: float = _opt(0.9, "SGD momentum of the trained methods")
+    samples_per_class: int = _opt(
+        4, "trained methods with the class_aware sampler: images per pick")
     select: Literal["last", "best_val"] = _opt(
-        "last", "crt and lws: keep the last epoch's classifier, or the epoch with the best val "
-        "top-1 (the authors' choice)"
+        "last", "trained methods: keep the last epoch's classifier, or the epoch with the best "
+        "val top-1 (the authors' choice)"
     )
     features: Literal["cached", "online"] = _opt(
-        "cached", "crt and lws: train on the cached test-transform features, or run the frozen "
+        "cached", "trained methods: train on the cached test-transform features, or run the frozen "
         "backbone every epoch on augmented training images (the authors' way, slower)"
     )
     bn: Literal["eval", "train"] = _opt(
@@ -260,6 +306,8 @@ class Stage2Config:
     crt: CRTConfig = field(default_factory=CRTConfig)
     lws: LWSConfig = field(default_factory=LWSConfig)
     tau_norm: TauNormConfig = field(default_factory=TauNormConfig)
+    logit_adjust: LogitAdjustConfig = field(default_factory=LogitAdjustConfig)
+    wb: WBConfig = field(default_factory=WBConfig)
     ncm: NCMConfig = field(default_factory=NCMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -335,7 +383,7 @@ def _cap_epochs(cfg: Config) -> Config:
     n = int(cap)
     cfg.stage1.epochs = min(cfg.stage1.epochs, n)
     cfg.stage1.warmup_epochs = min(cfg.stage1.warmup_epochs, max(cfg.stage1.epochs - 1, 0))
-    for section in (cfg.stage2.crt, cfg.stage2.lws, cfg.stage2.finetune):
+    for section in (cfg.stage2.crt, cfg.stage2.lws, cfg.stage2.wb, cfg.stage2.finetune):
         section.epochs = min(section.epochs, n)
     return cfg
 
@@ -418,6 +466,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in names:
             raise _unknown_key(prefix + str(key))
+    if cls is Stage2Config and raw.get("methods") == "all":
+        raw = {**raw, "methods": list(FEATURE_METHODS)}
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
@@ -533,16 +583,19 @@ def _check_semantics(cfg: Config) -> None:
          "stage1.warmup_epochs", f"0..stage1.epochs - 1 ({cfg.stage1.epochs - 1}): the cosine "
          f"needs at least one epoch after the warm-up", cfg.stage1.warmup_epochs)
     for key in ("stage1.lr", "stage1.base_lr", "stage1.classifier_lr", "stage2.crt.lr",
-                "stage2.lws.lr", "stage2.finetune.lr"):
+                "stage2.lws.lr", "stage2.wb.lr", "stage2.finetune.lr", "stage2.wb.max_norm"):
         value = _get(cfg, key)
         need(value is None or (value > 0 and math.isfinite(value)), key,
-             "a learning rate > 0" + (" or null" if key in ("stage1.lr", "stage1.classifier_lr")
-                                      else ""), value)
+             ("a number > 0" if key.endswith("max_norm") else "a learning rate > 0")
+             + (" or null" if key in ("stage1.lr", "stage1.classifier_lr", "stage2.wb.max_norm")
+                else ""), value)
     for key in ("stage1.weight_decay", "stage2.crt.weight_decay", "stage2.lws.weight_decay",
-                "stage2.finetune.weight_decay"):
+                "stage2.wb.weight_decay", "stage2.finetune.weight_decay", "stage1.loss_tau",
+                "stage2.crt.loss_tau", "stage1.mixup_alpha"):
         need(_get(cfg, key) >= 0 and math.isfinite(_get(cfg, key)), key, "a number >= 0",
              _get(cfg, key))
-    for key in ("stage1.momentum", "stage2.momentum"):
+    for key in ("stage1.momentum", "stage2.momentum", "stage2.wb.beta", "stage2.crt.las_head",
+                "stage2.crt.las_tail"):
         need(0 <= _get(cfg, key) < 1, key, "a number in [0, 1)", _get(cfg, key))
     need(d.num_workers is None or d.num_workers >= 0, "data.num_workers", "an int >= 0 or null",
          d.num_workers)
@@ -560,10 +613,6 @@ def _check_semantics(cfg: Config) -> None:
          "an int in [0, 2^32) or null", d.split_seed)
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None, "device",
          "auto, cpu, cuda, cuda:N or mps", cfg.device)
-    need(cfg.stage2.tau_norm.grid_max >= 0, "stage2.tau_norm.grid_max", "a number >= 0",
-         cfg.stage2.tau_norm.grid_max)
-    need(cfg.stage2.tau_norm.tau is None or cfg.stage2.tau_norm.tau >= 0,
-         "stage2.tau_norm.tau", "a number >= 0 or null", cfg.stage2.tau_norm.tau)
     need(len(cfg.stage2.methods) >= 1, "stage2.methods", "at least one method, e.g. "
          f"[{', '.join(DEFAULT_METHODS)}]", cfg.stage2.methods)
     need(cfg.eval.many_threshold >= 0 and cfg.eval.few_threshold >= 0, "eval.few_threshold",
@@ -572,16 +621,22 @@ def _check_semantics(cfg: Config) -> None:
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
                 "stage2.samples_per_class", "stage2.finetune.batch_size"):
         need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
-    for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.finetune.epochs"):
+    for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.wb.epochs",
+                "stage2.finetune.epochs"):
         value = getattr(cfg.stage2, key.split(".")[1]).epochs
         need(value >= 0, key, "an int >= 0", value)
-    need(cfg.stage2.tau_norm.grid_step > 0, "stage2.tau_norm.grid_step", "> 0",
-         cfg.stage2.tau_norm.grid_step)
+    for section in ("tau_norm", "logit_adjust"):
+        grid = getattr(cfg.stage2, section)
+        need(grid.grid_step > 0, f"stage2.{section}.grid_step", "> 0", grid.grid_step)
+        need(grid.grid_max >= 0, f"stage2.{section}.grid_max", "a number >= 0", grid.grid_max)
+        need(grid.tau is None or grid.tau >= 0, f"stage2.{section}.tau", "a number >= 0 or null",
+             grid.tau)
     need(len(set(cfg.stage2.methods)) == len(cfg.stage2.methods), "stage2.methods",
          "each method at most once", cfg.stage2.methods)
     for key, spec in (("stage1.sampler", cfg.stage1.sampler),
                       ("stage2.crt.sampler", cfg.stage2.crt.sampler),
                       ("stage2.lws.sampler", cfg.stage2.lws.sampler),
+                      ("stage2.wb.sampler", cfg.stage2.wb.sampler),
                       ("stage2.finetune.sampler", cfg.stage2.finetune.sampler)):
         try:
             parse_sampler_spec(spec)
@@ -600,10 +655,11 @@ def _check_semantics(cfg: Config) -> None:
                         ("stage2.select", cfg.stage2.select)):
         need(select == "last" or has_val, key, "last, since there is no val split "
              "(data.val, data.val_from_train or data.val_per_class)", select)
-    if "tau_norm" in cfg.stage2.methods and cfg.stage2.tau_norm.tau is None and not has_val:
-        raise ConfigError("config key stage2.tau_norm.tau: null chooses tau on the val split, "
-                          "but there is none; set data.val, data.val_from_train or "
-                          "data.val_per_class, or a fixed tau")
+    for name in ("tau_norm", "logit_adjust"):
+        if name in cfg.stage2.methods and getattr(cfg.stage2, name).tau is None and not has_val:
+            raise ConfigError(f"config key stage2.{name}.tau: null chooses tau on the val "
+                              f"split, but there is none; set data.val, data.val_from_train or "
+                              f"data.val_per_class, or a fixed tau")
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -1,4 +1,6 @@
-"""Top-1 accuracy overall and per class, and Many / Medium / Few-shot accuracy."""
+"""Top-1 accuracy overall and per class, Many / Medium / Few-shot accuracy, balanced accuracy,
+and calibration: expected calibration error (ECE), negative log-likelihood (NLL) and the bins
+of a reliability diagram."""
 
 from __future__ import annotations
 
@@ -8,6 +10,45 @@ from collections.abc import Sequence
 import torch
 
 from longtail.data.profiles import shot_groups
+
+ECE_BINS = 15
+
+
+def reliability_bins(scores: torch.Tensor, labels: torch.Tensor,
+                     bins: int = ECE_BINS) -> dict[str, list]:
+    """Return the reliability diagram of softmax(scores): ``bins`` equal-width bins of the top
+    confidence over [0, 1], each with its image count, mean confidence and accuracy (None when
+    empty)."""
+    confidence, predicted = torch.softmax(scores.double(), dim=1).max(1)
+    correct = (predicted == labels).double()
+    # Bin b holds confidences in (b/bins, (b+1)/bins], as torchmetrics bins them.
+    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    count = torch.bincount(index, minlength=bins).double()
+
+    def mean(values: torch.Tensor) -> list[float | None]:
+        sums = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, values)
+        return [None if n == 0 else v / n for v, n in zip(sums.tolist(), count.tolist())]
+
+    return {"count": count.long().tolist(), "confidence": mean(confidence),
+            "accuracy": mean(correct)}
+
+
+def calibration(scores: torch.Tensor, labels: torch.Tensor,
+                bins: int = ECE_BINS) -> dict[str, object]:
+    """Return ``ece`` (%, top-label, ``bins`` equal-width bins; torchmetrics), ``nll`` (mean
+    negative log-likelihood of softmax(scores), nats) and the ``reliability`` bins.
+
+    Scores that are not logits (NCM's cosine similarities or negative distances) are turned
+    into probabilities by the same softmax; their ECE says how far that is from calibrated."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    scores = scores.float()
+    probs = torch.softmax(scores, dim=1)
+    ece = multiclass_calibration_error(probs, labels, num_classes=scores.shape[1],
+                                       n_bins=bins, norm="l1")
+    nll = torch.nn.functional.cross_entropy(scores.double(), labels)
+    return {"ece": 100.0 * float(ece), "nll": float(nll),
+            "reliability": reliability_bins(scores, labels, bins)}
 
 
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor,
@@ -32,14 +73,20 @@ def evaluate(
     group_counts: Sequence[int],
     many_threshold: int = 100,
     few_threshold: int = 20,
+    scores: torch.Tensor | None = None,
 ) -> dict[str, object]:
     """Return top1 over all images, many / medium / few (mean of per-class accuracies of each
-    shot group by ``group_counts``, None when empty) and per_class, all in percent (float64)."""
+    shot group by ``group_counts``, None when empty), balanced_accuracy (mean per-class
+    accuracy over classes with test images) and per_class, all in percent (float64); with the
+    class ``scores`` (N, C) also ``ece``, ``nll`` and ``reliability`` (see ``calibration``)."""
     per_class = per_class_accuracy(predictions, labels, len(group_counts))
     groups = shot_groups(group_counts, many_threshold, few_threshold)
     hits = int((predictions == labels).sum())
     result: dict[str, object] = {"top1": 100.0 * hits / max(len(labels), 1)}
     for name, classes in groups.items():
         result[name] = group_accuracy(per_class, classes)
+    result["balanced_accuracy"] = group_accuracy(per_class, range(len(per_class)))
+    if scores is not None:
+        result.update(calibration(scores, labels))
     result["per_class"] = per_class
     return result

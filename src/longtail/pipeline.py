@@ -132,13 +132,15 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         raise
 
 
-def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
-         out: Path | None = None, overwrite: bool = False,
+def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = None, *,
+         config_name: str, out: Path | None = None, overwrite: bool = False,
          argv: list[str] | None = None) -> dict[str, Any]:
-    """Run stage 1 once per sampler and every stage-2 method on each (the paper's Figure 1).
+    """Run stage 1 once per sampler (and per loss of ``losses``) and every stage-2 method on
+    each: the paper's Figure 1, and the stage-1 losses compared the same way.
 
-    Each sampler's run goes to ``DIR/<sampler>/``; ``DIR/grid.json`` maps each sampler to its
-    metrics.json "methods" object and ``DIR/grid.md`` holds the table.
+    Each variant's run goes to ``DIR/<sampler>/`` (``DIR/<sampler>-<loss>/`` with ``losses``);
+    ``DIR/grid.json`` maps each variant to its metrics.json "methods" object and ``DIR/grid.md``
+    holds the table.
     """
     device = distributed.select_device(cfg.device)
     if out is not None:
@@ -148,19 +150,23 @@ def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
         data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
         grid_dir = _shared_run_dir(out, f"{config_name}-grid", overwrite)
         for sampler in samplers:
-            _say(f"\n=== grid: stage1.sampler={sampler} ===")
-            sub = replace(cfg, stage1=replace(cfg.stage1, sampler=sampler))
-            run_dir = grid_dir / str(sampler)
-            if distributed.is_main():
-                prepare_run_dir(run_dir, overwrite)
-            metrics = _run(sub, data, run_dir, device, argv or [], resumed=False)
-            if distributed.is_main():
-                results[str(sampler)] = metrics["methods"]
-                atomic_write_json(grid_dir / "grid.json", results)
+            for loss in losses or [None]:
+                row = str(sampler) if loss is None else f"{sampler}-{loss}"
+                _say(f"\n=== grid: stage1.sampler={sampler}"
+                     + (f" stage1.loss={loss}" if loss else "") + " ===")
+                sub = replace(cfg, stage1=replace(cfg.stage1, sampler=sampler,
+                                                  loss=loss or cfg.stage1.loss))
+                run_dir = grid_dir / row
+                if distributed.is_main():
+                    prepare_run_dir(run_dir, overwrite)
+                metrics = _run(sub, data, run_dir, device, argv or [], resumed=False)
+                if distributed.is_main():
+                    results[row] = metrics["methods"]
+                    atomic_write_json(grid_dir / "grid.json", results)
         if distributed.is_main():
             table = format_grid(results)
             atomic_write_text(grid_dir / "grid.md", table + "\n")
-            print(f"\ngrid: top-1 / Few-shot accuracy (%) by stage-1 sampler (rows) and "
+            print(f"\ngrid: top-1 / Few-shot accuracy (%) by stage-1 variant (rows) and "
                   f"stage-2 method (columns)\n{table}\n\nwrote {grid_dir}/grid.json, grid.md",
                   flush=True)
     return results
@@ -258,7 +264,8 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
         else:
             batches, frozen = net.online_batches(name)
             method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
-                                      num_classes=data.num_classes, seed=cfg.seed, device=device)
+                                      num_classes=data.num_classes, seed=cfg.seed,
+                                      class_counts=data.train_counts, device=device)
             method.fit(batches, None, val.features if val else None, val.labels if val else None)
             test = (net.features(frozen, "test") if cfg.stage2.bn == "train"
                     else features["test"].features)
@@ -273,7 +280,10 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
     path = run_dir / "stage2" / f"{name}.pt"
     if not path.is_file():
         return None
-    cached = load_checkpoint(path)
+    try:
+        cached = load_checkpoint(path)
+    except LongtailError:  # only a cache: one that cannot be read is fitted again
+        return None
     return cached if cached.get("key") == _stage2_key(name, cfg, features, weight, bias) else None
 
 
@@ -371,14 +381,15 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
             else:
                 method = build_rebalancer(name, cfg.stage2, joint_weight=weight,
                                           joint_bias=bias, num_classes=info.num_classes,
-                                          seed=cfg.seed, device=device)
+                                          seed=cfg.seed, class_counts=info.train_counts,
+                                          device=device)
                 method.fit(train.features, train.labels, val.features if val else None,
                            val.labels if val else None)
                 test_features, verb = test.features, "fitted"
-            result = evaluate(method.predict(test_features), test.labels,
-                              info.counts_for_groups,
-                              cfg.eval.many_threshold, cfg.eval.few_threshold)
-            if name == "tau_norm":
+            scores = method.logits(test_features)
+            result = evaluate(scores.argmax(1), test.labels, info.counts_for_groups,
+                              cfg.eval.many_threshold, cfg.eval.few_threshold, scores=scores)
+            if name in ("tau_norm", "logit_adjust"):
                 result["tau"] = method.tau_
             weights = method.class_weights()
             norms = weights.norm(dim=1).tolist() if weights is not None else None
@@ -390,7 +401,7 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
             weight_norms[name] = norms
         log.log("stage2", 0, **{f"{name}_{k}": v for k, v in result.items()
                                 if isinstance(v, float)})
-        extra = f", tau={result['tau']:.2f}" if name == "tau_norm" else ""
+        extra = f", tau={result['tau']:.2f}" if "tau" in result else ""
         print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
     for name, result in (earlier or {}).items():
         if name in methods:

@@ -9,7 +9,7 @@ from typing import Any
 
 from longtail.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-COLUMNS = ("top1", "many", "medium", "few")
+COLUMNS = ("top1", "many", "medium", "few", "ece")
 
 
 def _cell(value: float | None) -> str:
@@ -17,8 +17,8 @@ def _cell(value: float | None) -> str:
 
 
 def format_table(methods: dict[str, dict[str, Any]], markdown: bool = False) -> str:
-    """Return one row per method: top-1, Many, Medium, Few (%), and tau where chosen."""
-    header = ["method", "top-1", "many", "medium", "few", "note"]
+    """Return one row per method: top-1, Many, Medium, Few, ECE (%), and tau where chosen."""
+    header = ["method", "top-1", "many", "medium", "few", "ece", "note"]
     rows = []
     for name, m in methods.items():
         note = f"tau={m['tau']:.2f}" if "tau" in m else ""
@@ -30,7 +30,7 @@ def format_table(methods: dict[str, dict[str, Any]], markdown: bool = False) -> 
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
 
     def fmt(row: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
-        cells = [x.ljust(w) if i in (0, 5) else x.rjust(w)
+        cells = [x.ljust(w) if i in (0, len(header) - 1) else x.rjust(w)
                  for i, (x, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
@@ -38,9 +38,9 @@ def format_table(methods: dict[str, dict[str, Any]], markdown: bool = False) -> 
 
 
 def format_grid(grid: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Return the sampler x method table (Markdown): cells are "top-1 / few"."""
+    """Return the stage-1 variant x method table (Markdown): cells are "top-1 / few"."""
     methods = list(next(iter(grid.values()))) if grid else []
-    lines = ["| stage-1 sampler | " + " | ".join(methods) + " |",
+    lines = ["| stage-1 variant | " + " | ".join(methods) + " |",
              "|" + "---|" * (len(methods) + 1)]
     for sampler, results in grid.items():
         cells = [f"{_cell(results[m]['top1'])} / {_cell(results[m]['few'])}" for m in methods]
@@ -147,14 +147,24 @@ def per_class_csv(metrics: dict[str, Any], class_names: list[str]) -> str:
     return out.getvalue()
 
 
-def plot_png(draw) -> bytes:
-    """Return the PNG bytes of a figure drawn by ``draw(ax)``."""
+def plot_png(draw, panels: int = 1) -> bytes:
+    """Return the PNG bytes of a figure drawn by ``draw(ax)``, or with ``panels`` > 1 by
+    ``draw(axes)`` on a grid of that many small panels (4 a row)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if panels == 1:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    else:
+        cols = min(panels, 4)
+        rows = -(-panels // cols)
+        fig, ax = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), dpi=110,
+                               squeeze=False)
+        for extra in ax.flat[panels:]:
+            extra.set_visible(False)
+        ax = list(ax.flat[:panels])
     try:
         draw(ax)
         fig.tight_layout()
@@ -188,12 +198,35 @@ def write_report(run_dir: Path, metrics: dict[str, Any], class_names: list[str],
         ax.set_ylabel("classifier weight norm / max")
         ax.legend(fontsize=8)
 
+    calibrated = {n: m["reliability"] for n, m in metrics["methods"].items()
+                  if "reliability" in m}
+
+    def reliability_plot(axes) -> None:
+        for ax, (name, bins) in zip(axes, calibrated.items()):
+            width = 1.0 / len(bins["count"])
+            centers = [(i + 0.5) * width for i in range(len(bins["count"]))]
+            acc = [a or 0.0 for a in bins["accuracy"]]  # None: an empty bin
+            ax.bar(centers, acc, width=width, edgecolor="black", lw=0.4, label="accuracy")
+            ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+            ax.set_title(f"{name}: ECE {metrics['methods'][name]['ece']:.1f}%", fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.tick_params(labelsize=6)
+        axes[0].set_xlabel("confidence", fontsize=7)
+        axes[0].set_ylabel("accuracy", fontsize=7)
+
     atomic_write_bytes(run_dir / "plots" / "per_class_accuracy.png", plot_png(accuracy_plot))
     atomic_write_bytes(run_dir / "plots" / "weight_norms.png", plot_png(norm_plot))
+    figures = ["![per-class accuracy](plots/per_class_accuracy.png)", "",
+               "![weight norms](plots/weight_norms.png)", ""]
+    if calibrated:
+        atomic_write_bytes(run_dir / "plots" / "reliability.png",
+                           plot_png(reliability_plot, panels=len(calibrated)))
+        figures += ["![reliability diagrams](plots/reliability.png)", ""]
     report = "\n".join([
         f"# longtail run: {metrics['dataset']['name']}", "", header, "",
         format_table(metrics["methods"], markdown=True), "",
-        "Accuracies in %; Many / Medium / Few are means of per-class accuracies.", "",
-        "![per-class accuracy](plots/per_class_accuracy.png)", "",
-        "![weight norms](plots/weight_norms.png)", ""])
+        "Accuracies in %; Many / Medium / Few are means of per-class accuracies. ECE: expected "
+        "calibration error of the softmax's top class, equal-width bins (%); metrics.json also "
+        "has nll and balanced_accuracy.", "", *figures])
     atomic_write_text(run_dir / "report.md", report)

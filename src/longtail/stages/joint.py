@@ -1,4 +1,5 @@
-"""Stage 1: joint training of backbone and linear classifier with cross-entropy.
+"""Stage 1: joint training of backbone and linear classifier with cross-entropy (or its
+logit-adjusted / Balanced Softmax forms, ``longtail.losses``), optionally on mixup batches.
 
 SGD with momentum, a cosine schedule to 0, and a sampler of the family in
 ``longtail.data.samplers`` (instance-balanced by default). One epoch at a time: progress bar,
@@ -8,11 +9,11 @@ loss, val accuracy and images per second logged, a checkpoint written after ever
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from longtail.config import Stage1Config
 from longtail.data import LongTailData, build_sampler
 from longtail.data.datasets import SeededDraws
 from longtail.errors import LongtailError
+from longtail.losses import ClassifierLoss
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
 from longtail.stages.inference import infer
@@ -45,6 +47,17 @@ def cosine_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str,
     if schedule == "cosine_epoch":
         return 0.5 * (1 + math.cos(math.pi * (step // steps_per_epoch + 1) / epochs))
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps_per_epoch * epochs - warmup)))
+
+
+def mixup(images: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 float]:
+    """Return (mixed images, the permutation each image was mixed with, lam): mixup (Zhang et
+    al., ICLR 2018) ``lam x + (1 - lam) x[perm]`` with lam ~ Beta(alpha, alpha), drawn from
+    ``seed`` alone so that a resumed run mixes as an uninterrupted one."""
+    lam = random.Random(seed).betavariate(alpha, alpha)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    perm = perm.to(images.device)
+    return images.mul(lam).add_(images[perm], alpha=1 - lam), perm, lam
 
 
 def resolve_lr(cfg: Stage1Config) -> float:
@@ -129,6 +142,7 @@ def train_joint(
             print(f"resuming stage 1 after epoch {state['epoch']} of {cfg.epochs} "
                   f"({checkpoint_path})", flush=True)
     amp = cfg.amp and device.type == "cuda"
+    loss_fn = ClassifierLoss.build(data.train_counts, cfg.loss, cfg.loss_tau).to(device)
     val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
     main = distributed.is_main()
     for epoch in range(len(history), cfg.epochs):
@@ -146,8 +160,14 @@ def train_joint(
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
+            if cfg.mixup_alpha > 0:
+                images, perm, lam = mixup(images, cfg.mixup_alpha,
+                                          seed * 1_000_003 + epoch * 100_003 + step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(net(images), labels)
+                logits = net(images)
+                loss = loss_fn(logits, labels)
+                if cfg.mixup_alpha > 0:
+                    loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
             if not torch.isfinite(loss):
                 last = (f"the last good checkpoint is {checkpoint_path} (epoch {len(history)})"
                         if history else "no checkpoint was written yet")

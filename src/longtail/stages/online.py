@@ -1,10 +1,12 @@
 """Stage 2 on images instead of cached features: the authors' online cRT / LWS, and fine-tuning.
 
-- ``stage2.features: online``: cRT and LWS draw class-balanced batches of *augmented* training
-  images every epoch and run the frozen backbone on them, as the authors' code does. With
+- ``stage2.features: online``: cRT and LWS (and the other trained methods: balms, las, wb) draw
+  batches of *augmented* training images every epoch and run the frozen backbone on them, as
+  the authors' code does. With
   ``stage2.bn: train`` the backbone stays in train mode, so its BatchNorm running statistics
   drift toward class-balanced batches (the authors' behaviour); the test features are then
-  extracted again with the drifted backbone. ``bn: eval`` keeps them as stage 1 left them.
+  extracted again with the drifted backbone (with ``las``, this is MiSLAS's BatchNorm shift of
+  the statistics). ``bn: eval`` keeps them as stage 1 left them.
 - ``finetune`` / ``finetune_last``: the whole network (or its last stage and classifier)
   re-trained from the stage-1 weights with class-balanced sampling: the paper's comparison
   showing that re-training the classifier alone is better (its finding 4).
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from longtail.config import Config, Stage1Config
+from longtail.config import TRAINED_METHODS, Config, Stage1Config
 from longtail.data import LongTailData, build_sampler
 from longtail.data.datasets import SeededDraws
 from longtail.models import Classifier
@@ -28,7 +30,7 @@ from longtail.scalars import ScalarLog
 from longtail.stages.inference import infer
 from longtail.stages.joint import train_joint
 
-ONLINE_METHODS = ("crt", "lws")
+ONLINE_METHODS = TRAINED_METHODS
 FINETUNE_METHODS = ("finetune", "finetune_last")
 
 
@@ -75,13 +77,15 @@ class NetworkStage2:
         self.run_dir, self.log = run_dir, log
 
     def online_batches(self, name: str) -> tuple[OnlineBatches, Classifier]:
-        """Return the batch source of online ``name`` (crt or lws) and the model copy it runs."""
+        """Return the batch source of online ``name`` (a trained method) and the model copy it
+        runs."""
         s2 = self.cfg.stage2
-        method_cfg = s2.crt if name == "crt" else s2.lws
+        method_cfg = {"lws": s2.lws, "wb": s2.wb}.get(name, s2.crt)
+        spec = "instance" if name == "balms" else method_cfg.sampler
         model = copy.deepcopy(self.model).to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        sampler = build_sampler(method_cfg.sampler, self.data.train.labels, seed=self.cfg.seed,
+        sampler = build_sampler(spec, self.data.train.labels, seed=self.cfg.seed,
                                 total_epochs=max(method_cfg.epochs, 1),
                                 samples_per_class=s2.samples_per_class, num_replicas=1, rank=0)
         batches = OnlineBatches(model, self.data, sampler, s2.batch_size, bn=s2.bn,

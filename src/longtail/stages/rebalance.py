@@ -13,6 +13,13 @@ The methods:
 - ``CRT``: a new linear classifier trained with class-balanced sampling.
 - ``TauNorm``: ``w_j / ||w_j||^tau``, bias dropped, tau chosen on a validation split.
 - ``LWS``: one learned scale per class on the frozen joint classifier, class-balanced sampling.
+
+Beyond the paper (each docstring gives its source and formula):
+- ``LogitAdjust``: post-hoc logit adjustment, joint logits minus ``tau * log prior``.
+- ``CRT(loss=...)``: cRT with the logit-adjusted or Balanced Softmax loss; ``BALMS`` is the
+  latter with instance-balanced sampling.
+- ``LAS``: cRT with MiSLAS's label-aware smoothing.
+- ``WB``: weight balancing's second stage: class-balanced loss, weight decay and MaxNorm.
 """
 
 from __future__ import annotations
@@ -27,6 +34,13 @@ from torch import Tensor
 
 from longtail.config import Stage2Config
 from longtail.data.samplers import build_sampler
+from longtail.losses import (
+    ClassifierLoss,
+    class_balanced_weights,
+    las_epsilons,
+    log_prior,
+    logit_offset,
+)
 
 ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
 
@@ -200,16 +214,11 @@ class TauNorm(Rebalancer):
                              "(or give a fixed tau)")
         xv = _features(val_features, "val_features")
         yv = _labels(val_labels, len(xv), "val_labels")
-        grid = self.grid if self.grid is not None else self.default_grid()
         # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
         logits = _matmul_chunked(xv, self.weight_)
         norms = self.weight_.norm(dim=1).clamp(min=1e-12)
-        scaled = torch.empty_like(logits)  # one buffer for the whole grid
-        self.val_scores_ = {}
-        for t in grid:
-            torch.div(logits, norms.pow(t), out=scaled)
-            self.val_scores_[float(t)] = balanced_accuracy(scaled, yv)
-        self.tau_ = max(self.val_scores_, key=self.val_scores_.get)  # first best on ties
+        self.tau_, self.val_scores_ = _choose_tau(
+            logits, yv, self.grid, lambda t, out: torch.div(logits, norms.pow(t), out=out))
         return self
 
     def logits(self, features: ArrayLike) -> Tensor:
@@ -219,6 +228,66 @@ class TauNorm(Rebalancer):
     def class_weights(self) -> Tensor:
         self._check_fitted("tau_")
         return self.normalized_weight(self.weight_, self.tau_)
+
+
+def _choose_tau(logits: Tensor, labels: Tensor, grid: list[float] | None,
+                adjust) -> tuple[float, dict[float, float]]:
+    """Return the tau of ``grid`` (default ``TauNorm.default_grid()``) whose adjusted val
+    logits have the best balanced accuracy (the first on ties), and the score of each tau.
+    ``adjust(tau, out)`` writes the adjusted logits into ``out`` (one buffer for the grid)."""
+    scores: dict[float, float] = {}
+    out = torch.empty_like(logits)
+    for t in grid if grid is not None else TauNorm.default_grid():
+        adjust(t, out)
+        scores[float(t)] = balanced_accuracy(out, labels)
+    return max(scores, key=scores.get), scores
+
+
+class LogitAdjust(_LinearHead):
+    """Post-hoc logit adjustment (Menon et al., "Long-tail learning via logit adjustment",
+    ICLR 2021): ``logits = x W^T + b - tau * log prior_y``, prior from the training counts.
+    The result is again a linear classifier, with bias ``b - tau * log prior``.
+
+    tau = 0 gives the joint logits back; tau = 1 is the Bayes-optimal correction for a
+    balanced test set when the joint classifier estimates the training posterior. With
+    ``tau=None``, ``fit`` chooses tau on the val features as ``TauNorm`` does
+    (``val_scores_`` keeps the curve). The prior comes from ``counts`` when given (the
+    training split's class counts), else from the training labels.
+    """
+
+    def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None,
+                 tau: float | None = None, grid: list[float] | None = None,
+                 counts: ArrayLike | None = None) -> None:
+        self.weight, self.bias, self.tau, self.grid, self.counts = weight, bias, tau, grid, counts
+
+    def fit(self, features=None, labels: ArrayLike | None = None,
+            val_features: ArrayLike | None = None,
+            val_labels: ArrayLike | None = None) -> LogitAdjust:
+        joint = Joint(self.weight, self.bias).fit()
+        num_classes = len(joint.weight_)
+        if self.counts is not None:
+            counts = torch.as_tensor(self.counts)
+        elif labels is not None:
+            counts = torch.bincount(torch.as_tensor(labels).long(), minlength=num_classes)
+        else:
+            raise ValueError("LogitAdjust needs the class counts or the training labels")
+        if len(counts) != num_classes:
+            raise ValueError(f"counts: expected {num_classes} classes, found {len(counts)}")
+        self.log_prior_ = log_prior(counts)
+        bias = joint.bias_ if joint.bias_ is not None else torch.zeros(num_classes)
+        if self.tau is not None:
+            self.tau_, self.val_scores_ = float(self.tau), {}
+        elif val_features is None or val_labels is None:
+            raise ValueError("tau=None needs val_features and val_labels to choose tau "
+                             "(or give a fixed tau)")
+        else:
+            logits = joint.logits(val_features)
+            yv = _labels(val_labels, len(logits), "val_labels")
+            self.tau_, self.val_scores_ = _choose_tau(
+                logits, yv, self.grid,
+                lambda t, out: torch.sub(logits, self.log_prior_, alpha=t, out=out))
+        self.weight_, self.bias_ = joint.weight_, bias - self.tau_ * self.log_prior_
+        return self
 
 
 # Below this many multiply-adds per step, extra threads cost more than they give: they spin
@@ -272,11 +341,30 @@ class _TrainedOnFeatures(Rebalancer):
     (yielding feature and label batches), ``__len__`` and ``feature_dim``, such as the online
     stage 2's frozen backbone on augmented images. With ``select="best_val"`` and val features,
     the parameters of the epoch with the best val top-1 are kept (the authors' choice).
+    The loss is ``self._loss(counts)`` (cross-entropy unless a subclass says otherwise), with
+    the class counts from ``class_counts`` or else the training labels.
     """
+
+    def _loss(self, counts: Tensor) -> ClassifierLoss:
+        return ClassifierLoss()
+
+    def _counts(self, batches, num_classes: int) -> Tensor:
+        """Return the training class counts: ``class_counts``, else counted from the labels."""
+        if self.class_counts is not None:
+            counts = torch.as_tensor(self.class_counts)
+        elif isinstance(batches, CachedBatches):
+            counts = torch.bincount(batches.labels.cpu(), minlength=num_classes)
+        else:
+            raise ValueError("class_counts: needed when fitting on a batch source")
+        if len(counts) != num_classes:
+            raise ValueError(f"class_counts: expected {num_classes} classes, found {len(counts)}")
+        return counts
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
                  weight_decay: float, sampler: str | float, samples_per_class: int, seed: int,
-                 device: str | torch.device | None, select: str = "last") -> None:
+                 device: str | torch.device | None, select: str = "last",
+                 class_counts: ArrayLike | None = None) -> None:
+        self.class_counts = class_counts
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -303,7 +391,7 @@ class _TrainedOnFeatures(Rebalancer):
         return CachedBatches(x, y, sampler, self.batch_size, self._device())
 
     def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
-               val_labels: ArrayLike | None, step=None) -> None:
+               val_labels: ArrayLike | None, step) -> None:
         threads = contextlib.nullcontext()  # batches from a backbone: its work sets the threads
         if isinstance(batches, CachedBatches) and self._device().type == "cpu":
             classes = max(p.shape[0] for p in params)
@@ -311,8 +399,11 @@ class _TrainedOnFeatures(Rebalancer):
         with threads:
             self._train_loop(params, forward, batches, val_features, val_labels, step)
 
-    def _sgd_step(self, params: list[Tensor], forward):
-        """Return step(features, labels, lr) -> loss: cross-entropy, autograd, torch's SGD."""
+    def _project(self, params: list[Tensor]) -> None:
+        """Called after every step (weight balancing's MaxNorm); nothing by default."""
+
+    def _sgd_step(self, params: list[Tensor], forward, loss_fn: ClassifierLoss):
+        """Return step(features, labels, lr) -> loss: ``loss_fn``, autograd, torch's SGD."""
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
@@ -321,30 +412,29 @@ class _TrainedOnFeatures(Rebalancer):
         def step(features: Tensor, labels: Tensor, lr: float) -> Tensor:
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(forward(features), labels)
+            loss = loss_fn(forward(features), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            with torch.no_grad():
+                self._project(params)
             return loss.detach()
 
         return step
 
-    def _manual_step(self, params: list[Tensor], logits_of, gradients_of):
-        """Return step(inputs, labels, lr) -> loss with the cross-entropy gradient written out:
-        ``gradients_of(inputs, d)`` maps d = d loss / d logits (softmax minus one-hot, over the
-        batch) to the parameters' gradients; then SGD with momentum and weight decay as
-        torch.optim.SGD does it. The same numbers as autograd (tests compare them) without its
-        per-step overhead, which dominated the small steps of the demo."""
+    def _manual_step(self, params: list[Tensor], logits_of, gradients_of,
+                     loss_fn: ClassifierLoss):
+        """Return step(inputs, labels, lr) -> loss with the gradient written out:
+        ``gradients_of(inputs, d)`` maps d = d loss / d logits (``loss_fn.value_and_grad``:
+        softmax minus target, over the batch) to the parameters' gradients; then SGD with
+        momentum and weight decay as torch.optim.SGD does it. The same numbers as autograd
+        (tests compare them) without its per-step overhead, which dominated the small steps of
+        the demo."""
         buffers: list[Tensor] = []
 
         def step(inputs: Tensor, labels: Tensor, lr: float) -> Tensor:
-            rows = torch.arange(len(labels), device=labels.device)
             with torch.no_grad():
-                log_probs = torch.log_softmax(logits_of(inputs), dim=1)
-                loss = -log_probs[rows, labels].mean()
-                d = log_probs.exp_()
-                d[rows, labels] -= 1
-                d /= len(labels)
+                loss, d = loss_fn.value_and_grad(logits_of(inputs), labels)
                 grads = [g + self.weight_decay * p
                          for g, p in zip(gradients_of(inputs, d), params)]
                 if not buffers:  # torch's SGD starts its momentum buffer at the first gradient
@@ -354,15 +444,15 @@ class _TrainedOnFeatures(Rebalancer):
                         buf.mul_(self.momentum).add_(g)
                 for p, buf in zip(params, buffers):
                     p.add_(buf, alpha=-lr)
+                self._project(params)
             return loss
 
         return step
 
     def _train_loop(self, params: list[Tensor], forward, batches,
                     val_features: ArrayLike | None, val_labels: ArrayLike | None,
-                    step=None) -> None:
+                    step) -> None:
         total = len(batches) * self.epochs
-        step = step or self._sgd_step(params, forward)
         select = self.select == "best_val" and val_features is not None
         if select:
             xv = _features(val_features, "val_features").to(self._device())
@@ -394,17 +484,45 @@ class _TrainedOnFeatures(Rebalancer):
 
 class CRT(_LinearHead, _TrainedOnFeatures):
     """Classifier re-training: a freshly initialised linear classifier (weights and bias) trained
-    on frozen features with class-balanced sampling."""
+    on frozen features with class-balanced sampling.
+
+    ``loss``: ``ce``, or ``logit_adjusted`` / ``balanced_softmax`` (``longtail.losses``: the
+    logits are shifted by ``loss_tau * log prior`` / ``log n_y`` in training only).
+    ``label_smoothing="las"``: MiSLAS's label-aware smoothing from ``las_head`` (largest class)
+    to ``las_tail`` (smallest).
+    """
 
     def __init__(self, num_classes: int | None = None, epochs: int = 10, lr: float = 0.2,
                  batch_size: int = 512, momentum: float = 0.9, weight_decay: float = 5e-4,
                  sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
-                 device: str | torch.device | None = None, select: str = "last") -> None:
+                 device: str | torch.device | None = None, select: str = "last",
+                 class_counts: ArrayLike | None = None, loss: str = "ce", loss_tau: float = 1.0,
+                 label_smoothing: str = "none", las_head: float = 0.3,
+                 las_tail: float = 0.0) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
-                         select=select)
+                         select=select, class_counts=class_counts)
+        if label_smoothing not in ("none", "las"):
+            raise ValueError(f"label_smoothing: expected 'none' or 'las', found "
+                             f"{label_smoothing!r}")
+        logit_offset([1], loss)  # checks the name
         self.num_classes = num_classes
+        self.loss, self.loss_tau = loss, loss_tau
+        self.label_smoothing, self.las_head, self.las_tail = label_smoothing, las_head, las_tail
+
+    def _loss(self, counts: Tensor) -> ClassifierLoss:
+        smoothing = (las_epsilons(counts, self.las_head, self.las_tail)
+                     if self.label_smoothing == "las" else None)
+        return ClassifierLoss.build(counts, self.loss, self.loss_tau, smoothing=smoothing)
+
+    def _initial(self, num_classes: int, dim: int) -> tuple[Tensor, Tensor]:
+        """Return the starting weight and bias: nn.Linear's default init, drawn from a seeded
+        generator instead of the global RNG."""
+        g = torch.Generator().manual_seed(self.seed)
+        bound = 1.0 / math.sqrt(dim)
+        weight = (torch.rand(num_classes, dim, generator=g) * 2 - 1) * bound
+        return weight, (torch.rand(num_classes, generator=g) * 2 - 1) * bound
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> CRT:
@@ -415,23 +533,77 @@ class CRT(_LinearHead, _TrainedOnFeatures):
             raise ValueError("num_classes: needed when fitting on a batch source")
         else:
             num_classes = self.num_classes
-        dim = batches.feature_dim
-        # nn.Linear's default init, drawn from a seeded generator instead of the global RNG.
-        g = torch.Generator().manual_seed(self.seed)
-        bound = 1.0 / math.sqrt(dim)
         device = self._device()
-        weight = ((torch.rand(num_classes, dim, generator=g) * 2 - 1) * bound).to(device)
-        bias = ((torch.rand(num_classes, generator=g) * 2 - 1) * bound).to(device)
-        self._train([weight, bias], lambda f: F.linear(f, weight, bias), batches, val_features,
-                    val_labels, step=self._linear_step(weight, bias))
+        weight, bias = (t.to(device) for t in self._initial(num_classes, batches.feature_dim))
+        loss_fn = self._loss(self._counts(batches, num_classes)).to(device)
+        forward = lambda f: F.linear(f, weight, bias)  # noqa: E731
+        step = (self._linear_step(weight, bias, loss_fn) if isinstance(batches, CachedBatches)
+                else None)  # features from a backbone: autograd
+        step = step or self._sgd_step([weight, bias], forward, loss_fn)
+        self._train([weight, bias], forward, batches, val_features, val_labels, step)
         self.weight_, self.bias_ = weight.detach().cpu(), bias.detach().cpu()
         return self
 
-
-    def _linear_step(self, weight: Tensor, bias: Tensor):
+    def _linear_step(self, weight: Tensor, bias: Tensor, loss_fn: ClassifierLoss):
         """Return the written-out step of the linear classifier (see ``_manual_step``)."""
         return self._manual_step([weight, bias], lambda f: torch.addmm(bias, f, weight.T),
-                                 lambda f, d: [d.T @ f, d.sum(0)])
+                                 lambda f, d: [d.T @ f, d.sum(0)], loss_fn)
+
+
+class BALMS(CRT):
+    """cRT with the Balanced Softmax loss and instance-balanced sampling: the classifier stage
+    of Ren et al., "Balanced Meta-Softmax for long-tailed visual recognition" (NeurIPS 2020),
+    without its meta-sampler. Loss ``-log softmax(z + log n)_y``; the plain logits at test."""
+
+    def __init__(self, num_classes: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("sampler", "instance")
+        super().__init__(num_classes, loss="balanced_softmax", **kwargs)
+
+
+class LAS(CRT):
+    """cRT with label-aware smoothing, the classifier stage of MiSLAS (Zhong et al., "Improving
+    calibration for long-tailed recognition", CVPR 2021): target ``(1 - eps_y) onehot(y) +
+    eps_y / C`` with ``eps_y = tail + (head - tail) sin(pi/2 (n_y - n_min) / (n_max - n_min))``,
+    class-balanced sampling. MiSLAS's BatchNorm shift is ``stage2.features: online`` with
+    ``stage2.bn: train``; its mixup is ``stage1.mixup_alpha``."""
+
+    def __init__(self, num_classes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_classes, label_smoothing="las", **kwargs)
+
+
+class WB(CRT):
+    """Weight balancing's second stage (Alshammari et al., "Long-tailed recognition via weight
+    balancing", CVPR 2022): starting from the joint classifier, train it on frozen features
+    with the class-balanced loss (class weights ``(1 - beta) / (1 - beta^n_y)``, Cui et al.
+    2019), weight decay, and MaxNorm: after every step each class vector ``w_j`` longer than
+    ``max_norm`` is scaled back to it (projected gradient descent onto the ball). ``max_norm``
+    None: the mean class-vector norm of the joint classifier. Its first stage is plain training
+    with a tuned ``stage1.weight_decay``.
+    """
+
+    def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None,
+                 max_norm: float | None = None, beta: float = 0.9999, **kwargs: Any) -> None:
+        kwargs.setdefault("sampler", "instance")
+        kwargs.setdefault("weight_decay", 5e-3)
+        super().__init__(len(weight), **kwargs)
+        self.weight, self.bias, self.max_norm, self.beta = weight, bias, max_norm, beta
+
+    def _loss(self, counts: Tensor) -> ClassifierLoss:
+        return ClassifierLoss(weight=class_balanced_weights(counts, self.beta))
+
+    def _initial(self, num_classes: int, dim: int) -> tuple[Tensor, Tensor]:
+        weight = _features(self.weight, "weight").detach().clone().cpu()
+        if weight.shape != (num_classes, dim):
+            raise ValueError(f"weight: expected shape {(num_classes, dim)}, found "
+                             f"{tuple(weight.shape)}")
+        bias = (torch.zeros(num_classes) if self.bias is None
+                else torch.as_tensor(self.bias).float().detach().clone().cpu())
+        self.max_norm_ = (float(self.max_norm) if self.max_norm is not None
+                          else weight.norm(dim=1).mean().item())
+        return weight, bias
+
+    def _project(self, params: list[Tensor]) -> None:
+        params[0].renorm_(2, 0, self.max_norm_)  # rows: one vector per class
 
 
 class LWS(_TrainedOnFeatures):
@@ -446,11 +618,12 @@ class LWS(_TrainedOnFeatures):
                  lr: float = 0.2, batch_size: int = 512, momentum: float = 0.9,
                  weight_decay: float = 0.0, scale_bias: bool = False,
                  sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
-                 device: str | torch.device | None = None, select: str = "last") -> None:
+                 device: str | torch.device | None = None, select: str = "last",
+                 class_counts: ArrayLike | None = None) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
-                         select=select)
+                         select=select, class_counts=class_counts)
         self.weight = weight
         self.bias = bias
         self.scale_bias = scale_bias
@@ -467,7 +640,8 @@ class LWS(_TrainedOnFeatures):
         with_bias = bias is not None and self.scale_bias
         return self._manual_step(
             [scales], lambda logits: self._scale(logits, scales, bias),
-            lambda logits, d: [(d * (logits + bias if with_bias else logits)).sum(0)])
+            lambda logits, d: [(d * (logits + bias if with_bias else logits)).sum(0)],
+            ClassifierLoss())
 
     def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
                        bias: Tensor | None) -> Tensor:
@@ -495,7 +669,8 @@ class LWS(_TrainedOnFeatures):
         else:
             forward = lambda f: self._scaled_logits(f, scales, weight, bias)  # noqa: E731
             step = None  # features from the backbone: autograd
-        self._train([scales], forward, batches, val_features, val_labels, step=step)
+        step = step or self._sgd_step([scales], forward, ClassifierLoss())
+        self._train([scales], forward, batches, val_features, val_labels, step)
         self.scales_ = scales.detach().cpu()
         self.weight_ = weight.cpu()
         self.bias_ = None if bias is None else bias.cpu()
@@ -518,12 +693,17 @@ def build_rebalancer(
     joint_bias: Tensor | None,
     num_classes: int,
     seed: int,
+    class_counts: ArrayLike | None = None,
     device: torch.device | None = None,
 ) -> Rebalancer:
-    """Return the unfitted method ``name`` configured by the ``stage2.*`` keys."""
+    """Return the unfitted method ``name`` configured by the ``stage2.*`` keys.
+    ``class_counts`` (the training split's) give the prior of the methods that use one; without
+    them they count the training labels given to ``fit``."""
     trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum,
                    samples_per_class=cfg.samples_per_class, seed=seed, device=device,
-                   select=cfg.select)
+                   select=cfg.select, class_counts=class_counts)
+    crt = dict(epochs=cfg.crt.epochs, lr=cfg.crt.lr, weight_decay=cfg.crt.weight_decay,
+               las_head=cfg.crt.las_head, las_tail=cfg.crt.las_tail, **trained)
     if name == "joint":
         return Joint(joint_weight, joint_bias)
     if name == "ncm_cosine":
@@ -533,9 +713,21 @@ def build_rebalancer(
     if name == "tau_norm":
         grid = TauNorm.default_grid(cfg.tau_norm.grid_max, cfg.tau_norm.grid_step)
         return TauNorm(joint_weight, tau=cfg.tau_norm.tau, grid=grid)
+    if name == "logit_adjust":
+        grid = TauNorm.default_grid(cfg.logit_adjust.grid_max, cfg.logit_adjust.grid_step)
+        return LogitAdjust(joint_weight, joint_bias, tau=cfg.logit_adjust.tau, grid=grid,
+                           counts=class_counts)
     if name == "crt":
-        return CRT(num_classes, epochs=cfg.crt.epochs, lr=cfg.crt.lr,
-                   weight_decay=cfg.crt.weight_decay, sampler=cfg.crt.sampler, **trained)
+        return CRT(num_classes, sampler=cfg.crt.sampler, loss=cfg.crt.loss,
+                   loss_tau=cfg.crt.loss_tau, label_smoothing=cfg.crt.label_smoothing, **crt)
+    if name == "balms":
+        return BALMS(num_classes, **crt)
+    if name == "las":
+        return LAS(num_classes, sampler=cfg.crt.sampler, **crt)
+    if name == "wb":
+        return WB(joint_weight, joint_bias, max_norm=cfg.wb.max_norm, beta=cfg.wb.beta,
+                  epochs=cfg.wb.epochs, lr=cfg.wb.lr, weight_decay=cfg.wb.weight_decay,
+                  sampler=cfg.wb.sampler, **trained)
     if name == "lws":
         return LWS(joint_weight, joint_bias, epochs=cfg.lws.epochs, lr=cfg.lws.lr,
                    weight_decay=cfg.lws.weight_decay, scale_bias=cfg.lws.scale_bias,

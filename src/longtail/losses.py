@@ -1,0 +1,139 @@
+"""Cross-entropy and its long-tail variants, one object for stage 1 and the stage-2 heads.
+
+With class counts n_y and prior p_y = n_y / sum(n), logits z and label y:
+
+- ``ce``: ``-log softmax(z)_y``.
+- ``logit_adjusted`` (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021):
+  ``-log softmax(z + tau * log p)_y`` in training; the plain logits z at test time.
+- ``balanced_softmax`` (Ren et al., "Balanced Meta-Softmax for long-tailed visual
+  recognition", NeurIPS 2020): ``-log softmax(z + log n)_y``. Softmax ignores a constant shift,
+  so this is ``logit_adjusted`` with tau = 1 exactly.
+
+Two optional terms on top of any of the three:
+
+- label smoothing per class ``eps_y``: the target becomes ``(1 - eps_y) onehot(y) + eps_y / C``;
+  ``las_epsilons`` gives MiSLAS's label-aware smoothing (Zhong et al., "Improving calibration
+  for long-tailed recognition", CVPR 2021).
+- a weight per class ``w_y``: the loss is ``sum_i w_yi l_i / sum_i w_yi``, as
+  ``F.cross_entropy(weight=...)`` averages; ``class_balanced_weights`` gives Cui et al.'s
+  effective-number weights (CVPR 2019) used by weight balancing's second stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("ce", "logit_adjusted", "balanced_softmax")
+
+
+def log_prior(counts: Sequence[int] | Tensor) -> Tensor:
+    """Return ``log(n_y / sum(n))`` of the class counts (a class of count 0 gets log 1e-12)."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    return (n / n.sum()).clamp(min=1e-12).log().float()
+
+
+def logit_offset(counts: Sequence[int] | Tensor, loss: str, tau: float = 1.0) -> Tensor | None:
+    """Return what ``loss`` adds to the logits in training: ``tau * log prior`` for
+    logit_adjusted, ``log n`` for balanced_softmax, None for ce."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {loss!r}")
+    if loss == "ce":
+        return None
+    if loss == "balanced_softmax":
+        return torch.as_tensor(counts, dtype=torch.float64).clamp(min=1e-12).log().float()
+    return tau * log_prior(counts)
+
+
+def las_epsilons(counts: Sequence[int] | Tensor, head: float, tail: float) -> Tensor:
+    """Return MiSLAS's label-aware smoothing per class (its 'concave' form):
+    ``eps_y = tail + (head - tail) * sin(pi/2 * (n_y - n_min) / (n_max - n_min))``, so the
+    largest class is smoothed by ``head`` and the smallest by ``tail``."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    spread = (n.max() - n.min()).item()
+    if spread == 0:
+        return torch.full(n.shape, float(head))
+    return (tail + (head - tail) * torch.sin(math.pi / 2 * (n - n.min()) / spread)).float()
+
+
+def class_balanced_weights(counts: Sequence[int] | Tensor, beta: float = 0.9999) -> Tensor:
+    """Return Cui et al.'s class-balanced weights ``(1 - beta) / (1 - beta^n_y)``, scaled to
+    sum to the number of classes (beta -> 1: inverse frequency; beta = 0: all ones)."""
+    n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)
+    w = (1 - beta) / (1 - torch.pow(beta, n)) if beta > 0 else torch.ones_like(n)
+    return (w * len(n) / w.sum()).float()
+
+
+class ClassifierLoss:
+    """Cross-entropy with an optional logit offset, per-class label smoothing and class weights
+    (see the module docstring). ``loss(logits, labels)`` is differentiable; ``value_and_grad``
+    gives the loss and its gradient with respect to the logits without autograd."""
+
+    def __init__(self, offset: Tensor | None = None, smoothing: Tensor | None = None,
+                 weight: Tensor | None = None) -> None:
+        self.offset, self.smoothing, self.weight = offset, smoothing, weight
+
+    @classmethod
+    def build(cls, counts: Sequence[int] | Tensor, loss: str = "ce", tau: float = 1.0,
+              smoothing: Tensor | None = None, weight: Tensor | None = None) -> ClassifierLoss:
+        """Return the loss ``loss`` (ce, logit_adjusted, balanced_softmax) for these counts."""
+        return cls(logit_offset(counts, loss, tau), smoothing, weight)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when this is plain cross-entropy."""
+        return self.offset is None and self.smoothing is None and self.weight is None
+
+    def to(self, device: torch.device) -> ClassifierLoss:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return ClassifierLoss(move(self.offset), move(self.smoothing), move(self.weight))
+
+    def _targets(self, labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+        eps = self.smoothing[labels].to(dtype).unsqueeze(1)
+        target = (eps / num_classes).expand(-1, num_classes).clone()
+        target[torch.arange(len(labels), device=labels.device), labels] += 1 - eps.squeeze(1)
+        return target
+
+    def __call__(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.is_plain:
+            return F.cross_entropy(logits, labels)
+        if self.offset is not None:
+            logits = logits + self.offset.to(logits.dtype)
+        log_probs = torch.log_softmax(logits, dim=1)
+        if self.smoothing is None:
+            per_row = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+        else:
+            per_row = -(self._targets(labels, logits.shape[1], log_probs.dtype)
+                        * log_probs).sum(1)
+        if self.weight is None:
+            return per_row.mean()
+        w = self.weight[labels].to(per_row.dtype)
+        return (w * per_row).sum() / w.sum()
+
+    @torch.no_grad()
+    def value_and_grad(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the loss and d loss / d logits: ``(softmax(z + offset) - target) * w_y /
+        sum(w)`` row by row (``1 / batch`` in place of ``w_y / sum(w)`` without weights)."""
+        rows = torch.arange(len(labels), device=labels.device)
+        if self.offset is not None:
+            logits = logits + self.offset
+        log_probs = torch.log_softmax(logits, dim=1)
+        if self.smoothing is None:
+            per_row = -log_probs[rows, labels]
+            d = log_probs.exp_()
+            d[rows, labels] -= 1
+        else:
+            target = self._targets(labels, logits.shape[1], log_probs.dtype)
+            per_row = -(target * log_probs).sum(1)
+            d = log_probs.exp_().sub_(target)
+        if self.weight is None:
+            d /= len(labels)
+            return per_row.mean(), d
+        w = self.weight[labels]
+        total = w.sum()
+        d *= (w / total).unsqueeze(1)
+        return (w * per_row).sum() / total, d
