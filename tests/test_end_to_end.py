@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from longtail.cli import main
-from longtail.config import DEFAULT_METHODS, config_from_dict
+from longtail.config import config_from_dict
 from longtail.models.backbones import Backbone
 from tests.conftest import make_image_list_dataset
 
@@ -17,8 +17,11 @@ TINY = ["stage1.epochs=2", "stage1.batch_size=32", "stage1.lr=0.05", "model.widt
         "eval.batch_size=256"]
 
 
-def check_metrics(run_dir: Path, num_classes: int, methods=DEFAULT_METHODS) -> dict:
+def check_metrics(run_dir: Path, num_classes: int, methods=None) -> dict:
+    """Check metrics.json of a run; ``methods``: those expected, default config.yaml's."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    if methods is None:
+        methods = yaml.safe_load((run_dir / "config.yaml").read_text())["stage2"]["methods"]
     dataset = metrics["dataset"]
     assert dataset["num_classes"] == num_classes and len(dataset["train_counts"]) == num_classes
     assert len(dataset["group_counts"]) == num_classes

@@ -8,7 +8,8 @@ Stage-2 re-balancers work on any model's features without the CLI::
 
 __version__ = "0.1.0"
 
-_REBALANCERS = ("CRT", "LWS", "NCM", "Joint", "Rebalancer", "TauNorm")
+_REBALANCERS = ("CRT", "LWS", "NCM", "Joint", "Rebalancer", "TauNorm", "LogitAdjust", "BALMS",
+                "LAS", "WB")
 __all__ = [*_REBALANCERS, "__version__"]
 
 

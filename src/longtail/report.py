@@ -86,7 +86,7 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Return mean, std (sample, n-1; None for one value) and n of top1 / many / medium / few /
-    tau of each method over several runs' metrics.json (e.g. seeds). A method or group missing
+    ece / tau of each method over several runs' metrics.json (e.g. seeds). A method or group missing
     from a run (or empty in it) is averaged over the runs that have it: see n."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     names = list(dict.fromkeys(name for r in runs for name in r["methods"]))
@@ -108,7 +108,7 @@ def format_summary(summary: dict[str, dict[str, dict[str, float]]], markdown: bo
                    runs: int | None = None) -> str:
     """Return a table of mean +- std per method over runs (see ``summarize``); a cell over
     fewer than ``runs`` runs says how many."""
-    header = ["method", "top-1", "many", "medium", "few", "tau"]
+    header = ["method", "top-1", "many", "medium", "few", "ece", "tau"]
     rows = []
     for name, columns in summary.items():
         cells = [name]
