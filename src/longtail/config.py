@@ -25,6 +25,11 @@ from longtail.errors import LongtailError
 Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws",
                        "finetune", "finetune_last"]
 STAGE2_METHODS: tuple[str, ...] = typing.get_args(Stage2Method)
+# model.name: longtail's own backbones (models/backbones.py; kept here so that a config is
+# checked without importing torch), or "timm/<name>" for any timm model.
+BACKBONE_NAMES = ("resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
+                  "resnext50_32x4d", "resnext101_32x4d", "resnext152_32x4d", "resnet32_cifar")
+TIMM_PREFIX = "timm/"
 # Run by default: the methods on cached features (fine-tuning re-trains the network).
 DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
 
@@ -66,15 +71,18 @@ def _opt(default: Any, help: str) -> Any:
 @dataclass
 class DataConfig:
     kind: Literal["fmnist_lt", "cifar10_lt", "cifar100_lt", "list", "inat_json",
-                  "image_folder"] = _opt(
+                  "image_folder", "features"] = _opt(
         "fmnist_lt", "dataset reader: fmnist_lt, cifar10_lt, cifar100_lt (long-tailed from "
-        "balanced data), list (split lists), inat_json (iNaturalist JSON), image_folder"
+        "balanced data), list (split lists), inat_json (iNaturalist JSON), image_folder, "
+        "features (feature files: no stage 1, docs/features.md)"
     )
     root: str | None = _opt(
-        None, "dataset folder; fmnist_lt default /usr/share/datasets/fashion-mnist"
+        None, "dataset folder; fmnist_lt default /usr/share/datasets/fashion-mnist; features: "
+        "optional folder of the files"
     )
     train: str | None = _opt(
-        None, "train split: list file (list), JSON file (inat_json) or sub-folder (image_folder)"
+        None, "train split: list file (list), JSON file (inat_json), sub-folder (image_folder) "
+        "or .npz / .pt / .safetensors file (features)"
     )
     val: str | None = _opt(None, "val split, as data.train (balanced; tau-norm chooses tau on it)")
     test: str | None = _opt(None, "test split, as data.train")
@@ -141,11 +149,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
-                  "resnext50_32x4d", "resnext101_32x4d", "resnext152_32x4d",
-                  "resnet32_cifar"] = _opt(
+    name: str = _opt(
         "resnet10", "backbone: resnet10/18/50/101/152, resnext50/101/152_32x4d (torchvision's "
-        "ResNet class) or resnet32_cifar"
+        "ResNet class), resnet32_cifar, or timm/NAME for any timm model (pip install "
+        "'longtail[timm]'; docs/backbones.md)"
     )
     width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale)")
     in_channels: int | None = _opt(None, "image channels; null: 1 for fmnist_lt, 3 otherwise")
@@ -155,8 +162,13 @@ class ModelConfig:
         "docs/results.md)"
     )
     weights: str | None = _opt(
-        None, "initial weights: a local state dict or torchvision checkpoint (loaded with "
-        "weights_only); a classifier of another class count is left out"
+        None, "initial weights: a local state dict or torchvision checkpoint (timm/ models: "
+        "also timm's .pth / .safetensors files; loaded with weights_only); a classifier of "
+        "another class count is left out"
+    )
+    pretrained: bool = _opt(
+        False, "timm/ models: timm's own pretrained weights, downloaded (or from the Hugging "
+        "Face cache); without network, download them elsewhere and use model.weights"
     )
     trainable: list[str] | None = _opt(
         None, "modules trained in stage 1, e.g. [layer4, fc]; the rest is frozen (BatchNorm "
@@ -504,11 +516,24 @@ def _check_semantics(cfg: Config) -> None:
         if not cond:
             raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
 
+    name = cfg.model.name
+    if name not in BACKBONE_NAMES and not (name.startswith(TIMM_PREFIX)
+                                           and name[len(TIMM_PREFIX):].strip()):
+        close = difflib.get_close_matches(name, BACKBONE_NAMES, n=3, cutoff=0.6)
+        raise ConfigError(f"config key model.name: expected one of {', '.join(BACKBONE_NAMES)} "
+                          f"or timm/NAME, found {name!r}"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+    need(not cfg.model.pretrained or name.startswith(TIMM_PREFIX), "model.pretrained",
+         "false for longtail's own backbones (their weights come from model.weights)",
+         cfg.model.pretrained)
+    need(not (cfg.model.pretrained and cfg.model.weights), "model.pretrained",
+         "false when model.weights names a file (one source of weights)", cfg.model.pretrained)
     need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
     d = cfg.data
-    if cfg.model.trainable is not None and cfg.model.weights is None:
+    if cfg.model.trainable is not None and cfg.model.weights is None \
+            and not cfg.model.pretrained:
         raise ConfigError("config key model.weights: expected a file of pretrained weights, "
                           "since model.trainable freezes the rest of an untrained backbone")
     if d.n_max is not None and d.n_min is not None:
@@ -526,9 +551,10 @@ def _check_semantics(cfg: Config) -> None:
         need(d.mean is not None and d.std is not None and len(d.mean) == len(d.std),
              "data.mean", "data.mean and data.std set together, one value per channel each; "
              f"data.std is {d.std}, data.mean", d.mean)
-    need(cfg.stage1.epochs >= 1 or (cfg.stage1.epochs == 0 and cfg.model.weights is not None),
-         "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
-         cfg.stage1.epochs)
+    need(cfg.stage1.epochs >= 1 or (cfg.stage1.epochs == 0 and (
+        cfg.model.weights is not None or cfg.model.pretrained)),
+        "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
+        cfg.stage1.epochs)
     need(cfg.stage1.warmup_epochs == 0 or 0 < cfg.stage1.warmup_epochs < cfg.stage1.epochs,
          "stage1.warmup_epochs", f"0..stage1.epochs - 1 ({cfg.stage1.epochs - 1}): the cosine "
          f"needs at least one epoch after the warm-up", cfg.stage1.warmup_epochs)
@@ -587,10 +613,11 @@ def _check_semantics(cfg: Config) -> None:
             parse_sampler_spec(spec)
         except ValueError as e:
             raise ConfigError(f"config key {key}: {e}") from None
-    if d.kind in ("list", "inat_json"):
+    if d.kind in ("list", "inat_json", "features"):
+        what = {"list": "list", "inat_json": "JSON", "features": ".npz, .pt or .safetensors"}
         for key in ("train", "test"):
             need(getattr(d, key) is not None, f"data.{key}",
-                 f"a {'list' if d.kind == 'list' else 'JSON'} file (data.kind is {d.kind})", None)
+                 f"a {what[d.kind]} file (data.kind is {d.kind})", None)
     if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt"):
         need(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})", None)
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
