@@ -29,11 +29,11 @@ from longtail.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from longtail.config import Config, dump_config, flatten, load_config
+from longtail.config import TIMM_PREFIX, Config, dump_config, flatten, load_config
 from longtail.data import FeatureData, LongTailData, build_data, shot_groups
 from longtail.errors import Interrupted, LongtailError
 from longtail.metrics import evaluate, group_accuracy
-from longtail.models import build_model, load_weights
+from longtail.models import build_model
 from longtail.report import format_grid, format_table, write_report
 from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
 from longtail.scalars import ScalarLog
@@ -109,6 +109,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     finished stages (stage-1 epochs, features, stage-2 methods) are not redone.
     """
     device = distributed.select_device(cfg.device)
+    check_model_name(cfg)
     target = out or default_run_dir(config_name)
     if resume is None:
         check_run_dir(target, overwrite)  # before any work
@@ -134,6 +135,17 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         raise
 
 
+def check_model_name(cfg: Config) -> None:
+    """Stop at once on a timm model name timm does not know, or on pretrained weights that
+    cannot be had (before the data is read)."""
+    if cfg.model.name.startswith(TIMM_PREFIX) and cfg.data.kind != "features":
+        from longtail.models.timm_backbone import check_pretrained_available, timm_architecture
+
+        arch = timm_architecture(cfg.model.name)
+        if cfg.model.pretrained:
+            check_pretrained_available(arch)
+
+
 def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
          out: Path | None = None, overwrite: bool = False,
          argv: list[str] | None = None) -> dict[str, Any]:
@@ -143,6 +155,7 @@ def grid(cfg: Config, samplers: list[str | float], *, config_name: str,
     metrics.json "methods" object and ``DIR/grid.md`` holds the table.
     """
     device = distributed.select_device(cfg.device)
+    check_model_name(cfg)
     if out is not None:
         check_run_dir(out, overwrite)  # before any work
     results: dict[str, Any] = {}
@@ -195,9 +208,10 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, data.num_classes, data.channels, data.image_size,
-                        width=cfg.model.width, small_stem=cfg.model.small_stem)
-    if cfg.model.weights:
-        _say(load_weights(model, cfg.model.weights))
+                        width=cfg.model.width, small_stem=cfg.model.small_stem,
+                        pretrained=cfg.model.pretrained, weights=cfg.model.weights)
+    if model.weights_note:
+        _say(model.weights_note)
     if cfg.model.trainable is not None:
         trained = model.freeze(cfg.model.trainable)
         _say(f"model.trainable: {len(trained)} of {len(list(model.parameters()))} parameter "
