@@ -177,7 +177,8 @@ def _hold_out_val(cfg: DataConfig, record: DataRecord, split_seed: int, take) ->
     return True
 
 
-def _check_every_class_present(record: DataRecord, which: tuple[str, ...]) -> None:
+def _check_every_class_present(record: DataRecord, which: tuple[str, ...],
+                               item: str = "image") -> None:
     """Val and test must hold every class: tau and best-val epochs chosen without a class, or
     a test set without one, would not measure what the report says."""
     num_classes = len(record.class_names)
@@ -189,7 +190,7 @@ def _check_every_class_present(record: DataRecord, which: tuple[str, ...]) -> No
         missing = sorted(set(range(num_classes)) - present)
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-            raise LongtailError(f"{split.source}: the {name} split has no image of classes "
+            raise LongtailError(f"{split.source}: the {name} split has no {item} of classes "
                                 f"[{shown}] ({len(missing)} of {num_classes}); a balanced "
                                 f"{name} split needs every class")
 
@@ -361,7 +362,7 @@ def _feature_data(cfg: DataConfig, record: DataRecord, split_seed: int) -> Featu
 
     if _hold_out_val(cfg, record, split_seed, take):
         record.split_sha256 = {name: split.sha256 for name, split in record.splits.items()}
-    _check_every_class_present(record, ("val", "test") if cfg.val else ("test",))
+    _check_every_class_present(record, ("val", "test") if cfg.val else ("test",), "row")
     num_classes = _check_class_count(record)
     splits = record.splits
     return FeatureData(name=record.name, num_classes=num_classes,

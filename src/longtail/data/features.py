@@ -75,6 +75,7 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
             continue
         path = resolve_near_root(given, root)
         if not path.is_file():
+            path = root / given if cfg.root else path
             raise LongtailError(f"{path}: features file not found (config key data.{name}; "
                                 f"looked in the working directory and in data.root {root})")
         blobs[name] = read_feature_file(path)
@@ -126,8 +127,13 @@ def _class_names(blobs: dict[str, dict[str, Any]]) -> list[str] | None:
         if names is None:
             names, first = blob["class_names"], blob["path"]
         elif blob["class_names"] != names:
-            raise LongtailError(f"{blob['path']}: class_names differ from those of {first} "
-                                f"({len(blob['class_names'])} vs {len(names)} names)")
+            theirs = blob["class_names"]
+            at = next((i for i, (a, b) in enumerate(zip(theirs, names)) if a != b),
+                      min(len(theirs), len(names)))
+            raise LongtailError(
+                f"{blob['path']}: class_names differ from those of {first}: class {at} is "
+                f"{theirs[at] if at < len(theirs) else 'missing'!r} here, "
+                f"{names[at] if at < len(names) else 'missing'!r} there")
     return names
 
 
@@ -182,10 +188,11 @@ def read_feature_file(path: Path) -> dict[str, Any]:
     except Exception as e:  # each library has its own errors for a damaged or foreign file
         raise LongtailError(f"{path}: cannot be read as a {suffix} feature file "
                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    found = blob.pop("keys")
     for key in ("features", "labels"):
         if key not in blob:
             raise LongtailError(f"{path}: no '{key}'; expected keys features (N, D) and labels "
-                                f"(N,), found {sorted(blob) or 'none'}")
+                                f"(N,), found {sorted(found) or 'none'}")
     features, labels = blob["features"], blob["labels"]
     if features.ndim != 2:
         raise LongtailError(f"{path}: features: expected a 2-d (N, D) array, found shape "
@@ -227,9 +234,13 @@ def _file_sha256(path: Path) -> str:
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so
+        raise LongtailError(f"{path}: not an .npz file (expected a zip archive of .npy "
+                            f"arrays, as np.savez writes)")
     out: dict[str, Any] = {}
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
+        out["keys"] = keys
         for key in keys & {"labels", *OPTIONAL_KEYS}:
             value = archive[key]
             out[key] = ([str(v) for v in value.tolist()] if key == "class_names"
@@ -279,7 +290,8 @@ def _read_pt(path: Path) -> dict[str, Any]:
     if not isinstance(blob, dict):
         raise LongtailError(f"{path}: expected a dict with keys features and labels, found "
                             f"{type(blob).__name__}")
-    return {k: v for k, v in blob.items() if k in ("features", "labels", *OPTIONAL_KEYS)}
+    return {"keys": list(blob),
+            **{k: v for k, v in blob.items() if k in ("features", "labels", *OPTIONAL_KEYS)}}
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
@@ -287,6 +299,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with safe_open(str(path), framework="pt") as f:
+        out["keys"] = list(f.keys())
         for key in f.keys():
             if key in ("features", "labels", *OPTIONAL_KEYS):
                 out[key] = f.get_tensor(key)
