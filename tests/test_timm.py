@@ -93,3 +93,31 @@ def test_pretrained_without_network_says_where_to_put_the_file(tmp_path, capsys,
         in err[0] and "https://huggingface.co/timm/test_vit.r160_in1k" in err[0] \
         and "model.weights=FILE" in err[0], err
     assert not out.exists()
+
+
+def test_embed_timm_example_then_longtail_run(tmp_path, capsys):
+    """examples/embed_timm.py on a list dataset with a tiny random model, then a features run
+    on what it wrote: the recipe of the README cannot rot."""
+    import subprocess
+    import sys
+
+    from tests.conftest import make_image_list_dataset
+
+    lists = make_image_list_dataset(tmp_path / "d", counts=[12, 6, 3], size=16)
+    (tmp_path / "names.txt").write_text("cat\ndog\nowl\n")
+    torch.save(timm.create_model("test_convnext").state_dict(), tmp_path / "w.pth")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "embed_timm.py"), "--model", "test_convnext",
+         "--weights", str(tmp_path / "w.pth"), "--root", str(tmp_path / "d"),
+         "--train", str(lists["train"]), "--val", str(lists["val"]), "--test",
+         str(lists["test"]), "--class-names", str(tmp_path / "names.txt"), "--format",
+         "safetensors", "--out", str(tmp_path / "feats")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "train.safetensors: (21, 64)" in result.stdout
+    out = tmp_path / "run"
+    assert main(["run", str(tmp_path / "feats" / "config.yaml"), "stage1.epochs=5",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["train_counts"] == [12, 6, 3]
+    assert "owl" in (out / "per_class.csv").read_text()
