@@ -113,9 +113,10 @@ class DataConfig:
         "does not use"
     )
     test_per_class: int = _opt(50, "image_folder without data.test: test images per class")
-    val_from_train: int = _opt(
-        0, "list, inat_json, image_folder without data.val: hold out this many training "
-        "images per class as val"
+    val_from_train: int | None = _opt(
+        None, "list, inat_json, image_folder, features without data.val: hold out this many "
+        "training images (rows) per class as val; null: 0, but 1 for features (tau-norm "
+        "chooses tau on val)"
     )
     split_seed: int | None = _opt(None, "seed of generated splits; null: the run's seed")
     remap_labels: bool = _opt(
@@ -332,8 +333,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
         _set_dotted(raw, key.strip(), _parse_value(value))
     cfg = _build(Config, raw, "")
+    _resolve_defaults(cfg)
     _check_semantics(cfg)
     return _cap_epochs(cfg)
+
+
+def _resolve_defaults(cfg: Config) -> None:
+    """Fill in defaults that depend on other keys, so that config.yaml records the value used."""
+    d = cfg.data
+    if d.val_from_train is None:
+        # Feature files often come as train and test only; a val split held out of training
+        # lets tau-norm choose tau (one row per class, as the iNaturalist configs do).
+        d.val_from_train = 1 if d.kind == "features" and d.val is None else 0
 
 
 def _cap_epochs(cfg: Config) -> Config:
@@ -355,6 +366,7 @@ def _cap_epochs(cfg: Config) -> Config:
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Return a validated Config from a nested dict (as written to a run's config.yaml)."""
     cfg = _build(Config, raw, "")
+    _resolve_defaults(cfg)
     _check_semantics(cfg)
     return cfg
 

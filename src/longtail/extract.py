@@ -36,7 +36,7 @@ def extract_run(run_dir: Path, fmt: str, out: Path) -> dict[str, Path]:
         files[split] = out / f"{split}.{fmt}"
         write_feature_file(files[split], feature_set.features, feature_set.labels,
                            info.class_names, **extra)
-    data = DataConfig(kind="features", root=str(out.resolve()),
+    data = DataConfig(kind="features", root=str(out.resolve()), val_from_train=0,
                       **{split: path.name for split, path in files.items()})
     # model.* does not apply to features: its defaults, so the file does not suggest otherwise.
     atomic_write_text(out / "config.yaml", dump_config(replace(cfg, data=data,

@@ -164,7 +164,7 @@ def build_data(cfg: DataConfig, seed: int,
 def _hold_out_val(cfg: DataConfig, record: DataRecord, split_seed: int, take) -> bool:
     """Move ``data.val_from_train`` training items per class to val when there is no val split;
     ``take(split, indices)`` subsets a split. Return whether it did."""
-    if record.splits.get("val") is not None or cfg.val_from_train <= 0:
+    if record.splits.get("val") is not None or (cfg.val_from_train or 0) <= 0:
         return False
     train = record.splits["train"]
     labels = np.asarray(train.labels)
