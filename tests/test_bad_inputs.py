@@ -147,6 +147,25 @@ CASES = [
      "is given twice"),
     ("summarize: runs of other settings", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1, 10)),
      ["summarize", "{w}/a", "{w}/b"], "differ in stage1.epochs (30 vs 10)"),
+    ("unknown backbone", None, ["run", CONFIG, "model.name=resnet5"],
+     "config key model.name: expected one of resnet10"),
+    ("timm without a model name", None, ["run", CONFIG, "model.name=timm/"],
+     "config key model.name: expected one of"),
+    ("pretrained for a longtail backbone", None, ["run", CONFIG, "model.pretrained=true"],
+     "config key model.pretrained: expected false for longtail's own backbones"),
+    ("features without a test file", None,
+     ["run", CONFIG, "data.kind=features", "data.train=train.npz"],
+     "config key data.test: expected a .npz, .pt or .safetensors file"),
+    ("grid on features", None, ["grid", CONFIG, "data.kind=features", "data.train=a.npz",
+                                "data.val=b.npz", "data.test=c.npz"],
+     "config key data.kind: grid trains stage 1"),
+    ("extract of no run", None, ["extract", "{w}", "--out", "{w}/x"],
+     "not a run directory (no config.yaml)"),
+    ("extract into a full folder", lambda w: (_run_dir(w, "r"), _write(w / "full" / "x", "x")),
+     ["extract", "{w}/r", "--out", "{w}/full"],
+     "/full: folder exists and is not empty; pass --overwrite"),
+    ("extract: unknown format", lambda w: _run_dir(w, "r"),
+     ["extract", "{w}/r", "--format", "csv", "--out", "{w}/x"], "invalid choice: 'csv'"),
     ("summarize: --json into a missing folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/no/s.json"], "no/s.json: folder"),
     # --- beyond the paper: losses, mixup, the new stage-2 methods -------------------------
@@ -205,6 +224,92 @@ DATA_CASES = [
 ]
 
 
+def _features(world: Path, split: str, change=None, name: str | None = None, **keys) -> None:
+    """Rewrite feature file SPLIT.npz of the world: ``change(arrays)`` edits its arrays."""
+    import numpy as np
+
+    path = world / "f" / f"{split}.npz"
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    if change:
+        change(arrays)
+    arrays.update(keys)
+    with open(world / "f" / (name or path.name), "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _set(key, index, value):
+    def change(arrays):
+        arrays[key] = arrays[key].copy()
+        arrays[key][index] = value
+    return change
+
+
+FEATURES = ["data.kind=features", "data.root={w}/f", "data.train=train.npz",
+            "data.val=val.npz", "data.test=test.npz"]
+
+# Bad feature files (data.kind: features): found when they are read, before the run folder.
+FEATURE_CASES = [
+    ("features file missing", lambda w: (w / "f" / "test.npz").unlink(),
+     "f/test.npz: features file not found (config key data.test"),
+    ("features file of another format", lambda w: _write(w / "f" / "test.csv", "1,2\n"),
+     "f/test.csv: expected a feature file ending in .npz, .pt, .safetensors, found '.csv'"),
+    ("features file not readable", lambda w: _write(w / "f" / "val.npz", b"not a zip"),
+     "f/val.npz: not an .npz file (expected a zip archive"),
+    ("features key missing", lambda w: _features(w, "train", lambda a: a.update(
+        feats=a.pop("features"))),
+     "f/train.npz: no 'features'; expected keys features (N, D) and labels (N,), found "
+     "['class_names', 'feats', 'labels']"),
+    ("features not 2-d", lambda w: _features(w, "train", lambda a: a.update(
+        features=a["features"][:, 0])),
+     "f/train.npz: features: expected a 2-d (N, D) array, found shape (12,)"),
+    ("integer features", lambda w: _features(w, "test", lambda a: a.update(
+        features=a["features"].astype("int64"))),
+     "f/test.npz: features: expected floating-point numbers, found torch.int64"),
+    ("labels of another length", lambda w: _features(w, "train", lambda a: a.update(
+        labels=a["labels"][:-1])),
+     "f/train.npz: labels: expected shape (12,) (one per row of features), found (11,)"),
+    ("labels not integers", lambda w: _features(w, "val", lambda a: a.update(
+        labels=a["labels"].astype("float32"))),
+     "f/val.npz: labels: expected integers, found torch.float32"),
+    ("negative feature label", lambda w: _features(w, "train", _set("labels", 0, -1)),
+     "f/train.npz: labels: expected labels >= 0, found -1 in row 0"),
+    ("NaN in the features", lambda w: _features(w, "train", _set("features", (3, 1),
+                                                                 float("nan"))),
+     "f/train.npz: features: row 3 holds NaN or infinity"),
+    ("features of another dimension", lambda w: _features(w, "test", lambda a: a.update(
+        features=a["features"][:, :3])),
+     "f/test.npz: features have 3 dimensions, data.train's"),
+    ("label beyond the class names", lambda w: _features(w, "test", _set("labels", 0, 3)),
+     "f/test.npz: label 3 is not below the class count 3 (class_names has 3 names)"),
+    ("class names that differ", lambda w: _features(
+        w, "val", class_names=__import__("numpy").array(["a", "b", "x"])),
+     "f/val.npz: class_names differ from those of"),
+    ("training labels with a gap", lambda w: _features(w, "train", lambda a: a.update(
+        labels=a["labels"] * (a["labels"] != 1))),
+     "f/train.npz: no training row has label 1; labels must be 0..C-1 (C = 3), each used "
+     "in training"),
+    ("val features without a class", lambda w: _features(w, "val", lambda a: a.update(
+        labels=a["labels"] % 2)), "f/val.npz: the val split has no row of classes [2]"),
+    ("joint classifier of another shape", lambda w: _features(
+        w, "train", joint_weight=__import__("numpy").zeros((3, 5), "float32")),
+     "f/train.npz: joint_weight: expected shape (3, 4) (classes, feature dimensions), found "
+     "shape (3, 5)"),
+]
+
+
+def make_feature_world(folder: Path) -> None:
+    """Feature files of 3 classes, 4-d: train 6/4/2 rows, val 2 and test 3 per class."""
+    import torch
+
+    from longtail.data import write_feature_file
+
+    for split, counts in (("train", [6, 4, 2]), ("val", [2, 2, 2]), ("test", [3, 3, 3])):
+        labels = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+        features = torch.nn.functional.one_hot(labels, 4).float() + 0.1
+        write_feature_file(folder / f"{split}.npz", features, labels, ["a", "b", "c"])
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Path:
     make_image_list_dataset(tmp_path / "d", counts=[6, 4, 2])
@@ -240,6 +345,22 @@ def test_bad_data_is_one_line_and_leaves_nothing(world, capsys, case, setup, exp
     setup(world)
     out = world / "run"
     code = main(["run", CONFIG, *_argv(LIST, world), "stage1.epochs=1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert expected in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case,setup,expected", FEATURE_CASES,
+                         ids=[c[0] for c in FEATURE_CASES])
+def test_bad_feature_file_is_one_line_and_leaves_nothing(world, capsys, case, setup, expected):
+    make_feature_world(world / "f")
+    setup(world)
+    out = world / "run"
+    argv = _argv(FEATURES, world)
+    if case == "features file of another format":
+        argv = [a.replace("test.npz", "test.csv") for a in argv]
+    code = main(["run", CONFIG, *argv, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert expected in err, err
@@ -317,5 +438,6 @@ def test_written_files_follow_the_umask(tmp_path):
 
 def test_reliability_doc_lists_every_case():
     text = (ROOT / "docs" / "reliability.md").read_text()
-    missing = [c[0] for c in [*CASES, *DATA_CASES] if f"| {c[0]} |" not in text]
+    missing = [c[0] for c in [*CASES, *DATA_CASES, *FEATURE_CASES]
+               if f"| {c[0]} |" not in text]
     assert not missing, f"docs/reliability.md lacks {missing}"

@@ -105,3 +105,9 @@ def test_gpu_check_script_runs_on_cpu():
         env={**os.environ, "PYTHONPATH": str(root / "src")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "img/s" in result.stdout and "bottleneck:" in result.stdout
+
+
+def test_config_knows_every_backbone_without_importing_torch():
+    from longtail.config import BACKBONE_NAMES
+
+    assert tuple(BACKBONE_NAMES) == tuple(BACKBONES)

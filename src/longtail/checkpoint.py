@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise LongtailError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` atomically with a writer that wants a file name (``np.savez``,
+    safetensors' ``save_file``): ``write(temporary path)`` in the same folder, then fsync and
+    rename, so large arrays are not first gathered in memory as bytes."""
+    path = Path(path)
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise LongtailError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, _file_mode())
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:

@@ -1,4 +1,5 @@
-"""The ``longtail`` command line: run, grid, rebalance, make-split, summarize, config."""
+"""The ``longtail`` command line: run, grid, rebalance, extract, make-split, summarize,
+config."""
 
 from __future__ import annotations
 
@@ -88,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     rebalance.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run's folder")
     rebalance.add_argument("overrides", metavar="KEY=VALUE", nargs="*",
                            help="stage2.*, eval.* or device overrides")
+
+    extract = sub.add_parser(
+        "extract", parents=[common],
+        help="write a run's features (train/val/test) as .npz, .safetensors or .pt files",
+        description="Write the cached features and labels of RUN_DIR's train, val and test "
+                    "splits to DIR/SPLIT.FORMAT, with the class names; the training file also "
+                    "holds the run's joint classifier (joint_weight, joint_bias) and "
+                    "group_counts. DIR/config.yaml runs stage 2 on them (data.kind: features) "
+                    "and repeats the run's stage-2 results exactly.")
+    extract.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run's folder")
+    extract.add_argument("--format", choices=["npz", "safetensors", "pt"], default="npz",
+                         help="file format (default npz, uncompressed so it can be "
+                              "memory-mapped)")
+    extract.add_argument("--out", metavar="DIR", type=Path, required=True,
+                         help="folder for the files (created; must be empty)")
+    extract.add_argument("--overwrite", action="store_true",
+                         help="allow --out to name a folder that already holds files")
 
     split = sub.add_parser(
         "make-split", parents=[common],
@@ -227,6 +245,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from longtail.config import LOSSES, ConfigError, parse_sampler_spec
 
         cfg = load_config(args.config, args.overrides)
+        if cfg.data.kind == "features":
+            raise ConfigError("config key data.kind: grid trains stage 1 (the representation) "
+                              "once per sampler, and data.kind: features has none; use "
+                              "'longtail run' (stage1.sampler sets the joint classifier's)")
         if args.samplers is None:
             args.samplers = (str(cfg.stage1.sampler) if args.losses
                              else "instance,class,sqrt,progressive")
@@ -258,11 +280,31 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
         rebalance_run(args.run_dir, args.overrides)
         return 0
+    if args.command == "extract":
+        return _extract(args)
     if args.command == "make-split":
         return _make_split(args)
     if args.command == "summarize":
         return _summarize(args)
     raise AssertionError(args.command)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    if not (args.run_dir / "config.yaml").is_file():
+        raise LongtailError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise LongtailError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise LongtailError(f"--out {out}: folder exists and is not empty; pass --overwrite to "
+                            f"replace its files, or choose another --out")
+    from longtail.extract import extract_run
+
+    files = extract_run(args.run_dir, args.format, out)
+    for path in files.values():
+        print(f"wrote {path}")
+    print(f"wrote {out / 'config.yaml'}\nuse it: longtail run {out / 'config.yaml'}")
+    return 0
 
 
 def _make_split(args: argparse.Namespace) -> int:

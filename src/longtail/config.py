@@ -25,6 +25,11 @@ from longtail.errors import LongtailError
 Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws",
                        "logit_adjust", "balms", "las", "wb", "finetune", "finetune_last"]
 STAGE2_METHODS: tuple[str, ...] = typing.get_args(Stage2Method)
+# model.name: longtail's own backbones (models/backbones.py; kept here so that a config is
+# checked without importing torch), or "timm/<name>" for any timm model.
+BACKBONE_NAMES = ("resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
+                  "resnext50_32x4d", "resnext101_32x4d", "resnext152_32x4d", "resnet32_cifar")
+TIMM_PREFIX = "timm/"
 # The paper's methods, run by default.
 DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
 # stage2.methods: all -> every method on cached features (fine-tuning re-trains the network).
@@ -72,15 +77,18 @@ def _opt(default: Any, help: str) -> Any:
 @dataclass
 class DataConfig:
     kind: Literal["fmnist_lt", "cifar10_lt", "cifar100_lt", "list", "inat_json",
-                  "image_folder"] = _opt(
+                  "image_folder", "features"] = _opt(
         "fmnist_lt", "dataset reader: fmnist_lt, cifar10_lt, cifar100_lt (long-tailed from "
-        "balanced data), list (split lists), inat_json (iNaturalist JSON), image_folder"
+        "balanced data), list (split lists), inat_json (iNaturalist JSON), image_folder, "
+        "features (feature files: no stage 1, docs/features.md)"
     )
     root: str | None = _opt(
-        None, "dataset folder; fmnist_lt default /usr/share/datasets/fashion-mnist"
+        None, "dataset folder; fmnist_lt default /usr/share/datasets/fashion-mnist; features: "
+        "optional folder of the files"
     )
     train: str | None = _opt(
-        None, "train split: list file (list), JSON file (inat_json) or sub-folder (image_folder)"
+        None, "train split: list file (list), JSON file (inat_json), sub-folder (image_folder) "
+        "or .npz / .pt / .safetensors file (features)"
     )
     val: str | None = _opt(None, "val split, as data.train (balanced; tau-norm chooses tau on it)")
     test: str | None = _opt(None, "test split, as data.train")
@@ -111,9 +119,10 @@ class DataConfig:
         "does not use"
     )
     test_per_class: int = _opt(50, "image_folder without data.test: test images per class")
-    val_from_train: int = _opt(
-        0, "list, inat_json, image_folder without data.val: hold out this many training "
-        "images per class as val"
+    val_from_train: int | None = _opt(
+        None, "list, inat_json, image_folder, features without data.val: hold out this many "
+        "training images (rows) per class as val; null: 0, but 1 for features (tau-norm "
+        "chooses tau on val)"
     )
     split_seed: int | None = _opt(None, "seed of generated splits; null: the run's seed")
     remap_labels: bool = _opt(
@@ -147,11 +156,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
-                  "resnext50_32x4d", "resnext101_32x4d", "resnext152_32x4d",
-                  "resnet32_cifar"] = _opt(
+    name: str = _opt(
         "resnet10", "backbone: resnet10/18/50/101/152, resnext50/101/152_32x4d (torchvision's "
-        "ResNet class) or resnet32_cifar"
+        "ResNet class), resnet32_cifar, or timm/NAME for any timm model (pip install "
+        "'longtail[timm]'; docs/backbones.md)"
     )
     width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale)")
     in_channels: int | None = _opt(None, "image channels; null: 1 for fmnist_lt, 3 otherwise")
@@ -161,8 +169,13 @@ class ModelConfig:
         "docs/results.md)"
     )
     weights: str | None = _opt(
-        None, "initial weights: a local state dict or torchvision checkpoint (loaded with "
-        "weights_only); a classifier of another class count is left out"
+        None, "initial weights: a local state dict or torchvision checkpoint (timm/ models: "
+        "also timm's .pth / .safetensors files; loaded with weights_only); a classifier of "
+        "another class count is left out"
+    )
+    pretrained: bool = _opt(
+        False, "timm/ models: timm's own pretrained weights, downloaded (or from the Hugging "
+        "Face cache); without network, download them elsewhere and use model.weights"
     )
     trainable: list[str] | None = _opt(
         None, "modules trained in stage 1, e.g. [layer4, fc]; the rest is frozen (BatchNorm "
@@ -368,8 +381,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
         _set_dotted(raw, key.strip(), _parse_value(value))
     cfg = _build(Config, raw, "")
+    _resolve_defaults(cfg)
     _check_semantics(cfg)
     return _cap_epochs(cfg)
+
+
+def _resolve_defaults(cfg: Config) -> None:
+    """Fill in defaults that depend on other keys, so that config.yaml records the value used."""
+    d = cfg.data
+    if d.val_from_train is None:
+        # Feature files often come as train and test only; a val split held out of training
+        # lets tau-norm choose tau (one row per class, as the iNaturalist configs do).
+        d.val_from_train = 1 if d.kind == "features" and d.val is None else 0
 
 
 def _cap_epochs(cfg: Config) -> Config:
@@ -391,6 +414,7 @@ def _cap_epochs(cfg: Config) -> Config:
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Return a validated Config from a nested dict (as written to a run's config.yaml)."""
     cfg = _build(Config, raw, "")
+    _resolve_defaults(cfg)
     _check_semantics(cfg)
     return cfg
 
@@ -554,11 +578,24 @@ def _check_semantics(cfg: Config) -> None:
         if not cond:
             raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
 
+    name = cfg.model.name
+    if name not in BACKBONE_NAMES and not (name.startswith(TIMM_PREFIX)
+                                           and name[len(TIMM_PREFIX):].strip()):
+        close = difflib.get_close_matches(name, BACKBONE_NAMES, n=3, cutoff=0.6)
+        raise ConfigError(f"config key model.name: expected one of {', '.join(BACKBONE_NAMES)} "
+                          f"or timm/NAME, found {name!r}"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+    need(not cfg.model.pretrained or name.startswith(TIMM_PREFIX), "model.pretrained",
+         "false for longtail's own backbones (their weights come from model.weights)",
+         cfg.model.pretrained)
+    need(not (cfg.model.pretrained and cfg.model.weights), "model.pretrained",
+         "false when model.weights names a file (one source of weights)", cfg.model.pretrained)
     need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
     d = cfg.data
-    if cfg.model.trainable is not None and cfg.model.weights is None:
+    if cfg.model.trainable is not None and cfg.model.weights is None \
+            and not cfg.model.pretrained:
         raise ConfigError("config key model.weights: expected a file of pretrained weights, "
                           "since model.trainable freezes the rest of an untrained backbone")
     if d.n_max is not None and d.n_min is not None:
@@ -576,9 +613,10 @@ def _check_semantics(cfg: Config) -> None:
         need(d.mean is not None and d.std is not None and len(d.mean) == len(d.std),
              "data.mean", "data.mean and data.std set together, one value per channel each; "
              f"data.std is {d.std}, data.mean", d.mean)
-    need(cfg.stage1.epochs >= 1 or (cfg.stage1.epochs == 0 and cfg.model.weights is not None),
-         "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
-         cfg.stage1.epochs)
+    need(cfg.stage1.epochs >= 1 or (cfg.stage1.epochs == 0 and (
+        cfg.model.weights is not None or cfg.model.pretrained)),
+        "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
+        cfg.stage1.epochs)
     need(cfg.stage1.warmup_epochs == 0 or 0 < cfg.stage1.warmup_epochs < cfg.stage1.epochs,
          "stage1.warmup_epochs", f"0..stage1.epochs - 1 ({cfg.stage1.epochs - 1}): the cosine "
          f"needs at least one epoch after the warm-up", cfg.stage1.warmup_epochs)
@@ -642,10 +680,11 @@ def _check_semantics(cfg: Config) -> None:
             parse_sampler_spec(spec)
         except ValueError as e:
             raise ConfigError(f"config key {key}: {e}") from None
-    if d.kind in ("list", "inat_json"):
+    if d.kind in ("list", "inat_json", "features"):
+        what = {"list": "list", "inat_json": "JSON", "features": ".npz, .pt or .safetensors"}
         for key in ("train", "test"):
             need(getattr(d, key) is not None, f"data.{key}",
-                 f"a {'list' if d.kind == 'list' else 'JSON'} file (data.kind is {d.kind})", None)
+                 f"a {what[d.kind]} file (data.kind is {d.kind})", None)
     if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt"):
         need(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})", None)
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (

@@ -29,11 +29,11 @@ from longtail.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from longtail.config import Config, dump_config, flatten, load_config
-from longtail.data import LongTailData, build_data, shot_groups
+from longtail.config import TIMM_PREFIX, Config, dump_config, flatten, load_config
+from longtail.data import FeatureData, LongTailData, build_data, shot_groups
 from longtail.errors import Interrupted, LongtailError
 from longtail.metrics import evaluate, group_accuracy
-from longtail.models import build_model, load_weights
+from longtail.models import build_model
 from longtail.report import format_grid, format_table, write_report
 from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
 from longtail.scalars import ScalarLog
@@ -44,6 +44,7 @@ from longtail.stages.features import (
     load_features,
 )
 from longtail.stages.joint import resolve_lr, train_joint
+from longtail.stages.linear import joint_on_features
 from longtail.stages.online import FINETUNE_METHODS, ONLINE_METHODS, NetworkStage2
 from longtail.stages.rebalance import Joint, build_rebalancer
 
@@ -108,6 +109,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     finished stages (stage-1 epochs, features, stage-2 methods) are not redone.
     """
     device = distributed.select_device(cfg.device)
+    check_model_name(cfg)
     target = out or default_run_dir(config_name)
     if resume is None:
         check_run_dir(target, overwrite)  # before any work
@@ -127,9 +129,21 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         # A run that failed before its first stage-1 checkpoint leaves no folder behind
         # (one it did not create, e.g. with --overwrite, is left alone).
         if fresh and run_dir is not None and distributed.is_main() and \
-                not (run_dir / "stage1" / "last.pt").is_file():
+                not (run_dir / "stage1" / "last.pt").is_file() and \
+                not (run_dir / "stage1" / "joint.pt").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def check_model_name(cfg: Config) -> None:
+    """Stop at once on a timm model name timm does not know, or on pretrained weights that
+    cannot be had (before the data is read)."""
+    if cfg.model.name.startswith(TIMM_PREFIX) and cfg.data.kind != "features":
+        from longtail.models.timm_backbone import check_pretrained_available, timm_architecture
+
+        arch = timm_architecture(cfg.model.name)
+        if cfg.model.pretrained:
+            check_pretrained_available(arch)
 
 
 def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = None, *,
@@ -143,6 +157,7 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
     holds the table.
     """
     device = distributed.select_device(cfg.device)
+    check_model_name(cfg)
     if out is not None:
         check_run_dir(out, overwrite)  # before any work
     results: dict[str, Any] = {}
@@ -194,12 +209,15 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     _say(dataset_summary(data, cfg.eval.many_threshold, cfg.eval.few_threshold))
     for note in data.notes:
         _say(f"note: {note}")
+    if isinstance(data, FeatureData):
+        return _run_on_features(cfg, data, info, run_dir, device)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, data.num_classes, data.channels, data.image_size,
-                        width=cfg.model.width, small_stem=cfg.model.small_stem)
-    if cfg.model.weights:
-        _say(load_weights(model, cfg.model.weights))
+                        width=cfg.model.width, small_stem=cfg.model.small_stem,
+                        pretrained=cfg.model.pretrained, weights=cfg.model.weights)
+    if model.weights_note:
+        _say(model.weights_note)
     if cfg.model.trainable is not None:
         trained = model.freeze(cfg.model.trainable)
         _say(f"model.trainable: {len(trained)} of {len(list(model.parameters()))} parameter "
@@ -230,6 +248,34 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     log.close()
     distributed.barrier()
     return metrics
+
+
+def _run_on_features(cfg: Config, data: FeatureData, info: DatasetInfo, run_dir: Path,
+                     device: torch.device) -> dict[str, Any]:
+    """The run of ``data.kind: features``: no stage 1 and no network; the joint classifier is a
+    linear classifier on the training features (or the training file's own), then stage 2."""
+    if not distributed.is_main():  # stage 2 runs on rank 0 only; nothing to share here
+        return {}
+    if network_methods(cfg):
+        raise LongtailError(f"config key stage2.methods: {', '.join(network_methods(cfg))} "
+                            f"re-run the network on images; data.kind: features has none")
+    log = ScalarLog(run_dir / "logs")
+    start = time.perf_counter()
+    weight, bias, how = joint_on_features(data, cfg.stage1, cfg.seed, device,
+                                          run_dir / "stage1" / "joint.pt")
+    _say(f"\njoint classifier on {data.feature_dim}-d features: {how} "
+         f"({time.perf_counter() - start:.1f} s)")
+    try:
+        return rebalance_and_report(cfg, info, weight, bias, feature_sets(data), run_dir,
+                                    device, log)
+    finally:
+        log.close()
+
+
+def feature_sets(data: FeatureData) -> dict[str, FeatureSet]:
+    """Return the splits of a features dataset as stage 2's feature sets, keyed by content."""
+    return {name: FeatureSet(split.features, split.labels, key=split.sha256)
+            for name, split in data.splits().items()}
 
 
 def network_methods(cfg: Config) -> list[str]:
@@ -309,7 +355,57 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """
     check_rebalance_args(run_dir, overrides)
     cfg = load_config(run_dir / "config.yaml", overrides)
+    info, weight, bias, features = run_inputs(run_dir, cfg)
+    metrics_path = run_dir / "metrics.json"
+    earlier = json.loads(metrics_path.read_text())["methods"] if metrics_path.is_file() else {}
+    device = distributed.select_device(cfg.device)
+    log = ScalarLog(run_dir / "logs")
+    try:
+        metrics = rebalance_and_report(cfg, info, weight, bias, features, run_dir, device, log,
+                                       earlier=earlier)
+    finally:
+        log.close()
+    # config.yaml holds the latest stage-2 settings; manifest.json the history of changes.
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.setdefault("rebalanced", []).append(
+        {"time": datetime.now().isoformat(timespec="seconds"),
+         "command": ["longtail", "rebalance", str(run_dir), *overrides],
+         "methods": list(cfg.stage2.methods),
+         "kept": [m for m in earlier if m not in cfg.stage2.methods]})
+    atomic_write_json(manifest_path, manifest)
+    return metrics
+
+
+def run_inputs(run_dir: Path, cfg: Config) -> tuple[DatasetInfo, torch.Tensor,
+                                                     torch.Tensor | None, dict[str, FeatureSet]]:
+    """Return what stage 2 of a finished run starts from: (dataset info, joint weight, joint
+    bias, features by split).
+
+    An image run's are its cached features and its stage-1 classifier; a features run's are
+    its feature files (which must be the ones it ran on) and its joint classifier.
+    """
     info = DatasetInfo(**json.loads((run_dir / "dataset.json").read_text()))
+    if cfg.data.kind == "features":
+        data = build_data(cfg.data, cfg.seed)
+        manifest = run_dir / "manifest.json"
+        recorded = json.loads(manifest.read_text()).get("split_sha256", {}) \
+            if manifest.is_file() else {}
+        for split, digest in data.split_sha256.items():
+            if recorded.get(split, digest) != digest:
+                raise LongtailError(f"{getattr(data, split).source}: the {split} features "
+                                    f"differ from those {run_dir} ran on (SHA-256 "
+                                    f"{recorded[split][:12]}... now {digest[:12]}...); start a "
+                                    f"new run")
+        joint = run_dir / "stage1" / "joint.pt"
+        if data.train.joint_weight is not None:
+            return info, data.train.joint_weight, data.train.joint_bias, feature_sets(data)
+        if not joint.is_file():
+            raise LongtailError(f"{joint}: not found; run 'longtail run --resume {run_dir}' to "
+                                f"train the joint classifier")
+        state = load_checkpoint(joint)
+        return info, state["fc.weight"], state["fc.bias"], feature_sets(data)
     stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
     if not stage1.is_file():
         raise LongtailError(f"{stage1}: not found; run 'longtail run --resume {run_dir}' to "
@@ -324,26 +420,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         raise LongtailError(f"{run_dir}/features: {', '.join(stale)} features were not made by "
                             f"the backbone in {stage1}; run 'longtail run --resume "
                             f"{run_dir}' to extract them again")
-    metrics_path = run_dir / "metrics.json"
-    earlier = json.loads(metrics_path.read_text())["methods"] if metrics_path.is_file() else {}
-    device = distributed.select_device(cfg.device)
-    log = ScalarLog(run_dir / "logs")
-    try:
-        metrics = rebalance_and_report(cfg, info, state["fc.weight"], state["fc.bias"],
-                                       features, run_dir, device, log, earlier=earlier)
-    finally:
-        log.close()
-    # config.yaml holds the latest stage-2 settings; manifest.json the history of changes.
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest.setdefault("rebalanced", []).append(
-        {"time": datetime.now().isoformat(timespec="seconds"),
-         "command": ["longtail", "rebalance", str(run_dir), *overrides],
-         "methods": list(cfg.stage2.methods),
-         "kept": [m for m in earlier if m not in cfg.stage2.methods]})
-    atomic_write_json(manifest_path, manifest)
-    return metrics
+    return info, state["fc.weight"], state["fc.bias"], features
 
 
 def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
@@ -434,7 +511,8 @@ def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight:
     """SHA-256 of everything a stage-2 method's result depends on."""
     parts = [name, str(cfg.seed), json.dumps(asdict(cfg.stage2), sort_keys=True),
              json.dumps(asdict(cfg.eval), sort_keys=True),
-             state_digest({"weight": weight, "bias": bias}),
+             state_digest({k: v for k, v in (("weight", weight), ("bias", bias))
+                           if v is not None}),
              *(f"{k}:{v.key or state_digest({'f': v.features, 'l': v.labels})}"
                for k, v in sorted(features.items()))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -18,6 +18,13 @@ class FileSplit:
     origins: list[str]
 
 
+def subset(split: FileSplit, indices) -> FileSplit:
+    """Return the entries of ``split`` at ``indices`` (a sequence or array of positions)."""
+    idx = [int(i) for i in indices]
+    return FileSplit(split.source, [split.paths[i] for i in idx], [split.labels[i] for i in idx],
+                     [split.origins[i] for i in idx])
+
+
 def resolve_near_root(path: str | Path, root: str | Path) -> Path:
     """Return ``path``; a relative path that is not found from the working directory is looked
     up in ``root`` (split files often live beside the images)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
+from longtail.config import TIMM_PREFIX
 from longtail.errors import LongtailError
 from longtail.models.backbones import build_backbone
 
@@ -60,10 +63,31 @@ class Classifier(nn.Module):
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
-                width: int = 64, small_stem: bool | None = None) -> Classifier:
+                width: int = 64, small_stem: bool | None = None, pretrained: bool = False,
+                weights: str | Path | None = None) -> Classifier:
     """Return backbone ``name`` with a linear classifier; ``small_stem=None``: the small stem
-    only for images under ``SMALL_STEM_BELOW`` px (docs/results.md has the measurements)."""
-    if small_stem is None:
-        small_stem = image_size < SMALL_STEM_BELOW
-    backbone = build_backbone(name, in_channels, width, small_stem)
-    return Classifier(backbone, backbone.feature_dim, num_classes)
+    only for images under ``SMALL_STEM_BELOW`` px (docs/results.md has the measurements).
+
+    ``name`` may be ``timm/NAME`` for any timm model (``pretrained``: timm's weights). With
+    ``weights``, the model starts from that local file; ``weights_note`` says what was loaded.
+    """
+    note = ""
+    if name.startswith(TIMM_PREFIX):
+        from longtail.models.timm_backbone import build_timm_backbone, is_longtail_state
+
+        timm_file = weights if weights is not None and not is_longtail_state(weights) else None
+        backbone, note = build_timm_backbone(name, in_channels, image_size, pretrained,
+                                             timm_file)
+        if timm_file is not None:
+            weights = None  # loaded by timm
+    else:
+        if small_stem is None:
+            small_stem = image_size < SMALL_STEM_BELOW
+        backbone = build_backbone(name, in_channels, width, small_stem)
+    model = Classifier(backbone, backbone.feature_dim, num_classes)
+    if weights is not None:
+        from longtail.models.weights import load_weights
+
+        note = load_weights(model, weights)
+    model.weights_note = note
+    return model

@@ -1,0 +1,262 @@
+"""One reader per ``data.kind``: each reads its storage and returns a ``DataRecord``.
+
+Two families:
+- arrays (``fmnist_lt``, ``cifar10_lt``, ``cifar100_lt``): a balanced dataset in memory, made
+  long-tailed here by a profile; the balanced val split comes from unused training images;
+- files (``list``, ``inat_json``, ``image_folder``): images on disk, listed by split files, a
+  COCO-style JSON or class folders.
+The features reader (``features``) lives in ``data/features.py``. What every kind shares (the
+val hold-out, checks of labels and files, decoding into memory) is in ``data/builder.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longtail.config import DataConfig
+from longtail.data import cifar, fmnist
+from longtail.data.datasets import TensorImages
+from longtail.data.folder import read_image_folder
+from longtail.data.inat import read_inat_json as read_inat_json_file
+from longtail.data.listfile import (
+    FileSplit,
+    list_text,
+    parse_list_file,
+    read_class_names,
+    resolve_near_root,
+    subset,
+)
+from longtail.data.profiles import cifar_lt_profile, make_profile, pareto_profile
+from longtail.data.record import SPLITS, DataRecord
+from longtail.data.splits import long_tailed_split
+from longtail.errors import LongtailError
+
+# --------------------------------------------------------------------------------------------
+# Arrays: a balanced dataset made long-tailed here
+
+
+def read_fmnist_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
+    """Fashion-MNIST IDX files, long-tailed by ``data.profile`` over a class order by seed."""
+    arrays = fmnist.load_fashion_mnist(cfg.root or fmnist.DEFAULT_ROOT, cfg.download)
+    images = torch.from_numpy(np.array(arrays["train_images"])).unsqueeze(1)
+    test_images = torch.from_numpy(np.array(arrays["test_images"])).unsqueeze(1)
+    names = list(fmnist.CLASS_NAMES)
+    labels = np.asarray(arrays["train_labels"], dtype=np.int64)
+    profile = _profile(cfg, len(names), cfg.n_max or 1280, default_n_min=5)
+    split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
+                              seed=split_seed, class_order=cfg.class_order)
+    return _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
+                         split.train, split.val, None, fmnist.MEAN, fmnist.STD, 28)
+
+
+def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
+    """CIFAR python batches, long-tailed exactly as Cao et al.'s generator (docs/configs.md)."""
+    arrays = cifar.load_cifar(cfg.root, cfg.kind)
+    images = torch.from_numpy(arrays["train_images"])
+    test_images = torch.from_numpy(arrays["test_images"])
+    names = arrays["class_names"]
+    labels = np.asarray(arrays["train_labels"], dtype=np.int64)
+    num_classes = len(names)
+    # Cao et al.'s generator: classes in label order, their own RNG stream.
+    per_class = int(np.bincount(labels).min())
+    n_max = cfg.n_max or per_class
+    ratio = cfg.imbalance_ratio or (n_max / cfg.n_min if cfg.n_min else 100.0)
+    if cfg.profile == "pareto":
+        profile = pareto_profile(num_classes, n_max, round(n_max / ratio), cfg.pareto_alpha)
+    else:
+        profile = cifar_lt_profile(num_classes, n_max, ratio, cfg.profile)
+    train = cifar.cao_selection(labels, profile)
+    # The balanced val split takes images the long-tailed train split left unused; a class
+    # with too few of them (the head class uses all its images) gives the rest out of its
+    # training images, so val holds every class. The shot groups use the counts before that.
+    rng = np.random.default_rng(split_seed)
+    before = np.bincount(labels[train], minlength=num_classes).tolist()
+    unused = np.setdiff1d(np.arange(len(labels)), train)
+    val, taken = [], []
+    for c in range(num_classes):
+        spare = rng.permutation(unused[labels[unused] == c])[: cfg.val_per_class]
+        short = min(cfg.val_per_class - len(spare), before[c] - 1)  # keep one to train on
+        if short > 0:
+            taken.append(rng.permutation(train[labels[train] == c])[:short])
+            spare = np.concatenate([spare, taken[-1]])
+        val.append(spare)
+    if taken:
+        train = np.setdiff1d(train, np.concatenate(taken))
+    return _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
+                         np.sort(train), np.sort(np.concatenate(val)).astype(np.int64),
+                         before if taken else None, cifar.MEAN, cifar.STD, 32)
+
+
+def _array_record(cfg: DataConfig, names: list[str], images: torch.Tensor, labels: np.ndarray,
+                  test_images: torch.Tensor, test_labels, train_idx: np.ndarray,
+                  val_idx: np.ndarray, counts_before_holdout: list[int] | None,
+                  mean: tuple, std: tuple, side: int) -> DataRecord:
+    labels_t = torch.from_numpy(labels)
+    test_labels = torch.from_numpy(np.asarray(test_labels, dtype=np.int64))
+    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    hashes = {"train": _indices_sha256(cfg.kind, "train", train_idx, labels_t),
+              "val": _indices_sha256(cfg.kind, "train", val_idx, labels_t),
+              "test": _indices_sha256(cfg.kind, "test", torch.arange(len(test_labels)),
+                                      test_labels)}
+    splits = {"train": TensorImages(images[train_idx], labels_t[train_idx]),
+              "val": TensorImages(images[val_idx], labels_t[val_idx]) if len(val_idx) else None,
+              "test": TensorImages(test_images, test_labels)}
+    return DataRecord(name=cfg.kind, class_names=names, splits=splits, split_sha256=hashes,
+                      counts_before_holdout=counts_before_holdout, mean=mean, std=std,
+                      side=side)
+
+
+def _profile(cfg: DataConfig, num_classes: int, n_max: int, default_n_min: int) -> list[int]:
+    try:
+        return make_profile(cfg.profile, num_classes, n_max, cfg.n_min, cfg.imbalance_ratio,
+                            cfg.pareto_alpha, default_n_min)
+    except ValueError as e:
+        raise LongtailError(f"config key data.n_min: {e}") from None
+
+
+def _indices_sha256(kind: str, part: str, indices: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of a split of an array dataset written as a list: '<kind>/<part>/<i> <label>'."""
+    text = "".join(f"{kind}/{part}/{i} {int(labels[i])}\n" for i in indices.tolist())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Files: split lists, iNaturalist JSON, image folders
+
+
+def _data_root(cfg: DataConfig) -> Path:
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise LongtailError(f"config key data.root: folder not found: {root}")
+    return root
+
+
+def file_hashes(splits: dict[str, FileSplit | None], root: Path) -> dict[str, str]:
+    """SHA-256 of each split written as a list file ('relative/path label' lines)."""
+    return {k: hashlib.sha256(list_text(v.paths, v.labels, root).encode()).hexdigest()
+            for k, v in splits.items() if v is not None}
+
+
+def read_list(cfg: DataConfig, split_seed: int) -> DataRecord:
+    """Split lists in the ImageNet-LT format (``relative/path label``), optional class names."""
+    root = _data_root(cfg)
+    splits = {name: parse_list_file(getattr(cfg, name), root) if getattr(cfg, name) else None
+              for name in SPLITS}
+    hashes = {name: hashlib.sha256(s.source.read_bytes()).hexdigest()
+              for name, s in splits.items() if s is not None}
+    notes: list[str] = []
+    num_classes = _check_list_labels(cfg, splits, notes)
+    names = (read_class_names(resolve_near_root(cfg.class_names, root), num_classes)
+             if cfg.class_names else [str(c) for c in range(num_classes)])
+    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+                      split_sha256=hashes, notes=notes, root=root)
+
+
+def read_inat_json(cfg: DataConfig, split_seed: int) -> DataRecord:
+    """iNaturalist 2018's own train2018.json / val2018.json (COCO style)."""
+    root = _data_root(cfg)
+    train, category_ids, names = read_inat_json_file(cfg.train, root)
+    splits = {"train": train}
+    for name in ("val", "test"):
+        path = getattr(cfg, name)
+        splits[name] = read_inat_json_file(path, root, category_ids)[0] if path else None
+    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+                      split_sha256=file_hashes(splits, root), root=root)
+
+
+def read_image_folder_kind(cfg: DataConfig, split_seed: int) -> DataRecord:
+    """One sub-folder per class: train/val/test folders as they are, or a long-tailed split
+    generated from one balanced folder (no ``data.train``)."""
+    root = _data_root(cfg)
+    if cfg.train is None:
+        return _generated_folder_split(cfg, root, split_seed)
+    train, names = read_image_folder(root / cfg.train)
+    splits = {"train": train}
+    for name in ("val", "test"):
+        path = getattr(cfg, name)
+        splits[name] = read_image_folder(root / path, names)[0] if path else None
+    if splits["test"] is None:
+        raise LongtailError("config key data.test: expected the test sub-folder "
+                            "(data.train is set, so the folders are used as they are)")
+    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+                      split_sha256=file_hashes(splits, root), root=root)
+
+
+def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> DataRecord:
+    pool, names = read_image_folder(root)
+    labels = np.asarray(pool.labels)
+    counts = np.bincount(labels, minlength=len(names))
+    available = int(counts.min()) - cfg.val_per_class - cfg.test_per_class
+    n_max = cfg.n_max or available
+    if n_max < 1 or n_max > available:
+        raise LongtailError(
+            f"{root}: the smallest class has {int(counts.min())} images, too few for n_max="
+            f"{n_max} plus {cfg.val_per_class} val and {cfg.test_per_class} test per class")
+    profile = _profile(cfg, len(names), n_max, default_n_min=max(1, round(n_max / 100)))
+    split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
+                              test_per_class=cfg.test_per_class, seed=split_seed,
+                              class_order=cfg.class_order)
+    splits = {"train": subset(pool, split.train),
+              "val": subset(pool, split.val) if len(split.val) else None,
+              "test": subset(pool, split.test)}
+    if not len(split.test):
+        raise LongtailError("config key data.test_per_class: expected > 0 (the generated "
+                            "split needs a test split)")
+    notes = [f"long-tailed split generated from {root}: {cfg.profile} profile "
+             f"{profile[0]}..{profile[-1]}, seed {split_seed}"]
+    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+                      split_sha256=file_hashes(splits, root), notes=notes, root=root)
+
+
+def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
+                       notes: list[str]) -> int:
+    """Check (or remap) list labels so that classes are 0..C-1, each with training images."""
+    train = splits["train"]
+    present = sorted(set(train.labels))
+    if len(present) < 2:
+        raise LongtailError(f"{train.source}: expected at least 2 classes in the training "
+                            f"split, found {len(present)}")
+    num_classes = present[-1] + 1
+    if len(present) != num_classes:
+        if not cfg.remap_labels:
+            missing = sorted(set(range(num_classes)) - set(present))
+            # The first label above the first gap is most often the culprit (a typo).
+            culprit = min(label for label in present if label > missing[0])
+            origin = train.origins[train.labels.index(culprit)]
+            raise LongtailError(
+                f"{origin}: label {culprit}, but no training image has label "
+                f"{label_gap(missing)}; labels must be 0..C-1, each used in training "
+                f"(data.remap_labels=true maps the {len(present)} labels found to "
+                f"0..{len(present) - 1})")
+        mapping = {old: new for new, old in enumerate(present)}
+        for split in splits.values():
+            if split is None:
+                continue
+            for i, (label, origin) in enumerate(zip(split.labels, split.origins)):
+                if label not in mapping:
+                    raise LongtailError(f"{origin}: label {label} does not occur in training")
+                split.labels[i] = mapping[label]
+        table = ", ".join(f"{old}->{new}" for old, new in list(mapping.items())[:20])
+        notes.append(f"labels remapped to 0..{len(present) - 1}: {table}"
+                     + (" ..." if len(mapping) > 20 else ""))
+        return len(present)
+    for split in splits.values():
+        if split is None:
+            continue
+        for label, origin in zip(split.labels, split.origins):
+            if label >= num_classes:
+                raise LongtailError(f"{origin}: label {label} is not below the class count "
+                                    f"{num_classes} (largest training label + 1)")
+    return num_classes
+
+
+def label_gap(missing: list[int]) -> str:
+    """Return missing labels for a message: 'a..b' when contiguous, else the first ten."""
+    contiguous = missing == list(range(missing[0], missing[-1] + 1))
+    if contiguous and len(missing) > 1:
+        return f"{missing[0]}..{missing[-1]}"
+    return ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")

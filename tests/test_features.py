@@ -1,0 +1,166 @@
+"""data.kind: features (feature files in, no stage 1) and longtail extract (features out)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.cli import main
+from longtail.config import DEFAULT_METHODS, load_config
+from longtail.data import build_data, read_feature_file, write_feature_file
+from longtail.data.features import _npz_memmap
+from tests.conftest import make_fake_fmnist
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = str(ROOT / "configs" / "fmnist_lt.yaml")
+
+
+def gaussian_features(folder: Path, dim: int = 16, counts=(200, 120, 60, 25, 10, 4),
+                      per_class: int = 30, fmt: str = "npz", seed: int = 0,
+                      names: list[str] | None = None) -> dict[str, Path]:
+    """Write long-tailed train, balanced val and test features: one Gaussian cluster a class,
+    close enough to each other that the head classes' priors matter."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(len(counts), dim)).astype(np.float32) * 0.9
+    files = {}
+    for split, sizes in (("train", counts), ("val", [per_class] * len(counts)),
+                         ("test", [per_class] * len(counts))):
+        labels = np.repeat(np.arange(len(counts)), sizes)
+        x = means[labels] + rng.normal(size=(len(labels), dim)).astype(np.float32)
+        files[split] = folder / f"{split}.{fmt}"
+        write_feature_file(files[split], torch.from_numpy(np.maximum(x, 0)),
+                           torch.from_numpy(labels), names)
+    return files
+
+
+def features_args(folder: Path, fmt: str = "npz") -> list[str]:
+    return ["data.kind=features", f"data.root={folder}", f"data.train=train.{fmt}",
+            f"data.val=val.{fmt}", f"data.test=test.{fmt}"]
+
+
+FAST = ["stage1.epochs=30", "stage1.batch_size=64", "stage2.batch_size=64",
+        "stage2.crt.epochs=10", "stage2.lws.epochs=5"]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt", "safetensors"])
+def test_feature_files_round_trip_in_every_format(tmp_path, fmt):
+    x = torch.randn(7, 5)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    w = torch.randn(3, 5)
+    path = tmp_path / f"f.{fmt}"
+    write_feature_file(path, x, y, ["a", "b", "c"], joint_weight=w)
+    blob = read_feature_file(path)
+    assert torch.equal(blob["features"], x) and torch.equal(blob["labels"], y)
+    assert blob["class_names"] == ["a", "b", "c"] and torch.equal(blob["joint_weight"], w)
+    assert blob["labels"].dtype == torch.int64 and len(blob["sha256"]) == 64
+
+
+def test_npz_features_are_memory_mapped_unless_compressed(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.savez(tmp_path / "plain.npz", features=x, labels=np.arange(4))
+    np.savez_compressed(tmp_path / "small.npz", features=x, labels=np.arange(4))
+    mapped = _npz_memmap(tmp_path / "plain.npz", "features")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, x)
+    assert _npz_memmap(tmp_path / "small.npz", "features") is None
+    for name in ("plain.npz", "small.npz"):
+        assert np.array_equal(read_feature_file(tmp_path / name)["features"].numpy(), x)
+    with zipfile.ZipFile(tmp_path / "plain.npz") as archive:  # still a valid .npz file
+        assert sorted(archive.namelist()) == ["features.npy", "labels.npy"]
+    mapped[0, 0] = 99.0  # copy-on-write: the file never changes
+    assert np.load(tmp_path / "plain.npz")["features"][0, 0] == 0.0
+
+
+def test_features_run_writes_metrics_and_rebalancers_beat_joint_on_few(tmp_path, capsys):
+    gaussian_features(tmp_path / "f", names=[f"c{i}" for i in range(6)])
+    out = tmp_path / "run"
+    assert main(["run", FMNIST, *features_args(tmp_path / "f"), *FAST, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "joint classifier on 16-d features: trained" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    methods = metrics["methods"]
+    assert set(methods) == set(DEFAULT_METHODS)
+    assert metrics["dataset"]["train_counts"] == [200, 120, 60, 25, 10, 4]
+    for name in ("ncm_cosine", "crt", "tau_norm", "lws"):
+        assert methods[name]["few"] > methods["joint"]["few"] + 5, (name, methods)
+    for name in ("report.md", "per_class.csv", "plots/weight_norms.png", "stage1/joint.pt",
+                 "dataset.json", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "features").exists()  # the files are read where they are, not copied
+    assert "c5" in (out / "per_class.csv").read_text()
+
+    # rebalance re-reads the files and keeps the joint classifier
+    assert main(["rebalance", str(out), "stage2.methods=[crt]", "stage2.crt.epochs=2"]) == 0
+    again = json.loads((out / "metrics.json").read_text())["methods"]
+    assert again["joint"] == methods["joint"] and again["crt"] != methods["crt"]
+    # summarize reads it like any run; a changed file is refused by rebalance
+    assert main(["summarize", str(out)]) == 0
+    gaussian_features(tmp_path / "f", seed=1)
+    capsys.readouterr()
+    assert main(["rebalance", str(out)]) == 2
+    assert "features differ from those" in capsys.readouterr().err
+
+
+def test_val_held_out_of_training_features(tmp_path):
+    files = gaussian_features(tmp_path / "f")
+    cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",
+                             f"data.test={files['test']}", "data.val_from_train=2"])
+    data = build_data(cfg.data, seed=0)
+    assert data.train_counts == [198, 118, 58, 23, 8, 2]
+    assert data.group_counts == [200, 120, 60, 25, 10, 4] and len(data.val) == 12
+    assert data.class_names == [str(c) for c in range(6)]
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> Path:
+    """A tiny finished Fashion-MNIST-LT run (1 epoch, width 8)."""
+    tmp = tmp_path_factory.mktemp("image_run")
+    root = make_fake_fmnist(tmp / "fmnist")
+    out = tmp / "run"
+    assert main(["run", FMNIST, f"data.root={root}", "data.n_max=60", "data.n_min=2",
+                 "data.val_per_class=5", "stage1.epochs=1", "stage1.batch_size=32",
+                 "model.width=8", "stage2.batch_size=32", "stage2.crt.epochs=3",
+                 "stage2.lws.epochs=2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_extract_then_features_run_repeats_every_stage2_number(image_run, tmp_path, fmt,
+                                                               capsys):
+    files = tmp_path / "x"
+    assert main(["extract", str(image_run), "--format", fmt, "--out", str(files)]) == 0
+    assert f"longtail run {files / 'config.yaml'}" in capsys.readouterr().out
+    train = read_feature_file(files / f"train.{fmt}")
+    cached = torch.load(image_run / "features" / "train.pt", weights_only=True)
+    assert torch.equal(train["features"], cached["features"])
+    assert train["class_names"][9] == "Ankle boot" and train["joint_weight"].shape == (10, 64)
+    out = tmp_path / "again"
+    assert main(["run", str(files / "config.yaml"), "--out", str(out)]) == 0
+    before = json.loads((image_run / "metrics.json").read_text())
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["methods"] == before["methods"]  # joint, tau_norm, lws included
+    assert after["dataset"]["shot_groups"] == before["dataset"]["shot_groups"]
+    # A features run can be extracted too (its joint classifier travels with it).
+    assert main(["extract", str(out), "--out", str(tmp_path / "y")]) == 0
+    assert torch.equal(read_feature_file(tmp_path / "y" / "train.npz")["joint_weight"],
+                       train["joint_weight"])
+
+
+def test_features_run_without_the_joint_classifier_retrains_only_joint(image_run, tmp_path):
+    """Without joint_weight in the file the joint classifier is trained on the features: NCM
+    and cRT (which do not use it) still repeat the run's numbers exactly."""
+    files = tmp_path / "x"
+    assert main(["extract", str(image_run), "--out", str(files)]) == 0
+    blob = read_feature_file(files / "train.npz")
+    write_feature_file(files / "train.npz", blob["features"], blob["labels"],
+                       blob["class_names"], group_counts=blob["group_counts"])
+    out = tmp_path / "again"
+    assert main(["run", str(files / "config.yaml"), "--out", str(out)]) == 0
+    before = json.loads((image_run / "metrics.json").read_text())["methods"]
+    after = json.loads((out / "metrics.json").read_text())["methods"]
+    for name in ("ncm_cosine", "ncm_euclidean", "crt"):
+        assert after[name] == before[name], name
