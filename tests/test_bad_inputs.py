@@ -172,7 +172,7 @@ CASES = [
     ("unknown stage-1 loss", None, ["run", CONFIG, "stage1.loss=focal"],
      "stage1.loss: expected one of ce, logit_adjusted, balanced_softmax"),
     ("stage2.methods not a list or all", None, ["run", CONFIG, "stage2.methods=every"],
-     "config key stage2.methods: expected list of"),
+     "config key stage2.methods: expected all or a list of"),
     ("negative mixup alpha", None, ["run", CONFIG, "stage1.mixup_alpha=-0.2"],
      "stage1.mixup_alpha: expected a number >= 0"),
     ("label smoothing of 1", None, ["run", CONFIG, "stage2.crt.las_head=1"],

@@ -58,7 +58,7 @@ def test_resolved_config_round_trips():
     ("stage1.epochs=2.5", "config key stage1.epochs: expected int, found float 2.5"),
     ("stage1.lr=fast", "config key stage1.lr: expected float or null, found str 'fast'"),
     ("data.kind=csv", "config key data.kind: expected one of fmnist_lt, cifar10_lt"),
-    ("stage2.methods=crt", "config key stage2.methods: expected list of one of"),
+    ("stage2.methods=crt", "config key stage2.methods: expected all or a list of"),
     ("stage2.methods=[crt,lsw]", "config key stage2.methods: expected list of one of"),
     ("model.small_stem=yes please", "config key model.small_stem: expected bool or null"),
     ("stage1.sampler=balanced", "config key stage1.sampler: expected one of instance"),

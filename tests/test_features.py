@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from longtail.cli import main
-from longtail.config import DEFAULT_METHODS, load_config
+from longtail.config import FEATURE_METHODS, load_config
 from longtail.data import build_data, read_feature_file, write_feature_file
 from longtail.data.features import _npz_memmap
 from tests.conftest import make_fake_fmnist
@@ -83,9 +83,9 @@ def test_features_run_writes_metrics_and_rebalancers_beat_joint_on_few(tmp_path,
     assert "joint classifier on 16-d features: trained" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     methods = metrics["methods"]
-    assert set(methods) == set(DEFAULT_METHODS)
+    assert set(methods) == set(FEATURE_METHODS)
     assert metrics["dataset"]["train_counts"] == [200, 120, 60, 25, 10, 4]
-    for name in ("ncm_cosine", "crt", "tau_norm", "lws"):
+    for name in ("ncm_cosine", "crt", "tau_norm", "lws", "logit_adjust", "las"):
         assert methods[name]["few"] > methods["joint"]["few"] + 5, (name, methods)
     for name in ("report.md", "per_class.csv", "plots/weight_norms.png", "stage1/joint.pt",
                  "dataset.json", "manifest.json"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from longtail.cli import main
-from longtail.config import DEFAULT_METHODS
+from longtail.config import FEATURE_METHODS
 from longtail.errors import LongtailError
 from longtail.models import build_model
 from tests.conftest import make_fake_fmnist
@@ -31,7 +31,7 @@ def test_timm_convnext_and_vit_run_end_to_end(tmp_path, name, capsys):
                  "--out", str(out)]) == 0
     assert f"stage 1: timm/{name} (64-d features" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["methods"]) == set(DEFAULT_METHODS)
+    assert set(metrics["methods"]) == set(FEATURE_METHODS)
     state = torch.load(out / "stage1" / "last.pt", weights_only=True)["model"]
     assert state["fc.weight"].shape == (10, 64)
 

@@ -37,31 +37,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     A crash at any moment leaves either the old file or the new one, never a truncated one.
     """
-    path = Path(path)
-    make_dir(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise LongtailError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise LongtailError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` atomically with a writer that wants a file name (``np.savez``,
-    safetensors' ``save_file``): ``write(temporary path)`` in the same folder, then fsync and
-    rename, so large arrays are not first gathered in memory as bytes."""
+    safetensors' ``save_file``, ``Path.write_bytes``): ``write(temporary path)`` in the same
+    folder, then fsync and rename, so large arrays are not first gathered in memory as bytes."""
     path = Path(path)
     make_dir(path.parent)
     try:

@@ -239,13 +239,6 @@ class CRTConfig:
 
 
 @dataclass
-class LogitAdjustConfig:
-    tau: float | None = _opt(None, "fixed tau; null: choose on the val split from the grid")
-    grid_max: float = _opt(2.0, "largest tau of the grid 0..grid_max")
-    grid_step: float = _opt(0.05, "step of the tau grid")
-
-
-@dataclass
 class WBConfig:
     epochs: int = _opt(10, "epochs of weight balancing's classifier training")
     lr: float = _opt(0.02, "initial learning rate (cosine to 0)")
@@ -269,7 +262,9 @@ class LWSConfig:
 
 
 @dataclass
-class TauNormConfig:
+class TauGridConfig:
+    """tau of tau_norm and of logit_adjust: fixed, or chosen on the val split from a grid."""
+
     tau: float | None = _opt(None, "fixed tau; null: choose on the val split from the grid")
     grid_max: float = _opt(2.0, "largest tau of the grid 0..grid_max")
     grid_step: float = _opt(0.05, "step of the tau grid")
@@ -318,8 +313,8 @@ class Stage2Config:
     )
     crt: CRTConfig = field(default_factory=CRTConfig)
     lws: LWSConfig = field(default_factory=LWSConfig)
-    tau_norm: TauNormConfig = field(default_factory=TauNormConfig)
-    logit_adjust: LogitAdjustConfig = field(default_factory=LogitAdjustConfig)
+    tau_norm: TauGridConfig = field(default_factory=TauGridConfig)
+    logit_adjust: TauGridConfig = field(default_factory=TauGridConfig)
     wb: WBConfig = field(default_factory=WBConfig)
     ncm: NCMConfig = field(default_factory=NCMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -492,6 +487,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             raise _unknown_key(prefix + str(key))
     if cls is Stage2Config and raw.get("methods") == "all":
         raw = {**raw, "methods": list(FEATURE_METHODS)}
+    elif cls is Stage2Config and isinstance(raw.get("methods"), str):
+        raise ConfigError(f"config key stage2.methods: expected all or a list of "
+                          f"{', '.join(STAGE2_METHODS)}, found {raw['methods']!r}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:

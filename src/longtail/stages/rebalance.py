@@ -49,7 +49,13 @@ def _features(x: ArrayLike, name: str = "features") -> Tensor:
     x = torch.as_tensor(x)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d (N, D) array, found shape {tuple(x.shape)}")
-    return x.float()
+    x = x.float()
+    if x.data_ptr() % 64:
+        # The BLAS's last bits depend on the input's alignment: features memory-mapped from
+        # a file member at an odd offset are copied, so that the same features give the same
+        # numbers wherever they come from (an extracted run reproduces its metrics exactly).
+        x = x.clone()
+    return x
 
 
 def _labels(y: ArrayLike, n: int, name: str = "labels") -> Tensor:
@@ -345,7 +351,7 @@ class _TrainedOnFeatures(Rebalancer):
     the class counts from ``class_counts`` or else the training labels.
     """
 
-    def _loss(self, counts: Tensor) -> ClassifierLoss:
+    def _loss(self, counts: Tensor | None) -> ClassifierLoss:
         return ClassifierLoss()
 
     def _counts(self, batches, num_classes: int) -> Tensor:
@@ -511,10 +517,17 @@ class CRT(_LinearHead, _TrainedOnFeatures):
         self.loss, self.loss_tau = loss, loss_tau
         self.label_smoothing, self.las_head, self.las_tail = label_smoothing, las_head, las_tail
 
-    def _loss(self, counts: Tensor) -> ClassifierLoss:
+    def _loss(self, counts: Tensor | None) -> ClassifierLoss:
+        if counts is None:
+            return ClassifierLoss()
         smoothing = (las_epsilons(counts, self.las_head, self.las_tail)
                      if self.label_smoothing == "las" else None)
         return ClassifierLoss.build(counts, self.loss, self.loss_tau, smoothing=smoothing)
+
+    @property
+    def _uses_counts(self) -> bool:
+        """True when the loss depends on the class counts (not plain cross-entropy)."""
+        return self.loss != "ce" or self.label_smoothing != "none"
 
     def _initial(self, num_classes: int, dim: int) -> tuple[Tensor, Tensor]:
         """Return the starting weight and bias: nn.Linear's default init, drawn from a seeded
@@ -535,7 +548,8 @@ class CRT(_LinearHead, _TrainedOnFeatures):
             num_classes = self.num_classes
         device = self._device()
         weight, bias = (t.to(device) for t in self._initial(num_classes, batches.feature_dim))
-        loss_fn = self._loss(self._counts(batches, num_classes)).to(device)
+        counts = self._counts(batches, num_classes) if self._uses_counts else None
+        loss_fn = self._loss(counts).to(device)
         forward = lambda f: F.linear(f, weight, bias)  # noqa: E731
         step = (self._linear_step(weight, bias, loss_fn) if isinstance(batches, CachedBatches)
                 else None)  # features from a backbone: autograd
@@ -588,7 +602,9 @@ class WB(CRT):
         super().__init__(len(weight), **kwargs)
         self.weight, self.bias, self.max_norm, self.beta = weight, bias, max_norm, beta
 
-    def _loss(self, counts: Tensor) -> ClassifierLoss:
+    _uses_counts = True
+
+    def _loss(self, counts: Tensor | None) -> ClassifierLoss:
         return ClassifierLoss(weight=class_balanced_weights(counts, self.beta))
 
     def _initial(self, num_classes: int, dim: int) -> tuple[Tensor, Tensor]:
