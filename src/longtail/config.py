@@ -485,7 +485,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in names:
             raise _unknown_key(prefix + str(key))
-    if cls is Stage2Config and raw.get("methods") == "all":
+    if cls is Stage2Config and raw.get("methods") in ("all", ["all"]):
         raw = {**raw, "methods": list(FEATURE_METHODS)}
     elif cls is Stage2Config and isinstance(raw.get("methods"), str):
         raise ConfigError(f"config key stage2.methods: expected all or a list of "
