@@ -123,3 +123,12 @@ def test_linear_lr_scaling():
     cfg = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",
                       ["data.root=/d", "stage1.batch_size=128"])
     assert resolve_lr(cfg.stage1) == pytest.approx(0.05)
+
+
+def test_stage2_methods_all_means_every_method_on_features():
+    from longtail.config import FEATURE_METHODS
+
+    for value in ("all", "[all]"):
+        cfg = load_config(None, [f"stage2.methods={value}"])
+        assert cfg.stage2.methods == list(FEATURE_METHODS)
+    assert "finetune" not in FEATURE_METHODS and "logit_adjust" in FEATURE_METHODS
