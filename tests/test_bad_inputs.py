@@ -168,6 +168,12 @@ CASES = [
      ["extract", "{w}/r", "--format", "csv", "--out", "{w}/x"], "invalid choice: 'csv'"),
     ("summarize: --json into a missing folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/no/s.json"], "no/s.json: folder"),
+    ("extract into the run folder", lambda w: _run_dir(w, "a"),
+     ["extract", "{w}/a", "--out", "{w}/a", "--overwrite"], "inside the run folder"),
+    ("features run with mixup", None,
+     ["run", CONFIG, "data.kind=features", "data.root={w}", "data.train=t.npz",
+      "data.test=t.npz", "stage1.mixup_alpha=0.2"],
+     "config key stage1.mixup_alpha: expected 0 (mixup mixes images"),
     # --- beyond the paper: losses, mixup, the new stage-2 methods -------------------------
     ("unknown stage-1 loss", None, ["run", CONFIG, "stage1.loss=focal"],
      "stage1.loss: expected one of ce, logit_adjusted, balanced_softmax"),
@@ -291,6 +297,19 @@ FEATURE_CASES = [
      "in training"),
     ("val features without a class", lambda w: _features(w, "val", lambda a: a.update(
         labels=a["labels"] % 2)), "f/val.npz: the val split has no row of classes [2]"),
+    ("joint classifier with NaN", lambda w: _features(
+        w, "train", joint_weight=__import__("numpy").full((3, 4), float("nan"), "float32")),
+     "f/train.npz: joint_weight: holds NaN or infinity"),
+    ("string labels", lambda w: _features(w, "train", lambda a: a.update(
+        labels=a["labels"].astype(str))), "f/train.npz: labels: expected numbers, found <U"),
+    ("a folder named like a features file", lambda w: ((w / "f" / "val.npz").unlink(),
+                                                        (w / "f" / "val.npz").mkdir()),
+     "f/val.npz: is a folder, not a feature file (config key data.val)"),
+    ("no class with two training rows to hold out as val", lambda w: (
+        (w / "f" / "val.npz").unlink(),
+        _features(w, "train", lambda a: a.update(features=a["features"][[0, 6, 10]],
+                                                 labels=a["labels"][[0, 6, 10]]))),
+     "f/train.npz: no class has more than one training item"),
     ("joint classifier of another shape", lambda w: _features(
         w, "train", joint_weight=__import__("numpy").zeros((3, 5), "float32")),
      "f/train.npz: joint_weight: expected shape (3, 4) (classes, feature dimensions), found "
@@ -360,6 +379,8 @@ def test_bad_feature_file_is_one_line_and_leaves_nothing(world, capsys, case, se
     argv = _argv(FEATURES, world)
     if case == "features file of another format":
         argv = [a.replace("test.npz", "test.csv") for a in argv]
+    if case.startswith("no class with two"):  # no val file: val is held out of training
+        argv = [a for a in argv if not a.startswith("data.val=")]
     code = main(["run", CONFIG, *argv, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err

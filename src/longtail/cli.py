@@ -20,7 +20,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line (the usage itself is in --help)."""
 
     def error(self, message: str):
-        print(f"{self.prog}: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        command = self.prog.removeprefix("longtail").strip()  # a sub-command's parser
+        print(f"longtail: error: {command + ': ' if command else ''}{message}; see "
+              f"'{self.prog} --help'", file=sys.stderr)
         sys.exit(2)
 
 
@@ -295,6 +297,9 @@ def _extract(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not out.is_dir():
         raise LongtailError(f"--out {out}: exists and is not a folder")
+    if out.resolve() == args.run_dir.resolve() or args.run_dir.resolve() in out.resolve().parents:
+        raise LongtailError(f"--out {out}: inside the run folder {args.run_dir}; its config.yaml "
+                            f"would be replaced: choose a folder outside the run")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise LongtailError(f"--out {out}: folder exists and is not empty; pass --overwrite to "
                             f"replace its files, or choose another --out")

@@ -692,6 +692,11 @@ def _check_semantics(cfg: Config) -> None:
                         ("stage2.select", cfg.stage2.select)):
         need(select == "last" or has_val, key, "last, since there is no val split "
              "(data.val, data.val_from_train or data.val_per_class)", select)
+    if d.kind == "features":  # no images: what works on images cannot be asked for
+        need(cfg.stage2.features == "cached", "stage2.features", "cached (online runs the "
+             "backbone on images; data.kind: features has none)", cfg.stage2.features)
+        need(cfg.stage1.mixup_alpha == 0, "stage1.mixup_alpha", "0 (mixup mixes images; "
+             "data.kind: features has none)", cfg.stage1.mixup_alpha)
     for name in ("tau_norm", "logit_adjust"):
         if name in cfg.stage2.methods and getattr(cfg.stage2, name).tau is None and not has_val:
             raise ConfigError(f"config key stage2.{name}.tau: null chooses tau on the val "

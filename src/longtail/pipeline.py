@@ -258,7 +258,7 @@ def _run_on_features(cfg: Config, data: FeatureData, info: DatasetInfo, run_dir:
         return {}
     if network_methods(cfg):
         raise LongtailError(f"config key stage2.methods: {', '.join(network_methods(cfg))} "
-                            f"re-run the network on images; data.kind: features has none")
+                            f"need the network and images; data.kind: features has none")
     log = ScalarLog(run_dir / "logs")
     start = time.perf_counter()
     weight, bias, how = joint_on_features(data, cfg.stage1, cfg.seed, device,

@@ -171,6 +171,10 @@ def _hold_out_val(cfg: DataConfig, record: DataRecord, split_seed: int, take) ->
     record.counts_before_holdout = np.bincount(labels,
                                                minlength=len(record.class_names)).tolist()
     kept, held = hold_out_per_class(labels, cfg.val_from_train, split_seed)
+    if not len(held):
+        raise LongtailError(f"{train.source}: no class has more than one training item, so "
+                            f"data.val_from_train={cfg.val_from_train} holds out nothing for "
+                            f"val; give a val split (data.val)")
     record.splits["train"], record.splits["val"] = take(train, kept), take(train, held)
     record.notes.append(f"val: {len(held)} images held out of training "
                         f"(data.val_from_train={cfg.val_from_train})")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -74,10 +75,15 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
         if given is None:
             continue
         path = resolve_near_root(given, root)
+        if path.is_dir():
+            raise LongtailError(f"{path}: is a folder, not a feature file (config key "
+                                f"data.{name})")
         if not path.is_file():
             path = root / given if cfg.root else path
+            where = (f"data.root {root}" if cfg.root else
+                     "data.root, which is not set: data.root=FOLDER")
             raise LongtailError(f"{path}: features file not found (config key data.{name}; "
-                                f"looked in the working directory and in data.root {root})")
+                                f"looked in the working directory and in {where})")
         blobs[name] = read_feature_file(path)
     train = blobs["train"]
     train_path, dim = train["path"], train["features"].shape[1]
@@ -154,6 +160,8 @@ def _joint_classifier(blob: dict[str, Any], num_classes: int,
         if value is not None and not value.is_floating_point():
             raise LongtailError(f"{path}: {key}: expected floating-point numbers, found "
                                 f"{value.dtype}")
+        if value is not None and not torch.isfinite(value).all():
+            raise LongtailError(f"{path}: {key}: holds NaN or infinity")
     return weight.float(), None if bias is None else bias.float()
 
 
@@ -185,10 +193,19 @@ def read_feature_file(path: Path) -> dict[str, Any]:
             path)
     except LongtailError:
         raise
+    except IsADirectoryError:
+        raise LongtailError(f"{path}: is a folder, not a feature file") from None
     except Exception as e:  # each library has its own errors for a damaged or foreign file
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else "")
+        if "Weights only load failed" in reason:  # torch's advice to unpickle: not for us
+            reason = "it holds objects other than tensors, strings and numbers"
         raise LongtailError(f"{path}: cannot be read as a {suffix} feature file "
-                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                            f"({reason[:200] or type(e).__name__})") from None
     found = blob.pop("keys")
+    for key in ("features", "labels", "joint_weight", "joint_bias", "group_counts"):
+        if key in blob and not isinstance(blob[key], torch.Tensor):
+            raise LongtailError(f"{path}: {key}: expected an array (tensor), found "
+                                f"{type(blob[key]).__name__}")
     for key in ("features", "labels"):
         if key not in blob:
             raise LongtailError(f"{path}: no '{key}'; expected keys features (N, D) and labels "
@@ -243,6 +260,12 @@ def _read_npz(path: Path) -> dict[str, Any]:
         out["keys"] = keys
         for key in keys & {"labels", *OPTIONAL_KEYS}:
             value = archive[key]
+            if key == "class_names" and value.ndim != 1:
+                raise LongtailError(f"{path}: class_names: expected one name per class (1-d), "
+                                    f"found shape {value.shape}")
+            if key != "class_names" and value.dtype.kind not in "biuf":
+                raise LongtailError(f"{path}: {key}: expected numbers, found {value.dtype} "
+                                    f"values")
             out[key] = ([str(v) for v in value.tolist()] if key == "class_names"
                         else torch.from_numpy(np.ascontiguousarray(value)))
         if "features" in keys:
