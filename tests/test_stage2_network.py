@@ -37,8 +37,9 @@ def test_online_batches_run_the_backbone_in_the_stated_bn_mode(fake_fmnist, tmp_
         before = _running_stats(model).clone()
         net = NetworkStage2(model, data, cfg, torch.device("cpu"), tmp_path,
                             ScalarLog(tmp_path / "logs", enabled=False))
-        batches, frozen = net.online_batches("crt")
-        CRT(data.num_classes, epochs=2, batch_size=16).fit(batches)
+        crt = CRT(data.num_classes, epochs=2, batch_size=16)
+        batches, frozen = net.online_batches(crt)
+        crt.fit(batches)
         assert not torch.equal(_running_stats(frozen), before) == moves, bn
         assert torch.equal(_running_stats(model), before)  # the stage-1 model is untouched
         assert all(not p.requires_grad for p in frozen.parameters())

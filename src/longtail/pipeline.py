@@ -308,10 +308,10 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
             method = Joint(tuned.fc.weight.detach().cpu(), tuned.fc.bias.detach().cpu()).fit()
             out[name] = (method, net.features(tuned, "test"))
         else:
-            batches, frozen = net.online_batches(name)
             method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
                                       num_classes=data.num_classes, seed=cfg.seed,
                                       class_counts=data.train_counts, device=device)
+            batches, frozen = net.online_batches(method)
             method.fit(batches, None, val.features if val else None, val.labels if val else None)
             test = (net.features(frozen, "test") if cfg.stage2.bn == "train"
                     else features["test"].features)

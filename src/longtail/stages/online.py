@@ -76,19 +76,17 @@ class NetworkStage2:
         self.model, self.data, self.cfg, self.device = model, data, cfg, device
         self.run_dir, self.log = run_dir, log
 
-    def online_batches(self, name: str) -> tuple[OnlineBatches, Classifier]:
-        """Return the batch source of online ``name`` (a trained method) and the model copy it
-        runs."""
-        s2 = self.cfg.stage2
-        method_cfg = {"lws": s2.lws, "wb": s2.wb}.get(name, s2.crt)
-        spec = "instance" if name == "balms" else method_cfg.sampler
+    def online_batches(self, method) -> tuple[OnlineBatches, Classifier]:
+        """Return the batch source of an online trained ``method`` (its own sampler and epoch
+        count draw the images) and the model copy it runs."""
         model = copy.deepcopy(self.model).to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        sampler = build_sampler(spec, self.data.train.labels, seed=self.cfg.seed,
-                                total_epochs=max(method_cfg.epochs, 1),
-                                samples_per_class=s2.samples_per_class, num_replicas=1, rank=0)
-        batches = OnlineBatches(model, self.data, sampler, s2.batch_size, bn=s2.bn,
+        sampler = build_sampler(method.sampler, self.data.train.labels, seed=self.cfg.seed,
+                                total_epochs=max(method.epochs, 1),
+                                samples_per_class=method.samples_per_class, num_replicas=1,
+                                rank=0)
+        batches = OnlineBatches(model, self.data, sampler, method.batch_size, bn=self.cfg.stage2.bn,
                                 seed=self.cfg.seed, device=self.device,
                                 num_workers=self.data.num_workers)
         return batches, model

@@ -35,11 +35,11 @@ from torch import Tensor
 from longtail.config import Stage2Config
 from longtail.data.samplers import build_sampler
 from longtail.losses import (
+    LOSSES,
     ClassifierLoss,
     class_balanced_weights,
     las_epsilons,
     log_prior,
-    logit_offset,
 )
 
 ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
@@ -512,7 +512,8 @@ class CRT(_LinearHead, _TrainedOnFeatures):
         if label_smoothing not in ("none", "las"):
             raise ValueError(f"label_smoothing: expected 'none' or 'las', found "
                              f"{label_smoothing!r}")
-        logit_offset([1], loss)  # checks the name
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {loss!r}")
         self.num_classes = num_classes
         self.loss, self.loss_tau = loss, loss_tau
         self.label_smoothing, self.las_head, self.las_tail = label_smoothing, las_head, las_tail
