@@ -13,7 +13,8 @@ matrix products the method cannot avoid, and the ratio fit / bound:
   (batch x D by D x C, and C x batch by batch x D), times the epochs;
 - LWS: one product of the training features with the joint weights (x W^T);
 - tau-norm: one product of the val features with the joint weights;
-- NCM: the class sums of the training features (its fit; predicting is timed apart).
+- NCM: the class sums of the training features (its fit; predicting is timed apart), and for
+  cosine NCM also the norm of every training feature, which it must divide by.
 Stage 2 never runs a backbone; this measures it alone.
 """
 
@@ -62,12 +63,13 @@ def bounds(cfg, train_x, train_y, val_x, test_x, num_classes) -> dict[str, float
 
     means = torch.zeros(num_classes, dim)
     epoch = _best_of(crt_epoch, 1)
+    sums = _best_of(lambda: means.index_add(0, train_y, train_x))
     return {
         "crt": epoch * cfg.crt.epochs,
         "lws": _best_of(lambda: train_x @ weight.T),
         "tau_norm": _best_of(lambda: val_x @ weight.T),
-        "ncm_cosine": _best_of(lambda: means.index_add(0, train_y, train_x)),
-        "ncm_euclidean": _best_of(lambda: means.index_add(0, train_y, train_x)),
+        "ncm_cosine": sums + _best_of(lambda: train_x.norm(dim=1)),
+        "ncm_euclidean": sums,
     }
 
 

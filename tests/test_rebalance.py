@@ -53,6 +53,47 @@ def test_tau_is_chosen_on_validation_where_it_removes_the_norm_bias():
     assert model.val_scores_[model.tau_] > model.val_scores_[0.0] + 0.05
 
 
+def _every_tau(logits, labels, grid, adjust):
+    return {float(t): balanced_accuracy(adjust(t, logits), labels) for t in grid}
+
+
+@pytest.mark.parametrize("case", ["mixed", "negative", "ties", "unsorted grid"])
+def test_tau_search_equals_scoring_every_tau(case):
+    """The search scores only the grid's ends for most rows (bisection for the rest); its
+    curve must be that of scoring every tau, on rows of every kind: right everywhere, right
+    at one end, never right, negative label logits, exact ties at one end or everywhere."""
+    from longtail.stages.rebalance import LogitAdjust
+
+    g = torch.Generator().manual_seed(3)
+    num_classes, dim = 30, 16
+    counts = torch.linspace(200, 3, num_classes).round().long()
+    weight = torch.randn(num_classes, dim, generator=g) * (counts.float() ** 0.4).unsqueeze(1)
+    x = torch.randn(900, dim, generator=g)
+    y = torch.randint(0, num_classes, (900,), generator=g)
+    x = x + 0.4 * F.normalize(weight, dim=1)[y] * dim ** 0.5
+    grid = TauNorm.default_grid()
+    if case == "negative":
+        x = x - 1.5  # many rows with a negative label logit
+    la_counts, bias = counts.clone(), torch.randn(num_classes, generator=g)
+    if case == "ties":
+        weight[7] = weight[3]  # two identical classes: every row ties between them
+        x[:50] = 0  # all-zero rows: every class ties, argmax picks class 0
+        # Logit adjustment: classes 3 and 7 tie at tau 0 only; the rarer 3 wins above it.
+        bias[7] = bias[3]
+        la_counts[3], la_counts[7] = 5, 150
+    if case == "unsorted grid":
+        grid = [1.3, 0.0, 2.0, 0.7, 0.05, 1.0, 0.35]
+    tau_norm = TauNorm(weight, grid=grid).fit(None, None, x, y)
+    norms = weight.norm(dim=1)
+    expected = _every_tau(x @ weight.T, y, grid, lambda t, z: z / norms.pow(t))
+    assert tau_norm.val_scores_ == expected
+    assert list(tau_norm.val_scores_) == [float(t) for t in grid]
+    assert tau_norm.tau_ == max(expected, key=expected.get)
+    la = LogitAdjust(weight, bias, grid=grid, counts=la_counts).fit(None, None, x, y)
+    expected = _every_tau(x @ weight.T + bias, y, grid, lambda t, z: z - t * la.log_prior_)
+    assert la.val_scores_ == expected
+
+
 def test_tau_norm_without_validation_says_what_is_missing():
     w, _ = biased_classifier()
     with pytest.raises(ValueError, match="val_features"):

@@ -115,21 +115,34 @@ class ClassifierLoss:
         return (w * per_row).sum() / w.sum()
 
     @torch.no_grad()
-    def value_and_grad(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def value_and_grad(self, logits: Tensor, labels: Tensor,
+                       out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return the loss and d loss / d logits: ``(softmax(z + offset) - target) * w_y /
-        sum(w)`` row by row (``1 / batch`` in place of ``w_y / sum(w)`` without weights)."""
-        rows = torch.arange(len(labels), device=labels.device)
+        sum(w)`` row by row (``1 / batch`` in place of ``w_y / sum(w)`` without weights).
+
+        The gradient is written into ``out`` (a tensor of the logits' shape, allocated when
+        None; it may be ``logits`` itself), so a training loop can reuse one buffer: fresh
+        batch-sized temporaries every step cost cRT a third of its time in page faults.
+        """
+        out = torch.empty_like(logits) if out is None else out
+        index = labels.unsqueeze(1)
         if self.offset is not None:
-            logits = logits + self.offset
-        log_probs = torch.log_softmax(logits, dim=1)
+            logits = torch.add(logits, self.offset, out=out)
         if self.smoothing is None:
-            per_row = -log_probs[rows, labels]
-            d = log_probs.exp_()
-            d[rows, labels] -= 1
+            # One softmax pass, no log-softmax: the loss only needs log p_y (clamped so that
+            # a hopeless row reports -log(1e-38), not inf).
+            d = torch.softmax(logits, 1, out=out)
+            per_row = d.gather(1, index).squeeze(1).clamp_(min=1e-38).log_().neg_()
+            d.scatter_add_(1, index, torch.full_like(per_row, -1.0).unsqueeze(1))
         else:
-            target = self._targets(labels, logits.shape[1], log_probs.dtype)
-            per_row = -(target * log_probs).sum(1)
-            d = log_probs.exp_().sub_(target)
+            num_classes = logits.shape[1]
+            log_probs = torch.log_softmax(logits, 1, out=out)
+            eps = self.smoothing[labels].to(log_probs.dtype)
+            # target: eps / C everywhere plus 1 - eps at the label, never built as a matrix.
+            per_row = -(eps / num_classes * log_probs.sum(1)
+                        + (1 - eps) * log_probs.gather(1, index).squeeze(1))
+            d = log_probs.exp_().sub_((eps / num_classes).unsqueeze(1))
+            d.scatter_add_(1, index, (eps - 1).unsqueeze(1))
         if self.weight is None:
             d /= len(labels)
             return per_row.mean(), d

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -78,9 +79,13 @@ def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
 
 
 def _matmul_chunked(x: Tensor, weight: Tensor, rows: int = 65536) -> Tensor:
-    """Return ``x @ weight.T`` computed in row chunks (bounded temporary memory)."""
+    """Return ``x @ weight.T`` computed in row chunks into one output; inputs stored in a
+    narrower type, such as float16 features, are widened a chunk at a time."""
+    out = torch.empty(len(x), len(weight), dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
-        return torch.cat([x[i : i + rows] @ weight.T for i in range(0, len(x), rows)])
+        for i in range(0, len(x), rows):
+            torch.mm(x[i : i + rows].to(weight.dtype), weight.T, out=out[i : i + rows])
+    return out
 
 
 class Rebalancer:
@@ -166,13 +171,17 @@ class NCM(Rebalancer):
         x = _features(features)
         y = _labels(labels, len(x))
         self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
-        x = self._prepare(x)
         num_classes = int(y.max()) + 1
         counts = torch.bincount(y, minlength=num_classes)
         if (counts == 0).any():
             missing = torch.nonzero(counts == 0).flatten().tolist()[:10]
             raise ValueError(f"labels: classes {missing} have no training features")
-        sums = torch.zeros(num_classes, x.shape[1]).index_add_(0, y, x)
+        sums = torch.zeros(num_classes, x.shape[1])
+        # Prepared a block of rows at a time: a normalised copy of all the features would be
+        # as large as they are (and cost more than the sums themselves to allocate).
+        rows = max(1, (1 << 22) // max(x.shape[1], 1))
+        for i in range(0, len(x), rows):
+            sums.index_add_(0, y[i : i + rows], self._prepare(x[i : i + rows]))
         self.means_ = sums / counts.unsqueeze(1)
         return self
 
@@ -221,10 +230,9 @@ class TauNorm(Rebalancer):
         xv = _features(val_features, "val_features")
         yv = _labels(val_labels, len(xv), "val_labels")
         # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
-        logits = _matmul_chunked(xv, self.weight_)
         norms = self.weight_.norm(dim=1).clamp(min=1e-12)
         self.tau_, self.val_scores_ = _choose_tau(
-            logits, yv, self.grid, lambda t, out: torch.div(logits, norms.pow(t), out=out))
+            _logit_blocks(xv, self.weight_), yv, self.grid, norms.pow, torch.div)
         return self
 
     def logits(self, features: ArrayLike) -> Tensor:
@@ -236,17 +244,122 @@ class TauNorm(Rebalancer):
         return self.normalized_weight(self.weight_, self.tau_)
 
 
-def _choose_tau(logits: Tensor, labels: Tensor, grid: list[float] | None,
-                adjust) -> tuple[float, dict[float, float]]:
+def _right_at(scores_of, k: int | Tensor, z: Tensor, labels: Tensor, out: Tensor) -> Tensor:
+    """Return whether each row of the logits ``z`` has its label scoring highest at grid
+    index ``k`` (one index, or one per row; see ``_choose_tau``). A tie goes to the first
+    class, as argmax and ``balanced_accuracy`` decide. ``out``: scratch of z's shape."""
+    scores = scores_of(k, z, out)
+    index = labels.unsqueeze(1)
+    label_score = scores.gather(1, index).squeeze(1)
+    best_other = scores.scatter_(1, index, -math.inf).amax(1)
+    right = label_score > best_other
+    tied = (label_score == best_other).nonzero().squeeze(1)
+    if len(tied):
+        k_tied = k if isinstance(k, int) else k[tied]
+        right[tied] = scores_of(k_tied, z[tied], out[: len(tied)]).argmax(1) == labels[tied]
+    return right
+
+
+def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float] | None,
+                table_row, apply) -> tuple[float, dict[float, float]]:
     """Return the tau of ``grid`` (default ``TauNorm.default_grid()``) whose adjusted val
     logits have the best balanced accuracy (the first on ties), and the score of each tau.
-    ``adjust(tau, out)`` writes the adjusted logits into ``out`` (one buffer for the grid)."""
-    scores: dict[float, float] = {}
-    out = torch.empty_like(logits)
-    for t in grid if grid is not None else TauNorm.default_grid():
-        adjust(t, out)
-        scores[float(t)] = balanced_accuracy(out, labels)
+
+    The adjusted logits at tau are ``apply(logits, table_row(tau))``: ``torch.div`` by
+    ``||w_j||^tau`` for tau-norm, ``torch.sub`` of ``tau log p_j`` for logit adjustment.
+    ``logit_blocks`` yields the val logits a block of rows at a time, in the order of
+    ``labels``.
+
+    For both, the taus at which a row is right form an interval: with logit adjustment each
+    class's score is linear in tau; with tau-norm, ``log |z_j| - tau log ||w_j||`` is, a
+    label with a positive logit never loses to a class with z_j <= 0, and a negative one
+    never beats a class with z_j >= 0. So the answer is that of scoring every tau, but most
+    rows need only the two ends of the grid: a row right at both ends is right in between; a
+    row whose
+    label scores below some other class's lower end at both ends is never right; a row right
+    at one end only has the edge of its interval found by bisection. Only the rest (ties at
+    an end, rows right at neither end) are scored tau by tau.
+    """
+    taus = [float(t) for t in (grid if grid is not None else TauNorm.default_grid())]
+    ranked = sorted(taus)
+    table = torch.stack([table_row(t) for t in ranked])  # one row per ranked tau
+
+    def scores_of(k: int | Tensor, z: Tensor, out: Tensor) -> Tensor:
+        return apply(z, table[k] if isinstance(k, int) else table.index_select(0, k), out=out)
+
+    correct = torch.zeros(len(labels), len(taus), dtype=torch.bool)  # columns: ranked
+    done, buffers = 0, []
+    for z in logit_blocks:
+        y = labels[done : done + len(z)]
+        right = correct[done : done + len(z)]
+        if not buffers:
+            buffers = [torch.empty_like(z), torch.empty_like(z)]
+        index = y.unsqueeze(1)
+        ends = []
+        for k, buffer in zip((0, len(ranked) - 1), buffers):
+            scores = scores_of(k, z, buffer[: len(z)])
+            label_score = scores.gather(1, index).squeeze(1)
+            other = scores.scatter_(1, index, -math.inf)  # every class but the label
+            ends.append((label_score, other, other.amax(1)))
+        (y_lo, other_lo, best_lo), (y_hi, other_hi, best_hi) = ends
+        clear = (y_lo != best_lo) & (y_hi != best_hi)  # no tie at either end
+        at_lo, at_hi = clear & (y_lo > best_lo), clear & (y_hi > best_hi)
+        right[at_lo & at_hi] = True
+        rest = (~(at_lo | at_hi)).nonzero().squeeze(1)
+        # Monotone in tau, each score's lowest value over the grid is at an end: a label
+        # below the best of those lows at both ends is never right.
+        floor = torch.minimum(other_lo[rest], other_hi[rest]).amax(1)
+        rest = rest[torch.maximum(y_lo[rest], y_hi[rest]) >= floor]
+        one_end = (at_lo ^ at_hi).nonzero().squeeze(1)
+        if len(one_end):
+            right[one_end] = _bisect_edges(scores_of, len(ranked), z.index_select(0, one_end),
+                                           y[one_end],
+                                           at_lo[one_end], buffers[0][: len(one_end)])
+        # The rest tau by tau, all taus of a row in one pass (chunks of a block's size).
+        todo = torch.cartesian_prod(rest, torch.arange(len(ranked))).view(-1, 2)
+        for chunk in todo.split(len(z)):
+            rows, k = chunk.unbind(1)
+            out = buffers[0][: len(rows)]
+            right[rows, k] = _right_at(scores_of, k, z[rows], y[rows], out)
+        done += len(z)
+    num_classes = int(labels.max()) + 1
+    hits = torch.zeros(num_classes, len(taus)).index_add_(0, labels, correct.float()).T
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    scores = {t: (hits[k][present] / counts[present]).mean().item()
+              for k, t in enumerate(ranked)}
+    scores = {t: scores[t] for t in taus}  # back to the grid's order: its first best wins
     return max(scores, key=scores.get), scores
+
+
+def _bisect_edges(scores_of, size: int, z: Tensor, labels: Tensor, right_first: Tensor,
+                  out: Tensor) -> Tensor:
+    """Return, for rows of logits ``z`` right at exactly one end of a grid of ``size`` taus
+    (``right_first``: at the first) whose right taus form an interval, where each is right:
+    the edge is found by bisection, every row at its own grid index in each pass."""
+    low = torch.zeros(len(z), dtype=torch.long)  # an index that agrees with the first end
+    high = torch.full((len(z),), size - 1)  # one that agrees with the last end
+    while bool((high - low > 1).any()):
+        mid = (low + high) // 2  # a closed row evaluates its low end again: no change
+        agree = _right_at(scores_of, mid, z, labels, out) == right_first
+        low = torch.where(agree, mid, low)
+        high = torch.where(agree, high, mid)
+    k = torch.arange(size)
+    return torch.where(right_first.unsqueeze(1), k <= low.unsqueeze(1), k >= high.unsqueeze(1))
+
+
+def _logit_blocks(features: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  numbers: int = 1 << 22) -> Iterator[Tensor]:
+    """Yield ``features @ weight.T (+ bias)`` in blocks of rows of about ``numbers`` logits
+    (16 MiB), each block written into the same buffer (valid until the next one)."""
+    rows = max(1, numbers // max(len(weight), 1))
+    out = features.new_empty(min(rows, len(features)), len(weight))
+    for i in range(0, len(features), rows):
+        x = features[i : i + rows]
+        if bias is None:
+            yield torch.mm(x, weight.T, out=out[: len(x)])
+        else:
+            yield torch.addmm(bias, x, weight.T, out=out[: len(x)])
 
 
 class LogitAdjust(_LinearHead):
@@ -287,11 +400,11 @@ class LogitAdjust(_LinearHead):
             raise ValueError("tau=None needs val_features and val_labels to choose tau "
                              "(or give a fixed tau)")
         else:
-            logits = joint.logits(val_features)
-            yv = _labels(val_labels, len(logits), "val_labels")
+            xv = _features(val_features, "val_features")
+            yv = _labels(val_labels, len(xv), "val_labels")
             self.tau_, self.val_scores_ = _choose_tau(
-                logits, yv, self.grid,
-                lambda t, out: torch.sub(logits, self.log_prior_, alpha=t, out=out))
+                _logit_blocks(xv, joint.weight_, joint.bias_), yv, self.grid,
+                lambda t: t * self.log_prior_, torch.sub)
         self.weight_, self.bias_ = joint.weight_, bias - self.tau_ * self.log_prior_
         return self
 
@@ -334,10 +447,13 @@ class CachedBatches:
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
+        """Yield (features, labels) batches; the features are written into one buffer, so
+        each batch is valid until the next one is drawn."""
         order = self.sampler.indices().to(self.device)
+        rows = self.features.new_empty(self.batch_size, *self.features.shape[1:])
         for b in range(len(self)):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.features[batch], self.labels[batch]
+            yield torch.index_select(self.features, 0, batch, out=rows), self.labels[batch]
 
 
 class _TrainedOnFeatures(Rebalancer):
@@ -431,25 +547,29 @@ class _TrainedOnFeatures(Rebalancer):
     def _manual_step(self, params: list[Tensor], logits_of, gradients_of,
                      loss_fn: ClassifierLoss):
         """Return step(inputs, labels, lr) -> loss with the gradient written out:
-        ``gradients_of(inputs, d)`` maps d = d loss / d logits (``loss_fn.value_and_grad``:
-        softmax minus target, over the batch) to the parameters' gradients; then SGD with
+        ``logits_of(inputs, out)`` writes the logits into ``out``; ``gradients_of(inputs, d,
+        grads)`` writes the parameters' gradients into ``grads`` from d = d loss / d logits
+        (``loss_fn.value_and_grad``: softmax minus target, over the batch); then SGD with
         momentum and weight decay as torch.optim.SGD does it. The same numbers as autograd
         (tests compare them) without its per-step overhead, which dominated the small steps of
-        the demo."""
-        buffers: list[Tensor] = []
+        the demo. Every buffer is allocated once: a step allocates nothing batch-sized."""
+        grads = [torch.empty_like(p) for p in params]
+        # Zero momentum: the first update 0 * momentum + g is torch's first buffer, g itself.
+        momenta = [torch.zeros_like(p) for p in params]
+        logits: list[Tensor] = []
 
         def step(inputs: Tensor, labels: Tensor, lr: float) -> Tensor:
             with torch.no_grad():
-                loss, d = loss_fn.value_and_grad(logits_of(inputs), labels)
-                grads = [g + self.weight_decay * p
-                         for g, p in zip(gradients_of(inputs, d), params)]
-                if not buffers:  # torch's SGD starts its momentum buffer at the first gradient
-                    buffers.extend(g.clone() for g in grads)
-                else:
-                    for buf, g in zip(buffers, grads):
-                        buf.mul_(self.momentum).add_(g)
-                for p, buf in zip(params, buffers):
-                    p.add_(buf, alpha=-lr)
+                if not logits or len(logits[0]) != len(inputs):
+                    logits[:] = [inputs.new_empty(len(inputs), len(params[0]))]
+                z = logits_of(inputs, logits[0])
+                loss, d = loss_fn.value_and_grad(z, labels, out=z)
+                gradients_of(inputs, d, grads)
+                for p, g, m in zip(params, grads, momenta):
+                    if self.weight_decay:
+                        g.add_(p, alpha=self.weight_decay)
+                    torch.add(g, m, alpha=self.momentum, out=m)  # m = momentum * m + g
+                    p.add_(m, alpha=-lr)
                 self._project(params)
             return loss
 
@@ -561,8 +681,13 @@ class CRT(_LinearHead, _TrainedOnFeatures):
 
     def _linear_step(self, weight: Tensor, bias: Tensor, loss_fn: ClassifierLoss):
         """Return the written-out step of the linear classifier (see ``_manual_step``)."""
-        return self._manual_step([weight, bias], lambda f: torch.addmm(bias, f, weight.T),
-                                 lambda f, d: [d.T @ f, d.sum(0)], loss_fn)
+        def gradients(f: Tensor, d: Tensor, grads: list[Tensor]) -> None:
+            torch.mm(d.T, f, out=grads[0])
+            torch.sum(d, 0, out=grads[1])
+
+        return self._manual_step([weight, bias],
+                                 lambda f, out: torch.addmm(bias, f, weight.T, out=out),
+                                 gradients, loss_fn)
 
 
 class BALMS(CRT):
@@ -655,10 +780,22 @@ class LWS(_TrainedOnFeatures):
         """Return the written-out step of the scales on joint logits (see ``_manual_step``):
         d logit_j / d f_j is the logit, plus the bias with scale_bias."""
         with_bias = bias is not None and self.scale_bias
-        return self._manual_step(
-            [scales], lambda logits: self._scale(logits, scales, bias),
-            lambda logits, d: [(d * (logits + bias if with_bias else logits)).sum(0)],
-            ClassifierLoss())
+
+        def logits_of(rows: Tensor, out: Tensor) -> Tensor:
+            if bias is None:
+                return torch.mul(rows, scales, out=out)
+            if self.scale_bias:
+                return torch.add(rows, bias, out=out).mul_(scales)
+            return torch.addcmul(bias, rows, scales, out=out)
+
+        def gradients(rows: Tensor, d: Tensor, grads: list[Tensor]) -> None:
+            # sum_i d_ij (z_ij + b_j) = sum_i d_ij z_ij + b_j sum_i d_ij; d is not needed after.
+            d_sum = d.sum(0) if with_bias else None
+            torch.sum(d.mul_(rows), 0, out=grads[0])
+            if with_bias:
+                grads[0].addcmul_(bias, d_sum)
+
+        return self._manual_step([scales], logits_of, gradients, ClassifierLoss())
 
     def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
                        bias: Tensor | None) -> Tensor:
