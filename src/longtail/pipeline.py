@@ -46,7 +46,7 @@ from longtail.stages.features import (
 from longtail.stages.joint import resolve_lr, train_joint
 from longtail.stages.linear import joint_on_features
 from longtail.stages.online import FINETUNE_METHODS, ONLINE_METHODS, NetworkStage2
-from longtail.stages.rebalance import Joint, build_rebalancer
+from longtail.stages.rebalance import SMALL_STAGE_MACS, Joint, build_rebalancer, threads_for
 
 
 @dataclass
@@ -434,14 +434,52 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     test features to evaluate them on. ``earlier`` holds results of methods not fitted now
     (``rebalance`` with a subset of methods): they are kept in metrics.json and the report.
     """
-    prefit = prefit or {}
-    on_images = set(network_methods(cfg))
-    train, val, test = features["train"], features.get("val"), features["test"]
+    test = features["test"]
     groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold,
                          cfg.eval.few_threshold)
     methods: dict[str, dict[str, Any]] = {}
     weight_norms: dict[str, list[float]] = {}
     print("\nstage 2 on cached features:", flush=True)
+    largest = max(len(f.labels) for f in features.values()) * weight.shape[1] * len(weight)
+    with threads_for(largest, SMALL_STAGE_MACS):
+        _fit_and_evaluate(cfg, info, weight, bias, features, run_dir, device, log,
+                          prefit or {}, methods, weight_norms)
+    for name, result in (earlier or {}).items():
+        if name in methods:
+            continue
+        # Regroup with the current thresholds: per-class accuracies do not depend on them.
+        result = {**result, **{group: group_accuracy(result["per_class"], classes)
+                               for group, classes in groups.items()}}
+        methods[name] = result
+        path = run_dir / "stage2" / f"{name}.pt"
+        norms = load_checkpoint(path).get("weight_norms") if path.is_file() else None
+        if norms is not None:
+            weight_norms[name] = norms
+    metrics = {
+        "dataset": {"name": info.name, "num_classes": info.num_classes,
+                    "train_counts": info.train_counts, "group_counts": info.counts_for_groups,
+                    "shot_groups": groups},
+        "methods": methods,
+    }
+    print(f"\ntest top-1 (%), {len(test.labels)} images; many/medium/few = mean per-class "
+          f"accuracy of {len(groups['many'])}/{len(groups['medium'])}/{len(groups['few'])} "
+          f"classes\n{format_table(methods)}\n", flush=True)
+    write_report(run_dir, metrics, info.class_names, weight_norms,
+                 header=f"Config: `config.yaml`. Test images: {len(test.labels)}.")
+    print(f"wrote {run_dir}/metrics.json, per_class.csv, report.md, plots/", flush=True)
+    return metrics
+
+
+def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
+                      bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
+                      device: torch.device, log: ScalarLog,
+                      prefit: dict[str, tuple[Any, torch.Tensor]],
+                      methods: dict[str, dict[str, Any]],
+                      weight_norms: dict[str, list[float]]) -> None:
+    """Fit (or reuse) and evaluate each of ``cfg.stage2.methods`` into ``methods`` and
+    ``weight_norms``, printing the time of each (see ``rebalance_and_report``)."""
+    on_images = set(network_methods(cfg))
+    train, val, test = features["train"], features.get("val"), features["test"]
     for name in cfg.stage2.methods:
         start = time.perf_counter()
         path = run_dir / "stage2" / f"{name}.pt"
@@ -480,30 +518,6 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                                 if isinstance(v, float)})
         extra = f", tau={result['tau']:.2f}" if "tau" in result else ""
         print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
-    for name, result in (earlier or {}).items():
-        if name in methods:
-            continue
-        # Regroup with the current thresholds: per-class accuracies do not depend on them.
-        result = {**result, **{group: group_accuracy(result["per_class"], classes)
-                               for group, classes in groups.items()}}
-        methods[name] = result
-        path = run_dir / "stage2" / f"{name}.pt"
-        norms = load_checkpoint(path).get("weight_norms") if path.is_file() else None
-        if norms is not None:
-            weight_norms[name] = norms
-    metrics = {
-        "dataset": {"name": info.name, "num_classes": info.num_classes,
-                    "train_counts": info.train_counts, "group_counts": info.counts_for_groups,
-                    "shot_groups": groups},
-        "methods": methods,
-    }
-    print(f"\ntest top-1 (%), {len(test.labels)} images; many/medium/few = mean per-class "
-          f"accuracy of {len(groups['many'])}/{len(groups['medium'])}/{len(groups['few'])} "
-          f"classes\n{format_table(methods)}\n", flush=True)
-    write_report(run_dir, metrics, info.class_names, weight_norms,
-                 header=f"Config: `config.yaml`. Test images: {len(test.labels)}.")
-    print(f"wrote {run_dir}/metrics.json, per_class.csv, report.md, plots/", flush=True)
-    return metrics
 
 
 def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,

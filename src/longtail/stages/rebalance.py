@@ -412,15 +412,20 @@ class LogitAdjust(_LinearHead):
 # Below this many multiply-adds per step, extra threads cost more than they give: they spin
 # and, on a loaded machine, wait for cores (a demo cRT fit swung from 0.2 s to 8 s).
 SMALL_STEP_MACS = 8_000_000
+# A stage 2 whose largest product (rows x feature dim x classes) is below this runs on one
+# thread: the demo's ten methods took 1.3-1.7 s on two threads with both cores busy
+# elsewhere, 0.8-1.1 s on one (its largest product, the test logits, is 51 M).
+SMALL_STAGE_MACS = 256_000_000
 # LWS keeps the joint logits of the training set when they fit in this many bytes.
 LOGITS_MEMORY = 4 << 30
 
 
 @contextlib.contextmanager
-def threads_for(step_macs: int):
-    """Run the block on one thread when a step is small (see SMALL_STEP_MACS)."""
+def threads_for(macs: int, limit: int = SMALL_STEP_MACS):
+    """Run the block on one thread when its work, ``macs`` multiply-adds, is below ``limit``
+    (SMALL_STEP_MACS for one training step, SMALL_STAGE_MACS for a whole stage 2)."""
     before = torch.get_num_threads()
-    if step_macs < SMALL_STEP_MACS and before > 1:
+    if macs < limit and before > 1:
         torch.set_num_threads(1)
     try:
         yield
