@@ -5,9 +5,10 @@
 Features: 115,846 x 512 training features over 1,000 classes with Pareto-like counts from
 1280 down to 5 (ImageNet-LT's shape), 20 val and 50 test features per class, and a joint
 classifier whose weight norms grow with class size. Prints the seconds each method takes to
-fit and to score the test features, its balanced test accuracy (a sanity check only: the
-features are synthetic), and beside it the bound: the time, measured in the same run, of the
-matrix products the method cannot avoid, and the ratio fit / bound:
+fit (best of 3 when under 5 s) and to score the test features, its balanced test accuracy (a
+sanity check only: the features are synthetic), and beside it the bound: the time, measured
+in the same run (best of 3), of the matrix products the method cannot avoid, and the ratio
+fit / bound:
 
 - cRT: per epoch, the forward product and the weight-gradient product of every batch
   (batch x D by D x C, and C x batch by batch x D), times the epochs;
@@ -62,7 +63,7 @@ def bounds(cfg, train_x, train_y, val_x, test_x, num_classes) -> dict[str, float
             grad.T @ x
 
     means = torch.zeros(num_classes, dim)
-    epoch = _best_of(crt_epoch, 1)
+    epoch = _best_of(crt_epoch)
     sums = _best_of(lambda: means.index_add(0, train_y, train_x))
     return {
         "crt": epoch * cfg.crt.epochs,
@@ -107,6 +108,8 @@ def main() -> None:
         start = time.perf_counter()
         method.fit(train_x, train_y, val_x, val_y)
         fit_s = time.perf_counter() - start
+        if fit_s < 5:  # short fits: best of 3, as the bounds are (cRT's 10 epochs: once)
+            fit_s = min(fit_s, _best_of(lambda: method.fit(train_x, train_y, val_x, val_y), 2))
         start = time.perf_counter()
         logits = method.logits(test_x)
         predict_s = time.perf_counter() - start

@@ -233,3 +233,18 @@ def test_lws_written_out_gradient_equals_autograd(monkeypatch, scale_bias):
     monkeypatch.setattr(LWS, "_scales_step", lambda self, *args: None)
     slow = LWS(weight, bias, **args).fit(x, y)
     torch.testing.assert_close(fast.scales_, slow.scales_, rtol=1e-4, atol=1e-5)
+
+
+def test_small_work_runs_on_one_thread_and_the_threads_come_back():
+    from longtail.stages.rebalance import threads_for
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads_for(10, limit=100):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with threads_for(1000, limit=100):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
