@@ -549,16 +549,15 @@ class _TrainedOnFeatures(Rebalancer):
 
         return step
 
-    def _manual_step(self, params: list[Tensor], logits_of, gradients_of,
-                     loss_fn: ClassifierLoss):
+    def _manual_step(self, params: list[Tensor], logits_of, accumulate, loss_fn: ClassifierLoss):
         """Return step(inputs, labels, lr) -> loss with the gradient written out:
-        ``logits_of(inputs, out)`` writes the logits into ``out``; ``gradients_of(inputs, d,
-        grads)`` writes the parameters' gradients into ``grads`` from d = d loss / d logits
-        (``loss_fn.value_and_grad``: softmax minus target, over the batch); then SGD with
-        momentum and weight decay as torch.optim.SGD does it. The same numbers as autograd
-        (tests compare them) without its per-step overhead, which dominated the small steps of
-        the demo. Every buffer is allocated once: a step allocates nothing batch-sized."""
-        grads = [torch.empty_like(p) for p in params]
+        ``logits_of(inputs, out)`` writes the logits into ``out``; ``accumulate(inputs, d,
+        momenta, beta)`` sets each momentum buffer to ``beta * buffer + gradient`` from d = d
+        loss / d logits (``loss_fn.value_and_grad``: softmax minus target, over the batch), so
+        that a product can do it in place (``addmm_``); then weight decay and the update, as
+        torch.optim.SGD does them. The same numbers as autograd (tests compare them) without its
+        per-step overhead, which dominated the small steps of the demo. Every buffer is
+        allocated once: a step allocates nothing batch-sized."""
         # Zero momentum: the first update 0 * momentum + g is torch's first buffer, g itself.
         momenta = [torch.zeros_like(p) for p in params]
         logits: list[Tensor] = []
@@ -569,11 +568,10 @@ class _TrainedOnFeatures(Rebalancer):
                     logits[:] = [inputs.new_empty(len(inputs), len(params[0]))]
                 z = logits_of(inputs, logits[0])
                 loss, d = loss_fn.value_and_grad(z, labels, out=z)
-                gradients_of(inputs, d, grads)
-                for p, g, m in zip(params, grads, momenta):
-                    if self.weight_decay:
-                        g.add_(p, alpha=self.weight_decay)
-                    torch.add(g, m, alpha=self.momentum, out=m)  # m = momentum * m + g
+                accumulate(inputs, d, momenta, self.momentum)
+                for p, m in zip(params, momenta):
+                    if self.weight_decay:  # momentum * m + (g + wd p)
+                        m.add_(p, alpha=self.weight_decay)
                     p.add_(m, alpha=-lr)
                 self._project(params)
             return loss
@@ -686,13 +684,13 @@ class CRT(_LinearHead, _TrainedOnFeatures):
 
     def _linear_step(self, weight: Tensor, bias: Tensor, loss_fn: ClassifierLoss):
         """Return the written-out step of the linear classifier (see ``_manual_step``)."""
-        def gradients(f: Tensor, d: Tensor, grads: list[Tensor]) -> None:
-            torch.mm(d.T, f, out=grads[0])
-            torch.sum(d, 0, out=grads[1])
+        def accumulate(f: Tensor, d: Tensor, momenta: list[Tensor], beta: float) -> None:
+            momenta[0].addmm_(d.T, f, beta=beta)
+            momenta[1].mul_(beta).add_(d.sum(0))
 
         return self._manual_step([weight, bias],
                                  lambda f, out: torch.addmm(bias, f, weight.T, out=out),
-                                 gradients, loss_fn)
+                                 accumulate, loss_fn)
 
 
 class BALMS(CRT):
@@ -793,14 +791,14 @@ class LWS(_TrainedOnFeatures):
                 return torch.add(rows, bias, out=out).mul_(scales)
             return torch.addcmul(bias, rows, scales, out=out)
 
-        def gradients(rows: Tensor, d: Tensor, grads: list[Tensor]) -> None:
+        def accumulate(rows: Tensor, d: Tensor, momenta: list[Tensor], beta: float) -> None:
             # sum_i d_ij (z_ij + b_j) = sum_i d_ij z_ij + b_j sum_i d_ij; d is not needed after.
             d_sum = d.sum(0) if with_bias else None
-            torch.sum(d.mul_(rows), 0, out=grads[0])
+            momenta[0].mul_(beta).add_(d.mul_(rows).sum(0))
             if with_bias:
-                grads[0].addcmul_(bias, d_sum)
+                momenta[0].addcmul_(bias, d_sum)
 
-        return self._manual_step([scales], logits_of, gradients, ClassifierLoss())
+        return self._manual_step([scales], logits_of, accumulate, ClassifierLoss())
 
     def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
                        bias: Tensor | None) -> Tensor:
