@@ -275,12 +275,13 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
     label with a positive logit never loses to a class with z_j <= 0, and a negative one
     never beats a class with z_j >= 0. So the answer is that of scoring every tau, but most
     rows need only the two ends of the grid: a row right at both ends is right in between; a
-    row whose
-    label scores below some other class's lower end at both ends is never right; a row right
-    at one end only has the edge of its interval found by bisection. Only the rest (ties at
-    an end, rows right at neither end) are scored tau by tau.
+    row whose label scores below some other class's lower end at both ends is never right; a
+    row right at one end only has the edge of its interval found by bisection. Only the rest
+    (ties at an end, rows right at neither end) are scored tau by tau.
     """
     taus = [float(t) for t in (grid if grid is not None else TauNorm.default_grid())]
+    if not taus:
+        raise ValueError("grid: expected at least one tau, found none")
     ranked = sorted(taus)
     table = torch.stack([table_row(t) for t in ranked])  # one row per ranked tau
 
@@ -313,8 +314,8 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
         one_end = (at_lo ^ at_hi).nonzero().squeeze(1)
         if len(one_end):
             right[one_end] = _bisect_edges(scores_of, len(ranked), z.index_select(0, one_end),
-                                           y[one_end],
-                                           at_lo[one_end], buffers[0][: len(one_end)])
+                                           y[one_end], at_lo[one_end],
+                                           buffers[0][: len(one_end)])
         # The rest tau by tau, all taus of a row in one pass (chunks of a block's size).
         todo = torch.cartesian_prod(rest, torch.arange(len(ranked))).view(-1, 2)
         for chunk in todo.split(len(z)):
