@@ -437,13 +437,11 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     test = features["test"]
     groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold,
                          cfg.eval.few_threshold)
-    methods: dict[str, dict[str, Any]] = {}
-    weight_norms: dict[str, list[float]] = {}
     print("\nstage 2 on cached features:", flush=True)
     largest = max(len(f.labels) for f in features.values()) * weight.shape[1] * len(weight)
     with threads_for(largest, SMALL_STAGE_MACS):
-        _fit_and_evaluate(cfg, info, weight, bias, features, run_dir, device, log,
-                          prefit or {}, methods, weight_norms)
+        methods, weight_norms = _fit_and_evaluate(cfg, info, weight, bias, features, run_dir,
+                                                  device, log, prefit or {})
     for name, result in (earlier or {}).items():
         if name in methods:
             continue
@@ -474,10 +472,11 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                       bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
                       device: torch.device, log: ScalarLog,
                       prefit: dict[str, tuple[Any, torch.Tensor]],
-                      methods: dict[str, dict[str, Any]],
-                      weight_norms: dict[str, list[float]]) -> None:
-    """Fit (or reuse) and evaluate each of ``cfg.stage2.methods`` into ``methods`` and
-    ``weight_norms``, printing the time of each (see ``rebalance_and_report``)."""
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
+    """Fit (or reuse) and evaluate each of ``cfg.stage2.methods``, printing the time of each
+    (see ``rebalance_and_report``); return the results and the class-weight norms by method."""
+    methods: dict[str, dict[str, Any]] = {}
+    weight_norms: dict[str, list[float]] = {}
     on_images = set(network_methods(cfg))
     train, val, test = features["train"], features.get("val"), features["test"]
     for name in cfg.stage2.methods:
@@ -518,6 +517,7 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                                 if isinstance(v, float)})
         extra = f", tau={result['tau']:.2f}" if "tau" in result else ""
         print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
+    return methods, weight_norms
 
 
 def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,

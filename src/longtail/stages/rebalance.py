@@ -79,12 +79,11 @@ def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
 
 
 def _matmul_chunked(x: Tensor, weight: Tensor, rows: int = 65536) -> Tensor:
-    """Return ``x @ weight.T`` computed in row chunks into one output; inputs stored in a
-    narrower type, such as float16 features, are widened a chunk at a time."""
-    out = torch.empty(len(x), len(weight), dtype=weight.dtype, device=weight.device)
+    """Return ``x @ weight.T`` computed in row chunks into one output (no concatenation)."""
+    out = x.new_empty(len(x), len(weight))
     with torch.no_grad():
         for i in range(0, len(x), rows):
-            torch.mm(x[i : i + rows].to(weight.dtype), weight.T, out=out[i : i + rows])
+            torch.mm(x[i : i + rows], weight.T, out=out[i : i + rows])
     return out
 
 
@@ -244,14 +243,19 @@ class TauNorm(Rebalancer):
         return self.normalized_weight(self.weight_, self.tau_)
 
 
+def _label_and_others(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Return each row's label score, and ``scores`` with the label's set to -inf in place
+    (every class but the label)."""
+    index = labels.unsqueeze(1)
+    return scores.gather(1, index).squeeze(1), scores.scatter_(1, index, -math.inf)
+
+
 def _right_at(scores_of, k: int | Tensor, z: Tensor, labels: Tensor, out: Tensor) -> Tensor:
     """Return whether each row of the logits ``z`` has its label scoring highest at grid
     index ``k`` (one index, or one per row; see ``_choose_tau``). A tie goes to the first
     class, as argmax and ``balanced_accuracy`` decide. ``out``: scratch of z's shape."""
-    scores = scores_of(k, z, out)
-    index = labels.unsqueeze(1)
-    label_score = scores.gather(1, index).squeeze(1)
-    best_other = scores.scatter_(1, index, -math.inf).amax(1)
+    label_score, others = _label_and_others(scores_of(k, z, out), labels)
+    best_other = others.amax(1)
     right = label_score > best_other
     tied = (label_score == best_other).nonzero().squeeze(1)
     if len(tied):
@@ -295,12 +299,9 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
         right = correct[done : done + len(z)]
         if not buffers:
             buffers = [torch.empty_like(z), torch.empty_like(z)]
-        index = y.unsqueeze(1)
         ends = []
         for k, buffer in zip((0, len(ranked) - 1), buffers):
-            scores = scores_of(k, z, buffer[: len(z)])
-            label_score = scores.gather(1, index).squeeze(1)
-            other = scores.scatter_(1, index, -math.inf)  # every class but the label
+            label_score, other = _label_and_others(scores_of(k, z, buffer[: len(z)]), y)
             ends.append((label_score, other, other.amax(1)))
         (y_lo, other_lo, best_lo), (y_hi, other_hi, best_hi) = ends
         clear = (y_lo != best_lo) & (y_hi != best_hi)  # no tie at either end
@@ -677,8 +678,7 @@ class CRT(_LinearHead, _TrainedOnFeatures):
         loss_fn = self._loss(counts).to(device)
         forward = lambda f: F.linear(f, weight, bias)  # noqa: E731
         step = (self._linear_step(weight, bias, loss_fn) if isinstance(batches, CachedBatches)
-                else None)  # features from a backbone: autograd
-        step = step or self._sgd_step([weight, bias], forward, loss_fn)
+                else self._sgd_step([weight, bias], forward, loss_fn))  # backbone: autograd
         self._train([weight, bias], forward, batches, val_features, val_labels, step)
         self.weight_, self.bias_ = weight.detach().cpu(), bias.detach().cpu()
         return self
@@ -826,8 +826,7 @@ class LWS(_TrainedOnFeatures):
             step = self._scales_step(scales, bias)
         else:
             forward = lambda f: self._scaled_logits(f, scales, weight, bias)  # noqa: E731
-            step = None  # features from the backbone: autograd
-        step = step or self._sgd_step([scales], forward, ClassifierLoss())
+            step = self._sgd_step([scales], forward, ClassifierLoss())  # backbone: autograd
         self._train([scales], forward, batches, val_features, val_labels, step)
         self.scales_ = scales.detach().cpu()
         self.weight_ = weight.cpu()
