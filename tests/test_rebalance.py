@@ -1,5 +1,6 @@
 """Each stage-2 method on small synthetic features where the right answer is known."""
 
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,11 +59,13 @@ def _every_tau(logits, labels, grid, adjust):
     return {float(t): balanced_accuracy(adjust(t, logits), labels) for t in grid}
 
 
-@pytest.mark.parametrize("case", ["mixed", "negative", "ties", "unsorted grid"])
+@pytest.mark.parametrize("case", ["mixed", "negative", "ties", "unsorted grid", "poor",
+                                  "infinite"])
 def test_tau_search_equals_scoring_every_tau(case):
-    """The search scores only the grid's ends for most rows (bisection for the rest); its
-    curve must be that of scoring every tau, on rows of every kind: right everywhere, right
-    at one end, never right, negative label logits, exact ties at one end or everywhere."""
+    """The search scores the grid's ends for every row and the few classes that matter at
+    every tau; its curve must be that of scoring every tau, on rows of every kind: right
+    everywhere, right at one end, never right, negative label logits, exact ties at one end
+    or everywhere, a near-chance classifier, infinite and NaN logits."""
     from longtail.stages.rebalance import LogitAdjust
 
     g = torch.Generator().manual_seed(3)
@@ -84,6 +87,11 @@ def test_tau_search_equals_scoring_every_tau(case):
         la_counts[3], la_counts[7] = 5, 150
     if case == "unsorted grid":
         grid = [1.3, 0.0, 2.0, 0.7, 0.05, 1.0, 0.35]
+    if case == "poor":  # labels mostly unrelated to the features: many rows never right
+        y = torch.randint(0, num_classes, (900,), generator=g)
+    if case == "infinite":  # rows with an infinite or NaN feature give +-inf / NaN logits
+        x[:5, 0], x[5:10, 0], x[10:15, 0] = math.inf, -math.inf, math.nan
+        weight[:, 0] = weight[:, 0].abs()  # +inf in every class for the first rows: ties
     tau_norm = TauNorm(weight, grid=grid).fit(None, None, x, y)
     norms = weight.norm(dim=1)
     expected = _every_tau(x @ weight.T, y, grid, lambda t, z: z / norms.pow(t))

@@ -231,7 +231,7 @@ class TauNorm(Rebalancer):
         # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
         norms = self.weight_.norm(dim=1).clamp(min=1e-12)
         self.tau_, self.val_scores_ = _choose_tau(
-            _logit_blocks(xv, self.weight_), yv, self.grid, norms.pow, torch.div)
+            _logit_blocks(xv, self.weight_), yv, self.grid, norms.pow, torch.div, 1.0)
         return self
 
     def logits(self, features: ArrayLike) -> Tensor:
@@ -243,86 +243,78 @@ class TauNorm(Rebalancer):
         return self.normalized_weight(self.weight_, self.tau_)
 
 
-def _label_and_others(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Return each row's label score, and ``scores`` with the label's set to -inf in place
-    (every class but the label)."""
-    index = labels.unsqueeze(1)
-    return scores.gather(1, index).squeeze(1), scores.scatter_(1, index, -math.inf)
-
-
-def _right_at(scores_of, k: int | Tensor, z: Tensor, labels: Tensor, out: Tensor) -> Tensor:
-    """Return whether each row of the logits ``z`` has its label scoring highest at grid
-    index ``k`` (one index, or one per row; see ``_choose_tau``). A tie goes to the first
-    class, as argmax and ``balanced_accuracy`` decide. ``out``: scratch of z's shape."""
-    label_score, others = _label_and_others(scores_of(k, z, out), labels)
-    best_other = others.amax(1)
-    right = label_score > best_other
-    tied = (label_score == best_other).nonzero().squeeze(1)
-    if len(tied):
-        k_tied = k if isinstance(k, int) else k[tied]
-        right[tied] = scores_of(k_tied, z[tied], out[: len(tied)]).argmax(1) == labels[tied]
-    return right
-
-
 def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float] | None,
-                table_row, apply) -> tuple[float, dict[float, float]]:
+                table_row, apply, neutral: float) -> tuple[float, dict[float, float]]:
     """Return the tau of ``grid`` (default ``TauNorm.default_grid()``) whose adjusted val
     logits have the best balanced accuracy (the first on ties), and the score of each tau.
 
     The adjusted logits at tau are ``apply(logits, table_row(tau))``: ``torch.div`` by
-    ``||w_j||^tau`` for tau-norm, ``torch.sub`` of ``tau log p_j`` for logit adjustment.
-    ``logit_blocks`` yields the val logits a block of rows at a time, in the order of
-    ``labels``.
+    ``||w_j||^tau`` for tau-norm, ``torch.sub`` of ``tau log p_j`` for logit adjustment;
+    ``neutral`` is the table value that leaves a logit as it is (1 and 0), so a grid that
+    starts at tau 0 needs no pass for it. ``logit_blocks`` yields the val logits a block of
+    rows at a time (which this may overwrite), in the order of ``labels``.
 
-    For both, the taus at which a row is right form an interval: with logit adjustment each
-    class's score is linear in tau; with tau-norm, ``log |z_j| - tau log ||w_j||`` is, a
-    label with a positive logit never loses to a class with z_j <= 0, and a negative one
-    never beats a class with z_j >= 0. So the answer is that of scoring every tau, but most
-    rows need only the two ends of the grid: a row right at both ends is right in between; a
-    row whose label scores below some other class's lower end at both ends is never right; a
-    row right at one end only has the edge of its interval found by bisection. Only the rest
-    (ties at an end, rows right at neither end) are scored tau by tau.
+    The answer is that of scoring every tau (a test compares them with ``==``), from the
+    scores at the grid's two ends. For both adjustments the difference of two classes'
+    scores changes sign at most once over tau (with logit adjustment each score is linear in
+    tau; with tau-norm ``log |z_j| - tau log ||w_j||`` is, and classes of the other sign
+    never cross). So:
+    - a row whose label beats every other class at both ends is right everywhere, and one
+      with a class above the label at both ends is never right;
+    - in the other rows only a few classes matter: those that beat or tie the label at an
+      end, and of them the ones that can be the best somewhere in between. Each of those is
+      scored against the label at every tau (a tie going to the lower class index, as
+      argmax does); a row is right at a tau where it beats them all.
+    Rows with a NaN score, or a label scoring +-inf, are scored tau by tau.
     """
     taus = [float(t) for t in (grid if grid is not None else TauNorm.default_grid())]
     if not taus:
         raise ValueError("grid: expected at least one tau, found none")
     ranked = sorted(taus)
     table = torch.stack([table_row(t) for t in ranked])  # one row per ranked tau
-
-    def scores_of(k: int | Tensor, z: Tensor, out: Tensor) -> Tensor:
-        return apply(z, table[k] if isinstance(k, int) else table.index_select(0, k), out=out)
+    by_class = table.T.contiguous()  # (classes, taus)
 
     correct = torch.zeros(len(labels), len(taus), dtype=torch.bool)  # columns: ranked
     done, buffers = 0, []
     for z in logit_blocks:
         y = labels[done : done + len(z)]
-        right = correct[done : done + len(z)]
+        index = y.unsqueeze(1)
+        label_logit = z.gather(1, index)
+        z.scatter_(1, index, -math.inf)  # every class but the label; the label stays apart
         if not buffers:
-            buffers = [torch.empty_like(z), torch.empty_like(z)]
+            buffers = [torch.empty_like(z) for _ in range(3)]
+        a, b, work = (t[: len(z)] for t in buffers)
         ends = []
-        for k, buffer in zip((0, len(ranked) - 1), buffers):
-            label_score, other = _label_and_others(scores_of(k, z, buffer[: len(z)]), y)
-            ends.append((label_score, other, other.amax(1)))
-        (y_lo, other_lo, best_lo), (y_hi, other_hi, best_hi) = ends
-        clear = (y_lo != best_lo) & (y_hi != best_hi)  # no tie at either end
-        at_lo, at_hi = clear & (y_lo > best_lo), clear & (y_hi > best_hi)
-        right[at_lo & at_hi] = True
-        rest = (~(at_lo | at_hi)).nonzero().squeeze(1)
-        # Monotone in tau, each score's lowest value over the grid is at an end: a label
-        # below the best of those lows at both ends is never right.
-        floor = torch.minimum(other_lo[rest], other_hi[rest]).amax(1)
-        rest = rest[torch.maximum(y_lo[rest], y_hi[rest]) >= floor]
-        one_end = (at_lo ^ at_hi).nonzero().squeeze(1)
-        if len(one_end):
-            right[one_end] = _bisect_edges(scores_of, len(ranked), z.index_select(0, one_end),
-                                           y[one_end], at_lo[one_end],
-                                           buffers[0][: len(one_end)])
-        # The rest tau by tau, all taus of a row in one pass (chunks of a block's size).
-        todo = torch.cartesian_prod(rest, torch.arange(len(ranked))).view(-1, 2)
-        for chunk in todo.split(len(z)):
-            rows, k = chunk.unbind(1)
-            out = buffers[0][: len(rows)]
-            right[rows, k] = _right_at(scores_of, k, z[rows], y[rows], out)
+        for k, out in ((0, a), (len(ranked) - 1, b)):
+            # at tau 0 the scores are the logits themselves: no pass
+            scores = z if bool((table[k] == neutral).all()) else apply(z, table[k], out=out)
+            label_score = apply(label_logit, table[k].index_select(0, y).unsqueeze(1))
+            ends.append((scores, label_score, scores.amax(1, keepdim=True)))
+        (lo, y_lo, best_lo), (hi, y_hi, best_hi) = ends
+        right = correct[done : done + len(z)]
+        sure = ((y_lo > best_lo) & (y_hi > best_hi)).squeeze(1)
+        right[sure] = True
+        # Rows with a NaN score or a label scoring +-inf (whose margins below could be NaN):
+        # scored tau by tau, as argmax does (rare).
+        odd = ~sure & (best_lo.isnan() | best_hi.isnan() | ~y_lo.isfinite()
+                       | ~y_hi.isfinite()).squeeze(1)
+        if bool(odd.any()):
+            rows = odd.nonzero().squeeze(1)
+            logits = z[rows].scatter_(1, index[rows], label_logit[rows])
+            for k in range(len(ranked)):
+                right[rows, k] = apply(logits, table[k]).argmax(1) == y[rows]
+            sure |= odd
+        rows = (~sure).nonzero().squeeze(1)
+        if 0 < 2 * len(rows) < len(z):  # few rows left: copies of them cost less than the block
+            margins = (lo[rows] - y_lo[rows], hi[rows] - y_hi[rows], None)
+            right[rows] = _right_among_threats(z, rows, *margins, label_logit[rows],
+                                               index[rows], by_class, apply)
+        elif len(rows):  # most: the whole block (in place), the sure rows given an unbeatable label
+            skip = sure.unsqueeze(1)
+            margins = (torch.sub(lo, y_lo.masked_fill(skip, math.inf), out=a),
+                       torch.sub(hi, y_hi.masked_fill(skip, math.inf), out=b), work)
+            right[rows] = _right_among_threats(z, None, *margins, label_logit, index,
+                                               by_class, apply)[rows]
         done += len(z)
     num_classes = int(labels.max()) + 1
     hits = torch.zeros(num_classes, len(taus)).index_add_(0, labels, correct.float()).T
@@ -334,20 +326,50 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
     return max(scores, key=scores.get), scores
 
 
-def _bisect_edges(scores_of, size: int, z: Tensor, labels: Tensor, right_first: Tensor,
-                  out: Tensor) -> Tensor:
-    """Return, for rows of logits ``z`` right at exactly one end of a grid of ``size`` taus
-    (``right_first``: at the first) whose right taus form an interval, where each is right:
-    the edge is found by bisection, every row at its own grid index in each pass."""
-    low = torch.zeros(len(z), dtype=torch.long)  # an index that agrees with the first end
-    high = torch.full((len(z),), size - 1)  # one that agrees with the last end
-    while bool((high - low > 1).any()):
-        mid = (low + high) // 2  # a closed row evaluates its low end again: no change
-        agree = _right_at(scores_of, mid, z, labels, out) == right_first
-        low = torch.where(agree, mid, low)
-        high = torch.where(agree, high, mid)
-    k = torch.arange(size)
-    return torch.where(right_first.unsqueeze(1), k <= low.unsqueeze(1), k >= high.unsqueeze(1))
+def _right_among_threats(z: Tensor, rows: Tensor | None, d_lo: Tensor, d_hi: Tensor,
+                         work: Tensor | None, label_logit: Tensor, y: Tensor,
+                         by_class: Tensor, apply) -> Tensor:
+    """Return (rows x taus) whether each row of ``d_lo`` has its label best at each tau (see
+    ``_choose_tau``). ``d_lo``, ``d_hi``: each class's score minus the label's at the grid's
+    two ends (finite label scores; the label's own -inf; a row to leave out: -inf), for the
+    rows ``rows`` of the logits ``z`` (None: all), overwritten; ``work``: scratch of their
+    shape or None; ``label_logit``, ``y``: the label's logit and class, each a column;
+    ``by_class``: the table, a row of taus per class.
+
+    The sign of a difference of two floats is exact. The difference of two classes' scores
+    changes sign once at most over tau, so a class above the label at both ends is above it
+    in between (never right), and one below it at both ends is below it in between."""
+    hopeless = torch.minimum(d_lo, d_hi, out=work).amax(1) > 0
+    # Threats: the classes that beat or tie the label at an end.
+    threat = torch.maximum(d_lo, d_hi, out=d_lo).masked_fill_(hopeless.unsqueeze(1), -1) >= 0
+    flat = threat.view(-1).nonzero().squeeze(1)
+    row, cls = flat // d_lo.shape[1], flat % d_lo.shape[1]
+    y = y.squeeze(1)
+    logit = z[row if rows is None else rows[row], cls]
+    t_lo = apply(logit, by_class[:, 0].index_select(0, cls))  # the same floats as the ends'
+    t_hi = apply(logit, by_class[:, -1].index_select(0, cls))
+    # The label is wrong at a tau when the best threat there beats it, so only the threats
+    # that are the best of the threats somewhere matter. Such a class scores, at one end, at
+    # least what the threat best at the other end scores there (or is itself best at that
+    # other end): a pruning that leaves few per row.
+    keep = torch.ones_like(row, dtype=torch.bool)
+    for near, far in ((t_lo, t_hi), (t_hi, t_lo)):
+        best_far = far.new_full((len(d_lo),), -math.inf).scatter_reduce_(0, row, far, "amax")
+        at_best = far == best_far[row]
+        bar = near.new_full((len(d_lo),), -math.inf).scatter_reduce_(
+            0, row[at_best], near[at_best], "amax")
+        keep &= (near >= bar[row]) | at_best
+    keep = keep.nonzero().squeeze(1)
+    row, cls = row[keep], cls[keep]
+    scores = hopeless.float().unsqueeze(1).expand(-1, by_class.shape[1]).clone()  # lost
+    if not len(row):
+        return scores == 0
+    label = y[row]
+    theirs = apply(logit[keep].unsqueeze(1), by_class.index_select(0, cls))
+    ours = apply(label_logit[row], by_class.index_select(0, label))
+    # argmax picks the lowest index on a tie
+    lost = torch.where((cls < label).unsqueeze(1), theirs >= ours, theirs > ours)
+    return scores.index_add_(0, row, lost.float()) == 0
 
 
 def _logit_blocks(features: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -406,7 +428,7 @@ class LogitAdjust(_LinearHead):
             yv = _labels(val_labels, len(xv), "val_labels")
             self.tau_, self.val_scores_ = _choose_tau(
                 _logit_blocks(xv, joint.weight_, joint.bias_), yv, self.grid,
-                lambda t: t * self.log_prior_, torch.sub)
+                lambda t: t * self.log_prior_, torch.sub, 0.0)
         self.weight_, self.bias_ = joint.weight_, bias - self.tau_ * self.log_prior_
         return self
 
