@@ -1,6 +1,7 @@
 """Each stage-2 method on small synthetic features where the right answer is known."""
 
 import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +261,26 @@ def test_small_work_runs_on_one_thread_and_the_threads_come_back():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_stage2_bench_runs_small_and_prints_every_ratio(tmp_path):
+    """bench/stage2.py (make bench) on a small shape: every method gets a fit, a bound and a
+    ratio, so the bench cannot rot between benchmark runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "stage2.json"
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "stage2.py"), "--classes", "20", "--train",
+         "3000", "--dim", "16", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fit/bound" in result.stdout and "softmax of every step" in result.stdout
+    methods = json.loads(out.read_text())["methods"]
+    for name in ("crt", "lws", "tau_norm", "ncm_cosine", "ncm_euclidean"):
+        assert methods[name]["bound_s"] is not None and methods[name]["fit_s"] >= 0

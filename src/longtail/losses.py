@@ -124,6 +124,16 @@ class ClassifierLoss:
         None; it may be ``logits`` itself), so a training loop can reuse one buffer: fresh
         batch-sized temporaries every step cost cRT a third of its time in page faults.
         """
+        loss, d, scale = self.value_and_scaled_grad(logits, labels, out)
+        return loss, d if scale == 1 else d.mul_(scale)
+
+    @torch.no_grad()
+    def value_and_scaled_grad(self, logits: Tensor, labels: Tensor,
+                              out: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
+        """Return the loss, ``d`` and a number ``scale`` with d loss / d logits = ``scale *
+        d`` (see ``value_and_grad``): without class weights the 1 / batch is left to the
+        caller, whose weight-gradient product can apply it for free (``addmm``'s alpha)
+        instead of a pass over the batch's logits."""
         out = torch.empty_like(logits) if out is None else out
         index = labels.unsqueeze(1)
         if self.offset is not None:
@@ -144,9 +154,8 @@ class ClassifierLoss:
             d = log_probs.exp_().sub_((eps / num_classes).unsqueeze(1))
             d.scatter_add_(1, index, (eps - 1).unsqueeze(1))
         if self.weight is None:
-            d /= len(labels)
-            return per_row.mean(), d
+            return per_row.mean(), d, 1.0 / len(labels)
         w = self.weight[labels]
         total = w.sum()
-        d *= (w / total).unsqueeze(1)
-        return (w * per_row).sum() / total, d
+        d *= (w / total).unsqueeze(1)  # a tensor: as alpha it would cost a host sync
+        return (w * per_row).sum() / total, d, 1.0

@@ -158,11 +158,14 @@ class NCM(Rebalancer):
         self.center = center
         self.normalize = normalize
 
-    def _prepare(self, x: Tensor) -> Tensor:
+    def _prepare(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Return x centred and normalised as the metric asks, written into ``out`` if given
+        (as F.normalize does: divided by the norm, at least 1e-12)."""
         if self.center:
-            x = x - self.center_
+            x = torch.sub(x, self.center_, out=out)
         if self.normalize or (self.normalize is None and self.metric == "cosine"):
-            x = F.normalize(x, dim=1)
+            norms = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
+            x = torch.div(x, norms, out=out)
         return x
 
     def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
@@ -176,11 +179,14 @@ class NCM(Rebalancer):
             missing = torch.nonzero(counts == 0).flatten().tolist()[:10]
             raise ValueError(f"labels: classes {missing} have no training features")
         sums = torch.zeros(num_classes, x.shape[1])
-        # Prepared a block of rows at a time: a normalised copy of all the features would be
-        # as large as they are (and cost more than the sums themselves to allocate).
-        rows = max(1, (1 << 22) // max(x.shape[1], 1))
+        # Prepared a block of rows at a time into one buffer small enough to stay in cache
+        # (4 MiB): a normalised copy of all the features would be as large as they are and
+        # cost more than the sums themselves to allocate.
+        rows = max(1, (1 << 20) // max(x.shape[1], 1))
+        buffer = x.new_empty(min(rows, len(x)), x.shape[1])
         for i in range(0, len(x), rows):
-            sums.index_add_(0, y[i : i + rows], self._prepare(x[i : i + rows]))
+            block = x[i : i + rows]
+            sums.index_add_(0, y[i : i + rows], self._prepare(block, buffer[: len(block)]))
         self.means_ = sums / counts.unsqueeze(1)
         return self
 
@@ -373,9 +379,10 @@ def _right_among_threats(z: Tensor, rows: Tensor | None, d_lo: Tensor, d_hi: Ten
 
 
 def _logit_blocks(features: Tensor, weight: Tensor, bias: Tensor | None = None,
-                  numbers: int = 1 << 22) -> Iterator[Tensor]:
+                  numbers: int = 1 << 20) -> Iterator[Tensor]:
     """Yield ``features @ weight.T (+ bias)`` in blocks of rows of about ``numbers`` logits
-    (16 MiB), each block written into the same buffer (valid until the next one)."""
+    (4 MiB: the tau search's passes over a block and its scratch stay in cache), each block
+    written into the same buffer (valid until the next one)."""
     rows = max(1, numbers // max(len(weight), 1))
     out = features.new_empty(min(rows, len(features)), len(weight))
     for i in range(0, len(features), rows):
@@ -476,13 +483,15 @@ class CachedBatches:
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        """Yield (features, labels) batches; the features are written into one buffer, so
+        """Yield (features, labels) batches, each written into the same two buffers, so
         each batch is valid until the next one is drawn."""
         order = self.sampler.indices().to(self.device)
         rows = self.features.new_empty(self.batch_size, *self.features.shape[1:])
+        labels = self.labels.new_empty(self.batch_size)
         for b in range(len(self)):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield torch.index_select(self.features, 0, batch, out=rows), self.labels[batch]
+            yield (torch.index_select(self.features, 0, batch, out=rows),
+                   torch.index_select(self.labels, 0, batch, out=labels))
 
 
 class _TrainedOnFeatures(Rebalancer):
@@ -576,9 +585,10 @@ class _TrainedOnFeatures(Rebalancer):
     def _manual_step(self, params: list[Tensor], logits_of, accumulate, loss_fn: ClassifierLoss):
         """Return step(inputs, labels, lr) -> loss with the gradient written out:
         ``logits_of(inputs, out)`` writes the logits into ``out``; ``accumulate(inputs, d,
-        momenta, beta)`` sets each momentum buffer to ``beta * buffer + gradient`` from d = d
-        loss / d logits (``loss_fn.value_and_grad``: softmax minus target, over the batch), so
-        that a product can do it in place (``addmm_``); then weight decay and the update, as
+        momenta, beta, alpha)`` sets each momentum buffer to ``beta * buffer + gradient`` from
+        d loss / d logits = alpha * d (``loss_fn.value_and_scaled_grad``: softmax minus target,
+        over the batch), so that a product can do it in place (``addmm_``); then weight decay
+        and the update, as
         torch.optim.SGD does them. The same numbers as autograd (tests compare them) without its
         per-step overhead, which dominated the small steps of the demo. Every buffer is
         allocated once: a step allocates nothing batch-sized."""
@@ -591,8 +601,8 @@ class _TrainedOnFeatures(Rebalancer):
                 if not logits or len(logits[0]) != len(inputs):
                     logits[:] = [inputs.new_empty(len(inputs), len(params[0]))]
                 z = logits_of(inputs, logits[0])
-                loss, d = loss_fn.value_and_grad(z, labels, out=z)
-                accumulate(inputs, d, momenta, self.momentum)
+                loss, d, alpha = loss_fn.value_and_scaled_grad(z, labels, out=z)
+                accumulate(inputs, d, momenta, self.momentum, alpha)
                 for p, m in zip(params, momenta):
                     if self.weight_decay:  # momentum * m + (g + wd p)
                         m.add_(p, alpha=self.weight_decay)
@@ -707,9 +717,10 @@ class CRT(_LinearHead, _TrainedOnFeatures):
 
     def _linear_step(self, weight: Tensor, bias: Tensor, loss_fn: ClassifierLoss):
         """Return the written-out step of the linear classifier (see ``_manual_step``)."""
-        def accumulate(f: Tensor, d: Tensor, momenta: list[Tensor], beta: float) -> None:
-            momenta[0].addmm_(d.T, f, beta=beta)
-            momenta[1].mul_(beta).add_(d.sum(0))
+        def accumulate(f: Tensor, d: Tensor, momenta: list[Tensor], beta: float,
+                       alpha: float) -> None:
+            momenta[0].addmm_(d.T, f, beta=beta, alpha=alpha)
+            momenta[1].mul_(beta).add_(d.sum(0), alpha=alpha)
 
         return self._manual_step([weight, bias],
                                  lambda f, out: torch.addmm(bias, f, weight.T, out=out),
@@ -814,12 +825,13 @@ class LWS(_TrainedOnFeatures):
                 return torch.add(rows, bias, out=out).mul_(scales)
             return torch.addcmul(bias, rows, scales, out=out)
 
-        def accumulate(rows: Tensor, d: Tensor, momenta: list[Tensor], beta: float) -> None:
+        def accumulate(rows: Tensor, d: Tensor, momenta: list[Tensor], beta: float,
+                       alpha: float) -> None:
             # sum_i d_ij (z_ij + b_j) = sum_i d_ij z_ij + b_j sum_i d_ij; d is not needed after.
             d_sum = d.sum(0) if with_bias else None
-            momenta[0].mul_(beta).add_(d.mul_(rows).sum(0))
+            momenta[0].mul_(beta).add_(d.mul_(rows).sum(0), alpha=alpha)
             if with_bias:
-                momenta[0].addcmul_(bias, d_sum)
+                momenta[0].addcmul_(bias, d_sum, value=alpha)
 
         return self._manual_step([scales], logits_of, accumulate, ClassifierLoss())
 
