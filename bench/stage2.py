@@ -19,9 +19,12 @@ the matrix products the method cannot avoid, and the ratio fit / bound:
 - tau-norm: one product of the val features with the joint weights;
 - NCM: the class sums of the training features (its fit; predicting is timed apart), and for
   cosine NCM also the norm of every training feature, which it must divide by.
-Stage 2 never runs a backbone; this measures it alone. A last line gives what the bounds
-leave out for the two trained methods: the softmax of every step's batch x classes logits,
-which each step needs for its gradient (cRT 10 epochs, LWS 5).
+Stage 2 never runs a backbone; this measures it alone. Two last lines give, for the two
+trained methods, what the bounds leave out: the softmax of every step's batch x classes
+logits, which each step needs for its gradient (cRT 10 epochs, LWS 5), and a bare loop of
+the tensor operations of their fits (gather the batch, the logits, softmax, the gradient
+products, the SGD update, and LWS's logits product: no loss value, no longtail code; cRT:
+one epoch, times 10), the floor of a fit written with torch operations.
 """
 
 from __future__ import annotations
@@ -100,6 +103,45 @@ def softmax_steps(cfg, train_size: int, num_classes: int) -> dict[str, float]:
     return {"crt": seconds * cfg.crt.epochs, "lws": seconds * cfg.lws.epochs}
 
 
+def bare_steps(cfg, train_x, train_y, weight, bias) -> dict[str, float]:
+    """Return the seconds of a bare loop of cRT's and LWS's step operations (see the module
+    docstring): what a step costs in torch operations, without longtail around them."""
+    (n, dim), classes, batch = train_x.shape, len(weight), cfg.batch_size
+    order = torch.randint(0, n, (n,), generator=torch.Generator().manual_seed(0))
+    rows, labels = torch.empty(batch, dim), torch.empty(batch, dtype=torch.long)
+    z, minus_one = torch.empty(batch, classes), torch.full((batch, 1), -1.0)
+    w, b = torch.zeros(classes, dim), torch.zeros(classes)
+    w_m, b_m = torch.zeros_like(w), torch.zeros_like(b)
+
+    def crt_epoch() -> None:
+        for i in range(n // batch):
+            index = order[i * batch : (i + 1) * batch]
+            torch.index_select(train_x, 0, index, out=rows)
+            torch.index_select(train_y, 0, index, out=labels)
+            torch.softmax(torch.addmm(b, rows, w.T, out=z), 1, out=z)
+            z.scatter_add_(1, labels.unsqueeze(1), minus_one)
+            w_m.addmm_(z.T, rows, beta=0.9, alpha=1 / batch).add_(w, alpha=5e-4)
+            b_m.mul_(0.9).add_(z.sum(0), alpha=1 / batch).add_(b, alpha=5e-4)
+            w.add_(w_m, alpha=-0.01)
+            b.add_(b_m, alpha=-0.01)
+
+    raw, scales, s_m = torch.empty(batch, classes), torch.ones(classes), torch.zeros(classes)
+
+    def lws_fit() -> None:  # the logits product too (allocating its output, as a fit must)
+        logits = torch.mm(train_x, weight.T)
+        for _ in range(cfg.lws.epochs):
+            for i in range(n // batch):
+                index = order[i * batch : (i + 1) * batch]
+                torch.index_select(logits, 0, index, out=raw)
+                torch.index_select(train_y, 0, index, out=labels)
+                torch.softmax(torch.addcmul(bias, raw, scales, out=z), 1, out=z)
+                z.scatter_add_(1, labels.unsqueeze(1), minus_one)
+                s_m.mul_(0.9).add_(z.mul_(raw).sum(0), alpha=1 / batch)
+                scales.add_(s_m, alpha=-0.01)
+
+    return {"crt": _best_of(crt_epoch, 1) * cfg.crt.epochs, "lws": _best_of(lws_fit, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -159,11 +201,17 @@ def main() -> None:
     softmax = softmax_steps(cfg, len(train_x), args.classes)
     print("not in the bounds, the softmax of every step: "
           + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in softmax.items()))
+    bare = bare_steps(cfg, train_x, train_y, weight, bias)
+    print("a bare loop of the steps' tensor operations: "
+          + ", ".join(f"{name} {seconds:.2f} s (fit / bare loop "
+                      f"{results[name]['fit_s'] / seconds:.2f})"
+                      for name, seconds in bare.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "threads": torch.get_num_threads(),
                        "train_shape": list(train_x.shape), "noise": args.noise,
-                       "methods": results, "softmax_steps_s": softmax}, f, indent=2)
+                       "methods": results, "softmax_steps_s": softmax,
+                       "bare_steps_s": bare}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -379,11 +379,13 @@ def _right_among_threats(z: Tensor, rows: Tensor | None, d_lo: Tensor, d_hi: Ten
 
 
 def _logit_blocks(features: Tensor, weight: Tensor, bias: Tensor | None = None,
-                  numbers: int = 1 << 20) -> Iterator[Tensor]:
+                  numbers: int = 1 << 20, min_rows: int = 512) -> Iterator[Tensor]:
     """Yield ``features @ weight.T (+ bias)`` in blocks of rows of about ``numbers`` logits
-    (4 MiB: the tau search's passes over a block and its scratch stay in cache), each block
-    written into the same buffer (valid until the next one)."""
-    rows = max(1, numbers // max(len(weight), 1))
+    (4 MiB: the tau search's passes over a block and its scratch stay in cache), but at
+    least ``min_rows`` rows (fewer slow the product: 128 rows of iNaturalist's 8,142 classes
+    took it from 2.6 to 4.3 s), each block written into the same buffer (valid until the
+    next one)."""
+    rows = max(min_rows, numbers // max(len(weight), 1))
     out = features.new_empty(min(rows, len(features)), len(weight))
     for i in range(0, len(features), rows):
         x = features[i : i + rows]
