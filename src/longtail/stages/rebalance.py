@@ -367,15 +367,16 @@ def _right_among_threats(z: Tensor, rows: Tensor | None, d_lo: Tensor, d_hi: Ten
         keep &= (near >= bar[row]) | at_best
     keep = keep.nonzero().squeeze(1)
     row, cls = row[keep], cls[keep]
-    scores = hopeless.float().unsqueeze(1).expand(-1, by_class.shape[1]).clone()  # lost
+    # Per row and tau, how many classes beat the label (a hopeless row: one everywhere).
+    beaten = hopeless.float().unsqueeze(1).expand(-1, by_class.shape[1]).clone()
     if not len(row):
-        return scores == 0
+        return beaten == 0
     label = y[row]
     theirs = apply(logit[keep].unsqueeze(1), by_class.index_select(0, cls))
     ours = apply(label_logit[row], by_class.index_select(0, label))
     # argmax picks the lowest index on a tie
     lost = torch.where((cls < label).unsqueeze(1), theirs >= ours, theirs > ours)
-    return scores.index_add_(0, row, lost.float()) == 0
+    return beaten.index_add_(0, row, lost.float()) == 0
 
 
 def _logit_blocks(features: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -589,11 +590,11 @@ class _TrainedOnFeatures(Rebalancer):
         ``logits_of(inputs, out)`` writes the logits into ``out``; ``accumulate(inputs, d,
         momenta, beta, alpha)`` sets each momentum buffer to ``beta * buffer + gradient`` from
         d loss / d logits = alpha * d (``loss_fn.value_and_scaled_grad``: softmax minus target,
-        over the batch), so that a product can do it in place (``addmm_``); then weight decay
-        and the update, as
-        torch.optim.SGD does them. The same numbers as autograd (tests compare them) without its
-        per-step overhead, which dominated the small steps of the demo. Every buffer is
-        allocated once: a step allocates nothing batch-sized."""
+        over the batch), so that a product can do it in place (``addmm_``, whose alpha also
+        applies the 1 / batch); then weight decay and the update, as torch.optim.SGD does them.
+        The same numbers as autograd (tests compare them) without its per-step overhead, which
+        dominated the small steps of the demo. Every buffer is allocated once: a step
+        allocates nothing batch-sized."""
         # Zero momentum: the first update 0 * momentum + g is torch's first buffer, g itself.
         momenta = [torch.zeros_like(p) for p in params]
         logits: list[Tensor] = []
