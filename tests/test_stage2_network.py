@@ -11,7 +11,7 @@ from longtail.data import build_data
 from longtail.models import build_model
 from longtail.scalars import ScalarLog
 from longtail.stages.online import NetworkStage2
-from longtail.stages.rebalance import CRT
+from longtail.stages.rebalance import CRT, LWS
 from tests.test_end_to_end import ROOT, TINY
 
 FMNIST = str(ROOT / "configs" / "fmnist_lt.yaml")
@@ -94,7 +94,7 @@ def test_stage1_best_val_keeps_the_epoch_of_best_val_accuracy(fake_fmnist, tmp_p
 
 
 def test_stage2_best_val_keeps_the_best_epoch():
-    """cRT with select=best_val ends with the epoch whose val top-1 is highest."""
+    """cRT and LWS with select=best_val end with the epoch whose val top-1 is highest."""
     g = torch.Generator().manual_seed(0)
     y = torch.arange(4).repeat_interleave(torch.tensor([60, 20, 8, 4]))
     x = torch.randn(len(y), 8, generator=g) + 1.5 * torch.nn.functional.one_hot(y, 8).float()
@@ -108,3 +108,10 @@ def test_stage2_best_val_keeps_the_best_epoch():
     assert top1 == crt.val_history_[best]
     last = CRT(4, epochs=6, batch_size=16, lr=0.5).fit(x, y, xv, yv)
     assert last.val_history_ == []
+    # LWS on its precomputed logits: the val logits are made (and used) only for best_val.
+    w = torch.eye(4, 8) * torch.tensor([3.0, 2.0, 1.0, 0.5]).unsqueeze(1)
+    lws = LWS(w, epochs=6, batch_size=16, lr=0.5, select="best_val").fit(x, y, xv, yv)
+    best = max(range(6), key=lambda e: lws.val_history_[e])
+    assert lws.best_epoch_ == best + 1 and len(lws.val_history_) == 6
+    assert (lws.predict(xv) == yv).double().mean().item() == lws.val_history_[best]
+    assert LWS(w, epochs=6, batch_size=16, lr=0.5).fit(x, y, xv, yv).val_history_ == []

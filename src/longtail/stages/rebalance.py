@@ -857,7 +857,7 @@ class LWS(_TrainedOnFeatures):
             # (Above LOGITS_MEMORY, e.g. iNaturalist's 437k x 8142, each batch's product.)
             batches = CachedBatches(_matmul_chunked(batches.features, weight), batches.labels,
                                     batches.sampler, batches.batch_size, device)
-            if val_features is not None:
+            if val_features is not None and self.select == "best_val":  # else unused
                 val_features = _matmul_chunked(_features(val_features).to(device), weight)
             forward = lambda logits: self._scale(logits, scales, bias)  # noqa: E731
             step = self._scales_step(scales, bias)
