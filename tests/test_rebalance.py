@@ -61,12 +61,13 @@ def _every_tau(logits, labels, grid, adjust):
 
 
 @pytest.mark.parametrize("case", ["mixed", "negative", "ties", "unsorted grid", "poor",
-                                  "infinite"])
+                                  "infinite", "near ties"])
 def test_tau_search_equals_scoring_every_tau(case):
     """The search scores the grid's ends for every row and the few classes that matter at
     every tau; its curve must be that of scoring every tau, on rows of every kind: right
     everywhere, right at one end, never right, negative label logits, exact ties at one end
-    or everywhere, a near-chance classifier, infinite and NaN logits."""
+    or everywhere, a near-chance classifier, infinite and NaN logits, and scores a rounding
+    apart (their order at one tau not that of the next)."""
     from longtail.stages.rebalance import LogitAdjust
 
     g = torch.Generator().manual_seed(3)
@@ -90,6 +91,9 @@ def test_tau_search_equals_scoring_every_tau(case):
         grid = [1.3, 0.0, 2.0, 0.7, 0.05, 1.0, 0.35]
     if case == "poor":  # labels mostly unrelated to the features: many rows never right
         y = torch.randint(0, num_classes, (900,), generator=g)
+    if case == "near ties":  # classes a few units in the last place apart: so are scores
+        ulps = torch.randint(-3, 4, (num_classes, 1), generator=g).float()
+        weight = weight[:1].expand(num_classes, dim) * (1 + ulps * 2**-23)
     if case == "infinite":  # rows with an infinite or NaN feature give +-inf / NaN logits
         x[:5, 0], x[5:10, 0], x[10:15, 0] = math.inf, -math.inf, math.nan
         weight[:, 0] = weight[:, 0].abs()  # +inf in every class for the first rows: ties

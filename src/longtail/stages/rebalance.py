@@ -271,7 +271,10 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
       end, and of them the ones that can be the best somewhere in between. Each of those is
       scored against the label at every tau (a tie going to the lower class index, as
       argmax does); a row is right at a tau where it beats them all.
-    Rows with a NaN score, or a label scoring +-inf, are scored tau by tau.
+    Rounded scores can break the rule where two are a few units in the last place apart, so
+    "beats" and "above" in these shortcuts mean by more than ``TAU_SEARCH_TOLERANCE`` times
+    the label's score, and a near tie counts as a tie, scored at every tau. Rows with a NaN
+    score, or a label scoring +-inf, are scored tau by tau.
     """
     taus = [float(t) for t in (grid if grid is not None else TauNorm.default_grid())]
     if not taus:
@@ -297,8 +300,13 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
             label_score = apply(label_logit, table[k].index_select(0, y).unsqueeze(1))
             ends.append((scores, label_score, scores.amax(1, keepdim=True)))
         (lo, y_lo, best_lo), (hi, y_hi, best_hi) = ends
+        # Rounding can break the sign rule between scores closer than a few units in the
+        # last place (a near tie at one tau, a clear order at the next): every shortcut below
+        # asks for a margin of at least TAU_SEARCH_TOLERANCE times the label's score, and
+        # near ties are scored at every tau.
+        tol_lo, tol_hi = (TAU_SEARCH_TOLERANCE * (t.abs() + 1e-30) for t in (y_lo, y_hi))
         right = correct[done : done + len(z)]
-        sure = ((y_lo > best_lo) & (y_hi > best_hi)).squeeze(1)
+        sure = ((y_lo - best_lo > tol_lo) & (y_hi - best_hi > tol_hi)).squeeze(1)
         right[sure] = True
         # Rows with a NaN score or a label scoring +-inf (whose margins below could be NaN):
         # scored tau by tau, as argmax does (rare).
@@ -310,17 +318,21 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
             for k in range(len(ranked)):
                 right[rows, k] = apply(logits, table[k]).argmax(1) == y[rows]
             sure |= odd
+        # Margins over the label's score less its tolerance: >= 0 for a class that beats or
+        # nearly ties the label at that end.
+        bar_lo, bar_hi = y_lo - tol_lo, y_hi - tol_hi
         rows = (~sure).nonzero().squeeze(1)
         if 0 < 2 * len(rows) < len(z):  # few rows left: copies of them cost less than the block
-            margins = (lo[rows] - y_lo[rows], hi[rows] - y_hi[rows], None)
-            right[rows] = _right_among_threats(z, rows, *margins, label_logit[rows],
-                                               index[rows], by_class, apply)
+            margins = (lo[rows] - bar_lo[rows], hi[rows] - bar_hi[rows], None)
+            right[rows] = _right_among_threats(
+                z, rows, *margins, tol_lo[rows], tol_hi[rows], label_logit[rows],
+                index[rows], by_class, apply)
         elif len(rows):  # most: the whole block (in place), the sure rows given an unbeatable label
             skip = sure.unsqueeze(1)
-            margins = (torch.sub(lo, y_lo.masked_fill(skip, math.inf), out=a),
-                       torch.sub(hi, y_hi.masked_fill(skip, math.inf), out=b), work)
-            right[rows] = _right_among_threats(z, None, *margins, label_logit, index,
-                                               by_class, apply)[rows]
+            margins = (torch.sub(lo, bar_lo.masked_fill(skip, math.inf), out=a),
+                       torch.sub(hi, bar_hi.masked_fill(skip, math.inf), out=b), work)
+            right[rows] = _right_among_threats(z, None, *margins, tol_lo, tol_hi, label_logit,
+                                               index, by_class, apply)[rows]
         done += len(z)
     num_classes = int(labels.max()) + 1
     hits = torch.zeros(num_classes, len(taus)).index_add_(0, labels, correct.float()).T
@@ -333,20 +345,21 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
 
 
 def _right_among_threats(z: Tensor, rows: Tensor | None, d_lo: Tensor, d_hi: Tensor,
-                         work: Tensor | None, label_logit: Tensor, y: Tensor,
-                         by_class: Tensor, apply) -> Tensor:
+                         work: Tensor | None, tol_lo: Tensor, tol_hi: Tensor,
+                         label_logit: Tensor, y: Tensor, by_class: Tensor, apply) -> Tensor:
     """Return (rows x taus) whether each row of ``d_lo`` has its label best at each tau (see
-    ``_choose_tau``). ``d_lo``, ``d_hi``: each class's score minus the label's at the grid's
-    two ends (finite label scores; the label's own -inf; a row to leave out: -inf), for the
-    rows ``rows`` of the logits ``z`` (None: all), overwritten; ``work``: scratch of their
-    shape or None; ``label_logit``, ``y``: the label's logit and class, each a column;
-    ``by_class``: the table, a row of taus per class.
+    ``_choose_tau``). ``d_lo``, ``d_hi``: each class's score minus (the label's less its
+    tolerance ``tol_lo`` / ``tol_hi``) at the grid's two ends, for the rows ``rows`` of the
+    logits ``z`` (None: all; finite label scores; the label's own margin -inf; a row to leave
+    out: -inf), overwritten; ``work``: scratch of their shape or None; ``label_logit``, ``y``:
+    the label's logit and class; ``by_class``: the table, a row of taus per class.
 
-    The sign of a difference of two floats is exact. The difference of two classes' scores
-    changes sign once at most over tau, so a class above the label at both ends is above it
-    in between (never right), and one below it at both ends is below it in between."""
-    hopeless = torch.minimum(d_lo, d_hi, out=work).amax(1) > 0
-    # Threats: the classes that beat or tie the label at an end.
+    The difference of two classes' scores changes sign once at most over tau, so a class
+    clearly above the label at both ends is above it in between (never right), and one
+    clearly below it at both ends is below it in between."""
+    tol = torch.maximum(tol_lo, tol_hi).squeeze(1)
+    hopeless = torch.minimum(d_lo, d_hi, out=work).amax(1) > 2 * tol
+    # Threats: the classes that beat or nearly tie the label at an end.
     threat = torch.maximum(d_lo, d_hi, out=d_lo).masked_fill_(hopeless.unsqueeze(1), -1) >= 0
     flat = threat.view(-1).nonzero().squeeze(1)
     row, cls = flat // d_lo.shape[1], flat % d_lo.shape[1]
@@ -356,15 +369,16 @@ def _right_among_threats(z: Tensor, rows: Tensor | None, d_lo: Tensor, d_hi: Ten
     t_hi = apply(logit, by_class[:, -1].index_select(0, cls))
     # The label is wrong at a tau when the best threat there beats it, so only the threats
     # that are the best of the threats somewhere matter. Such a class scores, at one end, at
-    # least what the threat best at the other end scores there (or is itself best at that
-    # other end): a pruning that leaves few per row.
+    # least what the threat best at the other end scores there, or is itself (near) best at
+    # that other end: a pruning that leaves few per row.
     keep = torch.ones_like(row, dtype=torch.bool)
-    for near, far in ((t_lo, t_hi), (t_hi, t_lo)):
+    for near, far, tol_near, tol_far in ((t_lo, t_hi, tol_lo, tol_hi),
+                                         (t_hi, t_lo, tol_hi, tol_lo)):
         best_far = far.new_full((len(d_lo),), -math.inf).scatter_reduce_(0, row, far, "amax")
-        at_best = far == best_far[row]
+        at_best = far >= best_far[row] - tol_far.squeeze(1)[row]
         bar = near.new_full((len(d_lo),), -math.inf).scatter_reduce_(
             0, row[at_best], near[at_best], "amax")
-        keep &= (near >= bar[row]) | at_best
+        keep &= (near >= bar[row] - tol_near.squeeze(1)[row]) | at_best
     keep = keep.nonzero().squeeze(1)
     row, cls = row[keep], cls[keep]
     # Per row and tau, how many classes beat the label (a hopeless row: one everywhere).
@@ -443,6 +457,9 @@ class LogitAdjust(_LinearHead):
         return self
 
 
+# The tau search's margin for its shortcuts, relative to the label's score (about 80 units in
+# the last place of a float32): far above the rounding of a score, far below real gaps.
+TAU_SEARCH_TOLERANCE = 1e-5
 # Below this many multiply-adds per step, extra threads cost more than they give: they spin
 # and, on a loaded machine, wait for cores (a demo cRT fit swung from 0.2 s to 8 s).
 SMALL_STEP_MACS = 8_000_000
