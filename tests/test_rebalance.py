@@ -108,6 +108,44 @@ def test_tau_search_equals_scoring_every_tau(case):
     assert la.val_scores_ == expected
 
 
+def test_tau_search_equals_scoring_every_tau_on_random_problems():
+    """Random small problems of every kind (rounded values full of exact ties, duplicate and
+    nearly duplicate classes, zero rows, infinities, grids of one to 41 taus): the searched
+    curve of both tau-norm and logit adjustment equals full scoring, with ``==``."""
+    import random
+
+    from longtail.stages.rebalance import LogitAdjust
+
+    grids = [TauNorm.default_grid(), [0.0, 2.0], [0.5, 1.0, 1.5], [1.0], [2.0, 0.0, 0.3, 1.7]]
+    for seed in range(150):
+        r, g = random.Random(seed), torch.Generator().manual_seed(seed)
+        c, d, n = r.choice([2, 3, 5, 17, 40]), r.choice([1, 2, 4, 16]), r.choice([1, 5, 50, 300])
+        scale = torch.rand(c, 1, generator=g) * r.choice([0.1, 1, 5]) + 0.01
+        w = torch.randn(c, d, generator=g) * scale
+        x = torch.randn(n, d, generator=g) * r.choice([0.1, 1, 10]) + r.choice([-1, 0, 1])
+        kind = r.choice(["plain", "round", "duplicate", "near duplicate", "zero", "inf"])
+        if kind == "round":
+            x, w = x.round(), w.round() + 0.01
+        if kind == "duplicate" and c > 2:
+            w[1] = w[0]
+        if kind == "near duplicate" and c > 2:
+            w[1] = w[0] * (1 + 1e-6)
+        if kind == "zero":
+            x[: n // 2] = 0
+        if kind == "inf":
+            x[0, 0] = r.choice([math.inf, -math.inf, math.nan])
+        y = torch.randint(0, c, (n,), generator=g)
+        grid = r.choice(grids)
+        norms = w.norm(dim=1).clamp(min=1e-12)
+        expected = _every_tau(x @ w.T, y, grid, lambda t, z, n=norms: z / n.pow(t))
+        assert TauNorm(w, grid=grid).fit(None, None, x, y).val_scores_ == expected, seed
+        counts, bias = torch.randint(1, 100, (c,), generator=g), torch.randn(c, generator=g)
+        la = LogitAdjust(w, bias, grid=grid, counts=counts).fit(None, None, x, y)
+        prior = la.log_prior_
+        expected = _every_tau(x @ w.T + bias, y, grid, lambda t, z, p=prior: z - t * p)
+        assert la.val_scores_ == expected, seed
+
+
 def test_tau_norm_without_validation_says_what_is_missing():
     w, _ = biased_classifier()
     with pytest.raises(ValueError, match="val_features"):
