@@ -57,7 +57,7 @@ def _best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def bounds(cfg, train_x, train_y, val_x, test_x, num_classes) -> dict[str, float]:
+def bounds(cfg, train_x, train_y, val_x, num_classes) -> dict[str, float]:
     """Return the seconds of the products each method cannot avoid (see the docstring)."""
     dim, batch = train_x.shape[1], cfg.batch_size
     weight = torch.randn(num_classes, dim)
@@ -171,7 +171,7 @@ def main() -> None:
           f"test {tuple(test_x.shape)}, noise {args.noise}; device {device}, "
           f"{torch.get_num_threads()} threads")
     cfg = Config().stage2  # the paper's settings: cRT 10 epochs, LWS 5, batch 512
-    bound = bounds(cfg, train_x, train_y, val_x, test_x, args.classes)
+    bound = bounds(cfg, train_x, train_y, val_x, args.classes)
     results = {}
     print(f"{'method':<14} {'fit s':>8} {'bound s':>8} {'fit/bound':>9} {'predict s':>10} "
           f"{'bal. acc %':>11}")

@@ -828,23 +828,20 @@ class LWS(_TrainedOnFeatures):
         self.bias = bias
         self.scale_bias = scale_bias
 
-    def _scale(self, logits: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
-        """Return the LWS logits from the joint logits without bias, ``x W^T``."""
+    def _scale(self, logits: Tensor, scales: Tensor, bias: Tensor | None,
+               out: Tensor | None = None) -> Tensor:
+        """Return the LWS logits from the joint logits without bias, ``x W^T`` (written into
+        ``out`` when given)."""
         if bias is None:
-            return logits * scales
-        return (logits + bias) * scales if self.scale_bias else logits * scales + bias
+            return torch.mul(logits, scales, out=out)
+        if self.scale_bias:
+            return torch.mul(torch.add(logits, bias, out=out), scales, out=out)
+        return torch.addcmul(bias, logits, scales, out=out)
 
     def _scales_step(self, scales: Tensor, bias: Tensor | None):
         """Return the written-out step of the scales on joint logits (see ``_manual_step``):
         d logit_j / d f_j is the logit, plus the bias with scale_bias."""
         with_bias = bias is not None and self.scale_bias
-
-        def logits_of(rows: Tensor, out: Tensor) -> Tensor:
-            if bias is None:
-                return torch.mul(rows, scales, out=out)
-            if self.scale_bias:
-                return torch.add(rows, bias, out=out).mul_(scales)
-            return torch.addcmul(bias, rows, scales, out=out)
 
         def accumulate(rows: Tensor, d: Tensor, momenta: list[Tensor], beta: float,
                        alpha: float) -> None:
@@ -854,7 +851,8 @@ class LWS(_TrainedOnFeatures):
             if with_bias:
                 momenta[0].addcmul_(bias, d_sum, value=alpha)
 
-        return self._manual_step([scales], logits_of, accumulate, ClassifierLoss())
+        return self._manual_step([scales], lambda rows, out: self._scale(rows, scales, bias, out),
+                                 accumulate, ClassifierLoss())
 
     def _scaled_logits(self, x: Tensor, scales: Tensor, weight: Tensor,
                        bias: Tensor | None) -> Tensor:
