@@ -78,7 +78,8 @@ def main() -> int:
     return subprocess.call([str(longtail), "make-split", "image_folder", "--root", str(images),
                             "--out", str(args.out / "split"), "--n-max", str(args.n_max),
                             "--n-min", str(args.n_min), "--val-per-class", "20",
-                            "--test-per-class", "50", "--seed", str(args.seed)])
+                            "--test-per-class", "50", "--seed", str(args.seed),
+                            "--overwrite"])  # a re-run of the bench redraws the same split
 
 
 if __name__ == "__main__":

@@ -177,3 +177,60 @@ def test_small_images_in_memory_are_augmented_a_batch_at_a_time(fake_fmnist):
     data = build_data(cfg.data, seed=0)
     view, _ = data.training_view()
     assert isinstance(view, RawDraws) and data.hflip is False  # 28 px: no flips by default
+
+
+def test_list_files_with_a_bom_and_crlf_line_ends(image_lists):
+    """Lists saved by Windows editors (BOM, CRLF) read as the same lists."""
+    root, files = image_lists
+    for path in files.values():
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    names = root / "names.txt"
+    names.write_bytes(b"\xef\xbb\xbfcat\r\ndog\r\nbird\r\nfish\r\n")
+    data = build_data(list_cfg(root, files, f"data.class_names={names}").data, seed=0)
+    assert data.train_counts == [30, 12, 6, 3] and len(data.val) == 8
+    assert data.class_names == ["cat", "dog", "bird", "fish"]
+
+
+@pytest.mark.parametrize("names,message", [
+    ("a\nb\nc\nd\ne\nf\n", r"names\.txt: expected 4 class names .*, found 6; no class has "
+                           r"label 4, 5"),
+    ("0 a\n1 b\n2 c\n3 d\n7 h\n", r"names\.txt: expected 4 class names .*, found 5; no class "
+                                  r"has label 7"),
+    ("a\nb\n", r"names\.txt: expected a name for each of the 4 classes, missing \[2, 3\]"),
+])
+def test_class_name_file_of_another_class_count(image_lists, names, message):
+    root, files = image_lists
+    (root / "names.txt").write_text(names)
+    with pytest.raises(LongtailError, match=message):
+        build_data(list_cfg(root, files, "data.class_names=names.txt").data, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path, mode):
+    from PIL import Image
+
+    from longtail.data.datasets import decode_image
+
+    pixels = np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64)
+    path = tmp_path / "a.png"
+    Image.fromarray(pixels).save(path)  # 16-bit PNG: opens as I;16
+    if mode == "I":  # 16-bit PGM files open as I (32-bit integers)
+        path = tmp_path / "a.pgm"
+        Image.fromarray(pixels).save(path)
+    with Image.open(path) as img:
+        assert img.mode == mode
+    expected = torch.from_numpy((pixels >> 8).astype(np.uint8))
+    assert torch.equal(decode_image(path, 3), expected.expand(3, -1, -1))
+    assert torch.equal(decode_image(path, 1), expected[None])
+
+
+def test_splits_sharing_images_are_warned_about(image_lists, capsys):
+    root, files = image_lists
+    files["val"].write_text(files["train"].read_text())
+    data = build_data(list_cfg(root, files).data, seed=0)
+    assert len(data.val) == 51  # a warning, not an error
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("warning: the train and val splits share 51 "
+                                               "images ("), out
+    build_data(list_cfg(root, {**files, "val": files["test"]}).data, seed=0)
+    assert "warning: the val and test splits share 16 images" in capsys.readouterr().out

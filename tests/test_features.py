@@ -60,6 +60,19 @@ def test_feature_files_round_trip_in_every_format(tmp_path, fmt):
     assert blob["labels"].dtype == torch.int64 and len(blob["sha256"]) == 64
 
 
+def test_damaged_pt_feature_files_are_called_damaged(tmp_path):
+    from longtail.errors import LongtailError
+
+    path = tmp_path / "f.pt"
+    write_feature_file(path, torch.randn(7, 5), torch.arange(7) % 3, ["a", "b", "c"])
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(LongtailError, match="f.pt: not a readable PyTorch file: truncated"):
+        read_feature_file(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(LongtailError, match=r"f.pt: not a PyTorch file .* starts with b'garb"):
+        read_feature_file(path)
+
+
 def test_npz_features_are_memory_mapped_unless_compressed(tmp_path):
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     np.savez(tmp_path / "plain.npz", features=x, labels=np.arange(4))
@@ -113,6 +126,13 @@ def test_val_held_out_of_training_features(tmp_path):
     assert data.train_counts == [198, 118, 58, 23, 8, 2]
     assert data.group_counts == [200, 120, 60, 25, 10, 4] and len(data.val) == 12
     assert data.class_names == [str(c) for c in range(6)]
+    # the printed table: trained-on counts, the listed ones beside them (they set the groups)
+    from longtail.pipeline import dataset_summary
+
+    rows = dataset_summary(data, 100, 20).splitlines()
+    assert rows[2].split() == ["class", "name", "train", "listed", "group"]
+    assert rows[3].split() == ["0", "0", "198", "200", "many"]
+    assert rows[-1].split() == ["5", "5", "2", "4", "few"]
 
 
 @pytest.fixture(scope="module")

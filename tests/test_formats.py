@@ -189,4 +189,68 @@ def test_make_split_says_when_classes_are_too_small(tmp_path, capsys):
     root = make_image_folder(tmp_path / "pool", per_class=[10] * 3)
     assert main(["make-split", "image_folder", "--root", str(root), "--out",
                  str(tmp_path / "o"), "--n-max", "50"]) == 2
-    assert "too few" in capsys.readouterr().err
+    assert "class class_00 has only 10 images" in capsys.readouterr().err
+
+
+def test_make_split_names_the_options_that_fit(tmp_path, capsys):
+    """With the default --n-max, a class too small for val + test is not reported as a
+    negative --n-max the user never gave."""
+    root = make_image_folder(tmp_path / "pool", per_class=[9, 8, 9])
+    assert main(["make-split", "image_folder", "--root", str(root), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert ("make-split: class class_01 has only 8 images; a split needs 20 val + 50 test + 1 "
+            "train per class (lower --val-per-class or --test-per-class)") in err, err
+    assert "-62" not in err and not (tmp_path / "o").exists()
+    assert main(["make-split", "image_folder", "--root", str(root), "--out",
+                 str(tmp_path / "o"), "--val-per-class", "2", "--test-per-class", "3",
+                 "--n-max", "4"]) == 2
+    assert ("make-split --n-max: expected at most 3, found 4: class class_01 has 8 images, of "
+            "which 2 val + 3 test are set aside") in capsys.readouterr().err
+
+
+def test_image_folder_too_small_for_a_generated_split(tmp_path):
+    root = make_image_folder(tmp_path / "folder", per_class=[30, 6, 30])
+    with pytest.raises(LongtailError, match=r"folder/class_01: class folder has only 6 images; "
+                                            r"the generated split needs 3 val \+ 5 test \+ 1 "
+                                            r"train per class"):
+        data_of("data.kind=image_folder", f"data.root={root}", "data.val_per_class=3",
+                "data.test_per_class=5")
+    with pytest.raises(LongtailError, match=r"config key data.n_max: expected at most 2 \(class "
+                                            r"folder .*/class_01 has 6 images.*found 5"):
+        data_of("data.kind=image_folder", f"data.root={root}", "data.val_per_class=2",
+                "data.test_per_class=2", "data.n_max=5")
+
+
+@pytest.mark.parametrize("generated", [False, True])
+def test_empty_class_folder_is_named(tmp_path, generated):
+    """An empty class folder is a class without training images: named by its path, not
+    reported later as a val or test split lacking a class."""
+    if generated:
+        make_image_folder(tmp_path, per_class=[30] * 3)
+        args = ["data.n_max=10", "data.val_per_class=2", "data.test_per_class=2"]
+    else:
+        for split in ("train", "val", "test"):
+            make_image_folder(tmp_path / split, per_class=[4, 3, 2])
+        args = ["data.train=train", "data.val=val", "data.test=test"]
+    empty = (tmp_path / "train" if not generated else tmp_path) / "class_zz"
+    empty.mkdir()
+    with pytest.raises(LongtailError, match=rf"{empty}: class folder has no images"):
+        data_of("data.kind=image_folder", f"data.root={tmp_path}", *args)
+
+
+def test_folder_and_file_mixed_up(tmp_path):
+    root = make_image_folder(tmp_path / "train", per_class=[3, 3])
+    (tmp_path / "test").write_text("x")
+    with pytest.raises(LongtailError, match=r"/test: is a file, expected a folder of class "
+                                            r"folders"):
+        data_of("data.kind=image_folder", f"data.root={tmp_path}", "data.train=train",
+                "data.test=test", "stage2.tau_norm.tau=1")
+    with pytest.raises(LongtailError, match=r"/train: is a folder, expected an annotation file"):
+        data_of("data.kind=inat_json", f"data.root={tmp_path}", f"data.train={root}",
+                "data.test=test", "stage2.tau_norm.tau=1")
+    files = make_image_list_dataset(tmp_path / "d", counts=[3, 2])
+    (tmp_path / "d" / "names").mkdir()
+    with pytest.raises(LongtailError, match=r"d/names: is a folder, expected a class-name file"):
+        data_of("data.kind=list", f"data.root={tmp_path / 'd'}", f"data.train={files['train']}",
+                f"data.test={files['test']}", "data.class_names=names", "stage2.tau_norm.tau=1")

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from longtail.report import format_summary, format_table, per_class_csv, summarize
 
 
@@ -33,3 +35,21 @@ def test_per_class_csv_rows():
     text = per_class_csv(metrics(50.0, 10.0), ["head", "tail"])
     assert text.splitlines() == ["class,name,train_count,group,joint", "0,head,500,many,90.00",
                                  "1,tail,5,few,"]
+
+
+def _calibrated(top1: float) -> dict:
+    m = metrics(top1, 10.0)["methods"]["joint"]
+    return {**m, "ece": 5.0, "reliability": {"count": [3, 0, 7], "accuracy": [0.5, None, 0.9],
+                                             "confidence": [0.2, None, 0.8]}}
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_report_is_written_for_any_number_of_methods(tmp_path, count):
+    """One method gives one reliability panel (plt.subplots' single Axes, not an array)."""
+    from longtail.report import write_report
+
+    run = metrics(50.0, 10.0)
+    run["methods"] = {f"m{i}": _calibrated(50.0 + i) for i in range(count)}
+    write_report(tmp_path, run, ["head", "tail"], {"m0": [2.0, 1.0]}, header="test")
+    assert (tmp_path / "plots" / "reliability.png").stat().st_size > 0
+    assert "| m0 |" in (tmp_path / "report.md").read_text()

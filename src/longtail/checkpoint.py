@@ -6,12 +6,14 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, UnreadableFile
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +77,40 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2) + "\n")
 
 
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "true/false", type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    """Return JSON's name of the type of a parsed ``value``, e.g. "a JSON array"."""
+    return f"a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}"
+
+
+def read_json(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return the JSON object in ``path``, which must hold ``keys``; a missing or unreadable
+    file, invalid JSON (named by line and column) or another value is a LongtailError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LongtailError(f"{path}: not found") from None
+    except UnicodeDecodeError as e:
+        raise LongtailError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise LongtailError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LongtailError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    missing = [k for k in keys if k not in obj] if isinstance(obj, dict) else keys
+    if not isinstance(obj, dict) or missing:
+        wanted = "a JSON object" + (f" with {', '.join(map(json.dumps, keys))}" if keys else "")
+        found = (f"keys {json.dumps(sorted(obj))}" if isinstance(obj, dict)
+                 else json_type(obj))
+        raise LongtailError(f"{path}: expected {wanted}, found {found}")
+    return obj
+
+
 def save_checkpoint(obj: Any, path: str | Path) -> None:
     """Save tensors/containers with ``torch.save`` atomically."""
     import torch
@@ -85,18 +121,79 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code.
+
+    A file that would need full pickle is refused (LongtailError); one torch cannot read at
+    all (truncated, corrupt, another format) raises UnreadableFile, which says which it is.
+    """
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise LongtailError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise LongtailError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError or RuntimeError with details
-        raise LongtailError(
-            f"{path}: refused to load: it is not a plain-tensor checkpoint and would need full "
-            f"pickle, which can run arbitrary code ({str(e).splitlines()[0]})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # UnpicklingError, RuntimeError, OSError, EOFError, KeyError, ...
+        if _weights_only_refusal(e) is None:
+            raise UnreadableFile(torch_load_error(path, e), path) from None
+        raise LongtailError(torch_load_error(path, e)) from None
+
+
+def torch_load_error(path: Path, error: Exception) -> str:
+    """Return one line saying why ``torch.load(path, weights_only=True)`` failed with
+    ``error``: a refusal of what would need full pickle, or a damaged or foreign file."""
+    refused = _weights_only_refusal(error)
+    if refused is None:
+        return _unreadable(path, error)
+    return (f"{path}: refused to load: it holds more than tensors and plain containers and "
+            f"would need full pickle, which can run arbitrary code ({refused})")
+
+
+def _weights_only_refusal(error: Exception) -> str | None:
+    """Return what torch's weights_only unpickler refused (e.g. a class it would have to
+    import), or None when the error is not such a refusal but a damaged or foreign file."""
+    text = str(error)
+    if not isinstance(error, pickle.UnpicklingError) or "WeightsUnpickler error" not in text:
+        return None
+    # An opcode the restricted unpickler lacks: bytes torch.save did not write (e.g. a plain
+    # pickle.dump or random data), which full pickle would not make a checkpoint either.
+    detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+    if detail.startswith("Unsupported operand"):
+        return None
+    return detail.split(" was not an allowed global")[0]
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Say why torch cannot read ``path``, from the file's first bytes and ``error``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:  # e.g. no permission to read it
+        return f"{path}: cannot read the file ({e.strerror})"
+    hint = "was writing or copying it interrupted?"
+    if not head:
+        return f"{path}: not a readable PyTorch file: it is empty (0 bytes; {hint})"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+        if not zipfile.is_zipfile(path):
+            return (f"{path}: not a readable PyTorch file: truncated or corrupt (the zip "
+                    f"archive torch.save writes has no end; {hint})")
+        return (f"{path}: not a readable PyTorch file: a zip archive, but not one torch.save "
+                f"wrote, or a corrupt one ({_first_line(error)})")
+    if head.startswith(b"\x80"):  # a pickle: torch.save's format before torch 1.6
+        return (f"{path}: not a readable PyTorch file: truncated or corrupt, or a pickle "
+                f"torch.save did not write ({type(error).__name__}: {_first_line(error)})")
+    return (f"{path}: not a PyTorch file (torch.save writes a zip archive; this one starts "
+            f"with {head!r})")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).split("WeightsUnpickler error:")[-1]  # the detail of torch's long text
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else "no detail"
 
 
 def _nan_to_none(obj: Any) -> Any:

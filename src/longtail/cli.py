@@ -4,12 +4,13 @@ config."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
 from longtail import __version__
 from longtail.errors import Interrupted, LongtailError
-from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
+from longtail.rundir import check_rebalance_args, check_resumable, check_run_dir, default_run_dir
 
 OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
                   "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
@@ -24,6 +25,13 @@ class _Parser(argparse.ArgumentParser):
         print(f"longtail: error: {command + ': ' if command else ''}{message}; see "
               f"'{self.prog} --help'", file=sys.stderr)
         sys.exit(2)
+
+
+def _folder(text: str) -> Path:
+    """argparse type of a folder option: Path('') would silently be the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder, found {text!r}")
+    return Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="YAML config file, e.g. configs/fmnist_lt.yaml (optional with "
                           "--resume: the run's own config.yaml)")
     run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
-    run.add_argument("--out", metavar="DIR", type=Path,
+    run.add_argument("--out", metavar="DIR", type=_folder,
                      help="run directory (default: runs/<config name>-<timestamp>)")
     run.add_argument("--overwrite", action="store_true",
                      help="allow --out to name a folder that already holds files")
-    run.add_argument("--resume", metavar="DIR", type=Path,
+    run.add_argument("--resume", metavar="DIR", type=_folder,
                      help="continue the interrupted run in DIR from its last complete state "
                           "(finished stage-1 epochs, features and stage-2 methods are kept)")
 
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--losses", default=None,
                       help="comma-separated stage-1 losses: ce, logit_adjusted, "
                            "balanced_softmax (default: stage1.loss)")
-    grid.add_argument("--out", metavar="DIR", type=Path,
+    grid.add_argument("--out", metavar="DIR", type=_folder,
                       help="grid directory (default: runs/<config name>-grid-<timestamp>)")
     grid.add_argument("--overwrite", action="store_true",
                       help="allow --out to name a folder that already holds files")
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--format", choices=["npz", "safetensors", "pt"], default="npz",
                          help="file format (default npz, uncompressed so it can be "
                               "memory-mapped)")
-    extract.add_argument("--out", metavar="DIR", type=Path, required=True,
+    extract.add_argument("--out", metavar="DIR", type=_folder, required=True,
                          help="folder for the files (created; must be empty)")
     extract.add_argument("--overwrite", action="store_true",
                          help="allow --out to name a folder that already holds files")
@@ -124,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the source's folder (images, CIFAR batches or IDX files)")
     split.add_argument("--list", dest="list_file", type=Path,
                        help="list source: the balanced list file ('relative/path label')")
-    split.add_argument("--out", type=Path, required=True, help="folder for the lists")
+    split.add_argument("--out", type=_folder, required=True,
+                       help="folder for the lists (created; must be empty)")
+    split.add_argument("--overwrite", action="store_true",
+                       help="allow --out to name a folder that already holds files")
     split.add_argument("--profile", choices=["exponential", "pareto"], default="exponential",
                        help="exponential: n_max * (n_min/n_max)^(i/(C-1)); pareto: "
                             "ImageNet-LT-like (Pareto quantiles, see --alpha)")
@@ -137,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--val-per-class", type=int, default=20, help="balanced val size per class")
     split.add_argument("--test-per-class", type=int, default=50,
                        help="balanced test size per class (list and image_folder sources)")
-    split.add_argument("--seed", type=int, default=0, help="fixes class order and image choice")
+    split.add_argument("--seed", type=int, default=0,
+                       help="fixes class order and image choice (0 <= seed < 2^32)")
     split.add_argument("--class-order", choices=["random", "label"], default="random",
                        help="which class gets which size: drawn from --seed, or label order")
 
@@ -171,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
+    # Options before the command: argparse would only say that COMMAND is missing.
+    leading = list(itertools.takewhile(lambda a: a.startswith("-"), argv))
+    unknown = [a for a in leading if a != "-h" and not (
+        len(a) > 2 and any(o.startswith(a) for o in ("--help", "--version")))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may also come after options (`grid CONFIG --samplers a,b k=v`).
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -204,6 +222,9 @@ def one_line(message: str) -> str:
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.config import config_reference, dump_config, load_config
 
+    if getattr(args, "config", None) is not None and Path(args.config).is_dir():
+        raise LongtailError(f"{args.config}: is a folder, not a config file (expected a YAML "
+                            f"file, e.g. configs/fmnist_lt.yaml)")
     if args.command == "config":
         if args.keys:
             print(config_reference(), end="")
@@ -231,22 +252,23 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         if args.config is not None or args.overrides:
             # Overrides without CONFIG apply to the resumed run's own config.
             base = args.config or args.resume / "config.yaml"
-            cfg = load_config(base, args.overrides)  # before torch is imported: fast errors
+            # before torch is imported: fast errors; a new run's weights file checked too
+            cfg = load_config(base, args.overrides, new_run=args.resume is None)
         out = args.out
         if args.resume is None:
             out = out or default_run_dir(Path(args.config).stem)
             check_run_dir(out, args.overwrite)
-        from longtail.pipeline import check_resumable, run
-
-        if args.resume is not None:
+        else:
             cfg = check_resumable(args.resume, cfg)
+        from longtail.pipeline import run
+
         run(cfg, config_name=Path(args.config or "run").stem, out=out,
             overwrite=args.overwrite, resume=args.resume, argv=argv)
         return 0
     if args.command == "grid":
-        from longtail.config import LOSSES, ConfigError, parse_sampler_spec
+        from longtail.config import LOSSES, SAMPLER_PRESETS, ConfigError, parse_sampler_spec
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, new_run=True)
         if cfg.data.kind == "features":
             raise ConfigError("config key data.kind: grid trains stage 1 (the representation) "
                               "once per sampler, and data.kind: features has none; use "
@@ -260,8 +282,15 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 samplers.append(parse_sampler_spec(item))
             except ValueError as e:
                 raise ConfigError(f"--samplers {item}: {e}") from None
-        if not samplers or len(set(samplers)) != len(samplers):
-            raise ConfigError(f"--samplers: expected distinct samplers, found {args.samplers!r}")
+        # instance, class and sqrt are q = 1, 0 and 0.5: '1,instance' trains the same twice.
+        qs = [SAMPLER_PRESETS.get(s, s) for s in samplers]
+        twice = next(((samplers[qs.index(q)], s) for i, (s, q) in enumerate(zip(samplers, qs))
+                      if q in qs[:i]), None)
+        if not samplers or twice:
+            why = (f"; {twice[0]} and {twice[1]} are both q={qs[samplers.index(twice[0])]:g}"
+                   if twice and twice[0] != twice[1] else "")
+            raise ConfigError(f"--samplers: expected distinct samplers, found "
+                              f"{args.samplers!r}{why}")
         losses = None
         if args.losses is not None:
             losses = [x.strip() for x in args.losses.split(",") if x.strip()]
@@ -278,6 +307,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.command == "rebalance":
         check_rebalance_args(args.run_dir, args.overrides)  # before torch is imported
+        if (args.run_dir / "metrics.json").is_file():
+            from longtail.report import read_metrics
+
+            read_metrics(args.run_dir / "metrics.json")
         from longtail.pipeline import rebalance_run
 
         rebalance_run(args.run_dir, args.overrides)
@@ -300,9 +333,7 @@ def _extract(args: argparse.Namespace) -> int:
     if out.resolve() == args.run_dir.resolve() or args.run_dir.resolve() in out.resolve().parents:
         raise LongtailError(f"--out {out}: inside the run folder {args.run_dir}; its config.yaml "
                             f"would be replaced: choose a folder outside the run")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise LongtailError(f"--out {out}: folder exists and is not empty; pass --overwrite to "
-                            f"replace its files, or choose another --out")
+    check_run_dir(out, args.overwrite, resumable=False)
     from longtail.extract import extract_run
 
     files = extract_run(args.run_dir, args.format, out)
@@ -322,6 +353,9 @@ def _make_split(args: argparse.Namespace) -> int:
                                 f"{value}")
     if args.ratio is not None and not args.ratio >= 1:
         raise LongtailError(f"make-split --ratio: expected a number >= 1, found {args.ratio}")
+    if not 0 <= args.seed < 2**32:  # NumPy's seed range
+        raise LongtailError(f"make-split --seed: expected an integer in [0, 2^32), found "
+                            f"{args.seed}")
     if not args.alpha > 0:
         raise LongtailError(f"make-split --alpha: expected a number > 0, found {args.alpha}")
     if args.n_max is not None and args.n_min is not None and args.n_min > args.n_max:
@@ -331,6 +365,7 @@ def _make_split(args: argparse.Namespace) -> int:
         raise LongtailError("make-split list: expected --list FILE (the balanced list)")
     if not args.root.is_dir():
         raise LongtailError(f"make-split --root {args.root}: folder not found")
+    check_run_dir(args.out, args.overwrite, resumable=False)
     from longtail.data.makesplit import SplitRequest, make_split
 
     summary = make_split(SplitRequest(
@@ -348,11 +383,9 @@ def _make_split(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    import json
-
-    from longtail.checkpoint import atomic_write_json
+    from longtail.checkpoint import atomic_write_json, read_json
     from longtail.config import flatten, load_config
-    from longtail.report import comparable_runs, format_summary, summarize
+    from longtail.report import comparable_runs, format_summary, read_metrics, summarize
 
     seen: dict[Path, Path] = {}
     runs, configs, splits = [], [], []
@@ -364,13 +397,9 @@ def _summarize(args: argparse.Namespace) -> int:
         path = run_dir / "metrics.json"
         if not path.is_file():
             raise LongtailError(f"{path}: not found (is {run_dir} a finished run?)")
-        try:
-            runs.append(json.loads(path.read_text()))
-            manifest = run_dir / "manifest.json"
-            splits.append(json.loads(manifest.read_text()).get("split_sha256", {})
-                          if manifest.is_file() else {})
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LongtailError(f"{path}: not valid JSON ({e})") from None
+        runs.append(read_metrics(path))
+        manifest = run_dir / "manifest.json"
+        splits.append(read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {})
         configs.append(flatten(load_config(run_dir / "config.yaml"))
                        if (run_dir / "config.yaml").is_file() else {})
     ignore = [k.strip() for k in (args.ignore or "").split(",") if k.strip()]

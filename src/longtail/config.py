@@ -345,8 +345,10 @@ class Config:
 # Loading and validation
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Return the config of YAML file ``path`` (or the defaults) with ``KEY=VALUE`` overrides."""
+def load_config(path: str | Path | None, overrides: list[str] = (),
+                new_run: bool = False) -> Config:
+    """Return the config of YAML file ``path`` (or the defaults) with ``KEY=VALUE`` overrides;
+    ``new_run``: also check that the files a new run reads first (model.weights) exist."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -359,7 +361,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         except OSError as e:
             raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -378,7 +380,38 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     cfg = _build(Config, raw, "")
     _resolve_defaults(cfg)
     _check_semantics(cfg)
+    if new_run:  # not for a finished run's config.yaml: summarize needs no weights file
+        _check_files(cfg)
     return _cap_epochs(cfg)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last silently,
+    so a second ``kind:`` would override the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_files(cfg: Config) -> None:
+    """Check what a new run reads besides the data (which the readers check) up front, before
+    any data is scanned: the initial weights."""
+    weights = cfg.model.weights
+    if weights is not None:
+        path = Path(weights)
+        if path.is_dir():
+            raise ConfigError(f"config key model.weights: {weights} is a folder; expected a "
+                              f"file of weights (a state dict or checkpoint)")
+        if not path.is_file():
+            raise ConfigError(f"config key model.weights: file not found: {weights}")
 
 
 def _resolve_defaults(cfg: Config) -> None:
@@ -588,6 +621,12 @@ def _check_semantics(cfg: Config) -> None:
          cfg.model.pretrained)
     need(not (cfg.model.pretrained and cfg.model.weights), "model.pretrained",
          "false when model.weights names a file (one source of weights)", cfg.model.pretrained)
+    for key in ("data.root", "data.train", "data.val", "data.test", "data.class_names",
+                "model.weights"):
+        value = _get(cfg, key)
+        need(value is None or value.strip() != "", key, "a path or null", value)
+    need(cfg.model.trainable is None or len(cfg.model.trainable) >= 1, "model.trainable",
+         "module names to train, e.g. [layer4, fc], or null (all)", cfg.model.trainable)
     need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
@@ -603,6 +642,8 @@ def _check_semantics(cfg: Config) -> None:
         need(value is None or value >= 1, f"data.{key}", "an int >= 1 or null", value)
     need(d.imbalance_ratio is None or d.imbalance_ratio >= 1, "data.imbalance_ratio",
          "a number >= 1 or null", d.imbalance_ratio)
+    need(d.pareto_alpha > 0 and math.isfinite(d.pareto_alpha), "data.pareto_alpha",
+         "a number > 0", d.pareto_alpha)
     for key in ("val_per_class", "test_per_class", "val_from_train"):
         need(getattr(d, key) >= 0, f"data.{key}", "an int >= 0", getattr(d, key))
     need(d.profile != "step" or d.kind in ("cifar10_lt", "cifar100_lt"), "data.profile",
@@ -660,7 +701,8 @@ def _check_semantics(cfg: Config) -> None:
     for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.wb.epochs",
                 "stage2.finetune.epochs"):
         value = getattr(cfg.stage2, key.split(".")[1]).epochs
-        need(value >= 0, key, "an int >= 0", value)
+        # 0 epochs would report an untrained classifier (cRT's random one) as the method's
+        need(value >= 1, key, "an int >= 1", value)
     for section in ("tau_norm", "logit_adjust"):
         grid = getattr(cfg.stage2, section)
         need(grid.grid_step > 0, f"stage2.{section}.grid_step", "> 0", grid.grid_step)

@@ -1,4 +1,8 @@
-"""The one exception type for mistakes a user can fix (bad config, missing files, bad data)."""
+"""Exceptions for mistakes a user can fix (bad config, missing files, bad data) and for Ctrl-C."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class LongtailError(Exception):
@@ -14,3 +18,12 @@ class Interrupted(Exception):
     def __init__(self, hint: str) -> None:
         super().__init__(hint)
         self.hint = hint
+
+
+class UnreadableFile(LongtailError):
+    """A file torch (or JSON) cannot read: truncated, corrupt or of another format. Carries
+    the path, so a caller that holds the file only as a cache can remove it and redo it."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path

@@ -26,15 +26,16 @@ from longtail.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     make_dir,
+    read_json,
     save_checkpoint,
     state_digest,
 )
-from longtail.config import TIMM_PREFIX, Config, dump_config, flatten, load_config
+from longtail.config import TIMM_PREFIX, Config, dump_config, load_config
 from longtail.data import FeatureData, LongTailData, build_data, shot_groups
-from longtail.errors import Interrupted, LongtailError
+from longtail.errors import Interrupted, LongtailError, UnreadableFile
 from longtail.metrics import evaluate, group_accuracy
 from longtail.models import build_model
-from longtail.report import format_grid, format_table, write_report
+from longtail.report import format_grid, format_table, read_metrics, write_report
 from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
 from longtail.scalars import ScalarLog
 from longtail.stages.features import (
@@ -78,26 +79,6 @@ def _shared_run_dir(out: Path | None, config_name: str, overwrite: bool) -> Path
         run_dir = out or default_run_dir(config_name)
         prepare_run_dir(run_dir, overwrite)
     return Path(distributed.broadcast_object(run_dir))
-
-
-def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
-    """Return the config of the interrupted run in ``run_dir``; a given ``cfg`` must agree with
-    it except for keys that do not change results (device, data.root, data.num_workers)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise LongtailError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-    saved = load_config(path)
-    if cfg is None:
-        return saved
-    free = {"device", "data.root", "data.num_workers"}
-    ours, theirs = flatten(cfg), flatten(saved)
-    changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
-    if changed:
-        diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
-        raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
-                            f"config.yaml ({diffs}); resume without changes, or start a new run")
-    return replace(saved, device=cfg.device,
-                   data=replace(saved.data, root=cfg.data.root, num_workers=cfg.data.num_workers))
 
 
 def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bool = False,
@@ -235,8 +216,7 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     _say(f"stage 1 done in {time.perf_counter() - start:.0f} s")
 
     start = time.perf_counter()
-    features = extract_features(model, data, device=device, batch_size=cfg.eval.batch_size,
-                                num_workers=data.num_workers, out_dir=run_dir / "features")
+    features = _extract_features(model, data, device, cfg.eval.batch_size, run_dir / "features")
     _say(f"features of every split in {time.perf_counter() - start:.0f} s: "
          + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in features.items()))
     weight, bias = model.fc.weight.detach().cpu(), model.fc.bias.detach().cpu()
@@ -282,6 +262,27 @@ def network_methods(cfg: Config) -> list[str]:
     """Return the stage-2 methods of ``cfg`` that need images and the network, not features."""
     online = ONLINE_METHODS if cfg.stage2.features == "online" else ()
     return [n for n in cfg.stage2.methods if n in FINETUNE_METHODS or n in online]
+
+
+def _extract_features(model, data: LongTailData, device: torch.device, batch_size: int,
+                      out_dir: Path) -> dict[str, FeatureSet]:
+    """``extract_features``; a cached split that cannot be read (a truncated file) is only a
+    cache, as stage-2 results are: it is removed and extracted again, with a note."""
+    for _ in range(len(data.splits()) + 1):
+        try:
+            return extract_features(model, data, device=device, batch_size=batch_size,
+                                    num_workers=data.num_workers, out_dir=out_dir)
+        except UnreadableFile as e:
+            if e.path.parent != out_dir:
+                raise
+            _say(f"note: {e}; extracting these features again")
+            # Every process reads the same file, so all fail here; they agree on the cache
+            # before and after rank 0 removes the file (the extraction gathers across them).
+            distributed.barrier()
+            if distributed.is_main():
+                e.path.unlink(missing_ok=True)
+            distributed.barrier()
+    raise AssertionError("every cached split was removed, yet one cannot be read")
 
 
 def _fit_network_methods(cfg: Config, model, data: LongTailData,
@@ -336,7 +337,7 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
     """Check that the data is the run's own and note the resume in manifest.json."""
     path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest = read_json(path) if path.is_file() else {}
     recorded = manifest.get("split_sha256", {})
     for split, digest in data.split_sha256.items():
         if recorded.get(split, digest) != digest:
@@ -355,9 +356,11 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """
     check_rebalance_args(run_dir, overrides)
     cfg = load_config(run_dir / "config.yaml", overrides)
+    # The run's small files first: a damaged one is answered before the features are read.
+    metrics_path, manifest_path = run_dir / "metrics.json", run_dir / "manifest.json"
+    earlier = read_metrics(metrics_path)["methods"] if metrics_path.is_file() else {}
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     info, weight, bias, features = run_inputs(run_dir, cfg)
-    metrics_path = run_dir / "metrics.json"
-    earlier = json.loads(metrics_path.read_text())["methods"] if metrics_path.is_file() else {}
     device = distributed.select_device(cfg.device)
     log = ScalarLog(run_dir / "logs")
     try:
@@ -367,8 +370,6 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         log.close()
     # config.yaml holds the latest stage-2 settings; manifest.json the history of changes.
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest.setdefault("rebalanced", []).append(
         {"time": datetime.now().isoformat(timespec="seconds"),
          "command": ["longtail", "rebalance", str(run_dir), *overrides],
@@ -386,12 +387,11 @@ def run_inputs(run_dir: Path, cfg: Config) -> tuple[DatasetInfo, torch.Tensor,
     An image run's are its cached features and its stage-1 classifier; a features run's are
     its feature files (which must be the ones it ran on) and its joint classifier.
     """
-    info = DatasetInfo(**json.loads((run_dir / "dataset.json").read_text()))
+    info = _dataset_info(run_dir / "dataset.json")
+    manifest = run_dir / "manifest.json"
+    recorded = read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {}
     if cfg.data.kind == "features":
         data = build_data(cfg.data, cfg.seed)
-        manifest = run_dir / "manifest.json"
-        recorded = json.loads(manifest.read_text()).get("split_sha256", {}) \
-            if manifest.is_file() else {}
         for split, digest in data.split_sha256.items():
             if recorded.get(split, digest) != digest:
                 raise LongtailError(f"{getattr(data, split).source}: the {split} features "
@@ -411,9 +411,17 @@ def run_inputs(run_dir: Path, cfg: Config) -> tuple[DatasetInfo, torch.Tensor,
         raise LongtailError(f"{stage1}: not found; run 'longtail run --resume {run_dir}' to "
                             f"finish stage 1")
     state = load_checkpoint(stage1)["model"]
-    features = load_features(run_dir / "features")
-    if "train" not in features or "test" not in features:
-        raise LongtailError(f"{run_dir}/features: expected train.pt and test.pt")
+    # Every split the run was made with (the manifest's), e.g. val, which tau_norm needs.
+    for split in recorded or ("train", "test"):
+        path = run_dir / "features" / f"{split}.pt"
+        if not path.is_file():
+            raise LongtailError(f"{path}: not found (the run's cached {split} features); run "
+                                f"'longtail run --resume {run_dir}' to extract them again")
+    try:
+        features = load_features(run_dir / "features")
+    except UnreadableFile as e:  # a resume replaces an unreadable cache (_extract_features)
+        raise LongtailError(f"{e}; run 'longtail run --resume {run_dir}' to extract the "
+                            f"features again") from None
     digest = backbone_digest(state)
     stale = [split for split, f in features.items() if f.weights != digest]
     if stale:
@@ -421,6 +429,15 @@ def run_inputs(run_dir: Path, cfg: Config) -> tuple[DatasetInfo, torch.Tensor,
                             f"the backbone in {stage1}; run 'longtail run --resume "
                             f"{run_dir}' to extract them again")
     return info, state["fc.weight"], state["fc.bias"], features
+
+
+def _dataset_info(path: Path) -> DatasetInfo:
+    """Return a run's dataset.json; one that does not hold DatasetInfo's fields is refused."""
+    fields = read_json(path, ("name", "num_classes", "class_names", "train_counts"))
+    try:
+        return DatasetInfo(**fields)
+    except TypeError as e:  # a key DatasetInfo does not have
+        raise LongtailError(f"{path}: not a run's dataset.json ({e})") from None
 
 
 def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
@@ -543,13 +560,19 @@ def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int)
              f"{len(groups['medium'])}, few (< {few_threshold}) {len(groups['few'])}"]
     group_of = {c: g for g, classes in groups.items() for c in classes}
     order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    # "train": what stage 1 trains on; with val held out of training, the groups follow the
+    # counts listed before the hold-out, shown beside it.
+    train, held = data.train_counts, data.counts_before_holdout is not None
     if len(counts) <= 40:
-        lines.append(f"  {'class':>5}  {'name':<16} {'train':>6}  group")
-        lines += [f"  {c:>5}  {data.class_names[c][:16]:<16} {counts[c]:>6}  {group_of[c]}"
-                  for c in order]
+        listed = f" {'listed':>6}" if held else ""
+        lines.append(f"  {'class':>5}  {'name':<16} {'train':>6}{listed}  group")
+        lines += [f"  {c:>5}  {data.class_names[c][:16]:<16} {train[c]:>6}"
+                  + (f" {counts[c]:>6}" if held else "") + f"  {group_of[c]}" for c in order]
     else:
-        lines.append(f"  training images per class: max {counts[order[0]]}, median "
-                     f"{counts[order[len(order) // 2]]}, min {counts[order[-1]]}")
+        ranked = sorted(train, reverse=True)
+        lines.append(f"  training images per class: max {ranked[0]}, median "
+                     f"{ranked[len(ranked) // 2]}, min {ranked[-1]}"
+                     + (" (after holding out val)" if held else ""))
     return "\n".join(lines)
 
 

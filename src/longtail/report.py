@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from longtail.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from longtail.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    json_type,
+    read_json,
+)
+from longtail.errors import LongtailError
 
 COLUMNS = ("top1", "many", "medium", "few", "ece")
 
@@ -84,6 +93,19 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
     return None
 
 
+def read_metrics(path: Path) -> dict[str, Any]:
+    """Return a run's metrics.json, checked to hold "methods": {name: {column: value}}."""
+    metrics = read_json(path, ("methods",))
+    methods = metrics["methods"]
+    bad = (json_type(methods) if not isinstance(methods, dict) else next(
+        (f"{json.dumps(name)}: {json_type(m)}" for name, m in methods.items()
+         if not isinstance(m, dict)), None))
+    if bad:
+        raise LongtailError(f'{path}: expected "methods" to map each method to an object of '
+                            f'its results, found {bad}')
+    return metrics
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Return mean, std (sample, n-1; None for one value) and n of top1 / many / medium / few /
     ece / tau of each method over several runs' metrics.json (e.g. seeds). A method or group missing
@@ -147,15 +169,15 @@ def per_class_csv(metrics: dict[str, Any], class_names: list[str]) -> str:
     return out.getvalue()
 
 
-def plot_png(draw, panels: int = 1) -> bytes:
-    """Return the PNG bytes of a figure drawn by ``draw(ax)``, or with ``panels`` > 1 by
-    ``draw(axes)`` on a grid of that many small panels (4 a row)."""
+def plot_png(draw: Callable[[Any], None], panels: int | None = None) -> bytes:
+    """Return the PNG bytes of a figure drawn by ``draw(ax)``, or with ``panels`` by
+    ``draw(axes)`` on a list of that many small panels (4 a row; a list even of one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if panels == 1:
+    if panels is None:
         fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     else:
         cols = min(panels, 4)

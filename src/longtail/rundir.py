@@ -4,10 +4,15 @@ the command line answers a bad --out at once)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longtail.errors import LongtailError
+
+if TYPE_CHECKING:
+    from longtail.config import Config
 
 
 def default_run_dir(config_name: str) -> Path:
@@ -15,18 +20,52 @@ def default_run_dir(config_name: str) -> Path:
     return Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a ``run_dir`` that already holds files unless ``overwrite``."""
+def check_run_dir(run_dir: Path, overwrite: bool, resumable: bool = True) -> None:
+    """Refuse a ``run_dir`` that already holds files unless ``overwrite`` (``resumable``: a run
+    folder, which --resume could continue), or one that cannot be written (see
+    ``check_out_creatable``)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise LongtailError(f"--out {run_dir}: exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        resume = f", --resume {run_dir} to continue it," if resumable else ""
         raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
-                            f"to replace its results, --resume {run_dir} to continue it, or "
-                            f"choose another --out")
-    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise LongtailError(f"--out {run_dir}: cannot write in {existing} (read-only or not "
-                            f"yours); choose another --out")
+                            f"to replace its files{resume} or choose another --out")
+    check_out_creatable(run_dir)
+
+
+def check_out_creatable(out: Path) -> None:
+    """Refuse an --out that cannot become a folder we write in, before any data is read: a
+    dangling symbolic link, a path under a file, or a place the file system refuses (/sys, a
+    read-only mount; os.access cannot tell for root). The folders are made and removed again,
+    so nothing is left behind."""
+    missing, existing = [], out.absolute()
+    while not existing.exists():
+        if existing.is_symlink():
+            raise LongtailError(f"--out {out}: {existing} is a symbolic link to "
+                                f"{os.readlink(existing)}, which does not exist; remove the "
+                                f"link or choose another --out")
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LongtailError(f"--out {out}: {existing} is a file, not a folder")
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".longtail-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = made[-1] if made else existing
+        raise LongtailError(f"--out {out}: cannot write in {where} ({e.strerror}); choose "
+                            f"another --out") from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:  # something else put a file there meanwhile: keep it
+                break
 
 
 def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
@@ -40,3 +79,28 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
     load_config(run_dir / "config.yaml", overrides)
+
+
+def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
+    """Return the config of the interrupted run in ``run_dir``; a given ``cfg`` must agree with
+    it except for keys that do not change results (device, data.root, data.num_workers).
+    Here, without torch, so that a changed key is answered at once."""
+    from dataclasses import replace
+
+    from longtail.config import flatten, load_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise LongtailError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    saved = load_config(path)
+    if cfg is None:
+        return saved
+    free = {"device", "data.root", "data.num_workers"}
+    ours, theirs = flatten(cfg), flatten(saved)
+    changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
+    if changed:
+        diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
+        raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
+                            f"config.yaml ({diffs}); resume without changes, or start a new run")
+    return replace(saved, device=cfg.device,
+                   data=replace(saved.data, root=cfg.data.root, num_workers=cfg.data.num_workers))

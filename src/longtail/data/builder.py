@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from longtail import distributed
 from longtail.config import DataConfig
 from longtail.data import readers
 from longtail.data.datasets import (
@@ -266,6 +267,7 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
     # A val split held out of training may lack classes too small to give an image.
     _check_every_class_present(record, ("val", "test") if cfg.val else ("test",))
     num_classes = _check_class_count(record)
+    _warn_shared_images(splits)
     first = _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")
     # Small images are used at their own size (small-image stem), others at the paper's 224.
     side = max(first.shape[1:])
@@ -283,6 +285,23 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
         val=datasets.get("val"), test=datasets["test"], in_memory=in_memory, num_workers=workers,
         split_sha256=record.split_sha256, notes=notes,
         counts_before_holdout=record.counts_before_holdout)
+
+
+def _warn_shared_images(splits: dict[str, FileSplit | None]) -> None:
+    """Warn when two splits list the same image files (e.g. data.val given the train list):
+    not an error, as some setups do it on purpose, but val/test accuracy then measures images
+    trained on."""
+    files = {name: {os.path.normpath(p) for p in split.paths}
+             for name, split in splits.items() if split is not None}
+    names = list(files)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = len(files[a] & files[b])
+            if shared and distributed.is_main():
+                why = "trained on" if a == "train" else "that chose tau and the best epoch"
+                print(f"warning: the {a} and {b} splits share {shared} images ({splits[a].source}"
+                      f" and {splits[b].source}); {b} accuracy is partly measured on images "
+                      f"{why}", flush=True)
 
 
 def _check_inside_root(split: FileSplit, root: Path) -> None:

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
@@ -24,9 +25,21 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
     """
     try:
         with Image.open(path) as img:
-            return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
+            return pil_to_tensor(_to_8_bits(img).convert("L" if channels == 1 else "RGB"))
     except Image.DecompressionBombError as e:
         raise ValueError(str(e)) from None
+
+
+def _to_8_bits(img: Image.Image) -> Image.Image:
+    """Return 16-bit grayscale (modes I;16*, and I, which 16-bit PGM files open as) as 8-bit
+    "L" by dropping the low byte: Pillow's convert clips every value above 255 to white.
+
+    Mode I holds 32-bit integers; they are read as 16-bit values, clipped to 0..65535.
+    """
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        pixels = np.asarray(img).astype(np.int64).clip(0, 65535) >> 8
+        return Image.fromarray(pixels.astype(np.uint8))  # 2-d uint8: mode L
+    return img
 
 
 class LabelledImages(Dataset):

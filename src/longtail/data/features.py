@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longtail.checkpoint import atomic_write_file
+from longtail.checkpoint import atomic_write_file, torch_load_error
 from longtail.config import DataConfig
 from longtail.data.listfile import resolve_near_root
 from longtail.data.record import SPLITS, DataRecord
@@ -196,9 +196,9 @@ def read_feature_file(path: Path) -> dict[str, Any]:
     except IsADirectoryError:
         raise LongtailError(f"{path}: is a folder, not a feature file") from None
     except Exception as e:  # each library has its own errors for a damaged or foreign file
+        if suffix == ".pt":  # truncated, foreign or holding more than tensors: say which
+            raise LongtailError(torch_load_error(path, e)) from None
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else "")
-        if "Weights only load failed" in reason:  # torch's advice to unpickle: not for us
-            reason = "it holds objects other than tensors, strings and numbers"
         raise LongtailError(f"{path}: cannot be read as a {suffix} feature file "
                             f"({reason[:200] or type(e).__name__})") from None
     found = blob.pop("keys")

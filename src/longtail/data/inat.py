@@ -17,8 +17,10 @@ def read_inat_json(json_file: str | Path, root: str | Path,
     training file's ``category_ids`` when reading val/test so that labels agree.
     """
     json_file = resolve_near_root(json_file, root)
+    if json_file.is_dir():
+        raise LongtailError(f"{json_file}: is a folder, expected an annotation file (JSON)")
     try:
-        data = json.loads(json_file.read_text())
+        data = json.loads(json_file.read_text(encoding="utf-8-sig"))  # a BOM is no error
     except FileNotFoundError:
         raise LongtailError(f"{json_file}: annotation file not found") from None
     except (OSError, ValueError) as e:

@@ -43,6 +43,9 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     """
     root = Path(root)
     list_file = resolve_near_root(list_file, root)
+    if list_file.is_dir():
+        raise LongtailError(f"{list_file}: is a folder, expected a list file ('relative/path "
+                            f"label' lines)")
     if not list_file.is_file():
         raise LongtailError(f"{list_file}: list file not found (looked in the working directory "
                             f"and in data.root {root})")
@@ -51,7 +54,9 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     with open(list_file, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8").strip()
+                # utf-8-sig on the first line: editors on Windows start files with a BOM, which
+                # would otherwise become part of the first path. strip() also drops CRLF's \r.
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
             except UnicodeDecodeError as e:
                 raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
                                     f"the line is 0x{raw[e.start]:02x})") from None
@@ -101,6 +106,8 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
         if path.is_file():
             keep.append(i)
         elif not skip_missing:
+            if path.is_dir():
+                raise LongtailError(f"{origin}: {path} is a folder, expected an image file")
             raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
                                 f"leaves missing images out)")
     if len(keep) == len(split.paths):
@@ -115,9 +122,15 @@ def read_class_names(path: str | Path, num_classes: int) -> list[str]:
     """Return class names from a text file: ``name`` per line (line i is class i), or
     ``label name`` per line in any order."""
     path = Path(path)
+    if path.is_dir():
+        raise LongtailError(f"{path}: is a folder, expected a class-name file")
     if not path.is_file():
         raise LongtailError(f"{path}: class-name file not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of a name
+    except UnicodeDecodeError as e:
+        raise LongtailError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     pairs = [line.split(maxsplit=1) for line in lines]
     if all(len(p) == 2 and p[0].isdigit() for p in pairs):
@@ -128,4 +141,11 @@ def read_class_names(path: str | Path, num_classes: int) -> list[str]:
     if missing:
         raise LongtailError(f"{path}: expected a name for each of the {num_classes} classes, "
                             f"missing {missing[:5]}")
+    # Extra names mean the file belongs to another label set (or the labels are off by some):
+    # dropping them silently would label classes with wrong names.
+    extra = sorted(c for c in names if c >= num_classes)
+    if extra:
+        raise LongtailError(f"{path}: expected {num_classes} class names (one per class of the "
+                            f"training split), found {len(names)}; no class has label "
+                            f"{', '.join(map(str, extra[:5]))}{' ...' if len(extra) > 5 else ''}")
     return [names[c] for c in range(num_classes)]

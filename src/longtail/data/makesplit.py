@@ -62,12 +62,22 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         labels, paths = np.asarray(pool.labels), pool.paths
     counts = np.bincount(labels, minlength=len(names))
     test_from_pool = 0 if arrays else req.test_per_class
-    available = int(counts.min()) - req.val_per_class - test_from_pool
-    n_max = req.n_max or available
-    if not 1 <= n_max <= available:
+    smallest = int(counts.argmin())
+    have = int(counts[smallest])
+    available = have - req.val_per_class - test_from_pool
+    reserved = f"{req.val_per_class} val" + (f" + {test_from_pool} test" if test_from_pool
+                                              else "")
+    # Name the options that can fix it: --n-max is no help while val/test take every image.
+    if available < 1:
+        lower = "--val-per-class or --test-per-class" if test_from_pool else "--val-per-class"
         raise LongtailError(
-            f"make-split: the smallest class has {int(counts.min())} images: too few for "
-            f"--n-max {n_max} plus {req.val_per_class} val and {test_from_pool} test per class")
+            f"make-split: class {names[smallest]} has only {have} images; a split needs "
+            f"{reserved} + 1 train per class (lower {lower})")
+    n_max = req.n_max or available
+    if n_max > available:
+        raise LongtailError(
+            f"make-split --n-max: expected at most {available}, found {n_max}: class "
+            f"{names[smallest]} has {have} images, of which {reserved} are set aside")
     try:
         profile = make_profile(req.profile, len(names), n_max, req.n_min, req.imbalance_ratio,
                                req.alpha)

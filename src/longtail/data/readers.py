@@ -130,6 +130,8 @@ def _indices_sha256(kind: str, part: str, indices: torch.Tensor, labels: torch.T
 
 def _data_root(cfg: DataConfig) -> Path:
     root = Path(cfg.root)
+    if root.exists() and not root.is_dir():
+        raise LongtailError(f"config key data.root: {root} is a file, expected a folder")
     if not root.is_dir():
         raise LongtailError(f"config key data.root: folder not found: {root}")
     return root
@@ -190,12 +192,19 @@ def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> Dat
     pool, names = read_image_folder(root)
     labels = np.asarray(pool.labels)
     counts = np.bincount(labels, minlength=len(names))
-    available = int(counts.min()) - cfg.val_per_class - cfg.test_per_class
-    n_max = cfg.n_max or available
-    if n_max < 1 or n_max > available:
+    smallest = int(counts.argmin())
+    available = int(counts[smallest]) - cfg.val_per_class - cfg.test_per_class
+    if available < 1:  # n_max is no help here: the balanced val/test splits take it all
         raise LongtailError(
-            f"{root}: the smallest class has {int(counts.min())} images, too few for n_max="
-            f"{n_max} plus {cfg.val_per_class} val and {cfg.test_per_class} test per class")
+            f"{root / names[smallest]}: class folder has only {counts[smallest]} images; the "
+            f"generated split needs {cfg.val_per_class} val + {cfg.test_per_class} test + 1 "
+            f"train per class (lower data.val_per_class or data.test_per_class)")
+    n_max = cfg.n_max or available
+    if n_max > available:
+        raise LongtailError(
+            f"config key data.n_max: expected at most {available} (class folder "
+            f"{root / names[smallest]} has {counts[smallest]} images, {cfg.val_per_class} of "
+            f"them for val and {cfg.test_per_class} for test), found {n_max}")
     profile = _profile(cfg, len(names), n_max, default_n_min=max(1, round(n_max / 100)))
     split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
                               test_per_class=cfg.test_per_class, seed=split_seed,

@@ -23,7 +23,7 @@ from longtail.checkpoint import load_checkpoint, load_model_state, save_checkpoi
 from longtail.config import Stage1Config
 from longtail.data import LongTailData, build_sampler
 from longtail.data.datasets import SeededDraws
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, UnreadableFile
 from longtail.losses import ClassifierLoss
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
@@ -130,7 +130,11 @@ def train_joint(
     best_path = checkpoint_path.parent / "best.pt"
     best_state: dict[str, torch.Tensor] | None = None
     if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        try:
+            state = load_checkpoint(checkpoint_path, map_location=device)
+        except UnreadableFile as e:  # written atomically, so damaged after the fact
+            raise LongtailError(f"{e}; delete it and --resume trains stage 1 again from "
+                                f"the start") from None
         load_model_state(model, state["model"], checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

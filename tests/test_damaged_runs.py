@@ -1,0 +1,124 @@
+"""A finished run whose files were damaged or removed afterwards: rebalance and resume answer
+in one line naming the file (or redo what is only a cache), never with a traceback."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from longtail.checkpoint import load_checkpoint
+from longtail.cli import main
+from longtail.errors import LongtailError, UnreadableFile
+from tests.conftest import make_fake_fmnist
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One tiny finished run (val split included), copied by each test before damaging it."""
+    folder = tmp_path_factory.mktemp("finished")
+    root = make_fake_fmnist(folder / "f")
+    out = folder / "run"
+    assert main(["run", CONFIG, f"data.root={root}", "data.n_max=60", "data.n_min=2",
+                 "data.val_per_class=5", "model.width=8", "stage1.batch_size=16",
+                 "stage1.lr=0.05", "stage1.epochs=1", "stage2.crt.epochs=1",
+                 "stage2.methods=[joint,crt,tau_norm]", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_rebalance_with_one_method_writes_the_report(run, capsys):
+    """One method with a reliability diagram: a single panel (once a TypeError)."""
+    (run / "metrics.json").unlink()  # no earlier methods: exactly one in the report
+    assert main(["rebalance", str(run), "stage2.methods=[crt]"]) == 0
+    assert (run / "plots" / "reliability.png").stat().st_size > 0
+    assert "| crt |" in (run / "report.md").read_text()
+
+
+def test_rebalance_without_val_features_says_how_to_extract_them(run, capsys):
+    (run / "features" / "val.pt").unlink()
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert f"{run}/features/val.pt: not found" in err
+    assert f"longtail run --resume {run}" in err
+    assert main(["run", "--resume", str(run)]) == 0  # extracts val again
+    assert main(["rebalance", str(run)]) == 0
+
+
+def test_rebalance_with_corrupt_metrics_json_names_line_and_column(run, capsys):
+    (run / "metrics.json").write_text("{bad\n")
+    err = one_line_error(["rebalance", str(run), "stage2.methods=[crt]"], capsys)
+    assert f"{run}/metrics.json:1:2: not valid JSON" in err
+
+
+def test_damaged_feature_caches_are_named_then_extracted_again_on_resume(run, capsys):
+    train = run / "features" / "train.pt"
+    train.write_bytes(train.read_bytes()[:3000])  # truncated
+    (run / "features" / "test.pt").write_bytes(b"garbage")
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert "refused" not in err and "full pickle" not in err
+    assert "features/test.pt: not a PyTorch file" in err and "--resume" in err
+    assert main(["run", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "train.pt: not a readable PyTorch file: truncated or corrupt" in out
+    assert "extracting these features again" in out
+    assert load_checkpoint(train)["features"].shape[0] > 0
+    assert main(["rebalance", str(run)]) == 0
+
+
+def test_truncated_stage1_checkpoint_on_resume_is_called_truncated(run, capsys):
+    last = run / "stage1" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    err = one_line_error(["run", "--resume", str(run)], capsys)
+    assert "stage1/last.pt: not a readable PyTorch file: truncated or corrupt" in err
+    assert err.endswith("delete it and --resume trains stage 1 again from the start")
+    assert "refused" not in err
+
+
+def _saved(obj, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content,expected", [
+    (_saved({"w": torch.ones(3)})[:100], "not a readable PyTorch file: truncated or corrupt"),
+    (b"", "not a readable PyTorch file: it is empty"),
+    (b"seed: 0\ndata:\n  kind: list\n", "not a PyTorch file (torch.save writes a zip archive; "
+                                        "this one starts with b'seed: 0"),
+    (_saved({"w": torch.ones(3)}, _use_new_zipfile_serialization=False)[:40],
+     "not a readable PyTorch file: truncated or corrupt"),
+], ids=["truncated", "empty", "yaml", "truncated old format"])
+def test_unreadable_files_are_not_called_pickle_refusals(tmp_path, content, expected):
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableFile, match="^" + str(path)) as caught:
+        load_checkpoint(path)
+    assert expected in str(caught.value) and "refused" not in str(caught.value)
+    assert caught.value.path == path
+
+
+def test_pickled_objects_are_still_refused_and_named(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_saved({"model": torch.nn.Linear(2, 2)}))
+    with pytest.raises(LongtailError, match="refused to load.*full pickle.*"
+                                            "torch.nn.modules.linear.Linear") as caught:
+        load_checkpoint(path)
+    assert not isinstance(caught.value, UnreadableFile)
