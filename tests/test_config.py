@@ -66,11 +66,38 @@ def test_resolved_config_round_trips():
     ("data.kind=list", "config key data.train: expected a list file"),
     ("stage1=3", "config key stage1: expected a section"),
     ("epochs", "expected KEY=VALUE"),
+    ("device=cuda:", "config key device: expected auto, cpu, cuda, cuda:N or mps, found 'cuda:'"),
+    ("device=cuda:01", "config key device: expected auto, cpu, cuda, cuda:N or mps"),
+    ("stage1.batch_size=1", "config key stage1.batch_size: expected at least 2 images per"),
+    ("stage2.finetune.batch_size=1", "config key stage2.finetune.batch_size: expected at least"),
 ])
 def test_config_errors_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert message in str(info.value)
+
+
+def test_a_section_override_changes_only_the_keys_it_names(tmp_path):
+    path = write(tmp_path, "stage1:\n  epochs: 3\n  lr: 0.05\n")
+    cfg = load_config(path, ["stage1={epochs: 2, momentum: 0.8}"])
+    assert (cfg.stage1.epochs, cfg.stage1.lr, cfg.stage1.momentum) == (2, 0.05, 0.8)
+
+
+def test_batch_split_over_torchrun_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert load_config(None, ["stage1.batch_size=32"]).stage1.batch_size == 32
+    with pytest.raises(ConfigError, match="stage1.batch_size: expected a multiple of the 2 "
+                                          "processes"):
+        load_config(None, ["stage1.batch_size=33"])
+    with pytest.raises(ConfigError, match="at least 2 images per process"):
+        load_config(None, ["stage1.batch_size=2"])
+
+
+def test_a_key_given_twice_in_a_file(tmp_path):
+    path = write(tmp_path, "seed: 1\ndata:\n  kind: list\n  kind: fmnist_lt\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4: not valid YAML \(key 'kind' given twice "
+                                          r"\(first on line 3\)\)"):
+        load_config(path)
 
 
 def test_unknown_key_in_a_file(tmp_path):

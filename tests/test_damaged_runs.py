@@ -62,6 +62,15 @@ def test_rebalance_without_val_features_says_how_to_extract_them(run, capsys):
     assert main(["rebalance", str(run)]) == 0
 
 
+def test_extract_without_the_features_folder_names_extract(run, tmp_path, capsys):
+    """The message shared with rebalance names the command that was run."""
+    shutil.rmtree(run / "features")
+    err = one_line_error(["extract", str(run), "--out", str(tmp_path / "x")], capsys)
+    assert f"{run}/features/train.pt: not found; extract reads the run's cached train " in err
+    assert "rebalance" not in err and f"longtail run --resume {run}" in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_rebalance_with_corrupt_metrics_json_names_line_and_column(run, capsys):
     (run / "metrics.json").write_text("{bad\n")
     err = one_line_error(["rebalance", str(run), "stage2.methods=[crt]"], capsys)

@@ -118,6 +118,15 @@ def test_features_run_writes_metrics_and_rebalancers_beat_joint_on_few(tmp_path,
     assert "features differ from those" in capsys.readouterr().err
 
 
+def test_features_run_batch_above_the_training_rows_scales_lr_to_them(tmp_path, capsys):
+    gaussian_features(tmp_path / "f")
+    assert main(["run", FMNIST, *features_args(tmp_path / "f"), "stage1.epochs=1",
+                 "stage1.batch_size=4096", "stage1.lr=null", "stage2.methods=[joint]",
+                 "--out", str(tmp_path / "run")]) == 0
+    # 419 training rows: base_lr 0.1 at 256 scaled to 419, not to 4096
+    assert f"lr {0.1 * 419 / 256:g}, batch 419" in capsys.readouterr().out
+
+
 def test_val_held_out_of_training_features(tmp_path):
     files = gaussian_features(tmp_path / "f")
     cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",

@@ -53,3 +53,17 @@ def test_report_is_written_for_any_number_of_methods(tmp_path, count):
     write_report(tmp_path, run, ["head", "tail"], {"m0": [2.0, 1.0]}, header="test")
     assert (tmp_path / "plots" / "reliability.png").stat().st_size > 0
     assert "| m0 |" in (tmp_path / "report.md").read_text()
+
+
+def test_copies_of_one_run_are_not_averaged():
+    """Same seed and config (where it ran aside): one run twice, a spread of 0 that means
+    nothing; another seed, or another setting allowed by --ignore, is a run of its own."""
+    from longtail.report import comparable_runs
+
+    a = {"seed": 0, "stage1.epochs": 30, "device": "cpu", "data.root": "/a"}
+    copy = {**a, "device": "cuda", "data.root": "/b"}
+    problem = comparable_runs(["a", "b", "c"], [a, {**a, "seed": 1}, copy], [{}] * 3, [])
+    assert problem.startswith("a and c have the same seed (0) and config: the same run twice")
+    assert comparable_runs(["a", "b"], [a, {**a, "seed": 1}], [{}] * 2, []) is None
+    assert comparable_runs(["a", "b"], [a, {**a, "stage1.epochs": 10}], [{}] * 2,
+                           ["stage1.epochs"]) is None

@@ -226,6 +226,13 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         raise LongtailError(f"{args.config}: is a folder, not a config file (expected a YAML "
                             f"file, e.g. configs/fmnist_lt.yaml)")
     if args.command == "config":
+        if args.keys and (args.config is not None or args.overrides):
+            # the reference is the same for every config: silently ignoring them would mislead
+            raise LongtailError("config --keys lists every key; it takes no CONFIG or overrides")
+        if args.config is not None and "=" in args.config and not Path(args.config).is_file():
+            # as in run: not read as a file name ("stage1.epochs=3: config file not found")
+            raise LongtailError(f"config: expected a CONFIG file first, found {args.config!r}; "
+                                f"e.g. longtail config configs/fmnist_lt.yaml {args.config}")
         if args.keys:
             print(config_reference(), end="")
         else:

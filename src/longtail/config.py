@@ -376,7 +376,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
-        _set_dotted(raw, key.strip(), _parse_value(value))
+        _set_dotted(raw, key.strip(), _parse_value(value, _TEXT_KEYS.get(key.strip(), False)))
     cfg = _build(Config, raw, "")
     _resolve_defaults(cfg)
     _check_semantics(cfg)
@@ -452,11 +452,14 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, text_key: bool = False) -> Any:
+    """Return an override's value as YAML reads it; for a key that holds text (``text_key``),
+    YAML's mapping or list is the text itself (``device=cuda:`` is a typo, not a mapping)."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    return text if text_key and isinstance(value, (dict, list)) else value
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -467,7 +470,17 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
+    _merge(node, parts[-1], value)
+
+
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``node[key] = value``, but merge a mapping into a section key by key: the override
+    ``stage1={epochs: 2}`` changes epochs and keeps the file's other stage-1 keys."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for k, v in value.items():
+            _merge(node[key], k, v)
+    else:
+        node[key] = value
 
 
 def _fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
@@ -481,9 +494,20 @@ def _fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses
     return out
 
 
+def _holds_text(tp: Any) -> bool:
+    """True for a key whose values are text (str, a Literal of strings, or either or null),
+    with no list or section among them."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return any(a is str or typing.get_origin(a) is Literal for a in args) and not any(
+        typing.get_origin(a) is list or dataclasses.is_dataclass(a) for a in args)
+
+
 def all_keys() -> list[str]:
     """Return every dotted key of the config, sections excluded."""
     return [name for name, _, tp in _fields() if not dataclasses.is_dataclass(tp)]
+
+
+_TEXT_KEYS = {name: _holds_text(tp) for name, _, tp in _fields()}
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -688,7 +712,7 @@ def _check_semantics(cfg: Config) -> None:
     need(cfg.stage1.eval_every >= 0, "stage1.eval_every", "an int >= 0", cfg.stage1.eval_every)
     need(d.split_seed is None or 0 <= d.split_seed < 2**32, "data.split_seed",
          "an int in [0, 2^32) or null", d.split_seed)
-    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None, "device",
+    need(re.fullmatch(r"auto|cpu|mps|cuda(:(0|[1-9]\d*))?", cfg.device) is not None, "device",
          "auto, cpu, cuda, cuda:N or mps", cfg.device)
     need(len(cfg.stage2.methods) >= 1, "stage2.methods", "at least one method, e.g. "
          f"[{', '.join(DEFAULT_METHODS)}]", cfg.stage2.methods)
@@ -698,6 +722,15 @@ def _check_semantics(cfg: Config) -> None:
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
                 "stage2.samples_per_class", "stage2.finetune.batch_size"):
         need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
+    # Training BatchNorm needs two images per step and process (one gives no variance: torch
+    # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    for key in ("stage1.batch_size", "stage2.finetune.batch_size"):
+        value = _get(cfg, key)
+        need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE)",
+             value)
+        need(value // world >= 2, key, "at least 2 images per process (BatchNorm in training "
+             + (f"needs two; {world} processes)" if world > 1 else "needs two)"), value)
     for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.wb.epochs",
                 "stage2.finetune.epochs"):
         value = getattr(cfg.stage2, key.split(".")[1]).epochs

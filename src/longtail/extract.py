@@ -25,7 +25,7 @@ def extract_run(run_dir: Path, fmt: str, out: Path) -> dict[str, Path]:
     """Write ``out/SPLIT.<fmt>`` for each split of the run in ``run_dir`` and
     ``out/config.yaml``; return the files by split."""
     cfg = load_config(run_dir / "config.yaml")
-    info, weight, bias, features = run_inputs(run_dir, cfg)
+    info, weight, bias, features = run_inputs(run_dir, cfg, "extract")
     make_dir(out)
     files = {}
     for split, feature_set in features.items():

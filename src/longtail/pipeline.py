@@ -44,7 +44,7 @@ from longtail.stages.features import (
     extract_features,
     load_features,
 )
-from longtail.stages.joint import resolve_lr, train_joint
+from longtail.stages.joint import real_batch_size, resolve_lr, train_joint
 from longtail.stages.linear import joint_on_features
 from longtail.stages.online import FINETUNE_METHODS, ONLINE_METHODS, NetworkStage2
 from longtail.stages.rebalance import SMALL_STAGE_MACS, Joint, build_rebalancer, threads_for
@@ -205,11 +205,13 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
              f"tensors train ({', '.join(cfg.model.trainable)}); the rest is frozen")
     log = ScalarLog(run_dir / "logs", enabled=main)
     start = time.perf_counter()
+    # The batch stage 1 takes (capped to one epoch's images) and the lr scaled to it.
+    batch = real_batch_size(cfg.stage1, len(data.train.labels), distributed.world_size())
     _say(f"\nstage 1: {cfg.model.name} ({model.backbone.feature_dim}-d features, "
          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), "
          f"{cfg.stage1.epochs} epochs, sampler {cfg.stage1.sampler}, batch "
-         f"{cfg.stage1.batch_size} over {distributed.world_size()} process(es), lr "
-         f"{resolve_lr(cfg.stage1):g}")
+         f"{batch} over {distributed.world_size()} process(es), lr "
+         f"{resolve_lr(cfg.stage1, batch):g}")
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
                 num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
                 checkpoint_path=run_dir / "stage1" / "last.pt", log=log, resume=resumed)
@@ -379,10 +381,13 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     return metrics
 
 
-def run_inputs(run_dir: Path, cfg: Config) -> tuple[DatasetInfo, torch.Tensor,
-                                                     torch.Tensor | None, dict[str, FeatureSet]]:
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # of a split with no image
+
+
+def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
+               ) -> tuple[DatasetInfo, torch.Tensor, torch.Tensor | None, dict[str, FeatureSet]]:
     """Return what stage 2 of a finished run starts from: (dataset info, joint weight, joint
-    bias, features by split).
+    bias, features by split). ``command`` (rebalance, extract) is named in the messages.
 
     An image run's are its cached features and its stage-1 classifier; a features run's are
     its feature files (which must be the ones it ran on) and its joint classifier.
@@ -411,12 +416,15 @@ def run_inputs(run_dir: Path, cfg: Config) -> tuple[DatasetInfo, torch.Tensor,
         raise LongtailError(f"{stage1}: not found; run 'longtail run --resume {run_dir}' to "
                             f"finish stage 1")
     state = load_checkpoint(stage1)["model"]
-    # Every split the run was made with (the manifest's), e.g. val, which tau_norm needs.
-    for split in recorded or ("train", "test"):
+    # Every split the run was made with (the manifest's), e.g. val, which tau_norm needs; not
+    # the empty val that manifests of runs without one recorded before (no features of it).
+    made = [split for split, digest in recorded.items() if digest != _EMPTY_SHA256]
+    for split in made or ("train", "test"):
         path = run_dir / "features" / f"{split}.pt"
         if not path.is_file():
-            raise LongtailError(f"{path}: not found (the run's cached {split} features); run "
-                                f"'longtail run --resume {run_dir}' to extract them again")
+            raise LongtailError(f"{path}: not found; {command} reads the run's cached {split} "
+                                f"features (it does not run the backbone); 'longtail run "
+                                f"--resume {run_dir}' extracts them again")
     try:
         features = load_features(run_dir / "features")
     except UnreadableFile as e:  # a resume replaces an unreadable cache (_extract_features)
@@ -597,6 +605,7 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
                      "torch": torch.__version__, "torchvision": torchvision.__version__,
                      "numpy": numpy.__version__},
         "git_commit": commit,
+        # run_inputs takes every recorded split as one whose features must exist
         "split_sha256": data.split_sha256,
         "platform": platform.platform(),
         "config": cfg.to_dict(),

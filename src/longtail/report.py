@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,16 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
     keys in ``ignore`` (or under a section in it) may differ."""
     def free(key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in (*_FREE_KEYS, *ignore))
+
+    # Same seed and same setting (where it ran aside): one run twice, e.g. a copied folder;
+    # averaging it would show a spread of 0 that measures nothing.
+    where = [k for k in _FREE_KEYS if k != "seed"]
+    setting = [{k: v for k, v in c.items() if k not in where} for c in configs]
+    for i, j in itertools.combinations(range(len(configs)), 2):
+        if setting[i] and setting[i] == setting[j]:
+            return (f"{names[i]} and {names[j]} have the same seed "
+                    f"({setting[i].get('seed')}) and config: the same run twice (a copy?), "
+                    f"whose spread would be 0; average runs of different seeds")
 
     first = configs[0]
     for name, config in zip(names[1:], configs[1:]):

@@ -309,6 +309,8 @@ def _check_inside_root(split: FileSplit, root: Path) -> None:
     base = os.path.realpath(root)
     for path, origin in zip(split.paths, split.origins):
         full = os.path.realpath(path)
+        if not os.path.exists(full):  # missing or a broken link: check_files_exist says which
+            continue
         if os.path.commonpath([base, full]) != base:
             via = "" if os.path.normpath(os.path.abspath(path)) == full else f" (-> {full})"
             raise LongtailError(f"{origin}: path {path}{via} is outside data.root {root}; set "

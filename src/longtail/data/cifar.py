@@ -9,6 +9,7 @@ import numpy as np
 
 from longtail.errors import LongtailError
 
+URL = "https://www.cs.toronto.edu/~kriz/"
 LAYOUT = {
     "cifar10_lt": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                    ["test_batch"], "batches.meta", b"labels", b"label_names", 10),
@@ -41,27 +42,61 @@ def read_batch(path: Path) -> dict:
         raise LongtailError(f"{path}: not a readable CIFAR batch ({e})") from None
 
 
-def load_cifar(root: str | Path, kind: str) -> dict[str, object]:
+def load_cifar(root: str | Path, kind: str, download: bool = False) -> dict[str, object]:
     """Return train/test images (N, 3, 32, 32) uint8, labels (N,) and class names."""
     folder_name, train_files, test_files, meta, label_key, names_key, num_classes = LAYOUT[kind]
     root = Path(root)
     folder = root if (root / meta).is_file() else root / folder_name
     missing = [n for n in (*train_files, *test_files, meta) if not (folder / n).is_file()]
     if missing:
+        # data.download is documented for fmnist_lt only: say so rather than ignore it.
+        tarball = folder_name.replace("-batches-py", "-python") + ".tar.gz"
         raise LongtailError(
             f"{kind}: expected the python version of CIFAR in {folder} ({', '.join(missing)} "
-            f"missing); unpack {folder_name}.tar.gz from the CIFAR site into data.root")
+            f"missing); "
+            + ("data.download=true downloads only Fashion-MNIST (fmnist_lt); " if download
+               else "")
+            + f"download {URL}{tarball} and unpack it into data.root {root}")
     out: dict[str, object] = {}
     for split, files in (("train", train_files), ("test", test_files)):
-        batches = [read_batch(folder / name) for name in files]
-        data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
-        out[f"{split}_images"] = data.reshape(-1, 3, 32, 32)
-        out[f"{split}_labels"] = np.concatenate([np.asarray(b[label_key]) for b in batches])
-    names = read_batch(folder / meta)[names_key]
+        batches = [_checked_batch(folder / name, label_key, num_classes) for name in files]
+        out[f"{split}_images"] = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
+        out[f"{split}_labels"] = np.concatenate([b[1] for b in batches])
+    meta_blob = read_batch(folder / meta)
+    names = meta_blob.get(names_key) if isinstance(meta_blob, dict) else None
+    if not isinstance(names, list):
+        raise LongtailError(f"{folder / meta}: expected a list of class names under "
+                            f"{names_key.decode()}, found {type(names).__name__}")
     out["class_names"] = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     if len(out["class_names"]) != num_classes:
         raise LongtailError(f"{folder / meta}: expected {num_classes} class names")
     return out
+
+
+def _checked_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """Return the images (N, 3072) uint8 and labels (N,) of one batch file, checked: a batch
+    of another width fails NumPy's concatenate, and a short or out-of-range label list would
+    silently misalign or drop images."""
+    batch = read_batch(path)
+    keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k)
+                  for k in batch) if isinstance(batch, dict) else type(batch).__name__
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise LongtailError(f"{path}: expected a CIFAR batch with keys data and "
+                            f"{label_key.decode()}, found {keys}")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise LongtailError(f"{path}: data: expected uint8 rows of 3072 values (3x32x32 "
+                            f"images), found {data.dtype} of shape {data.shape}")
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise LongtailError(f"{path}: {label_key.decode()}: expected {len(data)} integer "
+                            f"labels (one per image), found {labels.dtype} of shape "
+                            f"{labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise LongtailError(f"{path}: {label_key.decode()}: expected labels 0..{num_classes - 1}, "
+                            f"found {labels[bad[0]]} at index {bad[0]}")
+    return data, labels.astype(np.int64)
 
 
 def cao_selection(labels: np.ndarray, profile: list[int]) -> np.ndarray:

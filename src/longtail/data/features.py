@@ -89,7 +89,6 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
     train_path, dim = train["path"], train["features"].shape[1]
     names = _class_names(blobs)
     num_classes = len(names) if names is not None else int(train["labels"].max()) + 1
-    counts = torch.bincount(train["labels"], minlength=num_classes)
     for blob in blobs.values():
         path = blob["path"]
         if blob["features"].shape[1] != dim:
@@ -101,12 +100,14 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
                    else "largest training label + 1")
             raise LongtailError(f"{path}: label {top} is not below the class count "
                                 f"{num_classes} ({why})")
-    if (counts == 0).any():
-        from longtail.data.readers import label_gap
-
-        missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise LongtailError(f"{train_path}: no training row has label {label_gap(missing)}; "
-                            f"labels must be 0..C-1 (C = {num_classes}), each used in training")
+    # Gaps are found from the distinct labels, before bincount: a stray label of 10^9 would
+    # make bincount allocate gigabytes (or overflow) only to report the classes it skips.
+    present = torch.unique(train["labels"])
+    if len(present) != num_classes:
+        raise LongtailError(f"{train_path}: no training row has label "
+                            f"{_missing_labels(present.tolist(), num_classes)}; labels must be "
+                            f"0..C-1 (C = {num_classes}), each used in training")
+    counts = torch.bincount(train["labels"], minlength=num_classes)
     joint = _joint_classifier(train, num_classes, dim)
     group_counts = _group_counts(train, num_classes, counts)
     splits = {name: FeatureSplit(blob["path"], blob["features"], blob["labels"],
@@ -122,6 +123,21 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
     return DataRecord(name=name, class_names=names or [str(c) for c in range(num_classes)],
                       splits=splits, split_sha256={k: s.sha256 for k, s in splits.items() if s},
                       notes=notes, counts_before_holdout=group_counts)
+
+
+def _missing_labels(present: list[int], num_classes: int) -> str:
+    """Return the labels in 0..num_classes-1 absent from sorted ``present`` as label_gap
+    words them ('a..b' when contiguous, else the first ten), without listing a huge range."""
+    gaps = [(lo + 1, hi - 1) for lo, hi in zip([-1, *present], [*present, num_classes])
+            if hi - lo > 1]
+    if len(gaps) == 1 and gaps[0][1] > gaps[0][0]:
+        return f"{gaps[0][0]}..{gaps[0][1]}"
+    first: list[int] = []
+    for lo, hi in gaps:
+        first.extend(range(lo, min(hi, lo + 10) + 1))
+        if len(first) > 10:
+            break
+    return ", ".join(map(str, first[:10])) + (" ..." if len(first) > 10 else "")
 
 
 def _class_names(blobs: dict[str, dict[str, Any]]) -> list[str] | None:
@@ -217,6 +233,9 @@ def read_feature_file(path: Path) -> dict[str, Any]:
     if not features.is_floating_point():
         raise LongtailError(f"{path}: features: expected floating-point numbers, found "
                             f"{features.dtype}")
+    if features.shape[1] == 0:  # nothing to classify by; stage 2 would divide by zero
+        raise LongtailError(f"{path}: features: expected at least 1 column (feature "
+                            f"dimension), found shape {tuple(features.shape)}")
     if labels.ndim != 1 or len(labels) != len(features):
         raise LongtailError(f"{path}: labels: expected shape ({len(features)},) (one per row "
                             f"of features), found {tuple(labels.shape)}")
@@ -234,12 +253,22 @@ def read_feature_file(path: Path) -> dict[str, Any]:
         if bad.any():
             row = start + int(torch.nonzero(bad)[0])
             raise LongtailError(f"{path}: features: row {row} holds NaN or infinity")
-    names = blob.get("class_names")
-    if names is not None and (not isinstance(names, list)
-                              or not all(isinstance(n, str) for n in names)):
+    if blob.get("class_names") is not None:
+        blob["class_names"] = _names_as_strings(blob["class_names"], path)
+    return {**blob, "labels": labels, "path": path, "sha256": _file_sha256(path)}
+
+
+def _names_as_strings(names: Any, path: Path) -> list[str]:
+    """Return class names as strings: numbers become their text, as .npz's class_names
+    arrays do (np.array([10, 11]) gives '10', '11'), so every format reads the same names."""
+    if not isinstance(names, (list, tuple)):
         raise LongtailError(f"{path}: class_names: expected a list of strings, found "
                             f"{type(names).__name__}")
-    return {**blob, "labels": labels, "path": path, "sha256": _file_sha256(path)}
+    for i, name in enumerate(names):
+        if not isinstance(name, (str, int, float)) or isinstance(name, bool):
+            raise LongtailError(f"{path}: class_names: expected a list of strings (or "
+                                f"numbers), found {type(name).__name__} at index {i}")
+    return [str(n) for n in names]
 
 
 def _file_sha256(path: Path) -> str:

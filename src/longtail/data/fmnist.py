@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import numpy as np
 from longtail.errors import LongtailError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+SOURCE = "https://github.com/zalandoresearch/fashion-mnist"
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -62,12 +65,7 @@ def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np
     root = Path(root)
     files = find_files(root)
     if files is None and download:
-        from torchvision.datasets import FashionMNIST
-
-        try:
-            FashionMNIST(str(root), train=True, download=True)
-        except Exception as e:  # network errors come in many types
-            raise LongtailError(f"downloading Fashion-MNIST into {root} failed: {e}") from None
+        _download(root)
         files = find_files(root)
     if files is None:
         names = ", ".join(f"{n}[.gz]" for n in FILES.values())
@@ -77,4 +75,43 @@ def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np
             f"copy the four IDX files into data.root, or set data.download=true where the "
             f"network allows it."
         )
-    return {key: read_idx(path) for key, path in files.items()}
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        _check_pair(files[f"{split}_images"], arrays[f"{split}_images"],
+                    files[f"{split}_labels"], arrays[f"{split}_labels"])
+    return arrays
+
+
+def _check_pair(images_path: Path, images: np.ndarray, labels_path: Path,
+                labels: np.ndarray) -> None:
+    """Check an images file and its labels file agree: one label 0..9 per 28x28 image (a
+    short labels file would otherwise pair images with the wrong labels)."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise LongtailError(f"{images_path}: expected uint8 images of 28x28 (shape (N, 28, "
+                            f"28)), found {images.dtype} of shape {images.shape}")
+    if labels.shape != (len(images),):
+        raise LongtailError(f"{labels_path}: expected {len(images)} labels (one per image of "
+                            f"{images_path.name}), found shape {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CLASS_NAMES)))
+    if len(bad):
+        raise LongtailError(f"{labels_path}: expected labels 0..{len(CLASS_NAMES) - 1}, found "
+                            f"{labels[bad[0]]} at index {bad[0]}")
+
+
+def _download(root: Path) -> None:
+    """Download the four IDX files with torchvision into root/FashionMNIST/raw; when that
+    fails, remove the folders it made and say which files to put where instead."""
+    from torchvision.datasets import FashionMNIST
+
+    made = next((p for p in (root, root / "FashionMNIST", root / "FashionMNIST" / "raw")
+                 if not p.exists()), None)  # the top-most folder the download would create
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+    except Exception as e:  # network errors come in many types
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        reason = re.sub(r"\s+", " ", str(e)).strip()[:300] or type(e).__name__
+        names = ", ".join(f"{n}.gz" for n in FILES.values())
+        raise LongtailError(
+            f"downloading Fashion-MNIST failed ({reason}); download {names} from "
+            f"{SOURCE} where there is network and put them in {root} (data.root)") from None

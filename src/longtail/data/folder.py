@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from longtail import distributed
 from longtail.data.listfile import FileSplit
 from longtail.errors import LongtailError
 
@@ -15,23 +17,34 @@ def read_image_folder(folder: str | Path,
     """Return the images under ``folder``/CLASS/ and the class names (sorted sub-folders).
 
     Pass the training folder's ``classes`` when reading val/test so that labels agree.
+    Names starting with '.' (.ipynb_checkpoints, .thumbs, macOS's ._x.png) are neither
+    classes nor images.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise LongtailError(f"{folder}: is a file, expected a folder of class folders")
     if not folder.is_dir():
         raise LongtailError(f"{folder}: image folder not found")
-    try:
-        found, _ = find_classes(str(folder))
-    except FileNotFoundError:
-        raise LongtailError(f"{folder}: expected one sub-folder per class, found none") from None
+    # A class folder may itself be a symbolic link (e.g. to images kept elsewhere).
+    with os.scandir(folder) as entries:
+        found = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        raise LongtailError(f"{folder}: expected one sub-folder per class, found none")
     training = not classes  # the class folders found are the classes
     classes = classes or found
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise LongtailError(f"{folder}: class folders {unknown[:5]} are not training classes")
     index = {name: i for i, name in enumerate(classes)}
-    samples = make_dataset(str(folder), index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples: list[tuple[str, int]] = []
+    links: list[str] = []
+    for name in found:
+        samples.extend((path, index[name]) for path in _images(folder / name, links))
+    if links and distributed.is_main():
+        print(f"warning: {folder}: not following {len(links)} symbolic "
+              f"link{'s' if len(links) > 1 else ''} to a folder inside a class folder (e.g. "
+              f"{links[0]}); their images are left out (link a class folder itself instead)",
+              flush=True)
     if not samples:
         raise LongtailError(f"{folder}: no images with extensions {', '.join(IMG_EXTENSIONS)}")
     if training:
@@ -47,3 +60,24 @@ def read_image_folder(folder: str | Path,
     paths = [Path(p) for p, _ in samples]
     return FileSplit(folder, paths, [label for _, label in samples], [str(p) for p in paths]), \
         list(classes)
+
+
+def _images(class_folder: Path, links: list[str]) -> list[str]:
+    """Return the image files under ``class_folder``, in torchvision's ImageFolder order
+    (folders sorted by path, files by name).
+
+    Symbolic links to folders inside a class folder are not followed (their paths are added
+    to ``links``): torchvision follows them, so ``ln -s .. class_00/loop`` counted every
+    class's images as class_00, and a link to another class folder would mix classes too.
+    Checking for loops alone would not catch the latter.
+    """
+    walked = []
+    for dirpath, dirnames, filenames in os.walk(class_folder):  # followlinks=False
+        visible = [d for d in dirnames if not d.startswith(".")]
+        links.extend(os.path.join(dirpath, d) for d in visible
+                     if os.path.islink(os.path.join(dirpath, d)))
+        dirnames[:] = visible
+        walked.append((dirpath, filenames))
+    return [os.path.join(dirpath, name) for dirpath, filenames in sorted(walked)
+            for name in sorted(filenames)
+            if not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)]

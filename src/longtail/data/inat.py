@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from longtail.data.listfile import FileSplit, resolve_near_root
 from longtail.errors import LongtailError
+
+# JSON's names for what json.loads returns, for messages about the file.
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON array", str: "a string", int: "a number",
+               float: "a number", bool: "true/false", type(None): "null"}
 
 
 def read_inat_json(json_file: str | Path, root: str | Path,
@@ -25,28 +30,81 @@ def read_inat_json(json_file: str | Path, root: str | Path,
         raise LongtailError(f"{json_file}: annotation file not found") from None
     except (OSError, ValueError) as e:
         raise LongtailError(f"{json_file}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):  # never print the file itself: it can be hundreds of MB
+        raise LongtailError(f"{json_file}: expected a JSON object with images, annotations, "
+                            f"categories, found {_JSON_TYPES.get(type(data), 'a value')}")
     for key in ("images", "annotations"):
         if key not in data:
             raise LongtailError(f"{json_file}: expected COCO-style keys 'images' and "
                                 f"'annotations', found {sorted(data)[:6]}")
-    categories = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", [])}
+    images = _objects(json_file, data, "images", ("id",), "file_name")
+    annotations = _objects(json_file, data, "annotations", ("image_id", "category_id"))
+    categories = _objects(json_file, data, "categories", ("id",)) if "categories" in data else []
+    file_of = _by_id(json_file, "images", images, "id", "file_name")
+    category_name = _by_id(json_file, "categories", categories, "id", "name")
+    if not annotations:
+        raise LongtailError(f"{json_file}: no annotations")
     if category_ids is None:
-        used = {a["category_id"] for a in data["annotations"]}
-        category_ids = sorted(set(categories) | used)
+        used = {a["category_id"] for a in annotations}
+        # iNaturalist's training files list only categories they have images of; one listed
+        # without any would be a class nothing trains (met later as a val split lacking it).
+        for n, category in enumerate(categories):
+            if category["id"] not in used:
+                raise LongtailError(
+                    f"{json_file}: categories[{n}]: category {category['id']} "
+                    f"({str(category.get('name', ''))!r}) has no image in this training file; "
+                    f"every category is a class and needs training images (remove it from "
+                    f"categories, or list its images)")
+        category_ids = sorted(set(category_name) | used)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
-    names = [str(categories.get(cid, cid)) for cid in category_ids]
-    file_of = {img["id"]: img["file_name"] for img in data["images"]}
+    names = [str(category_name.get(cid, cid)) for cid in category_ids]
     paths, labels, origins = [], [], []
-    for n, ann in enumerate(data["annotations"]):
+    for n, ann in enumerate(annotations):
         where = f"{json_file}: annotations[{n}]"
-        if ann.get("image_id") not in file_of:
-            raise LongtailError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        if ann.get("category_id") not in label_of:
-            raise LongtailError(f"{where}: category_id {ann.get('category_id')!r} is not a "
+        if ann["image_id"] not in file_of:
+            raise LongtailError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
+        if ann["category_id"] not in label_of:
+            raise LongtailError(f"{where}: category_id {ann['category_id']!r} is not a "
                                 f"training category")
         paths.append(Path(root) / file_of[ann["image_id"]])
         labels.append(label_of[ann["category_id"]])
         origins.append(where)
-    if not paths:
-        raise LongtailError(f"{json_file}: no annotations")
     return FileSplit(json_file, paths, labels, origins), category_ids, names
+
+
+def _objects(json_file: Path, data: dict, key: str, integers: tuple[str, ...],
+             string: str | None = None) -> list[dict[str, Any]]:
+    """Return ``data[key]``, checked to be a list of objects whose ``integers`` keys hold
+    integers and whose ``string`` key (if any) a non-empty string; else name the entry."""
+    items = data[key]
+    if not isinstance(items, list):
+        raise LongtailError(f"{json_file}: {key}: expected a list of objects, found "
+                            f"{_JSON_TYPES.get(type(items), 'a value')}")
+    wanted = " and ".join(integers) + (" (integers)" if len(integers) > 1 else " (integer)")
+    if string:
+        wanted += f" and {string} (a string)"
+    for n, item in enumerate(items):
+        # bool is an int in Python, and 1.5 or "3" as an id would make a class of its own.
+        if (not isinstance(item, dict)
+                or any(type(item.get(k)) is not int for k in integers)
+                or (string and not (isinstance(item.get(string), str) and item[string]))):
+            found = json.dumps(item)
+            raise LongtailError(f"{json_file}: {key}[{n}]: expected an object with {wanted}, "
+                                f"found {found[:100]}{'…' if len(found) > 100 else ''}")
+    return items
+
+
+def _by_id(json_file: Path, key: str, items: list[dict[str, Any]], id_key: str,
+           value_key: str) -> dict[int, Any]:
+    """Return {id: item[value_key]}; an id given twice is an error (the later entry would
+    silently replace the earlier)."""
+    out: dict[int, Any] = {}
+    first: dict[int, int] = {}
+    for n, item in enumerate(items):
+        ident = item[id_key]
+        if ident in first:
+            raise LongtailError(f"{json_file}: {key}[{n}]: {id_key} {ident} is already that of "
+                                f"{key}[{first[ident]}]; expected each {id_key} once")
+        first[ident] = n
+        out[ident] = item.get(value_key, str(ident))
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,10 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
         elif not skip_missing:
             if path.is_dir():
                 raise LongtailError(f"{origin}: {path} is a folder, expected an image file")
+            if path.is_symlink():
+                raise LongtailError(f"{origin}: {path} is a broken symbolic link (-> "
+                                    f"{os.readlink(path)}), expected an image file "
+                                    f"(data.on_bad_image=skip leaves missing images out)")
             raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
                                 f"leaves missing images out)")
     if len(keep) == len(split.paths):

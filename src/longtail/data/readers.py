@@ -55,7 +55,7 @@ def read_fmnist_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
 
 def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
     """CIFAR python batches, long-tailed exactly as Cao et al.'s generator (docs/configs.md)."""
-    arrays = cifar.load_cifar(cfg.root, cfg.kind)
+    arrays = cifar.load_cifar(cfg.root, cfg.kind, cfg.download)
     images = torch.from_numpy(arrays["train_images"])
     test_images = torch.from_numpy(arrays["test_images"])
     names = arrays["class_names"]
@@ -102,6 +102,8 @@ def _array_record(cfg: DataConfig, names: list[str], images: torch.Tensor, label
               "val": _indices_sha256(cfg.kind, "train", val_idx, labels_t),
               "test": _indices_sha256(cfg.kind, "test", torch.arange(len(test_labels)),
                                       test_labels)}
+    if not len(val_idx):  # no val split (data.val_per_class: 0): nothing to record
+        del hashes["val"]
     splits = {"train": TensorImages(images[train_idx], labels_t[train_idx]),
               "val": TensorImages(images[val_idx], labels_t[val_idx]) if len(val_idx) else None,
               "test": TensorImages(test_images, test_labels)}

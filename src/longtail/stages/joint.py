@@ -60,11 +60,18 @@ def mixup(images: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, 
     return images.mul(lam).add_(images[perm], alpha=1 - lam), perm, lam
 
 
-def resolve_lr(cfg: Stage1Config) -> float:
-    """Return ``stage1.lr``, or ``base_lr`` scaled linearly to the (global) batch size."""
+def real_batch_size(cfg: Stage1Config, train_size: int, world: int = 1) -> int:
+    """Return the global batch training really takes: ``cfg.batch_size``, but at most one
+    epoch's images (each process draws ceil(train_size / world) of them)."""
+    return min(cfg.batch_size // world, math.ceil(train_size / world)) * world
+
+
+def resolve_lr(cfg: Stage1Config, batch_size: int | None = None) -> float:
+    """Return ``stage1.lr``, or ``base_lr`` scaled linearly to the global batch size: the one
+    training really takes (``real_batch_size``) when given, else ``cfg.batch_size``."""
     if cfg.lr is not None:
         return cfg.lr
-    return cfg.base_lr * cfg.batch_size / cfg.base_batch_size
+    return cfg.base_lr * (batch_size or cfg.batch_size) / cfg.base_batch_size
 
 
 def train_joint(
@@ -100,7 +107,15 @@ def train_joint(
     if cfg.batch_size % world:
         raise LongtailError(f"config key stage1.batch_size: expected a multiple of the "
                             f"{world} processes, found {cfg.batch_size}")
-    batch_size = min(cfg.batch_size // world, len(sampler))
+    global_batch = real_batch_size(cfg, len(data.train.labels), world)
+    batch_size = global_batch // world  # per process
+    if global_batch < cfg.batch_size and distributed.is_main():
+        # drop_last would leave no step, so the batch is one epoch; say so, as lr follows it
+        key = "stage1" if stage_name == "stage 1" else "stage2.finetune"  # finetune's own key
+        scaled = ", lr scaled to it" if cfg.lr is None else ""
+        print(f"note: {key}.batch_size {cfg.batch_size} is more than the "
+              f"{len(data.train.labels)} training images of an epoch; batches of "
+              f"{global_batch}{scaled}", flush=True)
     view, collate = data.training_view()
     loader = DataLoader(
         view, batch_size=batch_size, sampler=draws, num_workers=num_workers,
@@ -113,7 +128,7 @@ def train_joint(
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    lr = resolve_lr(cfg)
+    lr = resolve_lr(cfg, global_batch)
     head = [p for p in model.fc.parameters() if p.requires_grad]
     body = [p for p in model.backbone.parameters() if p.requires_grad]
     groups = [{"params": ps, "lr": group_lr} for ps, group_lr in

@@ -21,7 +21,7 @@ import torch
 from longtail.checkpoint import load_checkpoint, save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import FeatureData
-from longtail.stages.joint import resolve_lr
+from longtail.stages.joint import real_batch_size, resolve_lr
 from longtail.stages.rebalance import CRT
 
 
@@ -49,8 +49,10 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
         if saved.get("key") == key:
             return saved["fc.weight"], saved["fc.bias"], f"reused {path}"
     val = data.val
-    linear = CRT(data.num_classes, epochs=cfg.epochs, lr=resolve_lr(cfg),
-                 batch_size=cfg.batch_size, momentum=cfg.momentum,
+    # A batch above the training rows is one epoch's rows: lr scaled to what is trained on.
+    batch = real_batch_size(cfg, len(train.labels))
+    linear = CRT(data.num_classes, epochs=cfg.epochs, lr=resolve_lr(cfg, batch),
+                 batch_size=batch, momentum=cfg.momentum,
                  weight_decay=cfg.weight_decay, sampler=cfg.sampler,
                  samples_per_class=cfg.samples_per_class, seed=seed, device=device,
                  select=cfg.select, loss=cfg.loss, loss_tau=cfg.loss_tau)
@@ -60,4 +62,4 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
                      "loss_history": linear.loss_history_}, path)
     return (linear.weight_, linear.bias_,
             f"trained: linear classifier, {cfg.epochs} epochs, sampler {cfg.sampler}, lr "
-            f"{resolve_lr(cfg):g}, batch {cfg.batch_size}")
+            f"{resolve_lr(cfg, batch):g}, batch {batch}")

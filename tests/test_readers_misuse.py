@@ -1,0 +1,307 @@
+"""Malformed data for each reader (features, inat_json, CIFAR, Fashion-MNIST, image folders):
+one LongtailError naming the file and what was expected, never a traceback, a wrong count,
+or a misleading message about another split."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.config import load_config
+from longtail.data import build_data, read_feature_file, write_feature_file
+from longtail.data.features import _missing_labels
+from longtail.data.readers import label_gap
+from longtail.errors import LongtailError
+from tests.conftest import (
+    make_fake_cifar,
+    make_fake_fmnist,
+    make_image_folder,
+    make_inat_json,
+    write_idx,
+)
+
+
+def data_of(*overrides):
+    return build_data(load_config(None, list(overrides)).data, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+
+
+def feature_files(folder: Path, train_labels: list[int], names=None, fmt: str = "npz") -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = torch.tensor(train_labels)
+    write_feature_file(folder / f"train.{fmt}", torch.randn(len(labels), 4), labels, names)
+    write_feature_file(folder / f"test.{fmt}", torch.randn(4, 4), torch.tensor([0, 1, 2, 3]),
+                       names)
+    return ["data.kind=features", f"data.root={folder}", f"data.train=train.{fmt}",
+            f"data.test=test.{fmt}", "stage2.tau_norm.tau=1"]
+
+
+def test_features_without_columns_are_refused(tmp_path):
+    path = tmp_path / "train.npz"
+    np.savez(path, features=np.zeros((51, 0), np.float32), labels=np.arange(51) % 4)
+    with pytest.raises(LongtailError, match=r"train\.npz: features: expected at least 1 column"
+                                            r" .*found shape \(51, 0\)"):
+        read_feature_file(path)
+
+
+@pytest.mark.parametrize("names", [None, ["a", "b", "c", "d"]])
+def test_a_huge_feature_label_is_named_before_bincount(tmp_path, names):
+    """2^62 made torch.bincount try to allocate 2^62 counts (10^9: 8 GB)."""
+    args = feature_files(tmp_path, [0, 0, 1, 1, 2, 3, 2**62], names)
+    expected = ("no training row has label 4..4611686018427387903; labels must be 0..C-1"
+                if names is None else r"label 4611686018427387904 is not below the class "
+                                      r"count 4 \(class_names has 4 names\)")
+    with pytest.raises(LongtailError, match=rf"train\.npz: {expected}"):
+        data_of(*args)
+
+
+@pytest.mark.parametrize("present,num_classes", [
+    ([0, 2], 3), ([0, 3], 4), ([1, 2], 3), ([0, 2, 5, 9], 12), ([0], 30), ([5], 6),
+    ([0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24], 25)])
+def test_missing_labels_are_worded_as_label_gap_words_them(present, num_classes):
+    missing = sorted(set(range(num_classes)) - set(present))
+    assert _missing_labels(present, num_classes) == label_gap(missing)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt", "safetensors"])
+def test_integer_class_names_read_as_strings_in_every_format(tmp_path, fmt):
+    path = tmp_path / f"f.{fmt}"
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    if fmt == "npz":
+        np.savez(path, features=x.numpy(), labels=y.numpy(), class_names=np.array([10, 11, 12,
+                                                                                   13]))
+    elif fmt == "pt":
+        torch.save({"features": x, "labels": y, "class_names": [10, 11, 12, 13]}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"features": x, "labels": y}, str(path),
+                  metadata={"class_names": json.dumps([10, 11, 12, 13])})
+    assert read_feature_file(path)["class_names"] == ["10", "11", "12", "13"]
+
+
+def test_class_names_of_another_kind_name_the_element(tmp_path):
+    path = tmp_path / "f.pt"
+    torch.save({"features": torch.randn(2, 3), "labels": torch.tensor([0, 1]),
+                "class_names": ["a", {"b": 1}]}, path)
+    with pytest.raises(LongtailError, match=r"f\.pt: class_names: expected a list of strings "
+                                            r"\(or numbers\), found dict at index 1"):
+        read_feature_file(path)
+
+
+# --------------------------------------------------------------------------------------------
+# iNaturalist JSON
+
+
+def _set(key, index, value):
+    def edit(blob):
+        if index is None:
+            blob[key] = value
+        else:
+            blob[key][index] = value
+    return edit
+
+
+def _drop(key, index, field):
+    return lambda blob: blob[key][index].pop(field)
+
+
+ANN = r"annotations\[1\]: expected an object with image_id and category_id \(integers\), found "
+IMG = r"images\[1\]: expected an object with id \(integer\) and file_name \(a string\), found "
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (_drop("categories", 0, "id"), r"categories\[0\]: expected an object with id \(integer\), "
+                                   r"found \{\"name\": \"species 0\"\}"),
+    (_drop("annotations", 1, "category_id"), ANN + r"\{\"id\": 1, \"image_id\": 1\}"),
+    (_set("annotations", 1, [1, 0]), ANN + r"\[1, 0\]"),
+    (_set("annotations", 1, {"image_id": 1, "category_id": 1.5}), ANN),
+    (_set("annotations", 1, {"image_id": 1, "category_id": "0"}), ANN),
+    (_set("annotations", 1, {"image_id": 1, "category_id": True}), ANN),
+    (_drop("images", 1, "file_name"), IMG),
+    (_set("images", 1, {"id": 1, "file_name": None}), IMG + r".*\"file_name\": null"),
+    (_set("categories", None, None), r"categories: expected a list of objects, found null"),
+    (_set("images", None, None), r"images: expected a list of objects, found null"),
+    (_set("annotations", None, {}), r"annotations: expected a list of objects, found a JSON "
+                                    r"object"),
+    (lambda blob: blob["categories"].append({"id": 999, "name": "unused"}),
+     r"categories\[3\]: category 999 \('unused'\) has no image in this training file"),
+    (lambda blob: blob["images"].append({"id": 0, "file_name": "x.jpg"}),
+     r"images\[\d+\]: id 0 is already that of images\[0\]"),
+], ids=["category without id", "annotation without category_id", "annotation a list",
+        "float category_id", "string category_id", "bool category_id", "image without file_name",
+        "file_name null", "categories null", "images null", "annotations an object",
+        "unused category", "image id twice"])
+def test_malformed_inat_json_names_the_entry(tmp_path, edit, expected):
+    files = make_inat_json(tmp_path, counts=[3, 2, 2])
+    blob = json.loads(files["train"].read_text())
+    edit(blob)
+    files["train"].write_text(json.dumps(blob))
+    with pytest.raises(LongtailError, match=rf"train2018\.json: {expected}"):
+        data_of("data.kind=inat_json", f"data.root={tmp_path}", "data.train=train2018.json",
+                "data.test=val2018.json", "data.val=val2018.json")
+
+
+def test_inat_json_array_is_not_printed(tmp_path):
+    files = make_inat_json(tmp_path, counts=[3, 2])
+    files["train"].write_text(json.dumps([json.loads(files["train"].read_text())]))
+    with pytest.raises(LongtailError) as info:
+        data_of("data.kind=inat_json", f"data.root={tmp_path}", "data.train=train2018.json",
+                "data.test=val2018.json", "stage2.tau_norm.tau=1")
+    assert str(info.value) == (f"{files['train']}: expected a JSON object with images, "
+                               f"annotations, categories, found a JSON array")
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR
+
+
+def _rewrite_batch(path: Path, edit) -> None:
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    edit(batch)
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda b: b.update({b"data": b[b"data"][:, :1000]}),
+     r"data: expected uint8 rows of 3072 values \(3x32x32 images\), found uint8 of shape "
+     r"\(120, 1000\)"),
+    (lambda b: b[b"labels"].__setitem__(3, 10), r"labels: expected labels 0\.\.9, found 10 at "
+                                                r"index 3"),
+    (lambda b: b[b"labels"].__setitem__(3, -1), r"labels: expected labels 0\.\.9, found -1"),
+    (lambda b: b.update({b"labels": b[b"labels"][:-3]}),
+     r"labels: expected 120 integer labels \(one per image\), found int64 of shape \(117,\)"),
+    (lambda b: b.pop(b"labels"), r"expected a CIFAR batch with keys data and labels, found "
+                                 r"\['data'\]"),
+], ids=["1000 columns", "label 10", "label -1", "short labels", "no labels"])
+def test_malformed_cifar_batch_is_named(tmp_path, edit, expected):
+    root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=60)
+    _rewrite_batch(root / "cifar-10-batches-py" / "data_batch_2", edit)
+    with pytest.raises(LongtailError, match=rf"cifar-10-batches-py/data_batch_2: {expected}"):
+        data_of("data.kind=cifar10_lt", f"data.root={root}")
+
+
+def test_cifar100_label_out_of_range(tmp_path):
+    root = make_fake_cifar(tmp_path, "cifar100_lt", train_per_class=2, test_per_class=1)
+    _rewrite_batch(root / "cifar-100-python" / "test", lambda b: b[b"fine_labels"].__setitem__(
+        0, 100))
+    with pytest.raises(LongtailError, match=r"cifar-100-python/test: fine_labels: expected "
+                                            r"labels 0\.\.99, found 100 at index 0"):
+        data_of("data.kind=cifar100_lt", f"data.root={root}")
+
+
+def test_cifar_download_is_refused_with_where_to_put_the_files(tmp_path):
+    with pytest.raises(LongtailError) as info:
+        data_of("data.kind=cifar10_lt", f"data.root={tmp_path}", "data.download=true")
+    message = str(info.value)
+    assert "data.download=true downloads only Fashion-MNIST (fmnist_lt)" in message
+    assert (f"download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and unpack it "
+            f"into data.root {tmp_path}") in message
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST
+
+
+@pytest.mark.parametrize("labels,expected", [
+    (np.repeat(np.arange(10), 80)[:-5], r"train-labels-idx1-ubyte\.gz: expected 800 labels "
+                                        r"\(one per image of train-images-idx3-ubyte\.gz\), "
+                                        r"found shape \(795,\)"),
+    (np.where(np.arange(800) == 17, 200, np.repeat(np.arange(10), 80)),
+     r"train-labels-idx1-ubyte\.gz: expected labels 0\.\.9, found 200 at index 17"),
+], ids=["short labels", "label 200"])
+def test_malformed_fashion_mnist_labels_are_named(tmp_path, labels, expected):
+    root = make_fake_fmnist(tmp_path / "f")
+    write_idx(root / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(LongtailError, match=expected):
+        data_of(f"data.root={root}")
+
+
+def test_fashion_mnist_images_of_another_size(tmp_path):
+    root = make_fake_fmnist(tmp_path / "f")
+    write_idx(root / "t10k-images-idx3-ubyte", np.zeros((100, 32, 32), np.uint8))
+    with pytest.raises(LongtailError, match=r"t10k-images-idx3-ubyte\.gz: expected uint8 "
+                                            r"images of 28x28 .*found uint8 of shape "
+                                            r"\(100, 32, 32\)"):
+        data_of(f"data.root={root}")
+
+
+def test_failed_fashion_mnist_download_says_where_and_leaves_nothing(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torchvision.datasets
+
+    def offline(root, train, download):  # as torchvision does: folders first, then fetch
+        (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True)
+        (Path(root) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+        raise RuntimeError(f"Error downloading train-images-idx3-ubyte.gz: got: "
+                           f"{URLError('Name or service not known')}")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    for root in (tmp_path / "new", tmp_path):  # made by the download, or already there
+        with pytest.raises(LongtailError) as info:
+            data_of(f"data.root={root}", "data.download=true")
+        assert str(info.value) == (
+            "downloading Fashion-MNIST failed (Error downloading train-images-idx3-ubyte.gz: "
+            "got: <urlopen error Name or service not known>); download "
+            "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,"
+            " t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist "
+            f"where there is network and put them in {root} (data.root)")
+        assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders
+
+
+def folder_args(root: Path) -> list[str]:
+    make_image_folder(root / "train", per_class=[4, 3, 2])
+    make_image_folder(root / "test", per_class=[2, 2, 2])
+    return ["data.kind=image_folder", f"data.root={root}", "data.train=train", "data.test=test",
+            "stage2.tau_norm.tau=1"]
+
+
+def test_symbolic_link_loop_in_a_class_folder_is_not_followed(tmp_path, capsys):
+    args = folder_args(tmp_path)
+    (tmp_path / "train" / "class_00" / "loop").symlink_to("..")
+    (tmp_path / "train" / "class_01" / "other").symlink_to(tmp_path / "train" / "class_02")
+    data = data_of(*args)
+    assert data.train_counts == [4, 3, 2]
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1
+    assert "not following 2 symbolic links to a folder inside a class folder (e.g. " in out
+
+
+def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path):
+    args = folder_args(tmp_path)
+    image = next((tmp_path / "train" / "class_00").iterdir()).read_bytes()
+    for hidden in (".ipynb_checkpoints/a.png", ".thumbs/b.png", "class_00/.thumbs/c.png",
+                   "class_01/._00001.png"):
+        (tmp_path / "train" / hidden).parent.mkdir(exist_ok=True)
+        (tmp_path / "train" / hidden).write_bytes(image if "._" not in hidden else b"\0\5")
+    (tmp_path / "test" / ".ipynb_checkpoints").mkdir()
+    data = data_of(*args)
+    assert data.class_names == ["class_00", "class_01", "class_02"]
+    assert data.train_counts == [4, 3, 2]
+
+
+def test_broken_symbolic_link_image_is_called_so(tmp_path):
+    args = folder_args(tmp_path)
+    link = tmp_path / "train" / "class_02" / "broken.png"
+    link.symlink_to("/nonexistent.png")
+    for extra in ([], ["data.allow_outside_root=true"]):
+        with pytest.raises(LongtailError, match=rf"{link} is a broken symbolic link "
+                                                rf"\(-> /nonexistent\.png\), expected an image"):
+            data_of(*args, *extra)
+    assert data_of(*args, "data.on_bad_image=skip").train_counts == [4, 3, 2]
