@@ -70,11 +70,20 @@ def test_resolved_config_round_trips():
     ("device=cuda:01", "config key device: expected auto, cpu, cuda, cuda:N or mps"),
     ("stage1.batch_size=1", "config key stage1.batch_size: expected at least 2 images per"),
     ("stage2.finetune.batch_size=1", "config key stage2.finetune.batch_size: expected at least"),
+    ("stage2.bn=train", "config key stage2.bn: expected eval unless stage2.features is online"),
 ])
 def test_config_errors_name_the_key_and_what_was_expected(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert message in str(info.value)
+
+
+def test_a_home_folder_in_a_path_is_expanded():
+    cfg = load_config(None, ["data.kind=list", "data.root=~/d", "data.train=~/t.txt",
+                             "data.test=t.txt", "data.val=~/v.txt"])
+    home = str(Path.home())
+    assert (cfg.data.root, cfg.data.train, cfg.data.test) == (f"{home}/d", f"{home}/t.txt",
+                                                                 "t.txt")
 
 
 def test_a_section_override_changes_only_the_keys_it_names(tmp_path):

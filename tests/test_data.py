@@ -234,3 +234,17 @@ def test_splits_sharing_images_are_warned_about(image_lists, capsys):
                                                "images ("), out
     build_data(list_cfg(root, {**files, "val": files["test"]}).data, seed=0)
     assert "warning: the val and test splits share 16 images" in capsys.readouterr().out
+
+
+def test_a_list_file_found_in_two_places_is_named(tmp_path, monkeypatch, capsys):
+    from longtail.data.listfile import resolve_near_root
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "train.txt").write_text("a.png 0\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_near_root("train.txt", "root") == Path("root/train.txt")  # only beside
+    (tmp_path / "train.txt").write_text("b.png 0\n")
+    assert resolve_near_root("train.txt", "root") == Path("train.txt")
+    assert capsys.readouterr().out.startswith(
+        f"warning: train.txt is read from the working directory {tmp_path}; data.root holds "
+        f"another root/train.txt")

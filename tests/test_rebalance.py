@@ -1,6 +1,7 @@
 """Each stage-2 method on small synthetic features where the right answer is known."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,34 @@ def test_stage2_bench_runs_small_and_prints_every_ratio(tmp_path):
     methods = json.loads(out.read_text())["methods"]
     for name in ("crt", "lws", "tau_norm", "ncm_cosine", "ncm_euclidean"):
         assert methods[name]["bound_s"] is not None and methods[name]["fit_s"] >= 0
+
+
+def test_readme_python_example_runs_on_a_models_own_parameters():
+    """The README's Python block, run as written on a trained-looking nn.Linear (whose
+    parameters require grad) and small long-tailed features."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## In Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    g = torch.Generator().manual_seed(0)
+    counts = torch.tensor([40, 20, 8, 4])
+    train_labels = torch.repeat_interleave(torch.arange(4), counts)
+    centres = 3 * torch.randn(4, 16, generator=g)
+    val_labels = torch.arange(4).repeat(5)
+    scope = {
+        "fc": torch.nn.Linear(16, 4),
+        "train_feats": centres[train_labels] + torch.randn(len(train_labels), 16, generator=g),
+        "train_labels": train_labels, "train_counts": counts, "val_labels": val_labels,
+        "val_feats": centres[val_labels] + torch.randn(len(val_labels), 16, generator=g),
+        "test_feats": torch.randn(7, 16, generator=g)}
+    exec(compile(block, "README.md", "exec"), scope)
+    for name in ("tau_norm", "crt", "lws", "ncm", "la"):
+        assert scope[name].predict(scope["test_feats"]).shape == (7,)
+        assert not scope[name].logits(scope["test_feats"]).requires_grad
+
+
+def test_labels_beyond_the_classifier_are_named():
+    x, y = torch.randn(20, 4), torch.arange(20) % 4
+    with pytest.raises(ValueError, match="labels: expected labels below the 2 classes of the "
+                                         "classifier, found 3"):
+        CRT(num_classes=2, epochs=1).fit(x, y)
+    with pytest.raises(ValueError, match="below the 3 classes of the classifier, found 3"):
+        LWS(torch.randn(3, 4), epochs=1).fit(x, y)

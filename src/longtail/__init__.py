@@ -20,3 +20,8 @@ def __getattr__(name: str):
 
         return getattr(rebalance, name)
     raise AttributeError(f"module 'longtail' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names are not in globals() until first used: list them for dir() and help().
+    return sorted({*globals(), *__all__})

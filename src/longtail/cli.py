@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import sys
 from pathlib import Path
 
 from longtail import __version__
 from longtail.errors import Interrupted, LongtailError
 from longtail.rundir import check_rebalance_args, check_resumable, check_run_dir, default_run_dir
+
+# The shipped configs, package data (configs/ at the repository root links here): a pip install
+# has them although the working folder has no configs/.
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 
 OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
                   "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
@@ -34,6 +39,28 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+def bundled_configs() -> list[str]:
+    """Return the names of the bundled configs (fmnist_lt, ...)."""
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(text: str) -> Path:
+    """Return the config file that CONFIG names: the file itself; when there is none, the
+    bundled config it names as ``NAME``, ``NAME.yaml`` or ``configs/NAME.yaml`` (the
+    documented commands, run where no configs/ folder is), with a note on stderr."""
+    path = Path(text)
+    if path.exists():  # a folder or an unreadable file is answered by its own check
+        return path
+    name = path.name.removesuffix(".yaml")
+    bundled = BUNDLED_CONFIGS / f"{name}.yaml"
+    # Only a bare name or configs/NAME: another folder's missing file is the user's typo.
+    if path.parent in (Path("."), Path("configs")) and name in bundled_configs():
+        print(f"note: using longtail's bundled config {bundled.name}", file=sys.stderr)
+        return bundled
+    raise LongtailError(f"{text}: config file not found; expected a YAML file or a bundled "
+                        f"config: {', '.join(bundled_configs())}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="longtail",
@@ -41,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "train features with plain sampling (stage 1), then re-balance only the "
                     "classifier (cRT, NCM, tau-norm, LWS) and report Many/Medium/Few-shot "
                     "accuracy.",
-        epilog="Example: longtail run configs/fmnist_lt.yaml stage1.epochs=5 --out runs/quick")
+        epilog="Example: longtail run configs/fmnist_lt.yaml stage1.epochs=5 --out runs/quick. "
+               "CONFIG may name a bundled config (" + ", ".join(bundled_configs()) + "); "
+               "'longtail config fmnist_lt > my.yaml' writes a copy to edit.")
     parser.add_argument("--version", action="version", version=f"longtail {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _Parser(add_help=False)
@@ -56,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "write the run directory (config.yaml, metrics.json, per_class.csv, "
                     "report.md, plots/, stage1/last.pt, features/, stage2/).")
     run.add_argument("config", metavar="CONFIG", nargs="?",
-                     help="YAML config file, e.g. configs/fmnist_lt.yaml (optional with "
-                          "--resume: the run's own config.yaml)")
+                     help="YAML config file, e.g. configs/fmnist_lt.yaml, or a bundled "
+                          "config's name, e.g. fmnist_lt (optional with --resume: the run's "
+                          "own config.yaml)")
     run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
     run.add_argument("--out", metavar="DIR", type=_folder,
                      help="run directory (default: runs/<config name>-<timestamp>)")
@@ -75,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "DIR/<sampler>/ or DIR/<sampler>-<loss>/), then write DIR/grid.json "
                     "({row: metrics.json's methods}) and a table like the paper's Figure 1: "
                     "rows = stage-1 variant, columns = method, cells = top-1 / Few.")
-    grid.add_argument("config", metavar="CONFIG", help="YAML config file")
+    grid.add_argument("config", metavar="CONFIG",
+                      help="YAML config file, or a bundled config's name, e.g. fmnist_lt")
     grid.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
     grid.add_argument("--samplers", default=None,
                       help="comma-separated stage-1 samplers: instance, class, sqrt, "
@@ -174,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print CONFIG with overrides applied and defaults filled in, as the run "
                     "would use it; or, with --keys, a table of every key, its type, default "
                     "and meaning.")
-    config.add_argument("config", metavar="CONFIG", nargs="?", help="YAML config file")
+    config.add_argument("config", metavar="CONFIG", nargs="?",
+                        help="YAML config file, or a bundled config's name (its resolved copy: "
+                             "longtail config fmnist_lt > my.yaml)")
     config.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
     config.add_argument("--keys", action="store_true", help="print the key reference (Markdown)")
     return parser
@@ -236,7 +269,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         if args.keys:
             print(config_reference(), end="")
         else:
-            print(dump_config(load_config(args.config, args.overrides)), end="")
+            path = None if args.config is None else resolve_config(args.config)
+            print(dump_config(load_config(path, args.overrides)), end="")
         return 0
     if args.command == "run":
         if args.config is not None and "=" in args.config:  # `longtail run k=v` or `--resume D k=v`
@@ -255,6 +289,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             if args.out is not None and args.out != args.resume:
                 raise LongtailError("--out and --resume name different folders; --resume "
                                     "continues the run where it is")
+        if args.config is not None:
+            args.config = resolve_config(args.config)
         cfg = None
         if args.config is not None or args.overrides:
             # Overrides without CONFIG apply to the resumed run's own config.
@@ -275,6 +311,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "grid":
         from longtail.config import LOSSES, SAMPLER_PRESETS, ConfigError, parse_sampler_spec
 
+        args.config = resolve_config(args.config)
         cfg = load_config(args.config, args.overrides, new_run=True)
         if cfg.data.kind == "features":
             raise ConfigError("config key data.kind: grid trains stage 1 (the representation) "
@@ -346,7 +383,9 @@ def _extract(args: argparse.Namespace) -> int:
     files = extract_run(args.run_dir, args.format, out)
     for path in files.values():
         print(f"wrote {path}")
-    print(f"wrote {out / 'config.yaml'}\nuse it: longtail run {out / 'config.yaml'}")
+    # quoted: the command is pasted into a shell, and --out may hold spaces
+    print(f"wrote {out / 'config.yaml'}\nuse it: longtail run "
+          f"{shlex.quote(str(out / 'config.yaml'))}")
     return 0
 
 

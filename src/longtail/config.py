@@ -161,7 +161,8 @@ class ModelConfig:
         "ResNet class), resnet32_cifar, or timm/NAME for any timm model (pip install "
         "'longtail[timm]'; docs/backbones.md)"
     )
-    width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale)")
+    width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale); "
+                          "resnet32_cifar and timm/ models have their own")
     in_channels: int | None = _opt(None, "image channels; null: 1 for fmnist_lt, 3 otherwise")
     small_stem: bool | None = _opt(
         None, "3x3 stride-1 stem without max-pool; null: only for images under 16 px (at 28 "
@@ -368,7 +369,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
             raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
         if loaded is None:
             raise ConfigError(f"{path}: the config file is empty; expected a mapping of keys "
-                              f"such as 'data:' and 'stage1:' (see configs/fmnist_lt.yaml)")
+                              f"such as 'data:' and 'stage1:' ('longtail config fmnist_lt > "
+                              f"my.yaml' writes a complete one)")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys, found {type(loaded).__name__}")
         raw = loaded
@@ -417,6 +419,12 @@ def _check_files(cfg: Config) -> None:
 def _resolve_defaults(cfg: Config) -> None:
     """Fill in defaults that depend on other keys, so that config.yaml records the value used."""
     d = cfg.data
+    # A shell leaves the ~ of `data.root=~/data` as it is; config.yaml records the expansion.
+    for section, key in ((d, "root"), (d, "train"), (d, "val"), (d, "test"),
+                         (d, "class_names"), (cfg.model, "weights")):
+        value = getattr(section, key)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(section, key, os.path.expanduser(value))
     if d.val_from_train is None:
         # Feature files often come as train and test only; a val split held out of training
         # lets tau-norm choose tau (one row per class, as the iNaturalist configs do).
@@ -767,6 +775,9 @@ def _check_semantics(cfg: Config) -> None:
                         ("stage2.select", cfg.stage2.select)):
         need(select == "last" or has_val, key, "last, since there is no val split "
              "(data.val, data.val_from_train or data.val_per_class)", select)
+    need(cfg.stage2.bn == "eval" or cfg.stage2.features == "online", "stage2.bn",
+         "eval unless stage2.features is online (bn is the mode of the backbone that online "
+         "runs; cached features were extracted in eval mode)", cfg.stage2.bn)
     if d.kind == "features":  # no images: what works on images cannot be asked for
         need(cfg.stage2.features == "cached", "stage2.features", "cached (online runs the "
              "backbone on images; data.kind: features has none)", cfg.stage2.features)

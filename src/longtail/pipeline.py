@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,6 +68,15 @@ class DatasetInfo:
         return self.group_counts or self.train_counts
 
 
+@dataclass
+class Prefit:
+    """A stage-2 method fitted on images (fine-tuning, online stage 2) before the report."""
+
+    method: Any
+    test_features: torch.Tensor  # what it is evaluated on (re-extracted after a BN drift)
+    seconds: float  # its fit: the report's time of the method, not only its evaluation
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Create ``run_dir`` (see ``check_run_dir``)."""
     check_run_dir(run_dir, overwrite)
@@ -105,7 +116,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     except KeyboardInterrupt:
         if run_dir is None:
             raise Interrupted("nothing was written") from None
-        raise Interrupted(f"continue with: longtail run --resume {run_dir}") from None
+        raise Interrupted(f"continue with: {resume_command(run_dir)}") from None
     except BaseException:
         # A run that failed before its first stage-1 checkpoint leaves no folder behind
         # (one it did not create, e.g. with --overwrite, is left alone).
@@ -114,6 +125,12 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                 not (run_dir / "stage1" / "joint.pt").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def resume_command(run_dir: Path) -> str:
+    """Return the command that continues the run in ``run_dir``, quoted for a shell: a hint is
+    pasted, and a folder may hold spaces or quotes."""
+    return f"longtail run --resume {shlex.quote(str(run_dir))}"
 
 
 def check_model_name(cfg: Config) -> None:
@@ -290,9 +307,9 @@ def _extract_features(model, data: LongTailData, device: torch.device, batch_siz
 def _fit_network_methods(cfg: Config, model, data: LongTailData,
                          features: dict[str, FeatureSet], weight: torch.Tensor,
                          bias: torch.Tensor, run_dir: Path, device: torch.device,
-                         log: ScalarLog) -> dict[str, tuple[Any, torch.Tensor]]:
+                         log: ScalarLog) -> dict[str, Prefit]:
     """Fit the methods that run the network (fine-tuning, online cRT / LWS) in every process;
-    return {name: (fitted method, test features to predict from)}. One whose stage2/NAME.pt
+    return them by name. One whose stage2/NAME.pt
     holds a result for the same inputs is left to ``rebalance_and_report`` to reuse."""
     names = [n for n in network_methods(cfg)
              if _cached_result(run_dir, n, cfg, features, weight, bias) is None]
@@ -300,7 +317,7 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
         return {}
     net = NetworkStage2(model, data, cfg, device, run_dir, log)
     val = features.get("val")
-    out: dict[str, tuple[Any, torch.Tensor]] = {}
+    out: dict[str, Prefit] = {}
     for name in names:
         start = time.perf_counter()
         if name in FINETUNE_METHODS:
@@ -309,7 +326,7 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
                  f"sampler {cfg.stage2.finetune.sampler}")
             tuned = net.finetune(name)
             method = Joint(tuned.fc.weight.detach().cpu(), tuned.fc.bias.detach().cpu()).fit()
-            out[name] = (method, net.features(tuned, "test"))
+            test = net.features(tuned, "test")
         else:
             method = build_rebalancer(name, cfg.stage2, joint_weight=weight, joint_bias=bias,
                                       num_classes=data.num_classes, seed=cfg.seed,
@@ -318,8 +335,8 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
             method.fit(batches, None, val.features if val else None, val.labels if val else None)
             test = (net.features(frozen, "test") if cfg.stage2.bn == "train"
                     else features["test"].features)
-            out[name] = (method, test)
-        _say(f"  {name}: on images in {time.perf_counter() - start:.0f} s")
+        out[name] = Prefit(method, test, time.perf_counter() - start)
+        _say(f"  {name}: on images in {out[name].seconds:.0f} s")
     return out
 
 
@@ -407,14 +424,14 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         if data.train.joint_weight is not None:
             return info, data.train.joint_weight, data.train.joint_bias, feature_sets(data)
         if not joint.is_file():
-            raise LongtailError(f"{joint}: not found; run 'longtail run --resume {run_dir}' to "
-                                f"train the joint classifier")
+            raise LongtailError(f"{joint}: not found; train the joint classifier with: "
+                                f"{resume_command(run_dir)}")
         state = load_checkpoint(joint)
         return info, state["fc.weight"], state["fc.bias"], feature_sets(data)
     stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
     if not stage1.is_file():
-        raise LongtailError(f"{stage1}: not found; run 'longtail run --resume {run_dir}' to "
-                            f"finish stage 1")
+        raise LongtailError(f"{stage1}: not found; finish stage 1 with: "
+                            f"{resume_command(run_dir)}")
     state = load_checkpoint(stage1)["model"]
     # Every split the run was made with (the manifest's), e.g. val, which tau_norm needs; not
     # the empty val that manifests of runs without one recorded before (no features of it).
@@ -423,19 +440,19 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         path = run_dir / "features" / f"{split}.pt"
         if not path.is_file():
             raise LongtailError(f"{path}: not found; {command} reads the run's cached {split} "
-                                f"features (it does not run the backbone); 'longtail run "
-                                f"--resume {run_dir}' extracts them again")
+                                f"features (it does not run the backbone); extract them again "
+                                f"with: {resume_command(run_dir)}")
     try:
         features = load_features(run_dir / "features")
     except UnreadableFile as e:  # a resume replaces an unreadable cache (_extract_features)
-        raise LongtailError(f"{e}; run 'longtail run --resume {run_dir}' to extract the "
-                            f"features again") from None
+        raise LongtailError(f"{e}; extract the features again with: "
+                            f"{resume_command(run_dir)}") from None
     digest = backbone_digest(state)
     stale = [split for split, f in features.items() if f.weights != digest]
     if stale:
         raise LongtailError(f"{run_dir}/features: {', '.join(stale)} features were not made by "
-                            f"the backbone in {stage1}; run 'longtail run --resume "
-                            f"{run_dir}' to extract them again")
+                            f"the backbone in {stage1}; extract them again with: "
+                            f"{resume_command(run_dir)}")
     return info, state["fc.weight"], state["fc.bias"], features
 
 
@@ -451,7 +468,7 @@ def _dataset_info(path: Path) -> DatasetInfo:
 def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                          bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
                          device: torch.device, log: ScalarLog,
-                         prefit: dict[str, tuple[Any, torch.Tensor]] | None = None,
+                         prefit: dict[str, Prefit] | None = None,
                          earlier: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Fit every stage-2 method on ``features``, evaluate on test, write metrics and report.
 
@@ -462,7 +479,12 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     test = features["test"]
     groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold,
                          cfg.eval.few_threshold)
-    print("\nstage 2 on cached features:", flush=True)
+    # Online and fine-tuning methods ran the network on images, the rest use cached features.
+    on_images = [n for n in cfg.stage2.methods if n in network_methods(cfg)]
+    where = ("on images" if len(on_images) == len(cfg.stage2.methods) else
+             f"({', '.join(on_images)} on images, the rest on cached features)" if on_images
+             else "on cached features")
+    print(f"\nstage 2 {where}:", flush=True)
     largest = max(len(f.labels) for f in features.values()) * weight.shape[1] * len(weight)
     with threads_for(largest, SMALL_STAGE_MACS):
         methods, weight_norms = _fit_and_evaluate(cfg, info, weight, bias, features, run_dir,
@@ -496,7 +518,7 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
 def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                       bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
                       device: torch.device, log: ScalarLog,
-                      prefit: dict[str, tuple[Any, torch.Tensor]],
+                      prefit: dict[str, Prefit],
                       ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
     """Fit (or reuse) and evaluate each of ``cfg.stage2.methods``, printing the time of each
     (see ``rebalance_and_report``); return the results and the class-weight norms by method."""
@@ -506,14 +528,15 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     train, val, test = features["train"], features.get("val"), features["test"]
     for name in cfg.stage2.methods:
         start = time.perf_counter()
+        fit_seconds = 0.0  # of a method fitted on images before, added to its evaluation's
         path = run_dir / "stage2" / f"{name}.pt"
         cached = _cached_result(run_dir, name, cfg, features, weight, bias)
         if cached is not None:  # fitted before on the same inputs: reuse
             result, norms, verb = cached["result"], cached["weight_norms"], "reused"
         else:
             if name in prefit:
-                method, test_features = prefit[name]
-                verb = "fitted on images"
+                method, test_features = prefit[name].method, prefit[name].test_features
+                fit_seconds, verb = prefit[name].seconds, "fitted on images"
             elif name in on_images:
                 raise LongtailError(f"stage2.methods: {name} re-runs the network on images, "
                                     f"which 'rebalance' does not; use 'longtail run'")
@@ -541,7 +564,8 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
         log.log("stage2", 0, **{f"{name}_{k}": v for k, v in result.items()
                                 if isinstance(v, float)})
         extra = f", tau={result['tau']:.2f}" if "tau" in result else ""
-        print(f"  {name:<14} {verb} in {time.perf_counter() - start:6.2f} s{extra}", flush=True)
+        seconds = fit_seconds + time.perf_counter() - start
+        print(f"  {name:<14} {verb} in {seconds:6.2f} s{extra}", flush=True)
     return methods, weight_norms
 
 
@@ -589,11 +613,6 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
     import numpy
     import torchvision
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
         "command": ["longtail", *argv],
         "argv": sys.argv,
@@ -604,9 +623,35 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         "versions": {"longtail": __version__, "python": platform.python_version(),
                      "torch": torch.__version__, "torchvision": torchvision.__version__,
                      "numpy": numpy.__version__},
-        "git_commit": commit,
+        "git_commit": git_commit(),
         # run_inputs takes every recorded split as one whose features must exist
         "split_sha256": data.split_sha256,
         "platform": platform.platform(),
         "config": cfg.to_dict(),
     }
+
+
+def git_commit(package: Path | None = None) -> str | None:
+    """Return the commit of longtail's own checkout that ``package`` (the longtail folder) is
+    in, else None: installed into a venv inside the user's git repository, ``git rev-parse
+    HEAD`` alone would record the user's commit as longtail's."""
+    package = package or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=package,
+                              timeout=5).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top:
+            return None
+        ours = Path(top) / "src" / "longtail" / "__init__.py"
+        project = Path(top) / "pyproject.toml"
+        # this very package in longtail's layout, and the project is longtail (not a copy of
+        # the package vendored into another project)
+        if not (ours.is_file() and ours.samefile(package / "__init__.py") and project.is_file()
+                and re.search(r'(?m)^name\s*=\s*"longtail"', project.read_text("utf-8"))):
+            return None
+        return git("rev-parse", "HEAD") or None
+    except (OSError, UnicodeDecodeError, subprocess.SubprocessError):
+        return None

@@ -4,6 +4,7 @@ the command line answers a bad --out at once)."""
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, resumable: bool = True) -> Non
     if run_dir.exists() and not run_dir.is_dir():
         raise LongtailError(f"--out {run_dir}: exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        resume = f", --resume {run_dir} to continue it," if resumable else ""
+        resume = f", --resume {shlex.quote(str(run_dir))} to continue it," if resumable else ""
         raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
                             f"to replace its files{resume} or choose another --out")
     check_out_creatable(run_dir)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from longtail import distributed
 from longtail.errors import LongtailError
 
 
@@ -30,8 +31,14 @@ def resolve_near_root(path: str | Path, root: str | Path) -> Path:
     """Return ``path``; a relative path that is not found from the working directory is looked
     up in ``root`` (split files often live beside the images)."""
     path = Path(path)
-    if not path.exists() and not path.is_absolute() and (Path(root) / path).exists():
-        return Path(root) / path
+    beside = Path(root) / path
+    if path.is_absolute() or not beside.exists():
+        return path
+    if not path.exists():
+        return beside
+    if not os.path.samefile(path, beside) and distributed.is_main():  # say which one is read
+        print(f"warning: {path} is read from the working directory {Path.cwd()}; data.root "
+              f"holds another {beside} (give an absolute path to choose)", flush=True)
     return path
 
 

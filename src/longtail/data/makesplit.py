@@ -9,6 +9,7 @@ and the SHA-256 of each list, so two users can check they hold the same split.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +117,14 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         summary["files"][f"{name}.txt"] = {"sha256": hashlib.sha256(text.encode()).hexdigest(),
                                            "images": len(split_labels)}
     atomic_write_text(req.out / "classes.txt", "".join(f"{c} {n}\n" for c, n in enumerate(names)))
-    val = f" data.val={req.out / 'val.txt'}" if "val" in summary["counts"] else ""
-    summary["usage"] = (f"longtail run CONFIG data.kind=list data.root={data_root} "
-                        f"data.train={req.out / 'train.txt'}{val} "
-                        f"data.test={req.out / 'test.txt'} "
-                        f"data.class_names={req.out / 'classes.txt'}")
+    def key(name: str, path: Path | str) -> str:  # pasteable even with spaces in the path
+        return shlex.quote(f"data.{name}={path}")
+
+    val = f" {key('val', req.out / 'val.txt')}" if "val" in summary["counts"] else ""
+    summary["usage"] = (f"longtail run CONFIG data.kind=list {key('root', data_root)} "
+                        f"{key('train', req.out / 'train.txt')}{val} "
+                        f"{key('test', req.out / 'test.txt')} "
+                        f"{key('class_names', req.out / 'classes.txt')}")
     atomic_write_json(req.out / "split.json", summary)
     return summary
 

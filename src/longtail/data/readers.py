@@ -135,7 +135,8 @@ def _data_root(cfg: DataConfig) -> Path:
     if root.exists() and not root.is_dir():
         raise LongtailError(f"config key data.root: {root} is a file, expected a folder")
     if not root.is_dir():
-        raise LongtailError(f"config key data.root: folder not found: {root}")
+        where = "" if root.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise LongtailError(f"config key data.root: folder not found: {root}{where}")
     return root
 
 

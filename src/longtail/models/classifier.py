@@ -89,5 +89,9 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
         from longtail.models.weights import load_weights
 
         note = load_weights(model, weights)
+    if width != 64 and (name.startswith(TIMM_PREFIX) or name == "resnet32_cifar"):
+        # a config made for longtail's ResNets (the demo's width 32) still runs these models
+        note = "; ".join(filter(None, [note, f"note: model.width={width} does not apply to "
+                                             f"{name}, which has widths of its own"]))
     model.weights_note = note
     return model

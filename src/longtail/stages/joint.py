@@ -231,8 +231,11 @@ def train_joint(
     if cfg.select == "best_val" and best_state is not None:
         model.load_state_dict(best_state)
         if main:
-            print(f"stage1.select=best_val: the weights of epoch {best['epoch']} (val top-1 "
-                  f"{best['val_top1']:.1f}%) go on to stage 2", flush=True)
+            # a stage-2 fine-tuning selects by its own key (stage2.select) and ends stage 2
+            key, outcome = (("stage1", "go on to stage 2") if stage_name == "stage 1" else
+                            ("stage2", f"are the result of {stage_name}"))
+            print(f"{key}.select=best_val: the weights of epoch {best['epoch']} (val top-1 "
+                  f"{best['val_top1']:.1f}%) {outcome}", flush=True)
     model.eval()
     return history
 

@@ -47,7 +47,8 @@ ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
 
 
 def _features(x: ArrayLike, name: str = "features") -> Tensor:
-    x = torch.as_tensor(x)
+    # detach: a model's own parameters (``fc.weight``) are data here, never trained through
+    x = torch.as_tensor(x).detach()
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d (N, D) array, found shape {tuple(x.shape)}")
     x = x.float()
@@ -136,7 +137,8 @@ class Joint(_LinearHead):
 
     def fit(self, features=None, labels=None, val_features=None, val_labels=None) -> Joint:
         self.weight_ = _features(self.weight, "weight").detach().cpu()
-        self.bias_ = None if self.bias is None else torch.as_tensor(self.bias).float().cpu()
+        self.bias_ = (None if self.bias is None
+                      else torch.as_tensor(self.bias).float().detach().cpu())
         return self
 
 
@@ -562,12 +564,17 @@ class _TrainedOnFeatures(Rebalancer):
     def _device(self) -> torch.device:
         return torch.device(self.device if self.device is not None else "cpu")
 
-    def _batches(self, features: ArrayLike, labels: ArrayLike | None):
-        """Return the batch source of ``fit``'s input (see the class docstring)."""
+    def _batches(self, features: ArrayLike, labels: ArrayLike | None,
+                 num_classes: int | None = None):
+        """Return the batch source of ``fit``'s input (see the class docstring); labels must
+        be below ``num_classes`` when given (the classifier's rows)."""
         if hasattr(features, "set_epoch"):
             return features
         x = _features(features)
         y = _labels(labels, len(x))
+        if num_classes is not None and len(y) and int(y.max()) >= num_classes:
+            raise ValueError(f"labels: expected labels below the {num_classes} classes of the "
+                             f"classifier, found {int(y.max())}")
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
@@ -720,7 +727,7 @@ class CRT(_LinearHead, _TrainedOnFeatures):
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> CRT:
-        batches = self._batches(features, labels)
+        batches = self._batches(features, labels, self.num_classes)
         if self.num_classes is None and isinstance(batches, CachedBatches):
             num_classes = int(batches.labels.max()) + 1
         elif self.num_classes is None:
@@ -862,9 +869,9 @@ class LWS(_TrainedOnFeatures):
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> LWS:
-        batches = self._batches(features, labels)
+        weight = _features(self.weight, "weight").to(self._device())
+        batches = self._batches(features, labels, len(weight))
         device = self._device()
-        weight = _features(self.weight, "weight").detach().to(device)
         bias = None if self.bias is None else torch.as_tensor(self.bias).float().detach().to(device)
         scales = torch.ones(len(weight), device=device, requires_grad=True)
         logits_bytes = len(batches.features) * len(weight) * 4 if isinstance(

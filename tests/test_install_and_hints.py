@@ -1,0 +1,172 @@
+"""What a pip-installed longtail needs outside the repository (its bundled configs), shell-safe
+command hints, the manifest's git commit, the stage-2 summary of methods fitted on images, and
+the package's listed public names."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import longtail
+from longtail.cli import BUNDLED_CONFIGS, bundled_configs, main
+from longtail.config import load_config
+from longtail.pipeline import git_commit, resume_command
+from tests.conftest import make_fake_fmnist, make_image_list_dataset
+from tests.test_end_to_end import ROOT, TINY
+
+CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
+ODD = "int sp2 ö"  # a folder name a shell splits
+
+
+def test_repository_configs_are_the_bundled_ones():
+    assert (ROOT / "configs").resolve() == BUNDLED_CONFIGS.resolve()  # one copy
+    assert {"fmnist_lt", "features", "imagenet_lt_resnext50"} <= set(bundled_configs())
+
+
+@pytest.mark.parametrize("name", ["fmnist_lt", "fmnist_lt.yaml", "configs/fmnist_lt.yaml"])
+def test_a_bundled_config_by_name_where_there_is_no_configs_folder(name, tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", name, "seed=3"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "note: using longtail's bundled config fmnist_lt.yaml\n"
+    # `longtail config NAME > my.yaml` is a copy to edit: the same config
+    (tmp_path / "my.yaml").write_text(out)
+    assert load_config(tmp_path / "my.yaml") == load_config(CONFIG, ["seed=3"])
+
+
+def test_a_config_neither_file_nor_bundled_lists_the_bundled(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["run", "fmnist"], ["grid", "fmnist"], ["config", "fmnist"],
+                    # a missing file in another folder is not taken for the bundled one
+                    ["run", str(tmp_path / "fmnist_lt.yaml")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "config file not found; expected a YAML file or a " \
+               "bundled config: " in err and "fmnist_lt, imagenet_lt_resnet10" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_wheel_ships_the_configs_and_finds_them_outside_the_repository(tmp_path):
+    pytest.importorskip("setuptools")  # built without isolation: nothing is downloaded
+    source = tmp_path / "src-copy"  # a copy: building writes build/ and egg-info beside it
+    shutil.copytree(ROOT / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "whl"), str(source)], check=True,
+                   capture_output=True)
+    (wheel,) = (tmp_path / "whl").glob("longtail-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        assert "longtail/configs/fmnist_lt.yaml" in z.namelist()
+        z.extractall(site)
+    work = tmp_path / "elsewhere"  # no configs/ here: the --help epilog's example still runs
+    work.mkdir()
+    code = ("import sys, longtail.cli as c; print(c.__file__, file=sys.stderr); "
+            "sys.exit(c.main(['config', 'configs/fmnist_lt.yaml']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(str(site)), result.stderr  # the wheel's, not the checkout's
+    assert "note: using longtail's bundled config fmnist_lt.yaml" in result.stderr
+    assert "kind: fmnist_lt" in result.stdout
+
+
+def test_resume_hints_are_quoted_for_the_shell(tmp_path, capsys, monkeypatch):
+    assert shlex.split(resume_command(Path(f"/tmp/x/{ODD}")))[-1] == f"/tmp/x/{ODD}"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("longtail.pipeline.train_joint", interrupted)
+    root = make_fake_fmnist(tmp_path / "f")
+    out = tmp_path / ODD
+    code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
+                 "data.val_per_class=4", "--out", str(out)])
+    assert code == 130
+    hint = capsys.readouterr().err.strip().split("continue with: ")[1]
+    assert shlex.split(hint) == ["longtail", "run", "--resume", str(out)]
+
+
+def test_extract_usage_line_is_quoted(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr("longtail.extract.extract_run", lambda *args: {})
+    out = tmp_path / ODD
+    assert main(["extract", str(run), "--out", str(out)]) == 0
+    usage = capsys.readouterr().out.split("use it: ")[1]
+    assert shlex.split(usage) == ["longtail", "run", str(out / "config.yaml")]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_commit_is_longtails_own_only(tmp_path):
+    ours = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    if ours:  # a git checkout of longtail (not an unpacked sdist)
+        assert git_commit() == ours
+    # installed into a venv inside the user's own repository, or vendored into it
+    user = tmp_path / "user"
+    for package in (user / ".venv" / "lib" / "site-packages" / "longtail",
+                    user / "src" / "longtail"):
+        package.mkdir(parents=True)
+        shutil.copy(ROOT / "src" / "longtail" / "__init__.py", package)
+    (user / "pyproject.toml").write_text('[project]\nname = "mine"\n')
+    env = {**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x",
+           "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@x"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "mine"]):
+        subprocess.run(["git", *args], cwd=user, env=env, check=True, capture_output=True)
+    assert git_commit(user / ".venv" / "lib" / "site-packages" / "longtail") is None
+    assert git_commit(user / "src" / "longtail") is None
+    assert git_commit(tmp_path) is None  # no repository at all
+
+
+def test_finetune_select_names_its_key_and_summary_times_the_fit(tmp_path, capsys,
+                                                                 monkeypatch):
+    from longtail.stages.online import NetworkStage2
+
+    online_batches = NetworkStage2.online_batches
+
+    def slow(self, method):  # an online fit that takes measurably long
+        import time
+
+        time.sleep(0.5)
+        return online_batches(self, method)
+
+    monkeypatch.setattr(NetworkStage2, "online_batches", slow)
+    files = make_image_list_dataset(tmp_path / "data", [30, 12, 6, 3])
+    out = tmp_path / "run"
+    code = main(["run", CONFIG, "data.kind=list", f"data.root={tmp_path / 'data'}",
+                 *(f"data.{k}={v}" for k, v in files.items()), *TINY, "stage1.epochs=1",
+                 "stage2.select=best_val", "stage2.methods=[joint,crt,finetune]",
+                 "stage2.finetune.epochs=1", "stage2.crt.epochs=1", "stage2.features=online",
+                 "stage2.bn=train", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "stage1.select" not in text
+    assert re.search(r"stage2\.select=best_val: the weights of epoch 1 \(.*\) are the result "
+                     r"of stage 2 finetune", text), text
+    assert "stage 2 (crt, finetune on images, the rest on cached features):" in text
+    seconds = float(re.search(r"crt +fitted on images in +([\d.]+) s", text).group(1))
+    assert seconds >= 0.5, text
+    assert json.loads((out / "metrics.json").read_text())["methods"].keys() == \
+        {"joint", "crt", "finetune"}
+
+
+def test_dir_and_help_list_the_lazy_public_names():
+    import pydoc
+
+    names = {"CRT", "LWS", "NCM", "Joint", "TauNorm", "LogitAdjust", "BALMS", "LAS", "WB",
+             "Rebalancer"}
+    assert names <= set(longtail.__all__) and names <= set(dir(longtail))
+    text = pydoc.render_doc(longtail, renderer=pydoc.plaintext)  # help(longtail)'s text
+    assert all(re.search(rf"^    class {n}\b", text, re.M) for n in names), text
