@@ -36,6 +36,20 @@ def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.
     return images
 
 
+def tiny_fmnist_run(folder: Path, *overrides: str) -> Path:
+    """Run the demo config to the end on a fake Fashion-MNIST in ``folder`` (1 epoch, width 8,
+    60..2 training images per class, 5 val) with ``overrides``; return the run folder."""
+    from longtail.cli import main
+
+    root = make_fake_fmnist(folder / "fmnist")
+    out = folder / "run"
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
+    assert main(["run", config, f"data.root={root}", "data.n_max=60", "data.n_min=2",
+                 "data.val_per_class=5", "stage1.epochs=1", "model.width=8", *overrides,
+                 "--out", str(out)]) == 0
+    return out
+
+
 def make_fake_fmnist(root: Path, train_per_class: int = 80, test_per_class: int = 10,
                      compress: bool = True) -> Path:
     """Write a Fashion-MNIST-shaped dataset (10 classes, 28x28) into ``root``."""

@@ -13,7 +13,7 @@ import torch
 from longtail.checkpoint import load_checkpoint
 from longtail.cli import main
 from longtail.errors import LongtailError, UnreadableFile
-from tests.conftest import make_fake_fmnist
+from tests.conftest import tiny_fmnist_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
@@ -22,14 +22,9 @@ CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """One tiny finished run (val split included), copied by each test before damaging it."""
-    folder = tmp_path_factory.mktemp("finished")
-    root = make_fake_fmnist(folder / "f")
-    out = folder / "run"
-    assert main(["run", CONFIG, f"data.root={root}", "data.n_max=60", "data.n_min=2",
-                 "data.val_per_class=5", "model.width=8", "stage1.batch_size=16",
-                 "stage1.lr=0.05", "stage1.epochs=1", "stage2.crt.epochs=1",
-                 "stage2.methods=[joint,crt,tau_norm]", "--out", str(out)]) == 0
-    return out
+    return tiny_fmnist_run(tmp_path_factory.mktemp("finished"), "stage1.batch_size=16",
+                           "stage1.lr=0.05", "stage2.crt.epochs=1",
+                           "stage2.methods=[joint,crt,tau_norm]")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from longtail.cli import main
 from longtail.config import FEATURE_METHODS, load_config
 from longtail.data import build_data, read_feature_file, write_feature_file
 from longtail.data.features import _npz_memmap
-from tests.conftest import make_fake_fmnist
+from tests.conftest import tiny_fmnist_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = str(ROOT / "configs" / "fmnist_lt.yaml")
@@ -147,14 +147,8 @@ def test_val_held_out_of_training_features(tmp_path):
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory) -> Path:
     """A tiny finished Fashion-MNIST-LT run (1 epoch, width 8)."""
-    tmp = tmp_path_factory.mktemp("image_run")
-    root = make_fake_fmnist(tmp / "fmnist")
-    out = tmp / "run"
-    assert main(["run", FMNIST, f"data.root={root}", "data.n_max=60", "data.n_min=2",
-                 "data.val_per_class=5", "stage1.epochs=1", "stage1.batch_size=32",
-                 "model.width=8", "stage2.batch_size=32", "stage2.crt.epochs=3",
-                 "stage2.lws.epochs=2", "--out", str(out)]) == 0
-    return out
+    return tiny_fmnist_run(tmp_path_factory.mktemp("image_run"), "stage1.batch_size=32",
+                           "stage2.batch_size=32", "stage2.crt.epochs=3", "stage2.lws.epochs=2")
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])
