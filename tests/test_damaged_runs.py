@@ -15,9 +15,6 @@ from longtail.cli import main
 from longtail.errors import LongtailError, UnreadableFile
 from tests.conftest import tiny_fmnist_run
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
-
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
