@@ -222,6 +222,12 @@ def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path, mode):
     expected = torch.from_numpy((pixels >> 8).astype(np.uint8))
     assert torch.equal(decode_image(path, 3), expected.expand(3, -1, -1))
     assert torch.equal(decode_image(path, 1), expected[None])
+    # 8-bit values in a 16- or 32-bit container are kept, not shifted to black
+    small = (pixels >> 8).astype(np.int32)
+    Image.fromarray(small).save(tmp_path / "b.tif")
+    with Image.open(tmp_path / "b.tif") as img:
+        assert img.mode == "I"
+    assert torch.equal(decode_image(tmp_path / "b.tif", 1), expected[None])
 
 
 def test_splits_sharing_images_are_warned_about(image_lists, capsys):

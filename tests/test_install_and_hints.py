@@ -42,6 +42,21 @@ def test_a_bundled_config_by_name_where_there_is_no_configs_folder(name, tmp_pat
     assert load_config(tmp_path / "my.yaml") == load_config(CONFIG, ["seed=3"])
 
 
+def test_a_bundled_name_that_is_also_a_folder_here(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist_lt").mkdir()  # e.g. an earlier `--out fmnist_lt`
+    assert main(["config", "fmnist_lt"]) == 0
+    assert capsys.readouterr().err == "note: using longtail's bundled config fmnist_lt.yaml\n"
+
+
+def test_out_through_a_folder_not_made_yet(tmp_path, monkeypatch):
+    from longtail.rundir import check_out_creatable
+
+    monkeypatch.chdir(tmp_path)
+    check_out_creatable(Path("new/../out"))  # as mkdir(parents=True) takes it
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
 def test_a_config_neither_file_nor_bundled_lists_the_bundled(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for command in (["run", "fmnist"], ["grid", "fmnist"], ["config", "fmnist"],

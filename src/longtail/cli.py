@@ -49,12 +49,17 @@ def resolve_config(text: str) -> Path:
     bundled config it names as ``NAME``, ``NAME.yaml`` or ``configs/NAME.yaml`` (the
     documented commands, run where no configs/ folder is), with a note on stderr."""
     path = Path(text)
-    if path.exists():  # a folder or an unreadable file is answered by its own check
-        return path
     name = path.name.removesuffix(".yaml")
     bundled = BUNDLED_CONFIGS / f"{name}.yaml"
-    # Only a bare name or configs/NAME: another folder's missing file is the user's typo.
-    if path.parent in (Path("."), Path("configs")) and name in bundled_configs():
+    # Only a bare name or configs/NAME: another folder's missing file is the user's typo. A
+    # bare name that is a folder (an earlier `--out fmnist_lt`) still means the bundled one.
+    near = path.parent in (Path("."), Path("configs")) and name in bundled_configs()
+    if path.is_dir() and not (near and path.suffix == ""):
+        raise LongtailError(f"{text}: is a folder, not a config file (expected a YAML file, "
+                            f"e.g. configs/fmnist_lt.yaml, or a bundled config's name)")
+    if path.exists() and not path.is_dir():
+        return path  # an unreadable file is answered when it is read
+    if near:
         print(f"note: using longtail's bundled config {bundled.name}", file=sys.stderr)
         return bundled
     raise LongtailError(f"{text}: config file not found; expected a YAML file or a bundled "
@@ -255,9 +260,6 @@ def one_line(message: str) -> str:
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.config import config_reference, dump_config, load_config
 
-    if getattr(args, "config", None) is not None and Path(args.config).is_dir():
-        raise LongtailError(f"{args.config}: is a folder, not a config file (expected a YAML "
-                            f"file, e.g. configs/fmnist_lt.yaml)")
     if args.command == "config":
         if args.keys and (args.config is not None or args.overrides):
             # the reference is the same for every config: silently ignoring them would mislead
@@ -273,7 +275,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             print(dump_config(load_config(path, args.overrides)), end="")
         return 0
     if args.command == "run":
-        if args.config is not None and "=" in args.config:  # `longtail run k=v` or `--resume D k=v`
+        if args.config is not None and "=" in args.config and not Path(args.config).is_file():
+            # `longtail run k=v` or `--resume D k=v` (a file named like k=v is a config)
             if args.resume is None:
                 raise LongtailError(f"run: expected a CONFIG file first, found {args.config!r}; "
                                     f"e.g. longtail run configs/fmnist_lt.yaml {args.config}")
@@ -446,7 +449,7 @@ def _summarize(args: argparse.Namespace) -> int:
         runs.append(read_metrics(path))
         manifest = run_dir / "manifest.json"
         splits.append(read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {})
-        configs.append(flatten(load_config(run_dir / "config.yaml"))
+        configs.append(flatten(load_config(run_dir / "config.yaml", finished=True))
                        if (run_dir / "config.yaml").is_file() else {})
     ignore = [k.strip() for k in (args.ignore or "").split(",") if k.strip()]
     problem = comparable_runs(args.run_dirs, configs, splits, ignore)

@@ -347,9 +347,11 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (),
-                new_run: bool = False) -> Config:
+                new_run: bool = False, finished: bool = False) -> Config:
     """Return the config of YAML file ``path`` (or the defaults) with ``KEY=VALUE`` overrides;
-    ``new_run``: also check that the files a new run reads first (model.weights) exist."""
+    ``new_run``: also check that the files a new run reads first (model.weights) exist;
+    ``finished``: a finished run's config.yaml, only read (summarize), so taken as it ran,
+    without the checks on settings (a run of an earlier version may not pass today's)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -379,9 +381,15 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
         _set_dotted(raw, key.strip(), _parse_value(value, _TEXT_KEYS.get(key.strip(), False)))
-    cfg = _build(Config, raw, "")
-    _resolve_defaults(cfg)
-    _check_semantics(cfg)
+    try:
+        cfg = _build(Config, raw, "")
+        _resolve_defaults(cfg)
+        if not finished:
+            _check_semantics(cfg)
+    except ConfigError as e:
+        if path is not None and not overrides:  # all from the file: name it
+            raise ConfigError(f"{path}: {e}") from None
+        raise
     if new_run:  # not for a finished run's config.yaml: summarize needs no weights file
         _check_files(cfg)
     return _cap_epochs(cfg)
@@ -394,6 +402,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given below win
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -467,7 +477,9 @@ def _parse_value(text: str, text_key: bool = False) -> Any:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
-    return text if text_key and isinstance(value, (dict, list)) else value
+    # (a folder named 2024 is text too; a bool stays a bool, for its type error)
+    keep = (dict, list, int, float) if text_key else ()
+    return text if keep and isinstance(value, keep) and not isinstance(value, bool) else value
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -504,10 +516,11 @@ def _fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses
 
 def _holds_text(tp: Any) -> bool:
     """True for a key whose values are text (str, a Literal of strings, or either or null),
-    with no list or section among them."""
+    with no list, section, number or bool among them."""
     args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
     return any(a is str or typing.get_origin(a) is Literal for a in args) and not any(
-        typing.get_origin(a) is list or dataclasses.is_dataclass(a) for a in args)
+        typing.get_origin(a) is list or dataclasses.is_dataclass(a) or a in (int, float, bool)
+        for a in args)
 
 
 def all_keys() -> list[str]:
@@ -732,8 +745,13 @@ def _check_semantics(cfg: Config) -> None:
         need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
     # Training BatchNorm needs two images per step and process (one gives no variance: torch
     # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    for key in ("stage1.batch_size", "stage2.finetune.batch_size"):
+    world_text = os.environ.get("WORLD_SIZE", "1") or "1"
+    if not world_text.isdigit() or int(world_text) < 1:
+        raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
+                          f"found {world_text!r}")
+    world = int(world_text)
+    finetuned = any(m in cfg.stage2.methods for m in ("finetune", "finetune_last"))
+    for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
         value = _get(cfg, key)
         need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE)",
              value)

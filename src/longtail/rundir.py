@@ -39,7 +39,9 @@ def check_out_creatable(out: Path) -> None:
     dangling symbolic link, a path under a file, or a place the file system refuses (/sys, a
     read-only mount; os.access cannot tell for root). The folders are made and removed again,
     so nothing is left behind."""
-    missing, existing = [], out.absolute()
+    # abspath also folds `..` (`new/../out`: mkdir of `new/..` would fail on a missing `new`)
+    target = Path(os.path.abspath(out))
+    missing, existing = [], target
     while not existing.exists():
         if existing.is_symlink():
             raise LongtailError(f"--out {out}: {existing} is a symbolic link to "
@@ -54,7 +56,7 @@ def check_out_creatable(out: Path) -> None:
         for folder in reversed(missing):
             folder.mkdir()
             made.append(folder)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".longtail-probe-")
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".longtail-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

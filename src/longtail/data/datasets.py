@@ -34,10 +34,15 @@ def _to_8_bits(img: Image.Image) -> Image.Image:
     """Return 16-bit grayscale (modes I;16*, and I, which 16-bit PGM files open as) as 8-bit
     "L" by dropping the low byte: Pillow's convert clips every value above 255 to white.
 
-    Mode I holds 32-bit integers; they are read as 16-bit values, clipped to 0..65535.
+    Mode I holds 32-bit integers; they are read as 16-bit values, clipped to 0..65535. An
+    image whose values all fit in 0..255 is taken as they are.
     """
     if img.mode == "I" or img.mode.startswith("I;16"):
-        pixels = np.asarray(img).astype(np.int64).clip(0, 65535) >> 8
+        pixels = np.asarray(img).astype(np.int64).clip(0, 65535)
+        # 8-bit values saved in a wider container (a TIFF of 0..255 opens as mode I) are
+        # kept: dropping their low byte would make them black.
+        if pixels.max(initial=0) > 255:
+            pixels >>= 8
         return Image.fromarray(pixels.astype(np.uint8))  # 2-d uint8: mode L
     return img
 
