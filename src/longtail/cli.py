@@ -331,11 +331,11 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 raise ConfigError(f"--samplers {item}: {e}") from None
         # instance, class and sqrt are q = 1, 0 and 0.5: '1,instance' trains the same twice.
         qs = [SAMPLER_PRESETS.get(s, s) for s in samplers]
-        twice = next(((samplers[qs.index(q)], s) for i, (s, q) in enumerate(zip(samplers, qs))
-                      if q in qs[:i]), None)
-        if not samplers or twice:
-            why = (f"; {twice[0]} and {twice[1]} are both q={qs[samplers.index(twice[0])]:g}"
-                   if twice and twice[0] != twice[1] else "")
+        again = next((i for i, q in enumerate(qs) if q in qs[:i]), None)
+        if not samplers or again is not None:
+            first = samplers[qs.index(qs[again])] if again is not None else None
+            why = (f"; {first} and {samplers[again]} are both q={qs[again]:g}"
+                   if first is not None and first != samplers[again] else "")
             raise ConfigError(f"--samplers: expected distinct samplers, found "
                               f"{args.samplers!r}{why}")
         losses = None

@@ -426,15 +426,20 @@ def _check_files(cfg: Config) -> None:
             raise ConfigError(f"config key model.weights: file not found: {weights}")
 
 
+# The keys that name files or folders (checked non-empty, ~ expanded).
+PATH_KEYS = ("data.root", "data.train", "data.val", "data.test", "data.class_names",
+             "model.weights")
+
+
 def _resolve_defaults(cfg: Config) -> None:
     """Fill in defaults that depend on other keys, so that config.yaml records the value used."""
     d = cfg.data
     # A shell leaves the ~ of `data.root=~/data` as it is; config.yaml records the expansion.
-    for section, key in ((d, "root"), (d, "train"), (d, "val"), (d, "test"),
-                         (d, "class_names"), (cfg.model, "weights")):
-        value = getattr(section, key)
+    for key in PATH_KEYS:
+        value = _get(cfg, key)
         if isinstance(value, str) and value.startswith("~"):
-            setattr(section, key, os.path.expanduser(value))
+            section, name = key.rsplit(".", 1)
+            setattr(_get(cfg, section), name, os.path.expanduser(value))
     if d.val_from_train is None:
         # Feature files often come as train and test only; a val split held out of training
         # lets tau-norm choose tau (one row per class, as the iNaturalist configs do).
@@ -666,8 +671,7 @@ def _check_semantics(cfg: Config) -> None:
          cfg.model.pretrained)
     need(not (cfg.model.pretrained and cfg.model.weights), "model.pretrained",
          "false when model.weights names a file (one source of weights)", cfg.model.pretrained)
-    for key in ("data.root", "data.train", "data.val", "data.test", "data.class_names",
-                "model.weights"):
+    for key in PATH_KEYS:
         value = _get(cfg, key)
         need(value is None or value.strip() != "", key, "a path or null", value)
     need(cfg.model.trainable is None or len(cfg.model.trainable) >= 1, "model.trainable",

@@ -235,7 +235,8 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     _say(f"stage 1 done in {time.perf_counter() - start:.0f} s")
 
     start = time.perf_counter()
-    features = _extract_features(model, data, device, cfg.eval.batch_size, run_dir / "features")
+    features = extract_features(model, data, device=device, batch_size=cfg.eval.batch_size,
+                                num_workers=data.num_workers, out_dir=run_dir / "features")
     _say(f"features of every split in {time.perf_counter() - start:.0f} s: "
          + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in features.items()))
     weight, bias = model.fc.weight.detach().cpu(), model.fc.bias.detach().cpu()
@@ -281,27 +282,6 @@ def network_methods(cfg: Config) -> list[str]:
     """Return the stage-2 methods of ``cfg`` that need images and the network, not features."""
     online = ONLINE_METHODS if cfg.stage2.features == "online" else ()
     return [n for n in cfg.stage2.methods if n in FINETUNE_METHODS or n in online]
-
-
-def _extract_features(model, data: LongTailData, device: torch.device, batch_size: int,
-                      out_dir: Path) -> dict[str, FeatureSet]:
-    """``extract_features``; a cached split that cannot be read (a truncated file) is only a
-    cache, as stage-2 results are: it is removed and extracted again, with a note."""
-    for _ in range(len(data.splits()) + 1):
-        try:
-            return extract_features(model, data, device=device, batch_size=batch_size,
-                                    num_workers=data.num_workers, out_dir=out_dir)
-        except UnreadableFile as e:
-            if e.path.parent != out_dir:
-                raise
-            _say(f"note: {e}; extracting these features again")
-            # Every process reads the same file, so all fail here; they agree on the cache
-            # before and after rank 0 removes the file (the extraction gathers across them).
-            distributed.barrier()
-            if distributed.is_main():
-                e.path.unlink(missing_ok=True)
-            distributed.barrier()
-    raise AssertionError("every cached split was removed, yet one cannot be read")
 
 
 def _fit_network_methods(cfg: Config, model, data: LongTailData,
@@ -444,7 +424,7 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
                                 f"with: {resume_command(run_dir)}")
     try:
         features = load_features(run_dir / "features")
-    except UnreadableFile as e:  # a resume replaces an unreadable cache (_extract_features)
+    except UnreadableFile as e:  # a resume replaces an unreadable cache (extract_features)
         raise LongtailError(f"{e}; extract the features again with: "
                             f"{resume_command(run_dir)}") from None
     digest = backbone_digest(state)

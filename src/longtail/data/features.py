@@ -104,8 +104,10 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
     # make bincount allocate gigabytes (or overflow) only to report the classes it skips.
     present = torch.unique(train["labels"])
     if len(present) != num_classes:
+        from longtail.data.readers import label_gap
+
         raise LongtailError(f"{train_path}: no training row has label "
-                            f"{_missing_labels(present.tolist(), num_classes)}; labels must be "
+                            f"{label_gap(present.tolist(), num_classes)}; labels must be "
                             f"0..C-1 (C = {num_classes}), each used in training")
     counts = torch.bincount(train["labels"], minlength=num_classes)
     joint = _joint_classifier(train, num_classes, dim)
@@ -123,21 +125,6 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
     return DataRecord(name=name, class_names=names or [str(c) for c in range(num_classes)],
                       splits=splits, split_sha256={k: s.sha256 for k, s in splits.items() if s},
                       notes=notes, counts_before_holdout=group_counts)
-
-
-def _missing_labels(present: list[int], num_classes: int) -> str:
-    """Return the labels in 0..num_classes-1 absent from sorted ``present`` as label_gap
-    words them ('a..b' when contiguous, else the first ten), without listing a huge range."""
-    gaps = [(lo + 1, hi - 1) for lo, hi in zip([-1, *present], [*present, num_classes])
-            if hi - lo > 1]
-    if len(gaps) == 1 and gaps[0][1] > gaps[0][0]:
-        return f"{gaps[0][0]}..{gaps[0][1]}"
-    first: list[int] = []
-    for lo, hi in gaps:
-        first.extend(range(lo, min(hi, lo + 10) + 1))
-        if len(first) > 10:
-            break
-    return ", ".join(map(str, first[:10])) + (" ..." if len(first) > 10 else "")
 
 
 def _class_names(blobs: dict[str, dict[str, Any]]) -> list[str] | None:

@@ -235,13 +235,14 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
     num_classes = present[-1] + 1
     if len(present) != num_classes:
         if not cfg.remap_labels:
-            missing = sorted(set(range(num_classes)) - set(present))
+            first_missing = next(i for i, label in enumerate(present) if label != i)
             # The first label above the first gap is most often the culprit (a typo).
-            culprit = min(label for label in present if label > missing[0])
+            culprit = present[first_missing]
             origin = train.origins[train.labels.index(culprit)]
             raise LongtailError(
                 f"{origin}: label {culprit}, but no training image has label "
-                f"{label_gap(missing)}; labels must be 0..C-1, each used in training "
+                f"{label_gap(present, num_classes)}; labels must be 0..C-1, each used in "
+                f"training "
                 f"(data.remap_labels=true maps the {len(present)} labels found to "
                 f"0..{len(present) - 1})")
         mapping = {old: new for new, old in enumerate(present)}
@@ -266,9 +267,17 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
     return num_classes
 
 
-def label_gap(missing: list[int]) -> str:
-    """Return missing labels for a message: 'a..b' when contiguous, else the first ten."""
-    contiguous = missing == list(range(missing[0], missing[-1] + 1))
-    if contiguous and len(missing) > 1:
-        return f"{missing[0]}..{missing[-1]}"
-    return ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+def label_gap(present: list[int], num_classes: int) -> str:
+    """Return the labels of 0..num_classes-1 missing from the sorted distinct labels
+    ``present``, for a message: 'a..b' when they are one run, else the first ten. Built from
+    the gaps, never from the range: a stray label of 10^9 must not list a billion numbers."""
+    gaps = [(lo + 1, hi - 1) for lo, hi in zip([-1, *present], [*present, num_classes])
+            if hi - lo > 1]
+    if len(gaps) == 1 and gaps[0][1] > gaps[0][0]:
+        return f"{gaps[0][0]}..{gaps[0][1]}"
+    first: list[int] = []
+    for lo, hi in gaps:
+        first.extend(range(lo, min(hi, lo + 10) + 1))
+        if len(first) > 10:
+            break
+    return ", ".join(map(str, first[:10])) + (" ..." if len(first) > 10 else "")

@@ -16,6 +16,7 @@ import torch
 from longtail import distributed
 from longtail.checkpoint import load_checkpoint, save_checkpoint, state_digest
 from longtail.data import LongTailData
+from longtail.errors import UnreadableFile
 from longtail.models import Classifier
 from longtail.stages.inference import infer
 
@@ -66,7 +67,12 @@ def extract_features(
     for split, dataset in data.splits().items():
         path = out_dir / f"{split}.pt"
         if path.is_file():
-            cached = load_checkpoint(path)
+            try:
+                cached = load_checkpoint(path)
+            except UnreadableFile as e:  # only a cache: a miss, extracted again and replaced
+                cached = {}
+                if distributed.is_main():
+                    print(f"note: {e}; extracting these features again", flush=True)
             if cached.get("key") == keys[split]:
                 result[split] = FeatureSet(cached["features"], cached["labels"], keys[split],
                                            weights)
