@@ -111,6 +111,37 @@ def test_batch_split_over_torchrun_processes(monkeypatch):
         load_config(None)
 
 
+def test_rebase_paths_takes_relative_paths_from_where_the_run_started(tmp_path):
+    from longtail.config import rebase_paths
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "train.txt").write_text("")
+    (tmp_path / "val.txt").write_text("")
+    cfg = load_config(None, ["data.kind=list", "data.root=imgs", "data.train=train.txt",
+                             "data.val=val.txt", "data.test=/abs/test.txt",
+                             "data.class_names=n.txt"])
+    moved = rebase_paths(cfg, tmp_path)
+    assert moved.data.root == str(tmp_path / "imgs")
+    assert moved.data.train == str(tmp_path / "imgs" / "train.txt")  # beside data.root
+    assert moved.data.val == str(tmp_path / "val.txt")  # from where the run started
+    assert (moved.data.test, moved.data.class_names) == ("/abs/test.txt", "n.txt")  # as given
+    assert (cfg.data.root, cfg.data.train) == ("imgs", "train.txt")  # a copy
+
+
+def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, capsys):
+    """Every process parses the same command line: only rank 0 says what is wrong."""
+    from longtail.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["run", "configs/fmnist_lt.yaml", "stage1.epochz=3"]) == 2
+        with pytest.raises(SystemExit):
+            main(["run", "configs/fmnist_lt.yaml", "--bogus"])
+        err = capsys.readouterr().err
+        assert err.count("longtail: error:") == 2 * said, err
+
+
 def test_yaml_merge_keys_still_work(tmp_path):
     path = write(tmp_path, "stage1: &s\n  epochs: 3\n  batch_size: 64\nstage2:\n  finetune:\n"
                            "    <<: *s\n    epochs: 2\n")

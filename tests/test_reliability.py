@@ -118,6 +118,27 @@ def test_resume_with_a_checkpoint_of_another_class_count_is_refused(fake_fmnist,
     assert "last.pt: class count does not match: fc.weight is (7, 64)" in err
 
 
+def test_resume_rebalance_and_extract_from_another_directory_read_the_runs_own_data(
+        tmp_path, monkeypatch, capsys):
+    """Relative data paths are taken from where the run started (manifest.json's cwd)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_image_list_dataset(a / "imgs", counts=[30, 12, 6, 3])
+    monkeypatch.chdir(a)
+    assert main(["run", CONFIG, "data.kind=list", "data.root=imgs", "data.train=train.txt",
+                 "data.val=imgs/val.txt", "data.test=test.txt", *TINY, "stage1.epochs=1",
+                 "--out", "run"]) == 0
+    # The same relative names from the new directory hold another dataset: not to be read.
+    make_image_list_dataset(b / "imgs", counts=[5, 5, 5, 5])
+    monkeypatch.chdir(b)
+    capsys.readouterr()
+    assert main(["run", "--resume", "../a/run"]) == 0, capsys.readouterr().err
+    assert main(["rebalance", "../a/run", "stage2.methods=[crt]"]) == 0
+    assert main(["extract", "../a/run", "--out", "x"]) == 0
+    assert "split differs" not in capsys.readouterr().err
+    # config.yaml keeps the paths as they were given
+    assert "root: imgs\n  train: train.txt\n" in (a / "run" / "config.yaml").read_text()
+
+
 # --------------------------------------------------------------------------------------------
 # Caches
 

@@ -67,3 +67,18 @@ def test_copies_of_one_run_are_not_averaged():
     assert comparable_runs(["a", "b"], [a, {**a, "seed": 1}], [{}] * 2, []) is None
     assert comparable_runs(["a", "b"], [a, {**a, "stage1.epochs": 10}], [{}] * 2,
                            ["stage1.epochs"]) is None
+
+
+def test_fit_cell_lines_up_wide_and_combining_characters():
+    from longtail.report import fit_cell
+
+    # A CJK character takes two terminal columns, a combining accent none.
+    assert fit_cell("猫", 4) == "猫  "
+    assert fit_cell("e\u0301t\u00e9", 4) == "e\u0301t\u00e9 "
+    # Cut on a character boundary: a wide character that would overflow is left out.
+    assert fit_cell("ねこねこ", 5) == "ねこ "
+    assert fit_cell("a" * 20, 16) == "a" * 16
+    names = ["猫のクラスの名前です長い", "dog", "Ελληνικά"]
+    widths = {sum(2 if "\u3040" <= ch <= "\u9fff" else 1 for ch in fit_cell(n, 16))
+              for n in names}
+    assert widths == {16}

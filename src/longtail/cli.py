@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         command = self.prog.removeprefix("longtail").strip()  # a sub-command's parser
+        if _other_rank():
+            sys.exit(2)
         print(f"longtail: error: {command + ': ' if command else ''}{message}; see "
               f"'{self.prog} --help'", file=sys.stderr)
         sys.exit(2)
@@ -218,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _other_rank() -> bool:
+    """True in torchrun's processes other than rank 0 that have not joined the group yet: they
+    parse the same command line and config as rank 0, which reports their mistakes once."""
+    if os.environ.get("RANK", "0").strip() in ("", "0"):
+        return False
+    joined = getattr(sys.modules.get("longtail.distributed"), "joined", False)
+    return not joined
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -239,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     except LongtailError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
+        if not _other_rank():
+            print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"longtail: interrupted; {e.hint}", file=sys.stderr)

@@ -431,6 +431,27 @@ PATH_KEYS = ("data.root", "data.train", "data.val", "data.test", "data.class_nam
              "model.weights")
 
 
+def rebase_paths(cfg: Config, origin: str | Path) -> Config:
+    """Return a copy of ``cfg`` with its relative paths taken from directory ``origin`` (where
+    the run started) instead of the working directory: data.root always; a file key where the
+    file is found from ``origin`` or beside the rebased data.root, else left as it was."""
+    origin, cfg = Path(origin), dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data), model=dataclasses.replace(cfg.model))
+    root = cfg.data.root
+    if root and not Path(root).is_absolute():
+        cfg.data.root = root = str(origin / root)
+    for key in PATH_KEYS:
+        value = _get(cfg, key)
+        if key == "data.root" or not value or Path(value).is_absolute():
+            continue
+        for candidate in (origin / value, *([Path(root) / value] if root else [])):
+            if candidate.exists():
+                section, name = key.split(".")
+                setattr(getattr(cfg, section), name, str(candidate))
+                break
+    return cfg
+
+
 def _resolve_defaults(cfg: Config) -> None:
     """Fill in defaults that depend on other keys, so that config.yaml records the value used."""
     d = cfg.data

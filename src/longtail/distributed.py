@@ -16,6 +16,10 @@ import torch.distributed as dist
 
 from longtail.errors import LongtailError
 
+# Set once this process has joined torchrun's group: errors before that come from the command
+# line, config or environment, the same in every process (the CLI reports them on rank 0 only).
+joined = False
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -66,6 +70,8 @@ def session(device: torch.device) -> Iterator[None]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        global joined
+        joined = True
     try:
         yield
     finally:

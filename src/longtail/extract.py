@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 
 from longtail.checkpoint import atomic_write_text, make_dir
-from longtail.config import DataConfig, ModelConfig, dump_config, load_config
+from longtail.config import DataConfig, ModelConfig, dump_config
 from longtail.data import write_feature_file
 from longtail.pipeline import run_inputs
+from longtail.rundir import load_run_config
 
 
 def extract_run(run_dir: Path, fmt: str, out: Path) -> dict[str, Path]:
     """Write ``out/SPLIT.<fmt>`` for each split of the run in ``run_dir`` and
     ``out/config.yaml``; return the files by split."""
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     info, weight, bias, features = run_inputs(run_dir, cfg, "extract")
     make_dir(out)
     files = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import shlex
@@ -37,8 +38,13 @@ from longtail.data import FeatureData, LongTailData, build_data, shot_groups
 from longtail.errors import Interrupted, LongtailError, UnreadableFile
 from longtail.metrics import evaluate, group_accuracy
 from longtail.models import build_model
-from longtail.report import format_grid, format_table, read_metrics, write_report
-from longtail.rundir import check_rebalance_args, check_run_dir, default_run_dir
+from longtail.report import fit_cell, format_grid, format_table, read_metrics, write_report
+from longtail.rundir import (
+    check_rebalance_args,
+    check_run_dir,
+    default_run_dir,
+    load_run_config,
+)
 from longtail.scalars import ScalarLog
 from longtail.stages.features import (
     FeatureSet,
@@ -354,7 +360,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     ``overrides`` may change ``stage2.*`` and ``eval.*`` keys; the rest is the run's own.
     """
     check_rebalance_args(run_dir, overrides)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_run_config(run_dir, overrides)
     # The run's small files first: a damaged one is answered before the features are read.
     metrics_path, manifest_path = run_dir / "metrics.json", run_dir / "manifest.json"
     earlier = read_metrics(metrics_path)["methods"] if metrics_path.is_file() else {}
@@ -367,8 +373,10 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
                                        earlier=earlier)
     finally:
         log.close()
-    # config.yaml holds the latest stage-2 settings; manifest.json the history of changes.
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    # config.yaml holds the latest stage-2 settings (its paths as the run was given them);
+    # manifest.json the history of changes.
+    atomic_write_text(run_dir / "config.yaml",
+                      dump_config(load_config(run_dir / "config.yaml", overrides)))
     manifest.setdefault("rebalanced", []).append(
         {"time": datetime.now().isoformat(timespec="seconds"),
          "command": ["longtail", "rebalance", str(run_dir), *overrides],
@@ -578,7 +586,7 @@ def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int)
     if len(counts) <= 40:
         listed = f" {'listed':>6}" if held else ""
         lines.append(f"  {'class':>5}  {'name':<16} {'train':>6}{listed}  group")
-        lines += [f"  {c:>5}  {data.class_names[c][:16]:<16} {train[c]:>6}"
+        lines += [f"  {c:>5}  {fit_cell(data.class_names[c], 16)} {train[c]:>6}"
                   + (f" {counts[c]:>6}" if held else "") + f"  {group_of[c]}" for c in order]
     else:
         ranked = sorted(train, reverse=True)
@@ -597,6 +605,7 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         "command": ["longtail", *argv],
         "argv": sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
+        "cwd": _working_directory(),  # config.yaml's relative paths are relative to it
         "seed": cfg.seed,
         "device": str(device),
         "world_size": distributed.world_size(),
@@ -609,6 +618,13 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         "platform": platform.platform(),
         "config": cfg.to_dict(),
     }
+
+
+def _working_directory() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed while the run started
+        return None
 
 
 def git_commit(package: Path | None = None) -> str | None:

@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,26 @@ from longtail.checkpoint import (
 from longtail.errors import LongtailError
 
 COLUMNS = ("top1", "many", "medium", "few", "ece")
+
+
+def _char_width(ch: str) -> int:
+    """Terminal columns of one character: 2 for wide East Asian ones, 0 for combining marks."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def fit_cell(text: str, width: int) -> str:
+    """Return ``text`` cut and padded to exactly ``width`` terminal columns, so that class
+    names in any script line up (a CJK character takes two columns)."""
+    out, used = [], 0
+    for ch in text:
+        w = _char_width(ch)
+        if used + w > width:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + " " * (width - used)
 
 
 def _cell(value: float | None) -> str:

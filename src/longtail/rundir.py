@@ -71,6 +71,22 @@ def check_out_creatable(out: Path) -> None:
                 break
 
 
+def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """Return the config.yaml of the run in ``run_dir`` with ``overrides``. Its relative paths
+    are taken from the directory the run started in (manifest.json's ``cwd``), so that resume,
+    rebalance and extract read the same data from any working directory."""
+    import json
+
+    from longtail.config import load_config, rebase_paths
+
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    try:
+        origin = json.loads((run_dir / "manifest.json").read_text("utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):  # none yet, or damaged: reported elsewhere
+        origin = None
+    return rebase_paths(cfg, origin) if isinstance(origin, str) and origin else cfg
+
+
 def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
     """Refuse a folder that is not a run, or overrides of keys that rebalance cannot change."""
     from longtail.config import load_config
@@ -85,9 +101,10 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
 
 
 def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
-    """Return the config of the interrupted run in ``run_dir``; a given ``cfg`` must agree with
-    it except for keys that do not change results (device, data.root, data.num_workers).
-    Here, without torch, so that a changed key is answered at once."""
+    """Return the config of the interrupted run in ``run_dir`` (relative paths from where it
+    started: ``load_run_config``); a given ``cfg`` must agree with it except for keys that do
+    not change results (device, data.root, data.num_workers). Here, without torch, so that a
+    changed key is answered at once."""
     from dataclasses import replace
 
     from longtail.config import flatten, load_config
@@ -95,15 +112,17 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise LongtailError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-    saved = load_config(path)
+    saved = load_run_config(run_dir)
     if cfg is None:
         return saved
     free = {"device", "data.root", "data.num_workers"}
-    ours, theirs = flatten(cfg), flatten(saved)
+    ours, theirs = flatten(cfg), flatten(load_config(path))  # as written: as the user gives it
     changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
     if changed:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
         raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
                             f"config.yaml ({diffs}); resume without changes, or start a new run")
+    # a data.root given now (the data moved) is the user's, from the working directory
+    root = cfg.data.root if cfg.data.root != theirs["data.root"] else saved.data.root
     return replace(saved, device=cfg.device,
-                   data=replace(saved.data, root=cfg.data.root, num_workers=cfg.data.num_workers))
+                   data=replace(saved.data, root=root, num_workers=cfg.data.num_workers))
