@@ -480,7 +480,7 @@ def test_failure_after_the_run_folder_exists_removes_it(tmp_path, capsys, monkey
     def broken(*args, **kwargs):
         raise joint.LongtailError("stage 1: simulated failure")
 
-    monkeypatch.setattr("longtail.pipeline.train_joint", broken)
+    monkeypatch.setattr("longtail.stages.joint.train_joint", broken)
     root = make_fake_fmnist(tmp_path / "f")
     out = tmp_path / "run"
     code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
@@ -493,7 +493,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("longtail.pipeline.train_joint", interrupted)
+    monkeypatch.setattr("longtail.stages.joint.train_joint", interrupted)
     root = make_fake_fmnist(tmp_path / "f")
     out = tmp_path / "run"
     code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",

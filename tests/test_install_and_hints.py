@@ -102,7 +102,7 @@ def test_resume_hints_are_quoted_for_the_shell(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("longtail.pipeline.train_joint", interrupted)
+    monkeypatch.setattr("longtail.stages.joint.train_joint", interrupted)
     root = make_fake_fmnist(tmp_path / "f")
     out = tmp_path / ODD
     code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
@@ -185,3 +185,41 @@ def test_dir_and_help_list_the_lazy_public_names():
     assert names <= set(longtail.__all__) and names <= set(dir(longtail))
     text = pydoc.render_doc(longtail, renderer=pydoc.plaintext)  # help(longtail)'s text
     assert all(re.search(rf"^    class {n}\b", text, re.M) for n in names), text
+
+
+def test_stage2_on_features_starts_without_torchvision():
+    """rebalance, extract and the re-balancers in Python do not wait for torchvision (about 2 s
+    of imports); the data package gives its names on first use."""
+    code = ("import sys, longtail.pipeline, longtail.extract\n"
+            "from longtail import TauNorm, CRT\n"
+            "from longtail.data import shot_groups, read_feature_file\n"
+            "print('torchvision' in sys.modules)\n"
+            "from longtail.data import build_data\n"
+            "print('torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+    import longtail.data
+
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        longtail.data.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("how", ["entry", "main"])
+def test_the_command_skips_the_interpreters_teardown_but_not_atexit(how):
+    """``longtail`` (cli.entry) ends with os._exit once torch is loaded: its teardown took about
+    a second after the last line. atexit handlers still run, the exit code is kept; plain
+    main() under sys.exit tears down as usual (the probe below sees the difference)."""
+    code = ("import atexit, sys, torch\n"
+            "class Probe:\n"
+            "    def __del__(self): print('teardown', flush=True)\n"
+            "probe = Probe()\n"
+            "atexit.register(lambda: print('atexit', flush=True))\n"
+            "sys.argv = ['longtail', 'summarize', 'no-such-run']\n"
+            "from longtail.cli import entry, main\n"
+            + ("entry()\n" if how == "entry" else "sys.exit(main())\n"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert out.returncode == 2 and "longtail: error:" in out.stderr, out.stderr[-2000:]
+    assert "atexit" in out.stdout.split()
+    assert ("teardown" in out.stdout.split()) == (how == "main")

@@ -77,12 +77,12 @@ def test_resuming_a_finished_run_redoes_nothing(fake_fmnist, tmp_path, capsys, m
     before = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
 
-    from longtail.stages import features
+    from longtail.stages import inference
 
     def no_inference(*args, **kwargs):
         raise AssertionError("features were extracted again")
 
-    monkeypatch.setattr(features, "infer", no_inference)
+    monkeypatch.setattr(inference, "infer", no_inference)  # extract_features' own import
     assert main(["run", "--resume", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "resuming stage 1 after epoch 1 of 1" in printed
@@ -156,9 +156,11 @@ def test_feature_cache_is_keyed_by_weights_and_data(fake_fmnist, tmp_path, monke
     kwargs = dict(device=torch.device("cpu"), batch_size=128, num_workers=0,
                   out_dir=tmp_path / "features")
     first = features.extract_features(model, data, **kwargs)
+    from longtail.stages import inference
+
     calls = []
-    real_infer = features.infer
-    monkeypatch.setattr(features, "infer", lambda *a, **k: calls.append(1) or real_infer(*a, **k))
+    real_infer = inference.infer
+    monkeypatch.setattr(inference, "infer", lambda *a, **k: calls.append(1) or real_infer(*a, **k))
     again = features.extract_features(model, data, **kwargs)
     assert not calls and torch.equal(again["train"].features, first["train"].features)
     with torch.no_grad():

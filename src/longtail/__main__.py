@@ -1,3 +1,3 @@
-from longtail.cli import main
+from longtail.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -262,6 +262,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``longtail`` command: ``main``, then, once torch is loaded, an exit without the
+    interpreter's teardown of its modules. That teardown does no work of ours but took 0.8 s
+    (torch) to 1.3 s (the pipeline's modules) on 2 CPU cores, after the last line was printed,
+    and a Ctrl-C in it printed "Exception ignored" tracebacks. atexit's handlers still run."""
+    import atexit
+    import multiprocessing
+    import signal
+    import threading
+
+    code = main()
+    if "torch" not in sys.modules or multiprocessing.active_children() or any(
+            t.is_alive() and not t.daemon for t in threading.enumerate()
+            if t is not threading.main_thread()):
+        sys.exit(code)  # nothing to save, or processes and threads to wait for: the usual way
+    # An interrupt now leaves at once, silently: the work is done and its files written.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    atexit._run_exitfuncs()  # e.g. multiprocessing's clean-up
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream: nothing to say
+            pass
+    os._exit(code)
+
+
 def one_line(message: str) -> str:
     """Return the user's message of an error; one raised in a DataLoader worker arrives wrapped
     in the worker's traceback, whose last line is the message."""

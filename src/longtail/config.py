@@ -36,6 +36,8 @@ DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
 FEATURE_METHODS: tuple[str, ...] = STAGE2_METHODS[:10]
 # Methods that train on features with a sampler: they can also run online (stage2.features).
 TRAINED_METHODS: tuple[str, ...] = ("crt", "lws", "balms", "las", "wb")
+# Methods that re-train the network itself.
+FINETUNE_METHODS: tuple[str, ...] = STAGE2_METHODS[10:]
 Loss = Literal["ce", "logit_adjusted", "balanced_softmax"]
 LOSSES: tuple[str, ...] = typing.get_args(Loss)
 
@@ -775,7 +777,7 @@ def _check_semantics(cfg: Config) -> None:
         raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
                           f"found {world_text!r}")
     world = int(world_text)
-    finetuned = any(m in cfg.stage2.methods for m in ("finetune", "finetune_last"))
+    finetuned = any(m in cfg.stage2.methods for m in FINETUNE_METHODS)
     for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
         value = _get(cfg, key)
         need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE)",

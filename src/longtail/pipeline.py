@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,11 +33,17 @@ from longtail.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from longtail.config import TIMM_PREFIX, Config, dump_config, load_config
-from longtail.data import FeatureData, LongTailData, build_data, shot_groups
+from longtail.config import (
+    FINETUNE_METHODS,
+    TIMM_PREFIX,
+    TRAINED_METHODS,
+    Config,
+    dump_config,
+    load_config,
+)
+from longtail.data.profiles import shot_groups
 from longtail.errors import Interrupted, LongtailError, UnreadableFile
 from longtail.metrics import evaluate, group_accuracy
-from longtail.models import build_model
 from longtail.report import fit_cell, format_grid, format_table, read_metrics, write_report
 from longtail.rundir import (
     check_rebalance_args,
@@ -52,10 +58,13 @@ from longtail.stages.features import (
     extract_features,
     load_features,
 )
-from longtail.stages.joint import real_batch_size, resolve_lr, train_joint
-from longtail.stages.linear import joint_on_features
-from longtail.stages.online import FINETUNE_METHODS, ONLINE_METHODS, NetworkStage2
 from longtail.stages.rebalance import SMALL_STAGE_MACS, Joint, build_rebalancer, threads_for
+
+# The data readers, the models and the training stages bring in torchvision (about 2 s of
+# imports): they are imported where a run needs them, so that stage 2 on a run's cached
+# features (`longtail rebalance`, `extract`) starts without them.
+if TYPE_CHECKING:
+    from longtail.data import FeatureData, LongTailData
 
 
 @dataclass
@@ -106,6 +115,8 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     nothing behind. With ``resume``, the run in that directory continues where it stopped:
     finished stages (stage-1 epochs, features, stage-2 methods) are not redone.
     """
+    from longtail.data import build_data
+
     device = distributed.select_device(cfg.device)
     check_model_name(cfg)
     target = out or default_run_dir(config_name)
@@ -160,6 +171,8 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
     ``DIR/grid.json`` maps each variant to its metrics.json "methods" object and ``DIR/grid.md``
     holds the table.
     """
+    from longtail.data import build_data
+
     device = distributed.select_device(cfg.device)
     check_model_name(cfg)
     if out is not None:
@@ -213,8 +226,12 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     _say(dataset_summary(data, cfg.eval.many_threshold, cfg.eval.few_threshold))
     for note in data.notes:
         _say(f"note: {note}")
+    from longtail.data import FeatureData
+
     if isinstance(data, FeatureData):
         return _run_on_features(cfg, data, info, run_dir, device)
+    from longtail.models import build_model
+    from longtail.stages.joint import real_batch_size, resolve_lr, train_joint
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, data.num_classes, data.channels, data.image_size,
@@ -265,6 +282,8 @@ def _run_on_features(cfg: Config, data: FeatureData, info: DatasetInfo, run_dir:
     if network_methods(cfg):
         raise LongtailError(f"config key stage2.methods: {', '.join(network_methods(cfg))} "
                             f"need the network and images; data.kind: features has none")
+    from longtail.stages.linear import joint_on_features
+
     log = ScalarLog(run_dir / "logs")
     start = time.perf_counter()
     weight, bias, how = joint_on_features(data, cfg.stage1, cfg.seed, device,
@@ -286,7 +305,7 @@ def feature_sets(data: FeatureData) -> dict[str, FeatureSet]:
 
 def network_methods(cfg: Config) -> list[str]:
     """Return the stage-2 methods of ``cfg`` that need images and the network, not features."""
-    online = ONLINE_METHODS if cfg.stage2.features == "online" else ()
+    online = TRAINED_METHODS if cfg.stage2.features == "online" else ()
     return [n for n in cfg.stage2.methods if n in FINETUNE_METHODS or n in online]
 
 
@@ -301,6 +320,8 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
              if _cached_result(run_dir, n, cfg, features, weight, bias) is None]
     if not names:
         return {}
+    from longtail.stages.online import NetworkStage2
+
     net = NetworkStage2(model, data, cfg, device, run_dir, log)
     val = features.get("val")
     out: dict[str, Prefit] = {}
@@ -401,6 +422,8 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
     manifest = run_dir / "manifest.json"
     recorded = read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {}
     if cfg.data.kind == "features":
+        from longtail.data import build_data
+
         data = build_data(cfg.data, cfg.seed)
         for split, digest in data.split_sha256.items():
             if recorded.get(split, digest) != digest:

@@ -4,22 +4,42 @@
 ``data.kind`` (``data/readers.py``, ``data/features.py``) returns a ``DataRecord``; the builder
 does the checks every kind shares and returns a ``LongTailData`` (train / val / test image
 datasets and what the model needs) or, for ``data.kind: features``, a ``FeatureData``.
+
+The names below are imported on first use: the image readers bring in torchvision (about 2 s
+of imports, most of it torch._dynamo), which stage 2 on features (``longtail rebalance``, the
+re-balancers in Python) never needs.
 """
 
-from longtail.data.builder import (
-    READERS,
-    FeatureData,
-    LongTailData,
-    build_data,
-    usable_cpus,
-)
-from longtail.data.features import FeatureSplit, read_feature_file, write_feature_file
-from longtail.data.profiles import exponential_profile, pareto_profile, shot_groups
-from longtail.data.record import SPLITS, DataRecord
-from longtail.data.samplers import build_sampler
-from longtail.data.transforms import build_transform
+from __future__ import annotations
 
-__all__ = ["READERS", "SPLITS", "DataRecord", "FeatureData", "FeatureSplit", "LongTailData",
-           "build_data", "build_sampler", "build_transform", "exponential_profile",
-           "pareto_profile", "read_feature_file", "shot_groups", "usable_cpus",
-           "write_feature_file"]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "builder": ("READERS", "FeatureData", "LongTailData", "build_data", "usable_cpus"),
+    "features": ("FeatureSplit", "read_feature_file", "write_feature_file"),
+    "profiles": ("exponential_profile", "pareto_profile", "shot_groups"),
+    "record": ("SPLITS", "DataRecord"),
+    "samplers": ("build_sampler",),
+    "transforms": ("build_transform",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:  # a submodule (longtail.data.cifar) or a mistake
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":  # the submodule exists; something it needs not
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -10,15 +10,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from longtail import distributed
 from longtail.checkpoint import load_checkpoint, save_checkpoint, state_digest
-from longtail.data import LongTailData
 from longtail.errors import UnreadableFile
-from longtail.models import Classifier
-from longtail.stages.inference import infer
+
+if TYPE_CHECKING:  # reading cached features (rebalance) needs neither, nor torchvision
+    from longtail.data import LongTailData
+    from longtail.models import Classifier
 
 
 @dataclass
@@ -59,6 +61,8 @@ def extract_features(
     The backbone runs in eval mode with the test-time transform, training split included (as
     NCM and tau-norm need, and as cRT and LWS use here: stage 2 never runs the backbone again).
     """
+    from longtail.stages.inference import infer
+
     model.to(device).eval()
     transform = data.transform(train=False)
     weights = backbone_digest(model.state_dict())

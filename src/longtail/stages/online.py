@@ -31,7 +31,6 @@ from longtail.stages.inference import infer
 from longtail.stages.joint import train_joint
 
 ONLINE_METHODS = TRAINED_METHODS
-FINETUNE_METHODS = ("finetune", "finetune_last")
 
 
 class OnlineBatches:
