@@ -241,6 +241,57 @@ CASES = [
     ("rebalance: metrics.json not JSON", lambda w: (_run_dir(w, "r"),
                                                     _write(w / "r" / "metrics.json", "{bad")),
      ["rebalance", "{w}/r", "stage2.methods=[crt]"], "r/metrics.json:1:2: not valid JSON"),
+    # --- options that would be silently overwritten, dropped or ignored -------------------
+    ("summarize: --json onto another file", lambda w: (
+        _run_dir(w, "a"), _run_dir(w, "b", 1), _write(w / "my_config.yaml", "seed: 1\n")),
+     ["summarize", "{w}/a", "{w}/b", "--json", "{w}/my_config.yaml"],
+     '/my_config.yaml: expected a new file or a summary written by summarize before (JSON of '
+     '"runs" and "methods"), found another file; pass --overwrite to replace it'),
+    ("summarize: --json a folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["summarize", "{w}/a", "{w}/b", "--json", "{w}/a"],
+     "/a: expected a file name for the summary, found a folder"),
+    ("summarize: --ignore of an unknown key", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["summarize", "{w}/a", "{w}/b", "--ignore", "data,stage1.epoch"],
+     "summarize --ignore: expected config keys or sections, found unknown key stage1.epoch; "
+     "did you mean stage1.epochs"),
+    ("summarize: a file, not a run folder", lambda w: _write(w / "my_fmnist.yaml", "seed: 1\n"),
+     ["summarize", "{w}/my_fmnist.yaml"],
+     "/my_fmnist.yaml is a file, not a run folder; expected finished runs' folders"),
+    ("grid: stage1.sampler besides --samplers", None,
+     ["grid", CONFIG, "--samplers", "class", "stage1.sampler=sqrt"],
+     "grid: override stage1.sampler=sqrt conflicts with --samplers class: grid sets "
+     "stage1.sampler of each row from --samplers; drop the override, or put sqrt in --samplers"),
+    ("grid: stage1.sampler with the default samplers", None,
+     ["grid", CONFIG, "stage1.sampler=0.3"],
+     "override stage1.sampler=0.3 conflicts with --samplers (default "
+     "instance,class,sqrt,progressive)"),
+    ("grid: stage1.loss besides --losses", None,
+     ["grid", CONFIG, "--losses", "ce,balanced_softmax", "stage1.loss=logit_adjusted"],
+     "grid: override stage1.loss=logit_adjusted conflicts with --losses ce,balanced_softmax"),
+    ("make-split: ratio infinite", None,
+     ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--ratio", "inf"],
+     "make-split --ratio: expected a finite number >= 1, found inf"),
+    ("make-split: n-max, n-min and ratio", None,
+     ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--n-max", "8", "--n-min", "2",
+      "--ratio", "4"], "make-split --ratio: expected at most two of --n-max, --n-min and "
+                       "--ratio (ratio = n_max / n_min), found all three"),
+    ("make-split: alpha without pareto", None,
+     ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--alpha", "3"],
+     "make-split --alpha: expected only with --profile pareto (its shape), found --alpha 3 "
+     "with --profile exponential"),
+    ("make-split: alpha infinite", None, ["make-split", "fmnist", "--root", "{w}", "--out",
+                                          "{w}/s", "--profile", "pareto", "--alpha", "inf"],
+     "make-split --alpha: expected a finite number > 0, found inf"),
+    ("make-split: --list with another source", None,
+     ["make-split", "image_folder", "--root", "{w}", "--out", "{w}/s", "--list", "{w}/l.txt"],
+     "make-split --list: expected only with the list source, found with image_folder"),
+    ("make-split: test-per-class of an array source", None,
+     ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--test-per-class", "10"],
+     "make-split --test-per-class: expected only with the list and image_folder sources, "
+     "found with fmnist"),
+    ("bundled config with an unknown key", None, ["run", "configs/fmnist_lt.yaml",
+                                                  "stage1.epoch=3"],
+     "unknown config key stage1.epoch; did you mean stage1.epochs"),
 ]
 
 # Bad data: found when the data is read, before the run directory exists.
@@ -257,6 +308,8 @@ DATA_CASES = [
      "test.txt:13: label 5 is not below the class count 3"),
     ("duplicate list line", lambda w: _edit_list(w, "train", lambda x: [*x, x[0]]),
      "train.txt:13: train/class_0/00000.png is listed twice (first on line 1)"),
+    ("one image spelled twice", lambda w: _edit_list(w, "train", lambda x: [*x, "./" + x[0]]),
+     "train.txt:13: ./train/class_0/00000.png is listed twice (first on line 1)"),
     ("list not UTF-8", lambda w: _write(w / "d" / "val.txt", b"val/\xe9.png 0\n"),
      "val.txt:1: not UTF-8 text"),
     ("empty list", lambda w: _write(w / "d" / "val.txt", "\n"), "val.txt: no entries"),
@@ -521,3 +574,130 @@ def test_reliability_doc_lists_every_case():
     missing = [c[0] for c in [*CASES, *DATA_CASES, *FEATURE_CASES]
                if f"| {c[0]} |" not in text]
     assert not missing, f"docs/reliability.md lacks {missing}"
+
+
+def test_summarize_json_replaces_only_an_earlier_summary(tmp_path, capsys):
+    """--json never overwrites a file that summarize did not write, unless --overwrite."""
+    import json
+
+    runs = [str(_run_dir(tmp_path, "a")), str(_run_dir(tmp_path, "b", 1))]
+    mine = _write(tmp_path / "my_config.yaml", "seed: 1\n")
+    assert main(["summarize", *runs, "--json", str(mine)]) == 2
+    assert mine.read_text() == "seed: 1\n"  # untouched
+    assert "pass --overwrite" in capsys.readouterr().err
+    summary = tmp_path / "s.json"
+    assert main(["summarize", *runs, "--json", str(summary)]) == 0
+    assert main(["summarize", *runs[:1], "--json", str(summary)]) == 0  # an earlier summary
+    assert json.loads(summary.read_text())["runs"] == runs[:1]
+    assert main(["summarize", *runs, "--json", str(mine), "--overwrite"]) == 0
+    assert set(json.loads(mine.read_text())) == {"runs", "methods"}
+
+
+def _pool(tmp_path: Path, per_class: int = 40) -> Path:
+    from tests.conftest import make_image_folder
+
+    return make_image_folder(tmp_path / "pool", per_class=[per_class] * 4, size=8)
+
+
+def test_make_split_n_min_and_ratio_fix_n_max(tmp_path, capsys):
+    """--n-min with --ratio (no --n-max) makes the largest class n_min x ratio, not all."""
+    import json
+
+    root, out = _pool(tmp_path), tmp_path / "s"
+    base = ["make-split", "image_folder", "--root", str(root), "--val-per-class", "2",
+            "--test-per-class", "2"]
+    assert main([*base, "--out", str(out), "--n-min", "3", "--ratio", "10"]) == 0
+    train = json.loads((out / "split.json").read_text())["counts"]["train"]
+    assert max(train) == 30 and min(train) == 3
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "t"), "--n-min", "3", "--ratio", "20"]) == 2
+    assert ("make-split --n-min 3 --ratio 20: expected a largest class (n_min x ratio) of at "
+            "most 36 images, found 60") in capsys.readouterr().err
+    # --ratio beyond n_max would leave the smallest class less than an image: not 1 silently
+    assert main([*base, "--out", str(tmp_path / "u"), "--n-max", "10", "--ratio", "50"]) == 2
+    assert ("make-split --ratio: expected at most 10, found 50: the smallest class would keep "
+            "n_max / ratio < 1 image (--n-max 10)") in capsys.readouterr().err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "u").exists()
+
+
+def test_make_split_without_test_names_no_test_txt(tmp_path, capsys):
+    """--test-per-class 0: no test.txt, and the printed command does not name one (also not a
+    test.txt left by an earlier split in the same --out)."""
+    root, out = _pool(tmp_path, per_class=12), tmp_path / "s"
+    args = ["make-split", "image_folder", "--root", str(root), "--out", str(out),
+            "--val-per-class", "2", "--n-max", "8"]
+    assert main([*args, "--test-per-class", "2"]) == 0 and (out / "test.txt").is_file()
+    capsys.readouterr()
+    assert main([*args, "--test-per-class", "0", "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert not (out / "test.txt").exists()
+    assert "test.txt" not in printed.split("use it:")[1].splitlines()[0], printed
+    assert "data.test=TEST_LIST" in printed and "wrote no test.txt" in printed
+
+
+def _gpu_may_be_here() -> bool:
+    import glob
+
+    from longtail import cli
+
+    patterns = getattr(cli, "GPU_DRIVER_FILES", ("/proc/driver/nvidia/version", "/dev/nvidia*"))
+    return not sys.platform.startswith("linux") or any(map(glob.glob, patterns))
+
+
+@pytest.mark.skipif(_gpu_may_be_here(), reason="a GPU driver is visible: cuda may be there")
+@pytest.mark.parametrize("device,message", [
+    ("cuda", "config key device: cuda was asked for but no GPU is available"),
+    ("cuda:0", "config key device: cuda was asked for but no GPU is available"),
+    ("mps", "config key device: mps was asked for but is not available")])
+def test_a_missing_device_is_answered_before_torch(tmp_path, device, message):
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "longtail", "run", CONFIG,
+         f"device={device}", "--out", str(tmp_path / "r")], capture_output=True, text=True,
+        cwd=tmp_path, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    lines = [x for x in result.stderr.splitlines() if not x.startswith("import time:")]
+    assert result.returncode == 2 and lines == [f"longtail: error: {message}"], result.stderr
+    imported = [x.rsplit("|", 1)[-1].strip() for x in result.stderr.splitlines()]
+    assert "torch" not in imported  # answered before torch was imported
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quick_device_check_defers_to_torch_when_unsure(tmp_path, monkeypatch):
+    """cuda is refused without torch only on Linux with no GPU driver's files; mps only off
+    macOS; auto and cpu never."""
+    from longtail import cli
+    from longtail.errors import LongtailError
+
+    monkeypatch.setattr(cli, "GPU_DRIVER_FILES", (str(tmp_path / "nvidia*"),))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    for device in ("auto", "cpu"):
+        cli.check_device(device)
+    with pytest.raises(LongtailError, match="cuda was asked for but no GPU is available"):
+        cli.check_device("cuda:1")
+    (tmp_path / "nvidia0").touch()  # a driver: torch decides
+    cli.check_device("cuda")
+    with pytest.raises(LongtailError, match="mps was asked for but is not available"):
+        cli.check_device("mps")
+    monkeypatch.setattr(cli.sys, "platform", "darwin")
+    cli.check_device("mps")
+    monkeypatch.setattr(cli, "GPU_DRIVER_FILES", ())
+    monkeypatch.setattr(cli.sys, "platform", "win32")  # no /dev to look at
+    cli.check_device("cuda")
+
+
+def test_quick_device_check_says_what_torch_would(monkeypatch):
+    """The fast refusal is the same line as select_device's, after torch is imported."""
+    import torch
+
+    from longtail import cli, distributed
+    from longtail.errors import LongtailError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "GPU_DRIVER_FILES", ())
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    for device in ("cuda", "cuda:0", "mps"):
+        with pytest.raises(LongtailError) as slow:
+            distributed.select_device(device)
+        with pytest.raises(LongtailError) as quick:
+            cli.check_device(device)
+        assert str(quick.value) == str(slow.value)

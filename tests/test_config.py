@@ -228,3 +228,21 @@ def test_stage2_methods_all_means_every_method_on_features():
         cfg = load_config(None, [f"stage2.methods={value}"])
         assert cfg.stage2.methods == list(FEATURE_METHODS)
     assert "finetune" not in FEATURE_METHODS and "logit_adjust" in FEATURE_METHODS
+
+
+def test_yaml_sections_dotted_keys_empty_sections_and_null_overrides(tmp_path):
+    dotted = write(tmp_path, "stage1.epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"config key stage1.epochs: dotted keys are for the "
+                                          r"command line; in a YAML file write it nested, as "
+                                          r"stage1: \{epochs: \.\.\.\}"):
+        load_config(dotted)
+    # `stage1:` with nothing (or only comments) under it: no changes
+    empty = write(tmp_path, "stage1:\n  # later\nstage2:\nseed: 3\n")
+    assert load_config(empty).stage1 == load_config(None).stage1
+    # on the command line, null would silently reset the file's whole section
+    with pytest.raises(ConfigError, match=r"'stage1=null': stage1 is a section; set its keys, "
+                                          r"e.g. stage1.epochs=VALUE"):
+        load_config(empty, ["stage1=null"])
+    with pytest.raises(ConfigError, match=r"eval.many_threshold: expected a count >= 0, "
+                                          r"found -5"):
+        load_config(None, ["eval.many_threshold=-5"])

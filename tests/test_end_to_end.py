@@ -1,6 +1,7 @@
 """Tiny end-to-end runs through the CLI: metrics.json, config.yaml, report and features."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,8 @@ def test_list_run_needs_only_root_and_lists(tmp_path, monkeypatch):
     assert metrics["dataset"]["shot_groups"] == {"many": [0], "medium": [1, 2], "few": [3, 4]}
 
 
-def test_rebalance_reruns_stage2_without_the_backbone(fake_fmnist, tmp_path, monkeypatch):
+def test_rebalance_reruns_stage2_without_the_backbone(fake_fmnist, tmp_path, monkeypatch,
+                                                      capsys):
     out = tmp_path / "run"
     assert main(["run", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
                  "data.n_max=60", "data.n_min=2", "data.val_per_class=5", *TINY,
@@ -91,11 +93,21 @@ def test_rebalance_reruns_stage2_without_the_backbone(fake_fmnist, tmp_path, mon
     assert main(["rebalance", str(out), "stage2.methods=[joint,tau_norm,lws,ncm_cosine]",
                  "stage2.tau_norm.tau=0.5"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    # the methods fitted now, then the earlier ones not re-fitted (kept, not lost)
-    assert list(metrics["methods"]) == ["joint", "tau_norm", "lws", "ncm_cosine", "crt"]
+    # the methods fitted now and the earlier ones not re-fitted (kept, not lost), in the
+    # order of the method list
+    assert list(metrics["methods"]) == ["joint", "ncm_cosine", "crt", "tau_norm", "lws"]
     assert metrics["methods"]["tau_norm"]["tau"] == 0.5
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rebalanced"][-1]["kept"] == ["crt"]
+    # config.yaml lists every method metrics.json holds: a later rebalance (or extract) covers
+    # them all, with the settings config.yaml records.
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["stage2"]["methods"] == list(metrics["methods"])
+    capsys.readouterr()
+    assert main(["rebalance", str(out), "stage2.tau_norm.tau=0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"\n  [a-z_]+ +fitted in", printed)) == 5
+    assert json.loads((out / "metrics.json").read_text())["methods"]["tau_norm"]["tau"] == 0.25
     assert main(["rebalance", str(out), "stage1.epochs=3"]) == 2
 
 

@@ -187,3 +187,19 @@ def test_features_run_without_the_joint_classifier_retrains_only_joint(image_run
     after = json.loads((out / "metrics.json").read_text())["methods"]
     for name in ("ncm_cosine", "ncm_euclidean", "crt"):
         assert after[name] == before[name], name
+
+
+def test_no_joint_classifier_and_no_stage1_epochs_is_one_config_error(tmp_path):
+    from dataclasses import replace
+
+    from longtail.errors import LongtailError
+    from longtail.stages.linear import joint_on_features
+
+    files = gaussian_features(tmp_path / "f")
+    cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",
+                             f"data.test={files['test']}"])
+    data = build_data(cfg.data, seed=0)
+    with pytest.raises(LongtailError, match=r"stage1.epochs: .*train.npz carries no joint "
+                                            r"classifier .* expected an int >= 1, found 0"):
+        joint_on_features(data, replace(cfg.stage1, epochs=0), 0, torch.device("cpu"),
+                          tmp_path / "joint.pt")

@@ -308,3 +308,110 @@ def test_broken_symbolic_link_image_is_called_so(tmp_path):
                                                 rf"\(-> /nonexistent\.png\), expected an image"):
             data_of(*args, *extra)
     assert data_of(*args, "data.on_bad_image=skip").train_counts == [4, 3, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Image lists: the image size is that of the dataset, not of its first image
+
+
+@pytest.mark.parametrize("odd_side, expected", [(1, 16), (80, 16)])
+def test_one_odd_first_image_does_not_set_the_image_size(tmp_path, odd_side, expected):
+    from PIL import Image
+
+    from tests.conftest import make_image_list_dataset
+
+    files = make_image_list_dataset(tmp_path / "d", counts=[6, 4, 3])
+    Image.new("RGB", (odd_side, odd_side)).save(tmp_path / "d" / "odd.png")
+    files["train"].write_text("odd.png 0\n" + files["train"].read_text())
+    data = data_of("data.kind=list", f"data.root={tmp_path / 'd'}",
+                   f"data.train={files['train']}", f"data.test={files['test']}",
+                   f"data.val={files['val']}")
+    assert data.image_size == expected and data.hflip is False
+
+
+def test_images_below_8_px_are_refused_unless_a_size_is_given(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "d"
+    root.mkdir()
+    for i in range(4):
+        Image.new("RGB", (4, 4), (i * 60, 0, 0)).save(root / f"{i}.png")
+    (root / "train.txt").write_text("0.png 0\n1.png 1\n2.png 0\n3.png 1\n")
+    args = ["data.kind=list", f"data.root={root}", f"data.train={root / 'train.txt'}",
+            f"data.test={root / 'train.txt'}", f"data.val={root / 'train.txt'}"]
+    with pytest.raises(LongtailError, match=r"train.txt: the training images are 4 px "
+                                            r"\(median side\); at least 8 px are needed"):
+        data_of(*args)
+    assert data_of(*args, "data.image_size=8").image_size == 8
+
+
+def _list_run(tmp_path, train_text=None, **extra):
+    """A tiny list dataset; ``train_text`` replaces train.txt's content."""
+    from tests.conftest import make_image_list_dataset
+
+    files = make_image_list_dataset(tmp_path / "d", counts=[6, 4, 3])
+    if train_text is not None:
+        files["train"].write_bytes(train_text if isinstance(train_text, bytes)
+                                   else train_text.encode())
+    args = ["data.kind=list", f"data.root={tmp_path / 'd'}", f"data.train={files['train']}",
+            f"data.val={files['val']}", f"data.test={files['test']}",
+            *(f"{k}={v}" for k, v in extra.items())]
+    return files, args
+
+
+def test_list_lines_no_file_system_takes_are_named(tmp_path):
+    files, args = _list_run(tmp_path)
+    good = files["train"].read_text()
+    for text, message in [
+        (good + "train/" + "a" * 5000 + ".png 1\n", r"train.txt:14: .*\.\.\.: not a usable "
+                                                    r"file name \(File name too long\)"),
+        (good + "train/x\x00y.png 1\n", r"train.txt:14: holds a NUL byte"),
+        (good.encode("utf-16"), r"train.txt:1: looks like UTF-16 text; save the file as UTF-8"),
+        (good.encode("utf-16-le"), r"train.txt:1: looks like UTF-16 text"),
+    ]:
+        files["train"].write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(LongtailError, match=message):
+            data_of(*args)
+    (tmp_path / "d" / "la").symlink_to("lb")
+    (tmp_path / "d" / "lb").symlink_to("la")
+    files["train"].write_text(good + "la 1\n")
+    with pytest.raises(LongtailError, match=r"train.txt:14: .*la is a loop of symbolic links"):
+        data_of(*args)
+
+
+def test_class_name_files_with_odd_digits_or_a_label_named_twice(tmp_path):
+    files, args = _list_run(tmp_path)
+    names = tmp_path / "names.txt"
+    names.write_text("0 cat\n1 dog\n0 cow\n2 owl\n")
+    with pytest.raises(LongtailError, match=r"names.txt:3: label 0 is named twice "
+                                            r"\('cat' and 'cow'\)"):
+        data_of(*args, f"data.class_names={names}")
+    names.write_text("0 cat\n1 dog\n\u00b2 owl\n")  # '²' is a digit int() refuses: lines as names
+    assert data_of(*args, f"data.class_names={names}").class_names == ["0 cat", "1 dog",
+                                                                        "\u00b2 owl"]
+
+
+def test_a_symbolic_link_loop_beside_the_class_folders_is_not_a_class(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "f", [6, 4, 3])
+    (root / "x").symlink_to("y")
+    (root / "y").symlink_to("x")
+    from longtail.data.folder import read_image_folder
+
+    split, classes = read_image_folder(root)
+    assert len(classes) == 3 and len(split.paths) == 13
+    assert "x: Too many levels of symbolic links; not a class folder" in capsys.readouterr().out
+
+
+def test_sparse_or_overflowing_features_are_refused(tmp_path):
+    folder = tmp_path / "f"
+    feature_files(folder, [0, 0, 1, 1, 2, 3], fmt="pt")
+    x, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 3])
+    torch.save({"features": x.to_sparse(), "labels": y}, folder / "train.pt")
+    with pytest.raises(LongtailError, match=r"train.pt: features: expected a dense tensor, "
+                                            r"found layout torch.sparse_coo"):
+        read_feature_file(folder / "train.pt")
+    x[4, 2] = 3e30
+    torch.save({"features": x, "labels": y}, folder / "train.pt")
+    with pytest.raises(LongtailError, match=r"train.pt: features: row 4 holds a value of "
+                                            r"magnitude 3e\+30, above 1e\+15"):
+        read_feature_file(folder / "train.pt")

@@ -358,3 +358,205 @@ def test_labels_beyond_the_classifier_are_named():
         CRT(num_classes=2, epochs=1).fit(x, y)
     with pytest.raises(ValueError, match="below the 3 classes of the classifier, found 3"):
         LWS(torch.randn(3, 4), epochs=1).fit(x, y)
+
+
+# Misuse of the Python API: a ValueError (TypeError for a wrong type) naming the argument,
+# what was expected and what was found, never a silent wrong result or a raw torch message.
+
+
+def _misuse_problem():
+    """Tiny features (40 x 8) of 4 classes and a joint-like classifier (4 x 8) for them."""
+    x, y = clusters([10] * 4)
+    w, b = biased_classifier()
+    return x, y, w, b
+
+
+def test_float_labels_must_hold_integers():
+    x, y, _, _ = _misuse_problem()
+    with pytest.raises(ValueError, match=r"^labels: expected integer labels, found 0.7 in "
+                                         r"row 0$"):
+        NCM().fit(x, y + 0.7)
+    with pytest.raises(ValueError, match=r"^val_labels: expected integer labels, found nan in "
+                                         r"row 1$"):
+        TauNorm(biased_classifier()[0]).fit(None, None, x[:2], torch.tensor([0.0, math.nan]))
+    # integer-valued floats are the same labels
+    assert torch.equal(NCM().fit(x, y.double()).means_, NCM().fit(x, y).means_)
+
+
+def test_non_finite_features_are_refused_naming_the_row():
+    x, y, w, b = _misuse_problem()
+    bad = x.clone()
+    bad[3, 5] = math.nan
+    with pytest.raises(ValueError, match=r"^features: expected finite numbers, found NaN or "
+                                         r"infinity in row 3$"):
+        NCM().fit(bad, y)
+    bad[3, 5] = -math.inf
+    with pytest.raises(ValueError, match="features: .* NaN or infinity in row 3"):
+        CRT(epochs=1).fit(bad, y)
+    with pytest.raises(ValueError, match="val_features: .* NaN or infinity in row 3"):
+        LWS(w, b, epochs=1, select="best_val").fit(x, y, bad, y)
+    with pytest.raises(ValueError, match="weight: .* NaN or infinity in row 0"):
+        Joint(torch.full((2, 3), math.nan)).fit()
+    with pytest.raises(ValueError, match="features: .* NaN or infinity in row 3"):
+        Joint(w, b).fit().predict(bad)
+
+
+def test_features_that_overflow_float32_are_refused():
+    from longtail.stages.rebalance import WB
+
+    x, y, w, b = _misuse_problem()
+    message = (r"^features: expected values of magnitude at most 1e15, found 5.\d+e20 in row 0: "
+               r"squared norms and products of such values overflow float32; scale them down$")
+    with pytest.raises(ValueError, match=message):
+        WB(w, b, epochs=1, batch_size=8).fit(x * 1e20, y)
+    with pytest.raises(ValueError, match=r"found 5.\d+e\+?300 in row 0"):  # beyond float32
+        NCM().fit(x.double() * 1e300, y)
+    assert NCM().fit(x * 1e14, y).predict(x).shape == (40,)  # large but safe
+
+
+@pytest.mark.parametrize("method", ["crt", "balms", "las", "wb", "lws"])
+def test_trained_methods_refuse_bad_hyper_parameters(method):
+    from longtail.stages.rebalance import BALMS, LAS, WB
+
+    w, b = biased_classifier()
+    make = {"crt": lambda **k: CRT(4, **k), "balms": lambda **k: BALMS(4, **k),
+            "las": lambda **k: LAS(4, **k), "wb": lambda **k: WB(w, b, **k),
+            "lws": lambda **k: LWS(w, b, **k)}[method]
+    for key, value, message in [
+            ("lr", 0, "lr: expected a learning rate > 0, found 0"),
+            ("lr", -0.1, "lr: expected a learning rate > 0, found -0.1"),
+            ("lr", math.nan, "lr: expected a learning rate > 0, found nan"),
+            ("batch_size", 0, "batch_size: expected an int >= 1, found 0"),
+            ("momentum", -0.5, r"momentum: expected a number in \[0, 1\), found -0.5"),
+            ("momentum", 1.0, r"momentum: expected a number in \[0, 1\), found 1.0"),
+            ("weight_decay", -1e-4, "weight_decay: expected a number >= 0, found -0.0001"),
+            ("epochs", -1, "epochs: expected an int >= [01]"),
+            ("epochs", 2.5, None)]:
+        if message is None:
+            with pytest.raises(TypeError, match="epochs: expected an int >= [01].*, found float"):
+                make(**{key: value})
+            continue
+        with pytest.raises(ValueError, match=message):
+            make(**{key: value})
+    if method in ("wb", "lws"):  # starts from the joint classifier: 0 epochs leave it as it is
+        assert make(epochs=0).epochs == 0
+    else:  # a fresh classifier: 0 epochs would leave it random
+        with pytest.raises(ValueError, match=r"epochs: expected an int >= 1 \(0 epochs would "
+                                             r"leave the classifier at its random start\), "
+                                             r"found 0"):
+            make(epochs=0)
+
+
+def test_logit_adjust_counts_must_be_positive_and_one_per_class():
+    import numpy as np
+
+    from longtail.stages.rebalance import LogitAdjust
+
+    x, y, w, b = _misuse_problem()
+    with pytest.raises(ValueError, match=r"^counts: expected a count > 0 for every class \(the "
+                                         r"log prior of a count of 0 is -inf\), found 0 for "
+                                         r"class 0$"):
+        LogitAdjust(w, b, tau=1.0, counts=np.zeros(4)).fit()
+    with pytest.raises(ValueError, match="counts: .* found -3 for class 2"):
+        LogitAdjust(w, b, tau=1.0, counts=[5, 4, -3, 1]).fit()
+    with pytest.raises(ValueError, match=r"^counts: expected 4 counts \(one per class\), found "
+                                         r"shape \(3,\)$"):
+        LogitAdjust(w, b, tau=1.0, counts=np.ones(3)).fit()
+    with pytest.raises(ValueError, match="labels' class counts: .* found 0 for class 3"):
+        LogitAdjust(w, b, tau=1.0).fit(x, y % 3)  # no training label of class 3
+    with pytest.raises(ValueError, match="class_counts: .* found 0 for class 1"):
+        CRT(4, epochs=1, loss="logit_adjusted", class_counts=[3, 0, 2, 1]).fit(x, y)
+
+
+def test_features_of_another_size_name_both_sizes():
+    from longtail.stages.rebalance import WB, LogitAdjust
+
+    x, y, w, b = _misuse_problem()
+    narrow = x[:, :5]
+    weight = r"expected 8 columns \(the classifier's weight is 4 x 8\), found 5$"
+    for fit in (lambda: LWS(w, b, epochs=1).fit(narrow, y),
+                lambda: WB(w, b, epochs=1).fit(narrow, y),
+                lambda: Joint(w, b).fit().logits(narrow),
+                lambda: TauNorm(w, tau=1.0).fit().predict(narrow),
+                lambda: LogitAdjust(w, b, tau=1.0, counts=[1] * 4).fit().logits(narrow),
+                lambda: CRT(epochs=1).fit(x, y).logits(narrow),
+                lambda: LWS(w, b, epochs=0).fit(x, y).logits(narrow)):
+        with pytest.raises(ValueError, match="^features: " + weight):
+            fit()
+    for fit in (lambda: TauNorm(w).fit(None, None, narrow, y),
+                lambda: LogitAdjust(w, b, counts=[1] * 4).fit(None, None, narrow, y)):
+        with pytest.raises(ValueError, match="^val_features: " + weight):
+            fit()
+    with pytest.raises(ValueError, match=r"^features: expected 8 columns \(the matrix of class "
+                                         r"means is 4 x 8\), found 5$"):
+        NCM().fit(x, y).logits(narrow)
+    with pytest.raises(ValueError, match=r"^val_features: expected 8 columns \(as the training "
+                                         r"features\), found 5$"):
+        CRT(epochs=1, select="best_val").fit(x, y, narrow, y)
+
+
+def test_val_labels_beyond_the_classifier_are_named():
+    from longtail.stages.rebalance import LogitAdjust
+
+    x, y, w, b = _misuse_problem()
+    message = (r"^val_labels: expected labels below the 2 classes of the classifier, "
+               r"found 3$")
+    with pytest.raises(ValueError, match=message):
+        TauNorm(w[:2]).fit(None, None, x, y)
+    with pytest.raises(ValueError, match=message):
+        LogitAdjust(w[:2], b[:2], counts=[1, 1]).fit(None, None, x, y)
+    with pytest.raises(ValueError, match=message.replace("2 classes", "4 classes")
+                       .replace("found 3", "found 5")):
+        CRT(4, epochs=1, select="best_val").fit(x, y, x, y + 2)
+
+
+def test_bias_of_another_length_is_named():
+    from longtail.stages.rebalance import WB, LogitAdjust
+
+    x, y, w, b = _misuse_problem()
+    message = (r"^bias: expected 4 values \(one per row of the weight, 4 x 8\), found shape "
+               r"\(3,\)$")
+    for fit in (lambda: Joint(w, b[:3]).fit(), lambda: LWS(w, b[:3], epochs=1).fit(x, y),
+                lambda: LogitAdjust(w, b[:3], tau=1.0, counts=[1] * 4).fit(),
+                lambda: WB(w, b[:3], epochs=1).fit(x, y)):
+        with pytest.raises(ValueError, match=message):
+            fit()
+
+
+def test_empty_features_are_refused_at_fit():
+    x, y, w, b = _misuse_problem()
+    message = r"^features: expected at least one row, found none \(shape \(0, 8\)\)$"
+    for fit in (lambda: NCM().fit(x[:0], y[:0]), lambda: CRT(epochs=1).fit(x[:0], y[:0]),
+                lambda: LWS(w, b, epochs=1).fit(x[:0], y[:0])):
+        with pytest.raises(ValueError, match=message):
+            fit()
+    with pytest.raises(ValueError, match="^val_" + message[1:]):
+        TauNorm(w).fit(None, None, x[:0], y[:0])
+    assert Joint(w, b).fit().logits(x[:0]).shape == (0, 4)  # scoring no rows is fine
+
+
+def test_cuda_without_cuda_is_refused_when_fit_starts(monkeypatch):
+    x, y, w, b = _misuse_problem()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    crt = CRT(epochs=1, device="cuda")  # constructing asks nothing of the machine
+    message = (r"^device: found 'cuda', but CUDA is not available \(torch.cuda.is_available\(\) "
+               r"is False\); use device='cpu'$")
+    with pytest.raises(ValueError, match=message):
+        crt.fit(x, y)
+    with pytest.raises(ValueError, match=message.replace("'cuda'", "'cuda:0'")):
+        LWS(w, b, epochs=1, device=torch.device("cuda:0")).fit(x, y)
+    with pytest.raises(ValueError, match="device: expected cpu, cuda, cuda:N or mps, found 'gpu'"):
+        CRT(epochs=1, device="gpu").fit(x, y)
+
+
+def test_string_labels_are_refused():
+    import numpy as np
+
+    x, y, _, _ = _misuse_problem()
+    message = "^labels: expected integer class indices, found strings$"
+    for labels in (np.array([f"class_{i}" for i in y.tolist()]), [str(i) for i in y.tolist()],
+                   np.array([str(i) for i in y.tolist()], dtype=object)):
+        with pytest.raises(TypeError, match=message):
+            NCM().fit(x, labels)
+    with pytest.raises(TypeError, match=message):
+        CRT(epochs=1).fit(x, [b"a"] * len(y))

@@ -411,3 +411,35 @@ def test_numpy_global_rng_is_not_used_by_the_split(fake_fmnist):
     build_data(load_config(None, [f"data.root={fake_fmnist}", "data.n_max=40",
                                   "data.n_min=4"]).data, seed=0)
     assert np.random.rand() == expected
+
+
+def test_overwrite_removes_the_replaced_runs_files_and_only_those(tmp_path):
+    from longtail.pipeline import prepare_run_dir
+
+    run = tmp_path / "run"
+    for name in ("stage2/lws.pt", "logs/events.out.tfevents.1", "metrics.json", "notes.txt"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("old")
+    with pytest.raises(LongtailError, match="pass --overwrite"):
+        prepare_run_dir(run, overwrite=False)
+    prepare_run_dir(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # not longtail's: kept
+
+
+def test_rebalance_of_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["rebalance", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"longtail: error: {run}: cannot write in the run folder (Read-only file "
+                   f"system); rebalance writes stage2/, metrics.json and the report there: copy "
+                   f"the run folder somewhere writable\n")

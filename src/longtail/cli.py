@@ -4,7 +4,10 @@ config."""
 from __future__ import annotations
 
 import argparse
+import glob
 import itertools
+import json
+import math
 import os
 import shlex
 import sys
@@ -47,10 +50,12 @@ def bundled_configs() -> list[str]:
     return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
 
 
-def resolve_config(text: str) -> Path:
+def resolve_config(text: str, notes: list[str] | None = None) -> Path:
     """Return the config file that CONFIG names: the file itself; when there is none, the
     bundled config it names as ``NAME``, ``NAME.yaml`` or ``configs/NAME.yaml`` (the
-    documented commands, run where no configs/ folder is), with a note on stderr."""
+    documented commands, run where no configs/ folder is), with a note: appended to ``notes``
+    (the caller prints it once the config has loaded, so that a mistake stays one line), or
+    printed on stderr at once when ``notes`` is None."""
     path = Path(text)
     name = path.name.removesuffix(".yaml")
     bundled = BUNDLED_CONFIGS / f"{name}.yaml"
@@ -63,7 +68,11 @@ def resolve_config(text: str) -> Path:
     if path.exists() and not path.is_dir():
         return path  # an unreadable file is answered when it is read
     if near:
-        print(f"note: using longtail's bundled config {bundled.name}", file=sys.stderr)
+        note = f"note: using longtail's bundled config {bundled.name}"
+        if notes is None:
+            print(note, file=sys.stderr)
+        else:
+            notes.append(note)
         return bundled
     raise LongtailError(f"{text}: config file not found; expected a YAML file or a bundled "
                         f"config: {', '.join(bundled_configs())}")
@@ -178,15 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--profile", choices=["exponential", "pareto"], default="exponential",
                        help="exponential: n_max * (n_min/n_max)^(i/(C-1)); pareto: "
                             "ImageNet-LT-like (Pareto quantiles, see --alpha)")
-    split.add_argument("--n-max", type=int, help="images of the largest class (default: all "
-                                                 "the smallest class can give)")
-    split.add_argument("--n-min", type=int, help="images of the smallest class")
+    split.add_argument("--n-max", type=int, help="images of the largest class (default: "
+                                                 "--n-min x --ratio, else all the smallest "
+                                                 "class can give)")
+    split.add_argument("--n-min", type=int, help="images of the smallest class (default: "
+                                                 "n_max / --ratio)")
     split.add_argument("--ratio", type=float, help="imbalance ratio n_max / n_min (default 100 "
-                                                   "unless --n-min)")
-    split.add_argument("--alpha", type=float, default=6.0, help="pareto shape (ImageNet-LT: 6)")
+                                                   "unless --n-min); at most two of --n-max, "
+                                                   "--n-min and --ratio")
+    split.add_argument("--alpha", type=float, default=None,
+                       help="--profile pareto: its shape (default 6, as ImageNet-LT)")
     split.add_argument("--val-per-class", type=int, default=20, help="balanced val size per class")
-    split.add_argument("--test-per-class", type=int, default=50,
-                       help="balanced test size per class (list and image_folder sources)")
+    split.add_argument("--test-per-class", type=int, default=None,
+                       help="list and image_folder sources: balanced test size per class "
+                            "(default 50; 0: no test.txt, bring your own test list); CIFAR "
+                            "and Fashion-MNIST use their official test set")
     split.add_argument("--seed", type=int, default=0,
                        help="fixes class order and image choice (0 <= seed < 2^32)")
     split.add_argument("--class-order", choices=["random", "label"], default="random",
@@ -201,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="finished runs' folders")
     summarize.add_argument("--markdown", action="store_true", help="print a Markdown table")
     summarize.add_argument("--json", metavar="FILE", type=Path,
-                           help="also write the summary as JSON")
+                           help="also write the summary as JSON (replacing only an earlier "
+                                "summary, unless --overwrite)")
+    summarize.add_argument("--overwrite", action="store_true",
+                           help="allow --json to replace an existing file that is not an "
+                                "earlier summary")
     summarize.add_argument("--ignore", metavar="KEYS",
                            help="comma-separated config keys (or sections, e.g. data) allowed "
                                 "to differ between the runs besides seed; by default runs of "
@@ -296,9 +315,104 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+def _print_notes(notes: list[str]) -> None:
+    """Print the notes held back until the command line and config passed their checks (once
+    under torchrun: by rank 0)."""
+    for note in notes if not _other_rank() else ():
+        print(note, file=sys.stderr)
+    notes.clear()
+
+
+# What shows that a machine may have a GPU torch can use as "cuda": NVIDIA's driver (also in
+# containers), WSL 2's GPU, ROCm (AMD, "cuda" to torch), Jetson's integrated GPU.
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia*", "/dev/dxg", "/dev/kfd",
+                    "/dev/nvhost-*", "/dev/nvgpu*")
+
+
+def check_device(device: str) -> None:
+    """Refuse config key ``device`` naming a device this machine surely lacks, as
+    ``distributed.select_device`` would, but without importing torch (seconds): cuda or cuda:N
+    on Linux without any GPU driver's files, mps anywhere but macOS. Where it cannot tell
+    (another system, a driver present), torch decides later."""
+    kind = device.partition(":")[0]
+    if kind == "mps" and sys.platform != "darwin":
+        raise LongtailError("config key device: mps was asked for but is not available")
+    if kind == "cuda" and sys.platform.startswith("linux") and not any(
+            glob.glob(pattern) for pattern in GPU_DRIVER_FILES):
+        raise LongtailError("config key device: cuda was asked for but no GPU is available")
+
+
+def _override_key(item: str) -> tuple[str, str]:
+    key, _, value = item.partition("=")
+    return key.strip(), value
+
+
+def _check_grid_overrides(args: argparse.Namespace) -> None:
+    """Refuse a stage1.sampler or stage1.loss override that grid replaces by each row's entry
+    of --samplers or --losses: silently dropped, it would look used."""
+    import yaml
+
+    for item in args.overrides:
+        key, value = _override_key(item)
+        found = {}
+        if key in ("stage1.sampler", "stage1.loss"):
+            found = {key.removeprefix("stage1."): value.strip()}
+        elif key == "stage1":  # the whole section, e.g. stage1={epochs: 3, sampler: sqrt}
+            try:
+                section = yaml.safe_load(value)
+            except yaml.YAMLError:
+                section = None  # load_config names the mistake
+            if isinstance(section, dict):
+                found = {n: section[n] for n in ("sampler", "loss") if n in section}
+        for name, given in found.items():
+            option = "--samplers" if name == "sampler" else "--losses"
+            listed = args.samplers if name == "sampler" else args.losses
+            if listed is not None:
+                shown = f"{option} {listed}"
+            elif name == "sampler" and args.losses is None:
+                shown = f"{option} (default instance,class,sqrt,progressive)"
+            else:  # stage1.sampler with --losses alone, stage1.loss without --losses: used
+                continue
+            fix = (f"drop the override ({given} is in {option} already)"
+                   if str(given) in [x.strip() for x in (listed or "").split(",")]
+                   else f"drop the override, or put {given} in {option}")
+            raise LongtailError(f"grid: override {item} conflicts with {shown}: grid sets "
+                                f"stage1.{name} of each row from {option}; {fix}")
+
+
+def _check_ignore(text: str | None) -> list[str]:
+    """Return summarize's --ignore keys; refuse one that is no config key or section."""
+    from longtail.config import close_keys, key_names
+
+    ignore = [k.strip() for k in (text or "").split(",") if k.strip()]
+    for key in ignore:
+        if key not in key_names():
+            close = close_keys(key)
+            hint = (f"; did you mean {', '.join(close)}?" if close
+                    else "; see 'longtail config --keys'")
+            raise LongtailError(f"summarize --ignore: expected config keys or sections, found "
+                                f"unknown key {key}{hint}")
+    return ignore
+
+
+def _earlier_summary(path: Path) -> bool:
+    """True for a file summarize wrote: a JSON object of "runs" (a list of folder names) and
+    "methods" (an object), nothing else."""
+    try:
+        if path.stat().st_size > 2**24:  # a summary is a few kB; do not read a large file
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: not ours
+        return False
+    return (isinstance(data, dict) and set(data) == {"runs", "methods"}
+            and isinstance(data["runs"], list) and all(isinstance(r, str) for r in data["runs"])
+            and isinstance(data["methods"], dict))
+
+
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.config import config_reference, dump_config, load_config
 
+    notes: list[str] = []  # printed once the config has loaded: a mistake stays one line
     if args.command == "config":
         if args.keys and (args.config is not None or args.overrides):
             # the reference is the same for every config: silently ignoring them would mislead
@@ -310,8 +424,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         if args.keys:
             print(config_reference(), end="")
         else:
-            path = None if args.config is None else resolve_config(args.config)
-            print(dump_config(load_config(path, args.overrides)), end="")
+            path = None if args.config is None else resolve_config(args.config, notes)
+            text = dump_config(load_config(path, args.overrides))
+            _print_notes(notes)
+            print(text, end="")
         return 0
     if args.command == "run":
         if args.config is not None and "=" in args.config and not Path(args.config).is_file():
@@ -332,7 +448,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 raise LongtailError("--out and --resume name different folders; --resume "
                                     "continues the run where it is")
         if args.config is not None:
-            args.config = resolve_config(args.config)
+            args.config = resolve_config(args.config, notes)
         cfg = None
         if args.config is not None or args.overrides:
             # Overrides without CONFIG apply to the resumed run's own config.
@@ -345,6 +461,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             check_run_dir(out, args.overwrite)
         else:
             cfg = check_resumable(args.resume, cfg)
+        check_device(cfg.device)
+        _print_notes(notes)
         from longtail.pipeline import run
 
         run(cfg, config_name=Path(args.config or "run").stem, out=out,
@@ -353,7 +471,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "grid":
         from longtail.config import LOSSES, SAMPLER_PRESETS, ConfigError, parse_sampler_spec
 
-        args.config = resolve_config(args.config)
+        _check_grid_overrides(args)
+        args.config = resolve_config(args.config, notes)
         cfg = load_config(args.config, args.overrides, new_run=True)
         if cfg.data.kind == "features":
             raise ConfigError("config key data.kind: grid trains stage 1 (the representation) "
@@ -386,6 +505,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                                   f"found {args.losses!r}")
         out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
         check_run_dir(out, args.overwrite)
+        check_device(cfg.device)
+        _print_notes(notes)
         from longtail.pipeline import grid
 
         grid(cfg, samplers, losses, config_name=Path(args.config).stem, out=out,
@@ -393,6 +514,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.command == "rebalance":
         check_rebalance_args(args.run_dir, args.overrides)  # before torch is imported
+        check_device(load_config(args.run_dir / "config.yaml", args.overrides).device)
         if (args.run_dir / "metrics.json").is_file():
             from longtail.report import read_metrics
 
@@ -432,34 +554,54 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _make_split(args: argparse.Namespace) -> int:
-    # Checked before NumPy and torch are imported: a mistake is answered at once.
+    # Checked before NumPy and torch are imported: a mistake is answered at once. Every option
+    # given is used, or refused: none is silently ignored.
     for option, value, low in (("--n-max", args.n_max, 1), ("--n-min", args.n_min, 1),
                                ("--val-per-class", args.val_per_class, 0),
                                ("--test-per-class", args.test_per_class, 0)):
         if value is not None and value < low:
             raise LongtailError(f"make-split {option}: expected an integer >= {low}, found "
                                 f"{value}")
-    if args.ratio is not None and not args.ratio >= 1:
-        raise LongtailError(f"make-split --ratio: expected a number >= 1, found {args.ratio}")
+    if args.ratio is not None and not (math.isfinite(args.ratio) and args.ratio >= 1):
+        raise LongtailError(f"make-split --ratio: expected a finite number >= 1, found "
+                            f"{args.ratio}")
     if not 0 <= args.seed < 2**32:  # NumPy's seed range
         raise LongtailError(f"make-split --seed: expected an integer in [0, 2^32), found "
                             f"{args.seed}")
-    if not args.alpha > 0:
-        raise LongtailError(f"make-split --alpha: expected a number > 0, found {args.alpha}")
+    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
+        raise LongtailError(f"make-split --alpha: expected a finite number > 0, found "
+                            f"{args.alpha}")
+    if args.alpha is not None and args.profile != "pareto":
+        raise LongtailError(f"make-split --alpha: expected only with --profile pareto (its "
+                            f"shape), found --alpha {args.alpha:g} with --profile "
+                            f"{args.profile}")
     if args.n_max is not None and args.n_min is not None and args.n_min > args.n_max:
         raise LongtailError(f"make-split --n-min: expected at most --n-max ({args.n_max}), "
                             f"found {args.n_min}")
+    if None not in (args.n_max, args.n_min, args.ratio):
+        raise LongtailError(f"make-split --ratio: expected at most two of --n-max, --n-min and "
+                            f"--ratio (ratio = n_max / n_min), found all three (--n-max "
+                            f"{args.n_max} --n-min {args.n_min} --ratio {args.ratio:g})")
     if args.source == "list" and args.list_file is None:
         raise LongtailError("make-split list: expected --list FILE (the balanced list)")
+    if args.source != "list" and args.list_file is not None:
+        raise LongtailError(f"make-split --list: expected only with the list source, found "
+                            f"with {args.source} (whose images are found under --root)")
+    arrays = args.source in ("cifar10", "cifar100", "fmnist")
+    if arrays and args.test_per_class is not None:
+        raise LongtailError(f"make-split --test-per-class: expected only with the list and "
+                            f"image_folder sources, found with {args.source}, whose test split "
+                            f"is its official test set")
     if not args.root.is_dir():
         raise LongtailError(f"make-split --root {args.root}: folder not found")
     check_run_dir(args.out, args.overwrite, resumable=False)
-    from longtail.data.makesplit import SplitRequest, make_split
+    from longtail.data.makesplit import TEST_LIST, SplitRequest, make_split
 
     summary = make_split(SplitRequest(
         source=args.source, root=args.root, out=args.out, list_file=args.list_file,
         profile=args.profile, n_max=args.n_max, n_min=args.n_min, imbalance_ratio=args.ratio,
-        alpha=args.alpha, val_per_class=args.val_per_class, test_per_class=args.test_per_class,
+        alpha=6.0 if args.alpha is None else args.alpha, val_per_class=args.val_per_class,
+        test_per_class=50 if args.test_per_class is None else args.test_per_class,
         seed=args.seed, class_order=args.class_order))
     for name, info in summary["files"].items():
         print(f"{args.out / name}: {info['images']} images, sha256 {info['sha256']}")
@@ -467,6 +609,9 @@ def _make_split(args: argparse.Namespace) -> int:
     print(f"train: {len(train)} classes, {max(train)}..{min(train)} images per class "
           f"({summary['profile']['kind']} profile, seed {summary['seed']})")
     print(f"summary: {args.out / 'split.json'}\nuse it: {summary['usage']}")
+    if "test.txt" not in summary["files"]:  # --test-per-class 0
+        print(f"{TEST_LIST}: your own test list ('relative/path label' lines); "
+              f"--test-per-class 0 wrote no test.txt")
     return 0
 
 
@@ -475,6 +620,19 @@ def _summarize(args: argparse.Namespace) -> int:
     from longtail.config import flatten, load_config
     from longtail.report import comparable_runs, format_summary, read_metrics, summarize
 
+    # The command line first: its mistakes are answered before any run is read.
+    ignore = _check_ignore(args.ignore)
+    if args.json:
+        if args.json.is_dir():
+            raise LongtailError(f"--json {args.json}: expected a file name for the summary, "
+                                f"found a folder")
+        if not args.json.parent.is_dir():
+            raise LongtailError(f"--json {args.json}: folder {args.json.parent} not found")
+        if args.json.exists() and not args.overwrite and not _earlier_summary(args.json):
+            raise LongtailError(f"--json {args.json}: expected a new file or a summary written "
+                                f"by summarize before (JSON of \"runs\" and \"methods\"), "
+                                f"found another file; pass --overwrite to replace it, or choose "
+                                f"another --json")
     seen: dict[Path, Path] = {}
     runs, configs, splits = [], [], []
     for run_dir in args.run_dirs:
@@ -482,6 +640,9 @@ def _summarize(args: argparse.Namespace) -> int:
             raise LongtailError(f"summarize: {run_dir} is given twice (as {seen[run_dir.resolve()]}"
                                 f"); each run once")
         seen[run_dir.resolve()] = run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise LongtailError(f"summarize: {run_dir} is a file, not a run folder; expected "
+                                f"finished runs' folders (each holding metrics.json)")
         path = run_dir / "metrics.json"
         if not path.is_file():
             raise LongtailError(f"{path}: not found (is {run_dir} a finished run?)")
@@ -490,12 +651,9 @@ def _summarize(args: argparse.Namespace) -> int:
         splits.append(read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {})
         configs.append(flatten(load_config(run_dir / "config.yaml", finished=True))
                        if (run_dir / "config.yaml").is_file() else {})
-    ignore = [k.strip() for k in (args.ignore or "").split(",") if k.strip()]
     problem = comparable_runs(args.run_dirs, configs, splits, ignore)
     if problem:
         raise LongtailError(f"summarize: {problem}")
-    if args.json and not args.json.parent.is_dir():
-        raise LongtailError(f"--json {args.json}: folder {args.json.parent} not found")
     summary = summarize(runs)
     n = len(runs)
     print(f"{n} runs: mean ± sample std of test accuracy (%); (n=K) marks a cell over fewer runs"

@@ -382,7 +382,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
-        _set_dotted(raw, key.strip(), _parse_value(value, _TEXT_KEYS.get(key.strip(), False)))
+        value = _parse_value(value, _TEXT_KEYS.get(key.strip(), False))
+        if value is None and key.strip() in _SECTIONS:  # would reset the file's section
+            raise ConfigError(f"override {item!r}: {key.strip()} is a section; set its keys, "
+                              f"e.g. {key.strip()}.{_SECTIONS[key.strip()]}=VALUE")
+        _set_dotted(raw, key.strip(), value)
     try:
         cfg = _build(Config, raw, "")
         _resolve_defaults(cfg)
@@ -557,6 +561,9 @@ def all_keys() -> list[str]:
 
 
 _TEXT_KEYS = {name: _holds_text(tp) for name, _, tp in _fields()}
+# section -> its first key, for examples in messages
+_SECTIONS = {name: dataclasses.fields(tp)[0].name for name, _, tp in _fields()
+             if dataclasses.is_dataclass(tp)}
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -571,16 +578,30 @@ def flatten(cfg: Config) -> dict[str, Any]:
     return walk(cfg.to_dict(), "")
 
 
-def _unknown_key(key: str) -> ConfigError:
-    names = [name for name, _, _ in _fields()]
+def key_names() -> list[str]:
+    """Return every dotted config key and section (data, stage2.crt, ...)."""
+    return [name for name, _, _ in _fields()]
+
+
+def close_keys(key: str) -> list[str]:
+    """Return up to 3 config keys or sections close to ``key``: by spelling, then those with
+    the same last part (``stage1.epoch`` -> ``stage1.epochs``, ``stage2.wb.epochs``...)."""
+    names = key_names()
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     leaf = key.rsplit(".", 1)[-1]
     close += [n for n in names if n.rsplit(".", 1)[-1] == leaf and n not in close]
-    hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+    return close[:3]
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = close_keys(key)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key {key}{hint}")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None and prefix:  # `stage1:` with nothing (or only comments) under it
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(
             f"config key {prefix.rstrip('.')}: expected a section (mapping), "
@@ -590,6 +611,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
+            if "." in str(key) and prefix + str(key) in {n for n, _, _ in _fields()}:
+                section, leaf = str(key).rsplit(".", 1)
+                raise ConfigError(f"config key {prefix}{key}: dotted keys are for the command "
+                                  f"line; in a YAML file write it nested, as {section}: "
+                                  f"{{{leaf}: ...}} or on two lines")
             raise _unknown_key(prefix + str(key))
     if cls is Stage2Config and raw.get("methods") in ("all", ["all"]):
         raw = {**raw, "methods": list(FEATURE_METHODS)}
@@ -699,6 +725,8 @@ def _check_semantics(cfg: Config) -> None:
         need(value is None or value.strip() != "", key, "a path or null", value)
     need(cfg.model.trainable is None or len(cfg.model.trainable) >= 1, "model.trainable",
          "module names to train, e.g. [layer4, fc], or null (all)", cfg.model.trainable)
+    for key in ("eval.many_threshold", "eval.few_threshold"):
+        need(_get(cfg, key) >= 0, key, "a count >= 0", _get(cfg, key))
     need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
@@ -764,8 +792,6 @@ def _check_semantics(cfg: Config) -> None:
          "auto, cpu, cuda, cuda:N or mps", cfg.device)
     need(len(cfg.stage2.methods) >= 1, "stage2.methods", "at least one method, e.g. "
          f"[{', '.join(DEFAULT_METHODS)}]", cfg.stage2.methods)
-    need(cfg.eval.many_threshold >= 0 and cfg.eval.few_threshold >= 0, "eval.few_threshold",
-         "thresholds >= 0", cfg.eval.few_threshold)
     for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
                 "stage2.samples_per_class", "stage2.finetune.batch_size"):

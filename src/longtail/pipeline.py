@@ -35,6 +35,7 @@ from longtail.checkpoint import (
 )
 from longtail.config import (
     FINETUNE_METHODS,
+    STAGE2_METHODS,
     TIMM_PREFIX,
     TRAINED_METHODS,
     Config,
@@ -92,9 +93,23 @@ class Prefit:
     seconds: float  # its fit: the report's time of the method, not only its evaluation
 
 
+# What a run writes in its folder: --overwrite removes them first, so that nothing of the
+# replaced run (its other methods' results, its TensorBoard curves) mixes with the new one.
+RUN_PRODUCTS = ("config.yaml", "manifest.json", "dataset.json", "metrics.json", "per_class.csv",
+                "report.md", "plots", "stage1", "stage2", "features", "logs")
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create ``run_dir`` (see ``check_run_dir``)."""
+    """Create ``run_dir`` (see ``check_run_dir``); with ``overwrite``, remove an earlier run's
+    files from it (and only those)."""
     check_run_dir(run_dir, overwrite)
+    if overwrite:
+        for name in RUN_PRODUCTS:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
     make_dir(run_dir)
 
 
@@ -394,10 +409,12 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
                                        earlier=earlier)
     finally:
         log.close()
-    # config.yaml holds the latest stage-2 settings (its paths as the run was given them);
+    # config.yaml holds the latest stage-2 settings (its paths as the run was given them) and
+    # every method metrics.json holds, so that a later rebalance or extract covers them all;
     # manifest.json the history of changes.
-    atomic_write_text(run_dir / "config.yaml",
-                      dump_config(load_config(run_dir / "config.yaml", overrides)))
+    written = load_config(run_dir / "config.yaml", overrides)
+    written = replace(written, stage2=replace(written.stage2, methods=list(metrics["methods"])))
+    atomic_write_text(run_dir / "config.yaml", dump_config(written))
     manifest.setdefault("rebalanced", []).append(
         {"time": datetime.now().isoformat(timespec="seconds"),
          "command": ["longtail", "rebalance", str(run_dir), *overrides],
@@ -511,6 +528,8 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
         norms = load_checkpoint(path).get("weight_norms") if path.is_file() else None
         if norms is not None:
             weight_norms[name] = norms
+    # in the order of the method list, wherever each was fitted
+    methods = dict(sorted(methods.items(), key=lambda item: _METHOD_ORDER.get(item[0], 99)))
     metrics = {
         "dataset": {"name": info.name, "num_classes": info.num_classes,
                     "train_counts": info.train_counts, "group_counts": info.counts_for_groups,
@@ -524,6 +543,9 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                  header=f"Config: `config.yaml`. Test images: {len(test.labels)}.")
     print(f"wrote {run_dir}/metrics.json, per_class.csv, report.md, plots/", flush=True)
     return metrics
+
+
+_METHOD_ORDER = {name: i for i, name in enumerate(STAGE2_METHODS)}
 
 
 def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,

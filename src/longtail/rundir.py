@@ -98,6 +98,14 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
     load_config(run_dir / "config.yaml", overrides)
+    try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".longtail-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise LongtailError(f"{run_dir}: cannot write in the run folder ({e.strerror}); "
+                            f"rebalance writes stage2/, metrics.json and the report there: "
+                            f"copy the run folder somewhere writable") from None
 
 
 def check_resumable(run_dir: Path, cfg: Config | None) -> Config:

@@ -268,11 +268,15 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
     _check_every_class_present(record, ("val", "test") if cfg.val else ("test",))
     num_classes = _check_class_count(record)
     _warn_shared_images(splits)
-    first = _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")
+    _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")  # readable at all
+    side, pixels = _typical_size(splits["train"])
     # Small images are used at their own size (small-image stem), others at the paper's 224.
-    side = max(first.shape[1:])
     image_size = cfg.image_size or (side if side < SMALL_IMAGE else 224)
-    in_memory = _decide_in_memory(cfg, splits, first)
+    if image_size < 8:
+        raise LongtailError(f"{splits['train'].source}: the training images are {side} px "
+                            f"(median side); at least 8 px are needed, or set "
+                            f"data.image_size")
+    in_memory = _decide_in_memory(cfg, splits, channels * pixels)
     workers = _num_workers(cfg, in_memory)
     datasets = {name: _file_dataset(split, channels, in_memory, workers, cfg.on_bad_image,
                                     notes)
@@ -318,7 +322,8 @@ def _check_inside_root(split: FileSplit, root: Path) -> None:
 
 
 def _decode_first(split: FileSplit, channels: int, skip_bad: bool) -> torch.Tensor:
-    """Return the first decodable training image (its size sets the defaults)."""
+    """Return the first decodable training image (a dataset of unreadable files is refused
+    before any other work)."""
     for path, origin in zip(split.paths, split.origins):
         try:
             return decode_image(path, channels)
@@ -328,11 +333,32 @@ def _decode_first(split: FileSplit, channels: int, skip_bad: bool) -> torch.Tens
     raise LongtailError(f"{split.source}: no image could be decoded")
 
 
+def _typical_size(split: FileSplit, sample: int = 25) -> tuple[int, int]:
+    """Return the median longer side and the mean pixel count of up to ``sample`` training
+    images spread over the list, read from their headers (no decoding): one odd image first
+    in the list (a 1 px icon, a 2000 px scan) does not set the size of the whole dataset."""
+    from PIL import Image
+
+    n = len(split.paths)
+    sides, areas = [], []
+    for i in sorted({round(k * (n - 1) / max(sample - 1, 1)) for k in range(min(sample, n))}):
+        try:
+            with Image.open(split.paths[i]) as img:
+                width, height = img.size
+        except (OSError, ValueError):  # an unreadable image is named when it is decoded
+            continue
+        sides.append(max(width, height))
+        areas.append(width * height)
+    if not sides:
+        raise LongtailError(f"{split.source}: no image could be decoded")
+    return sorted(sides)[len(sides) // 2], sum(areas) // len(areas)
+
+
 def _decide_in_memory(cfg: DataConfig, splits: dict[str, FileSplit | None],
-                      first: torch.Tensor) -> bool:
+                      image_bytes: int) -> bool:
     if cfg.in_memory != "auto":
         return cfg.in_memory
-    total = first.numel() * sum(len(s.paths) for s in splits.values() if s is not None)
+    total = image_bytes * sum(len(s.paths) for s in splits.values() if s is not None)
     return total <= IN_MEMORY_LIMIT
 
 

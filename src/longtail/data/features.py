@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ from longtail.errors import LongtailError
 FORMATS = (".npz", ".pt", ".safetensors")
 OPTIONAL_KEYS = ("class_names", "joint_weight", "joint_bias", "group_counts")
 _CHUNK_ROWS = 65536
+# The largest feature magnitude accepted: the methods take squared norms and products of
+# features in float32, whose largest number is 3.4e38; at 1e20 a squared norm is already inf
+# (weight balancing's MaxNorm then gives NaN). 1e15 leaves room for sums over 10^8 columns.
+MAX_FEATURE = 1e15
 
 
 @dataclass
@@ -209,6 +214,9 @@ def read_feature_file(path: Path) -> dict[str, Any]:
         if key in blob and not isinstance(blob[key], torch.Tensor):
             raise LongtailError(f"{path}: {key}: expected an array (tensor), found "
                                 f"{type(blob[key]).__name__}")
+        if key in blob and blob[key].layout != torch.strided:  # sparse: most operations fail
+            raise LongtailError(f"{path}: {key}: expected a dense tensor, found layout "
+                                f"{blob[key].layout} (save tensor.to_dense())")
     for key in ("features", "labels"):
         if key not in blob:
             raise LongtailError(f"{path}: no '{key}'; expected keys features (N, D) and labels "
@@ -236,10 +244,21 @@ def read_feature_file(path: Path) -> dict[str, Any]:
         raise LongtailError(f"{path}: labels: expected labels >= 0, found {int(labels[row])} "
                             f"in row {row}")
     for start in range(0, len(features), _CHUNK_ROWS):  # NaN would poison every method
-        bad = ~torch.isfinite(features[start : start + _CHUNK_ROWS]).all(1)
+        block = features[start : start + _CHUNK_ROWS]
+        low, high = torch.aminmax(block)  # one pass when all is well (NaN fails the test)
+        if bool(torch.maximum(-low, high) <= MAX_FEATURE):
+            continue
+        bad = ~torch.isfinite(block).all(1)
         if bad.any():
             row = start + int(torch.nonzero(bad)[0])
             raise LongtailError(f"{path}: features: row {row} holds NaN or infinity")
+        huge = block.abs().amax(1) > MAX_FEATURE
+        if huge.any():
+            row = start + int(torch.nonzero(huge)[0])
+            raise LongtailError(f"{path}: features: row {row} holds a value of magnitude "
+                                f"{float(block[row - start].abs().max()):.3g}, above "
+                                f"{MAX_FEATURE:g}: float32 products of such values overflow; "
+                                f"scale the features")
     if blob.get("class_names") is not None:
         blob["class_names"] = _names_as_strings(blob["class_names"], path)
     return {**blob, "labels": labels, "path": path, "sha256": _file_sha256(path)}
@@ -320,12 +339,14 @@ def _npz_memmap(path: Path, key: str) -> np.ndarray | None:
 
 
 def _read_pt(path: Path) -> dict[str, Any]:
-    try:
-        blob = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # mmap needs the zip format (torch >= 1.6's default)
-            raise
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch's note on checking sparse tensors: refused below
+        warnings.filterwarnings("ignore", "Validating sparse tensor", UserWarning)
+        try:
+            blob = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # mmap needs the zip format (torch >= 1.6's default)
+                raise
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict):
         raise LongtailError(f"{path}: expected a dict with keys features and labels, found "
                             f"{type(blob).__name__}")

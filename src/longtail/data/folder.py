@@ -27,7 +27,7 @@ def read_image_folder(folder: str | Path,
         raise LongtailError(f"{folder}: image folder not found")
     # A class folder may itself be a symbolic link (e.g. to images kept elsewhere).
     with os.scandir(folder) as entries:
-        found = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        found = sorted(e.name for e in entries if _is_folder(e) and not e.name.startswith("."))
     if not found:
         raise LongtailError(f"{folder}: expected one sub-folder per class, found none")
     training = not classes  # the class folders found are the classes
@@ -60,6 +60,17 @@ def read_image_folder(folder: str | Path,
     paths = [Path(p) for p, _ in samples]
     return FileSplit(folder, paths, [label for _, label in samples], [str(p) for p in paths]), \
         list(classes)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """True for a folder or a link to one; a link loop (``ln -s x y; ln -s y x``) or a broken
+    link is not a class, and is said so."""
+    try:
+        return entry.is_dir()
+    except OSError as e:
+        if distributed.is_main():
+            print(f"warning: {entry.path}: {e.strerror}; not a class folder", flush=True)
+        return False
 
 
 def _images(class_folder: Path, links: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,12 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     first_line: dict[str, int] = {}
     with open(list_file, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if b"\x00" in raw:  # UTF-16 has one in every other byte of ASCII text
+                utf16 = raw.count(b"\x00") * 3 >= len(raw) or raw.startswith((b"\xff\xfe",
+                                                                            b"\xfe\xff"))
+                raise LongtailError(f"{list_file}:{number}: " + (
+                    "looks like UTF-16 text; save the file as UTF-8" if utf16 else
+                    "holds a NUL byte, which no file name can contain"))
             try:
                 # utf-8-sig on the first line: editors on Windows start files with a BOM, which
                 # would otherwise become part of the first path. strip() also drops CRLF's \r.
@@ -82,10 +89,12 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
                                     f"found {label_text!r}") from None
             if label < 0:
                 raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
-            if rel in first_line:
+            # the same file however it is spelled (./a.png, an absolute path, a/../a.png)
+            key = os.path.normpath(root / rel)
+            if key in first_line:
                 raise LongtailError(f"{list_file}:{number}: {rel} is listed twice (first on "
-                                    f"line {first_line[rel]}); each image once per split")
-            first_line[rel] = number
+                                    f"line {first_line[key]}); each image once per split")
+            first_line[key] = number
             paths.append(root / rel)
             labels.append(label)
             origins.append(f"{list_file}:{number}")
@@ -111,12 +120,23 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
     with ``skip_missing``, is left out of the returned split."""
     keep = []
     for i, (path, origin) in enumerate(zip(split.paths, split.origins)):
-        if path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as e:  # e.g. a name longer than the file system allows
+            if skip_missing:
+                continue
+            name = str(path) if len(str(path)) <= 80 else str(path)[:80] + "..."
+            raise LongtailError(f"{origin}: {name}: not a usable file name ({e.strerror})"
+                                ) from None
+        if found:
             keep.append(i)
         elif not skip_missing:
             if path.is_dir():
                 raise LongtailError(f"{origin}: {path} is a folder, expected an image file")
             if path.is_symlink():
+                if _link_loop(path):
+                    raise LongtailError(f"{origin}: {path} is a loop of symbolic links, "
+                                        f"expected an image file")
                 raise LongtailError(f"{origin}: {path} is a broken symbolic link (-> "
                                     f"{os.readlink(path)}), expected an image file "
                                     f"(data.on_bad_image=skip leaves missing images out)")
@@ -128,6 +148,14 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
         raise LongtailError(f"{split.source}: none of the listed images exists")
     return FileSplit(split.source, [split.paths[i] for i in keep],
                      [split.labels[i] for i in keep], [split.origins[i] for i in keep])
+
+
+def _link_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def read_class_names(path: str | Path, num_classes: int) -> list[str]:
@@ -145,8 +173,14 @@ def read_class_names(path: str | Path, num_classes: int) -> list[str]:
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     pairs = [line.split(maxsplit=1) for line in lines]
-    if all(len(p) == 2 and p[0].isdigit() for p in pairs):
-        names = {int(p[0]): p[1] for p in pairs}
+    # isdecimal, not isdigit: '²' is a digit that int() refuses.
+    if all(len(p) == 2 and p[0].isascii() and p[0].isdecimal() for p in pairs):
+        names = {}
+        for number, (label, name) in enumerate(pairs, start=1):
+            if int(label) in names:
+                raise LongtailError(f"{path}:{number}: label {int(label)} is named twice "
+                                    f"({names[int(label)]!r} and {name!r})")
+            names[int(label)] = name
     else:
         names = dict(enumerate(lines))
     missing = [c for c in range(num_classes) if c not in names]

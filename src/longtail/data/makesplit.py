@@ -9,6 +9,7 @@ and the SHA-256 of each list, so two users can check they hold the same split.
 from __future__ import annotations
 
 import hashlib
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from longtail.data.splits import long_tailed_split
 from longtail.errors import LongtailError
 
 SOURCES = ("list", "image_folder", "cifar10", "cifar100", "fmnist")
+# Stands for data.test in the printed command when no test.txt was written (test_per_class 0).
+TEST_LIST = "TEST_LIST"
 
 
 @dataclass
@@ -54,6 +57,12 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     if req.source not in SOURCES:
         raise LongtailError(f"make-split: unknown source {req.source!r}; expected one of "
                             f"{', '.join(SOURCES)}")
+    ratio = req.imbalance_ratio
+    if ratio is not None and not (math.isfinite(ratio) and ratio >= 1):
+        raise LongtailError(f"make-split --ratio: expected a finite number >= 1, found {ratio}")
+    if None not in (req.n_max, req.n_min, ratio):
+        raise LongtailError("make-split --ratio: expected at most two of --n-max, --n-min and "
+                            "--ratio (ratio = n_max / n_min), found all three")
     arrays = req.source in ("cifar10", "cifar100", "fmnist")
     if arrays:
         labels, names, images, test_images, test_labels = _array_source(req)
@@ -75,10 +84,24 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
             f"make-split: class {names[smallest]} has only {have} images; a split needs "
             f"{reserved} + 1 train per class (lower {lower})")
     n_max = req.n_max or available
+    if req.n_max is None and req.n_min is not None and ratio is not None:
+        n_max = max(req.n_min, round(req.n_min * ratio))  # the two given fix the third
+        if n_max > available:
+            raise LongtailError(
+                f"make-split --n-min {req.n_min} --ratio {ratio:g}: expected a largest class "
+                f"(n_min x ratio) of at most {available} images, found {n_max}: class "
+                f"{names[smallest]} has {have} images, of which {reserved} are set aside")
     if n_max > available:
         raise LongtailError(
             f"make-split --n-max: expected at most {available}, found {n_max}: class "
             f"{names[smallest]} has {have} images, of which {reserved} are set aside")
+    if req.n_min is None and ratio is not None and ratio > n_max:
+        # n_min = n_max / ratio below 1 image, raised to 1: another ratio than the one asked
+        given = (f"--n-max {n_max}" if req.n_max is not None else
+                 f"n_max {n_max}, all class {names[smallest]} can give")
+        raise LongtailError(
+            f"make-split --ratio: expected at most {n_max}, found {ratio:g}: the smallest "
+            f"class would keep n_max / ratio < 1 image ({given})")
     try:
         profile = make_profile(req.profile, len(names), n_max, req.n_min, req.imbalance_ratio,
                                req.alpha)
@@ -109,7 +132,10 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         "counts": {}, "files": {},
     }
     for name, text in lines.items():
-        if not text:
+        if not text:  # none asked for (0 per class): an earlier split's list would mislead
+            stale = req.out / f"{name}.txt"
+            if stale.is_file() or stale.is_symlink():
+                stale.unlink()
             continue
         atomic_write_text(req.out / f"{name}.txt", text)
         split_labels = [int(line.rsplit(maxsplit=1)[1]) for line in text.splitlines()]
@@ -120,10 +146,12 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     def key(name: str, path: Path | str) -> str:  # pasteable even with spaces in the path
         return shlex.quote(f"data.{name}={path}")
 
+    # Only the files written: without test.txt (test_per_class 0), data.test is the user's.
     val = f" {key('val', req.out / 'val.txt')}" if "val" in summary["counts"] else ""
+    test = key("test", req.out / "test.txt") if "test" in summary["counts"] else \
+        f"data.test={TEST_LIST}"
     summary["usage"] = (f"longtail run CONFIG data.kind=list {key('root', data_root)} "
-                        f"{key('train', req.out / 'train.txt')}{val} "
-                        f"{key('test', req.out / 'test.txt')} "
+                        f"{key('train', req.out / 'train.txt')}{val} {test} "
                         f"{key('class_names', req.out / 'classes.txt')}")
     atomic_write_json(req.out / "split.json", summary)
     return summary

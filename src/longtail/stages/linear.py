@@ -21,6 +21,7 @@ import torch
 from longtail.checkpoint import load_checkpoint, save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import FeatureData
+from longtail.errors import LongtailError
 from longtail.stages.joint import real_batch_size, resolve_lr
 from longtail.stages.rebalance import CRT
 
@@ -48,6 +49,10 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
         saved = load_checkpoint(path)
         if saved.get("key") == key:
             return saved["fc.weight"], saved["fc.bias"], f"reused {path}"
+    if cfg.epochs < 1:
+        raise LongtailError(f"config key stage1.epochs: {train.source} carries no joint "
+                            f"classifier (joint_weight), so stage 1 trains one: expected an "
+                            f"int >= 1, found {cfg.epochs}")
     val = data.val
     # A batch above the training rows is one epoch's rows: lr scaled to what is trained on.
     batch = real_batch_size(cfg, len(train.labels))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longtail.config import Stage2Config
+from longtail.data.features import MAX_FEATURE
 from longtail.data.samplers import build_sampler
 from longtail.losses import (
     LOSSES,
@@ -46,12 +48,72 @@ from longtail.losses import (
 ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
 
 
-def _features(x: ArrayLike, name: str = "features") -> Tensor:
-    # detach: a model's own parameters (``fc.weight``) are data here, never trained through
-    x = torch.as_tensor(x).detach()
+
+def _as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
+    """Return ``x`` as a tensor (detached: a model's own parameters, ``fc.weight``, are data
+    here, never trained through); TypeError naming ``name`` for what torch cannot convert."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    try:
+        return torch.as_tensor(x).detach()
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = x
+        with contextlib.suppress(Exception):  # the first element, however deeply nested
+            while not isinstance(first, (str, bytes)) and len(first):
+                first = first[0]
+        strings = (isinstance(first, (str, bytes))
+                   or getattr(getattr(x, "dtype", None), "kind", "") in ("U", "S"))
+        found = "strings" if strings else f"{type(x).__name__} ({e})"
+        raise TypeError(f"{name}: expected {expected}, found {found}") from None
+
+
+def _need_columns(found: int, name: str, columns: tuple[int, str] | None) -> None:
+    """Refuse ``found`` columns unless ``columns`` is None or (expected count, why)."""
+    if columns is not None and found != columns[0]:
+        raise ValueError(f"{name}: expected {columns[0]} columns ({columns[1]}), found {found}")
+
+
+def _like(matrix: Tensor, what: str = "the classifier's weight") -> tuple[int, str]:
+    """Return the ``columns`` argument of ``_features`` for features multiplied by ``matrix``."""
+    return matrix.shape[1], f"{what} is {matrix.shape[0]} x {matrix.shape[1]}"
+
+
+def _check_values(x: Tensor, name: str) -> None:
+    """Refuse NaN, infinity and magnitudes above MAX_FEATURE, naming the first row holding one.
+    One pass (min and max together) when all is well."""
+    if not x.numel():
+        return
+    low, high = torch.aminmax(x)
+    largest = torch.maximum(-low, high)  # NaN when x holds one
+    if bool(largest <= MAX_FEATURE):
+        return
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"{name}: expected finite numbers, found NaN or infinity in row "
+                         f"{int(bad.nonzero()[0])}")
+    row = int((x.abs() > MAX_FEATURE).any(1).nonzero()[0])
+    raise ValueError(f"{name}: expected values of magnitude at most {MAX_FEATURE:.0e}, found "
+                     f"{float(largest):.3g} in row {row}: squared norms and products of such "
+                     f"values overflow float32; scale them down".replace("e+", "e"))
+
+
+def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
+              columns: tuple[int, str] | None = None, finite: bool = True) -> Tensor:
+    """Return ``x`` as a float32 (N, D) tensor after checking it: at least one row when a
+    method fits on it, ``columns`` (D, why) when given, and with ``finite`` finite values of
+    magnitude at most MAX_FEATURE (without: any value; a row is then scored as argmax scores
+    its NaN or infinite logits)."""
+    x = _as_tensor(x, name, "numbers")
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d (N, D) array, found shape {tuple(x.shape)}")
+    if fit and not len(x):
+        raise ValueError(f"{name}: expected at least one row, found none (shape "
+                         f"{tuple(x.shape)})")
+    _need_columns(x.shape[1], name, columns)
+    original = x
     x = x.float()
+    if finite:  # float64 checked as given: beyond float32's range is too large, not inf
+        _check_values(original if original.dtype == torch.float64 else x, name)
     if x.data_ptr() % 64:
         # The BLAS's last bits depend on the input's alignment: features memory-mapped from
         # a file member at an odd offset are copied, so that the same features give the same
@@ -60,13 +122,66 @@ def _features(x: ArrayLike, name: str = "features") -> Tensor:
     return x
 
 
-def _labels(y: ArrayLike, n: int, name: str = "labels") -> Tensor:
-    y = torch.as_tensor(y).long()
-    if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"{name}: expected {n} labels, found shape {tuple(y.shape)}")
+def _labels(y: ArrayLike, n: int | None, name: str = "labels",
+            num_classes: int | None = None) -> Tensor:
+    """Return ``y`` as int64 class indices after checking them: 1-d, ``n`` of them (any number
+    when None), integers (integer-valued floats pass), >= 0, and below ``num_classes`` (the
+    classifier's rows) when given."""
+    y = _as_tensor(y, name, "integer class indices")
+    if y.ndim != 1 or (n is not None and len(y) != n):
+        expected = f"{n} labels" if n is not None else "a 1-d array of labels"
+        raise ValueError(f"{name}: expected {expected}, found shape {tuple(y.shape)}")
+    if y.is_floating_point():  # 3.0 is class 3; 3.7 is no class (.long() would make it 3)
+        bad = ~torch.isfinite(y) | (y != y.trunc())
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            raise ValueError(f"{name}: expected integer labels, found {y[row].item():g} in "
+                             f"row {row}")
+    y = y.long()
     if len(y) and y.min() < 0:
         raise ValueError(f"{name}: expected labels >= 0, found {int(y.min())}")
+    if num_classes is not None and len(y) and int(y.max()) >= num_classes:
+        raise ValueError(f"{name}: expected labels below the {num_classes} classes of the "
+                         f"classifier, found {int(y.max())}")
     return y
+
+
+def _bias(bias: ArrayLike | None, weight: Tensor, name: str = "bias") -> Tensor | None:
+    """Return ``bias`` as float32 (C,), one value per row of ``weight`` (C, D), or None."""
+    if bias is None:
+        return None
+    b = _as_tensor(bias, name, "numbers")
+    if b.shape != (len(weight),):
+        raise ValueError(f"{name}: expected {len(weight)} values (one per row of the weight, "
+                         f"{weight.shape[0]} x {weight.shape[1]}), found shape {tuple(b.shape)}")
+    b = b.float().to(weight.device)
+    _check_values(b.unsqueeze(0), name)
+    return b
+
+
+def _class_counts(counts: ArrayLike, num_classes: int, name: str = "counts") -> Tensor:
+    """Return the training class counts after checking them: one per class, each > 0 (a class
+    of count 0 has log prior -inf) and finite."""
+    c = _as_tensor(counts, name, "numbers")
+    if c.shape != (num_classes,):
+        raise ValueError(f"{name}: expected {num_classes} counts (one per class), found shape "
+                         f"{tuple(c.shape)}")
+    bad = ~(torch.isfinite(c) & (c > 0)) if c.is_floating_point() else ~(c > 0)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise ValueError(f"{name}: expected a count > 0 for every class (the log prior of a "
+                         f"count of 0 is -inf), found {c[j].item():g} for class {j}")
+    return c
+
+
+def _check_number(value: Any, name: str, expected: str, ok, integer: bool = False) -> None:
+    """Refuse a hyper-parameter unless it is a finite number (an integer when ``integer``)
+    for which ``ok(value)`` holds: TypeError for another type, else ValueError."""
+    kind = numbers.Integral if integer else numbers.Real
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected {expected}, found {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name}: expected {expected}, found {value!r}")
 
 
 def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -121,7 +236,8 @@ class _LinearHead(Rebalancer):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("weight_")
-        return F.linear(_features(features), self.weight_, self.bias_)
+        return F.linear(_features(features, columns=_like(self.weight_)), self.weight_,
+                        self.bias_)
 
     def class_weights(self) -> Tensor:
         self._check_fitted("weight_")
@@ -136,9 +252,8 @@ class Joint(_LinearHead):
         self.bias = bias
 
     def fit(self, features=None, labels=None, val_features=None, val_labels=None) -> Joint:
-        self.weight_ = _features(self.weight, "weight").detach().cpu()
-        self.bias_ = (None if self.bias is None
-                      else torch.as_tensor(self.bias).float().detach().cpu())
+        self.weight_ = _features(self.weight, "weight", fit=True).cpu()
+        self.bias_ = _bias(self.bias, self.weight_)
         return self
 
 
@@ -172,7 +287,7 @@ class NCM(Rebalancer):
 
     def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
             val_labels=None) -> NCM:
-        x = _features(features)
+        x = _features(features, fit=True)
         y = _labels(labels, len(x))
         self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
         num_classes = int(y.max()) + 1
@@ -194,7 +309,8 @@ class NCM(Rebalancer):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("means_")
-        x = self._prepare(_features(features))
+        x = self._prepare(_features(features, columns=_like(self.means_,
+                                                             "the matrix of class means")))
         if self.metric == "cosine":
             return x @ F.normalize(self.means_, dim=1).T
         return -torch.cdist(x, self.means_)
@@ -226,7 +342,7 @@ class TauNorm(Rebalancer):
 
     def fit(self, features=None, labels=None, val_features: ArrayLike | None = None,
             val_labels: ArrayLike | None = None) -> TauNorm:
-        self.weight_ = _features(self.weight, "weight").detach().cpu()
+        self.weight_ = _features(self.weight, "weight", fit=True).cpu()
         if self.tau is not None:
             self.tau_ = float(self.tau)
             self.val_scores_ = {}
@@ -234,8 +350,12 @@ class TauNorm(Rebalancer):
         if val_features is None or val_labels is None:
             raise ValueError("tau=None needs val_features and val_labels to choose tau "
                              "(or give a fixed tau)")
-        xv = _features(val_features, "val_features")
-        yv = _labels(val_labels, len(xv), "val_labels")
+        # Val rows may hold NaN or infinity here: the tau search scores such a row as argmax
+        # scores its logits (a wrong row, never a wrong tau for the others; tested), where
+        # one such training row would spoil what a method learns.
+        xv = _features(val_features, "val_features", fit=True, columns=_like(self.weight_),
+                       finite=False)
+        yv = _labels(val_labels, len(xv), "val_labels", len(self.weight_))
         # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
         norms = self.weight_.norm(dim=1).clamp(min=1e-12)
         self.tau_, self.val_scores_ = _choose_tau(
@@ -244,7 +364,7 @@ class TauNorm(Rebalancer):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("tau_")
-        return _features(features) @ self.class_weights().T
+        return _features(features, columns=_like(self.weight_)) @ self.class_weights().T
 
     def class_weights(self) -> Tensor:
         self._check_fitted("tau_")
@@ -438,13 +558,13 @@ class LogitAdjust(_LinearHead):
         joint = Joint(self.weight, self.bias).fit()
         num_classes = len(joint.weight_)
         if self.counts is not None:
-            counts = torch.as_tensor(self.counts)
+            counts = _class_counts(self.counts, num_classes)
         elif labels is not None:
-            counts = torch.bincount(torch.as_tensor(labels).long(), minlength=num_classes)
+            y = _labels(labels, None, num_classes=num_classes)
+            counts = _class_counts(torch.bincount(y, minlength=num_classes), num_classes,
+                                   "labels' class counts")
         else:
             raise ValueError("LogitAdjust needs the class counts or the training labels")
-        if len(counts) != num_classes:
-            raise ValueError(f"counts: expected {num_classes} classes, found {len(counts)}")
         self.log_prior_ = log_prior(counts)
         bias = joint.bias_ if joint.bias_ is not None else torch.zeros(num_classes)
         if self.tau is not None:
@@ -453,8 +573,9 @@ class LogitAdjust(_LinearHead):
             raise ValueError("tau=None needs val_features and val_labels to choose tau "
                              "(or give a fixed tau)")
         else:
-            xv = _features(val_features, "val_features")
-            yv = _labels(val_labels, len(xv), "val_labels")
+            xv = _features(val_features, "val_features", fit=True,
+                           columns=_like(joint.weight_), finite=False)  # as TauNorm's
+            yv = _labels(val_labels, len(xv), "val_labels", num_classes)
             self.tau_, self.val_scores_ = _choose_tau(
                 _logit_blocks(xv, joint.weight_, joint.bias_), yv, self.grid,
                 lambda t: t * self.log_prior_, torch.sub, 0.0)
@@ -536,19 +657,24 @@ class _TrainedOnFeatures(Rebalancer):
     def _counts(self, batches, num_classes: int) -> Tensor:
         """Return the training class counts: ``class_counts``, else counted from the labels."""
         if self.class_counts is not None:
-            counts = torch.as_tensor(self.class_counts)
-        elif isinstance(batches, CachedBatches):
-            counts = torch.bincount(batches.labels.cpu(), minlength=num_classes)
-        else:
-            raise ValueError("class_counts: needed when fitting on a batch source")
-        if len(counts) != num_classes:
-            raise ValueError(f"class_counts: expected {num_classes} classes, found {len(counts)}")
-        return counts
+            return _class_counts(self.class_counts, num_classes, "class_counts")
+        if isinstance(batches, CachedBatches):
+            return torch.bincount(batches.labels.cpu(), minlength=num_classes)
+        raise ValueError("class_counts: needed when fitting on a batch source")
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
                  weight_decay: float, sampler: str | float, samples_per_class: int, seed: int,
                  device: str | torch.device | None, select: str = "last",
                  class_counts: ArrayLike | None = None) -> None:
+        least = self._min_epochs
+        _check_number(epochs, "epochs", f"an int >= {least}" + (
+            " (0: the joint classifier unchanged)" if least == 0 else
+            " (0 epochs would leave the classifier at its random start)"),
+            lambda v: v >= least, integer=True)
+        _check_number(lr, "lr", "a learning rate > 0", lambda v: v > 0)
+        _check_number(batch_size, "batch_size", "an int >= 1", lambda v: v >= 1, integer=True)
+        _check_number(momentum, "momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
+        _check_number(weight_decay, "weight_decay", "a number >= 0", lambda v: v >= 0)
         self.class_counts = class_counts
         self.epochs = epochs
         self.lr = lr
@@ -561,20 +687,40 @@ class _TrainedOnFeatures(Rebalancer):
         self.device = device
         self.select = select
 
+    # Methods that start from the joint classifier (LWS, WB) may train 0 epochs: the joint
+    # classifier unchanged; cRT's fresh classifier would stay random.
+    _min_epochs = 1
+
     def _device(self) -> torch.device:
-        return torch.device(self.device if self.device is not None else "cpu")
+        """Return the device to fit on; ValueError for one this machine does not have."""
+        try:
+            device = torch.device(self.device if self.device is not None else "cpu")
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device: expected cpu, cuda, cuda:N or mps, found "
+                             f"{self.device!r} ({e})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: found {str(device)!r}, but CUDA is not available "
+                             f"(torch.cuda.is_available() is False); use device='cpu'")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device: found {str(device)!r}, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("device: found 'mps', but MPS is not available "
+                             "(torch.backends.mps.is_available() is False); use device='cpu'")
+        return device
 
     def _batches(self, features: ArrayLike, labels: ArrayLike | None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, weight: Tensor | None = None):
         """Return the batch source of ``fit``'s input (see the class docstring); labels must
-        be below ``num_classes`` when given (the classifier's rows)."""
+        be below ``num_classes`` when given (the classifier's rows), features have as many
+        columns as ``weight`` when given (the classifier that multiplies them)."""
+        self._device()  # a device this machine lacks: said before any work
+        columns = None if weight is None else _like(weight)
         if hasattr(features, "set_epoch"):
+            _need_columns(features.feature_dim, "features", columns)
             return features
-        x = _features(features)
-        y = _labels(labels, len(x))
-        if num_classes is not None and len(y) and int(y.max()) >= num_classes:
-            raise ValueError(f"labels: expected labels below the {num_classes} classes of the "
-                             f"classifier, found {int(y.max())}")
+        x = _features(features, fit=True, columns=columns)
+        y = _labels(labels, len(x), num_classes=num_classes)
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
@@ -648,8 +794,10 @@ class _TrainedOnFeatures(Rebalancer):
         total = len(batches) * self.epochs
         select = self.select == "best_val" and val_features is not None
         if select:
-            xv = _features(val_features, "val_features").to(self._device())
-            yv = _labels(val_labels, len(xv), "val_labels").to(self._device())
+            xv = _features(val_features, "val_features", fit=True,
+                           columns=(batches.feature_dim, "as the training features"))
+            yv = _labels(val_labels, len(xv), "val_labels", len(params[0]))
+            xv, yv = xv.to(self._device()), yv.to(self._device())
         if self.select not in ("last", "best_val"):
             raise ValueError(f"select: expected 'last' or 'best_val', found {self.select!r}")
         self.loss_history_, self.val_history_ = [], []
@@ -796,17 +944,16 @@ class WB(CRT):
         self.weight, self.bias, self.max_norm, self.beta = weight, bias, max_norm, beta
 
     _uses_counts = True
+    _min_epochs = 0
 
     def _loss(self, counts: Tensor | None) -> ClassifierLoss:
         return ClassifierLoss(weight=class_balanced_weights(counts, self.beta))
 
     def _initial(self, num_classes: int, dim: int) -> tuple[Tensor, Tensor]:
-        weight = _features(self.weight, "weight").detach().clone().cpu()
-        if weight.shape != (num_classes, dim):
-            raise ValueError(f"weight: expected shape {(num_classes, dim)}, found "
-                             f"{tuple(weight.shape)}")
-        bias = (torch.zeros(num_classes) if self.bias is None
-                else torch.as_tensor(self.bias).float().detach().clone().cpu())
+        weight = _features(self.weight, "weight", fit=True).clone().cpu()
+        _need_columns(dim, "features", _like(weight))
+        bias = _bias(self.bias, weight)
+        bias = torch.zeros(num_classes) if bias is None else bias.clone()
         self.max_norm_ = (float(self.max_norm) if self.max_norm is not None
                           else weight.norm(dim=1).mean().item())
         return weight, bias
@@ -836,6 +983,8 @@ class LWS(_TrainedOnFeatures):
         self.weight = weight
         self.bias = bias
         self.scale_bias = scale_bias
+
+    _min_epochs = 0  # unit scales: the joint classifier
 
     def _scale(self, logits: Tensor, scales: Tensor, bias: Tensor | None,
                out: Tensor | None = None) -> Tensor:
@@ -869,10 +1018,10 @@ class LWS(_TrainedOnFeatures):
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None, val_features=None,
             val_labels=None) -> LWS:
-        weight = _features(self.weight, "weight").to(self._device())
-        batches = self._batches(features, labels, len(weight))
+        weight = _features(self.weight, "weight", fit=True).to(self._device())
+        batches = self._batches(features, labels, len(weight), weight)
         device = self._device()
-        bias = None if self.bias is None else torch.as_tensor(self.bias).float().detach().to(device)
+        bias = _bias(self.bias, weight)
         scales = torch.ones(len(weight), device=device, requires_grad=True)
         logits_bytes = len(batches.features) * len(weight) * 4 if isinstance(
             batches, CachedBatches) else None
@@ -883,7 +1032,8 @@ class LWS(_TrainedOnFeatures):
             batches = CachedBatches(_matmul_chunked(batches.features, weight), batches.labels,
                                     batches.sampler, batches.batch_size, device)
             if val_features is not None and self.select == "best_val":  # else unused
-                val_features = _matmul_chunked(_features(val_features).to(device), weight)
+                xv = _features(val_features, "val_features", fit=True, columns=_like(weight))
+                val_features = _matmul_chunked(xv.to(device), weight)
             forward = lambda logits: self._scale(logits, scales, bias)  # noqa: E731
             step = self._scales_step(scales, bias)
         else:
@@ -897,7 +1047,8 @@ class LWS(_TrainedOnFeatures):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("scales_")
-        return self._scaled_logits(_features(features), self.scales_, self.weight_, self.bias_)
+        x = _features(features, columns=_like(self.weight_))
+        return self._scaled_logits(x, self.scales_, self.weight_, self.bias_)
 
     def class_weights(self) -> Tensor:
         self._check_fitted("scales_")
