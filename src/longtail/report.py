@@ -203,30 +203,32 @@ def per_class_csv(metrics: dict[str, Any], class_names: list[str]) -> str:
 
 def plot_png(draw: Callable[[Any], None], panels: int | None = None) -> bytes:
     """Return the PNG bytes of a figure drawn by ``draw(ax)``, or with ``panels`` by
-    ``draw(axes)`` on a list of that many small panels (4 a row; a list even of one)."""
-    import matplotlib
+    ``draw(axes)`` on a list of that many small panels (4 a row; a list even of one).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib's Figure without pyplot (no global figure state to import or clean up), and
+    fixed margins instead of tight_layout, which took a third of the report's time."""
+    from matplotlib.figure import Figure
 
     if panels is None:
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+        fig = Figure(figsize=(7, 4), dpi=110)
+        ax = fig.subplots()
+        fig.subplots_adjust(left=0.09, right=0.98, bottom=0.13, top=0.97)
     else:
         cols = min(panels, 4)
         rows = -(-panels // cols)
-        fig, ax = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), dpi=110,
-                               squeeze=False)
-        for extra in ax.flat[panels:]:
+        fig = Figure(figsize=(2.6 * cols, 2.6 * rows), dpi=110)
+        grid = fig.subplots(rows, cols, squeeze=False)
+        for extra in grid.flat[panels:]:
             extra.set_visible(False)
-        ax = list(ax.flat[:panels])
-    try:
-        draw(ax)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        return buffer.getvalue()
-    finally:
-        plt.close(fig)
+        ax = list(grid.flat[:panels])
+        # in inches, whatever the number of rows: room for the titles and tick labels
+        fig.subplots_adjust(left=0.45 / (2.6 * cols), right=1 - 0.1 / (2.6 * cols),
+                            bottom=0.4 / (2.6 * rows), top=1 - 0.3 / (2.6 * rows),
+                            wspace=0.25, hspace=0.45)
+    draw(ax)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def write_report(run_dir: Path, metrics: dict[str, Any], class_names: list[str],
