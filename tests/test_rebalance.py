@@ -411,6 +411,9 @@ def test_features_that_overflow_float32_are_refused():
         WB(w, b, epochs=1, batch_size=8).fit(x * 1e20, y)
     with pytest.raises(ValueError, match=r"found 5.\d+e\+?300 in row 0"):  # beyond float32
         NCM().fit(x.double() * 1e300, y)
+    for metric in ("cosine", "euclidean"):  # caught through the means and norms
+        with pytest.raises(ValueError, match=r"^features: .* found 5.\d+e20 in row 0"):
+            NCM(metric).fit(x * 1e20, y)
     assert NCM().fit(x * 1e14, y).predict(x).shape == (40,)  # large but safe
 
 

@@ -78,9 +78,10 @@ def _like(matrix: Tensor, what: str = "the classifier's weight") -> tuple[int, s
     return matrix.shape[1], f"{what} is {matrix.shape[0]} x {matrix.shape[1]}"
 
 
-def _check_values(x: Tensor, name: str) -> None:
-    """Refuse NaN, infinity and magnitudes above MAX_FEATURE, naming the first row holding one.
-    One pass (min and max together) when all is well."""
+def _check_values(x: Tensor, name: str, first_row: int = 0) -> None:
+    """Refuse NaN, infinity and magnitudes above MAX_FEATURE, naming the first row holding one
+    (``x`` may be a block of rows starting at ``first_row``). One pass (min and max together)
+    when all is well."""
     if not x.numel():
         return
     low, high = torch.aminmax(x)
@@ -90,8 +91,8 @@ def _check_values(x: Tensor, name: str) -> None:
     bad = ~torch.isfinite(x).all(1)
     if bool(bad.any()):
         raise ValueError(f"{name}: expected finite numbers, found NaN or infinity in row "
-                         f"{int(bad.nonzero()[0])}")
-    row = int((x.abs() > MAX_FEATURE).any(1).nonzero()[0])
+                         f"{first_row + int(bad.nonzero()[0])}")
+    row = first_row + int((x.abs() > MAX_FEATURE).any(1).nonzero()[0])
     raise ValueError(f"{name}: expected values of magnitude at most {MAX_FEATURE:.0e}, found "
                      f"{float(largest):.3g} in row {row}: squared norms and products of such "
                      f"values overflow float32; scale them down".replace("e+", "e"))
@@ -282,12 +283,17 @@ class NCM(Rebalancer):
             x = torch.sub(x, self.center_, out=out)
         if self.normalize or (self.normalize is None and self.metric == "cosine"):
             norms = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
-            x = torch.div(x, norms, out=out)
+            # an inf norm (values too large for float32's squares) would make its row all 0
+            x = torch.div(x, norms.nan_to_num_(posinf=math.nan), out=out)
         return x
 
     def fit(self, features: ArrayLike, labels: ArrayLike, val_features=None,
             val_labels=None) -> NCM:
-        x = _features(features, fit=True)
+        # The values are checked through what they make, the class means and the rows' norms:
+        # a pass of its own over all the features would cost as much as the class sums. (float64
+        # is checked as given: beyond float32's range its values would read as inf.)
+        wide = str(getattr(features, "dtype", "")).removeprefix("torch.") == "float64"
+        x = _features(features, fit=True, finite=wide)
         y = _labels(labels, len(x))
         self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
         num_classes = int(y.max()) + 1
@@ -305,6 +311,10 @@ class NCM(Rebalancer):
             block = x[i : i + rows]
             sums.index_add_(0, y[i : i + rows], self._prepare(block, buffer[: len(block)]))
         self.means_ = sums / counts.unsqueeze(1)
+        try:  # NaN and infinity reach the means, and so do too large values (or inf norms)
+            _check_values(self.means_, "means")
+        except ValueError:
+            _check_values(x, "features")  # names the first row at fault
         return self
 
     def logits(self, features: ArrayLike) -> Tensor:
