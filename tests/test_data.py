@@ -230,6 +230,21 @@ def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path, mode):
     assert torch.equal(decode_image(tmp_path / "b.tif", 1), expected[None])
 
 
+def test_float_images_in_0_to_1_are_scaled_not_black(tmp_path):
+    from PIL import Image
+
+    from longtail.data.datasets import decode_image
+
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    Image.fromarray(ramp).save(tmp_path / "a.tif")  # mode F: 32-bit floats
+    with Image.open(tmp_path / "a.tif") as img:
+        assert img.mode == "F"
+    expected = torch.from_numpy((ramp.astype(np.float64) * 255).round().astype(np.uint8))
+    assert torch.equal(decode_image(tmp_path / "a.tif", 1), expected[None])
+    Image.fromarray(ramp * 255).save(tmp_path / "b.tif")  # 0..255 floats: taken as they are
+    assert torch.equal(decode_image(tmp_path / "b.tif", 3), expected.expand(3, -1, -1))
+
+
 def test_splits_sharing_images_are_warned_about(image_lists, capsys):
     root, files = image_lists
     files["val"].write_text(files["train"].read_text())

@@ -33,10 +33,16 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
 def _to_8_bits(img: Image.Image) -> Image.Image:
     """Return 16-bit grayscale (modes I;16*, and I, which 16-bit PGM files open as) as 8-bit
     "L" by dropping the low byte: Pillow's convert clips every value above 255 to white.
+    Float images (mode F) in 0..1 are scaled to 0..255: Pillow's convert made them black.
 
     Mode I holds 32-bit integers; they are read as 16-bit values, clipped to 0..65535. An
     image whose values all fit in 0..255 is taken as they are.
     """
+    if img.mode == "F":  # 32-bit floats (TIFF): 0..1 as most tools write them, else 0..255
+        pixels = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if pixels.max(initial=0) <= 1.0:
+            pixels = pixels * 255
+        return Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8))
     if img.mode == "I" or img.mode.startswith("I;16"):
         pixels = np.asarray(img).astype(np.int64).clip(0, 65535)
         # 8-bit values saved in a wider container (a TIFF of 0..255 opens as mode I) are
