@@ -126,6 +126,9 @@ def test_rebase_paths_takes_relative_paths_from_where_the_run_started(tmp_path):
     assert moved.data.val == str(tmp_path / "val.txt")  # from where the run started
     assert (moved.data.test, moved.data.class_names) == ("/abs/test.txt", "n.txt")  # as given
     assert (cfg.data.root, cfg.data.train) == ("imgs", "train.txt")  # a copy
+    # the project folder moved: nothing found from where the run started, paths stay as given
+    gone = rebase_paths(cfg, tmp_path / "moved-away")
+    assert (gone.data.root, gone.data.train, gone.data.val) == ("imgs", "train.txt", "val.txt")
 
 
 def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, capsys):
@@ -133,8 +136,8 @@ def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, cap
     from longtail.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank, said in (("1", 0), ("0", 1)):
-        monkeypatch.setenv("RANK", rank)
+    for rank, said in (("1", 0), ("0", 1)):  # each node's first process speaks
+        monkeypatch.setenv("LOCAL_RANK", rank)
         assert main(["run", "configs/fmnist_lt.yaml", "stage1.epochz=3"]) == 2
         with pytest.raises(SystemExit):
             main(["run", "configs/fmnist_lt.yaml", "--bogus"])
@@ -243,6 +246,7 @@ def test_yaml_sections_dotted_keys_empty_sections_and_null_overrides(tmp_path):
     with pytest.raises(ConfigError, match=r"'stage1=null': stage1 is a section; set its keys, "
                                           r"e.g. stage1.epochs=VALUE"):
         load_config(empty, ["stage1=null"])
+    assert load_config(empty, ["stage1.epochs=2"]).stage1.epochs == 2  # into the empty one
     with pytest.raises(ConfigError, match=r"eval.many_threshold: expected a count >= 0, "
                                           r"found -5"):
         load_config(None, ["eval.many_threshold=-5"])

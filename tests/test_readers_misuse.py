@@ -329,6 +329,20 @@ def test_one_odd_first_image_does_not_set_the_image_size(tmp_path, odd_side, exp
     assert data.image_size == expected and data.hflip is False
 
 
+def test_the_size_sample_spans_small_lists_too(tmp_path):
+    from PIL import Image
+
+    from longtail.data.builder import _typical_size
+    from longtail.data.listfile import FileSplit
+
+    paths = []
+    for i, side in enumerate([80, 16, 16]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (side, side)).save(paths[-1])
+    split = FileSplit(tmp_path / "train.txt", paths, [0, 1, 1], ["a", "b", "c"])
+    assert _typical_size(split) == (16, (80 * 80 + 2 * 16 * 16) // 3)
+
+
 def test_images_below_8_px_are_refused_unless_a_size_is_given(tmp_path):
     from PIL import Image
 

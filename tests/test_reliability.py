@@ -422,8 +422,46 @@ def test_overwrite_removes_the_replaced_runs_files_and_only_those(tmp_path):
         (run / name).write_text("old")
     with pytest.raises(LongtailError, match="pass --overwrite"):
         prepare_run_dir(run, overwrite=False)
+    (run / "manifest.json").write_text("{}")  # not a run yet: --overwrite deletes nothing
+    (run / "manifest.json").unlink()
+    prepare_run_dir(run, overwrite=True)
+    assert (run / "logs" / "events.out.tfevents.1").is_file()
+    (run / "manifest.json").write_text("{}")  # a run's folder: its own files go
     prepare_run_dir(run, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # not longtail's: kept
+
+
+def test_stage2_cache_key_does_not_depend_on_the_method_list(fake_fmnist):
+    """rebalance rewrites config.yaml's method list: the cached results stay valid."""
+    from dataclasses import replace
+
+    from longtail.config import load_config
+    from longtail.pipeline import _stage2_key
+    from longtail.stages.features import FeatureSet
+
+    cfg = load_config(None, ["stage2.methods=[crt]"])
+    more = replace(cfg, stage2=replace(cfg.stage2, methods=["joint", "crt", "finetune_last"]))
+    other = replace(cfg, stage2=replace(cfg.stage2, batch_size=64))
+    feats = {"train": FeatureSet(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), "k")}
+    key = [_stage2_key("crt", c, feats, torch.ones(2, 3), None) for c in (cfg, more, other)]
+    assert key[0] == key[1] != key[2]
+
+
+def test_a_rebalancer_refusing_the_runs_features_is_one_line(fake_fmnist, tmp_path,
+                                                              monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1",
+                                     "stage2.methods=[joint,crt]"), "--out", str(out)]) == 0
+    from longtail.stages import rebalance
+
+    def refuses(*args, **kwargs):
+        raise ValueError("features: expected finite numbers, found NaN or infinity in row 7")
+
+    monkeypatch.setattr(rebalance.CRT, "fit", refuses)
+    capsys.readouterr()
+    assert main(["rebalance", str(out), "stage2.methods=[crt]", "stage2.crt.epochs=3"]) == 2
+    assert capsys.readouterr().err == ("longtail: error: stage 2, crt: features: expected finite "
+                                       "numbers, found NaN or infinity in row 7\n")
 
 
 def test_rebalance_of_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch, capsys):

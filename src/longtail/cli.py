@@ -241,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _other_rank() -> bool:
-    """True in torchrun's processes other than rank 0 that have not joined the group yet: they
-    parse the same command line and config as rank 0, which reports their mistakes once."""
-    if os.environ.get("RANK", "0").strip() in ("", "0"):
+    """True in torchrun's processes other than each node's first (LOCAL_RANK 0) that have not
+    joined the group yet: they parse the same command line and config, on the same file
+    system, as that one, which reports their mistakes once per node."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1") or os.environ.get(
+            "LOCAL_RANK", "0").strip() in ("", "0"):
         return False
     joined = getattr(sys.modules.get("longtail.distributed"), "joined", False)
     return not joined

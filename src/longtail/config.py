@@ -439,12 +439,13 @@ PATH_KEYS = ("data.root", "data.train", "data.val", "data.test", "data.class_nam
 
 def rebase_paths(cfg: Config, origin: str | Path) -> Config:
     """Return a copy of ``cfg`` with its relative paths taken from directory ``origin`` (where
-    the run started) instead of the working directory: data.root always; a file key where the
-    file is found from ``origin`` or beside the rebased data.root, else left as it was."""
+    the run started) instead of the working directory, each where it is found from there (a
+    file key also beside the rebased data.root); one not found there (the project folder
+    moved) is left as it was, relative to the working directory."""
     origin, cfg = Path(origin), dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data), model=dataclasses.replace(cfg.model))
     root = cfg.data.root
-    if root and not Path(root).is_absolute():
+    if root and not Path(root).is_absolute() and (origin / root).exists():
         cfg.data.root = root = str(origin / root)
     for key in PATH_KEYS:
         value = _get(cfg, key)
@@ -519,6 +520,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
+        if child is None:  # `stage1:` with nothing under it in the file
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child

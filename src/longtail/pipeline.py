@@ -100,10 +100,10 @@ RUN_PRODUCTS = ("config.yaml", "manifest.json", "dataset.json", "metrics.json", 
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create ``run_dir`` (see ``check_run_dir``); with ``overwrite``, remove an earlier run's
-    files from it (and only those)."""
+    """Create ``run_dir`` (see ``check_run_dir``); with ``overwrite`` of an earlier run's
+    folder (it has manifest.json), remove that run's files (and only those names)."""
     check_run_dir(run_dir, overwrite)
-    if overwrite:
+    if overwrite and (run_dir / "manifest.json").is_file():  # a run's folder, not any folder
         for name in RUN_PRODUCTS:
             path = run_dir / name
             if path.is_dir() and not path.is_symlink():
@@ -578,10 +578,16 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                                           joint_bias=bias, num_classes=info.num_classes,
                                           seed=cfg.seed, class_counts=info.train_counts,
                                           device=device)
-                method.fit(train.features, train.labels, val.features if val else None,
-                           val.labels if val else None)
+                try:
+                    method.fit(train.features, train.labels, val.features if val else None,
+                               val.labels if val else None)
+                except (ValueError, TypeError) as e:  # e.g. NaN features from a broken model
+                    raise LongtailError(f"stage 2, {name}: {e}") from None
                 test_features, verb = test.features, "fitted"
-            scores = method.logits(test_features)
+            try:
+                scores = method.logits(test_features)
+            except (ValueError, TypeError) as e:
+                raise LongtailError(f"stage 2, {name}, test: {e}") from None
             result = evaluate(scores.argmax(1), test.labels, info.counts_for_groups,
                               cfg.eval.many_threshold, cfg.eval.few_threshold, scores=scores)
             if name in ("tau_norm", "logit_adjust"):
@@ -605,7 +611,9 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
 def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,
                 bias: torch.Tensor) -> str:
     """SHA-256 of everything a stage-2 method's result depends on."""
-    parts = [name, str(cfg.seed), json.dumps(asdict(cfg.stage2), sort_keys=True),
+    # the method list itself is not an input of any one method (rebalance rewrites it)
+    settings = asdict(replace(cfg.stage2, methods=[]))
+    parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),
              json.dumps(asdict(cfg.eval), sort_keys=True),
              state_digest({k: v for k, v in (("weight", weight), ("bias", bias))
                            if v is not None}),

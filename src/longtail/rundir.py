@@ -130,7 +130,10 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
         raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
                             f"config.yaml ({diffs}); resume without changes, or start a new run")
-    # a data.root given now (the data moved) is the user's, from the working directory
-    root = cfg.data.root if cfg.data.root != theirs["data.root"] else saved.data.root
+    # a data.root given now (the data moved) is the user's, from the working directory: one
+    # spelled as the run's own too, when it names a folder here
+    given = cfg.data.root != theirs["data.root"] or (cfg.data.root is not None
+                                                     and Path(cfg.data.root).is_dir())
+    root = cfg.data.root if given else saved.data.root
     return replace(saved, device=cfg.device,
                    data=replace(saved.data, root=root, num_workers=cfg.data.num_workers))

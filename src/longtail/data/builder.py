@@ -339,9 +339,9 @@ def _typical_size(split: FileSplit, sample: int = 25) -> tuple[int, int]:
     in the list (a 1 px icon, a 2000 px scan) does not set the size of the whole dataset."""
     from PIL import Image
 
-    n = len(split.paths)
+    n, m = len(split.paths), min(sample, len(split.paths))
     sides, areas = [], []
-    for i in sorted({round(k * (n - 1) / max(sample - 1, 1)) for k in range(min(sample, n))}):
+    for i in sorted({round(k * (n - 1) / max(m - 1, 1)) for k in range(m)}):
         try:
             with Image.open(split.paths[i]) as img:
                 width, height = img.size
