@@ -515,8 +515,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
              overwrite=args.overwrite, argv=argv)
         return 0
     if args.command == "rebalance":
-        check_rebalance_args(args.run_dir, args.overrides)  # before torch is imported
-        check_device(load_config(args.run_dir / "config.yaml", args.overrides).device)
+        # before torch is imported
+        check_device(check_rebalance_args(args.run_dir, args.overrides).device)
         if (args.run_dir / "metrics.json").is_file():
             from longtail.report import read_metrics
 

@@ -614,7 +614,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            if "." in str(key) and prefix + str(key) in {n for n, _, _ in _fields()}:
+            if "." in str(key) and prefix + str(key) in key_names():
                 section, leaf = str(key).rsplit(".", 1)
                 raise ConfigError(f"config key {prefix}{key}: dotted keys are for the command "
                                   f"line; in a YAML file write it nested, as {section}: "

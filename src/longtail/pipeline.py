@@ -40,7 +40,6 @@ from longtail.config import (
     TRAINED_METHODS,
     Config,
     dump_config,
-    load_config,
 )
 from longtail.data.profiles import shot_groups
 from longtail.errors import Interrupted, LongtailError, UnreadableFile
@@ -50,7 +49,7 @@ from longtail.rundir import (
     check_rebalance_args,
     check_run_dir,
     default_run_dir,
-    load_run_config,
+    run_paths,
 )
 from longtail.scalars import ScalarLog
 from longtail.stages.features import (
@@ -329,8 +328,8 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
                          bias: torch.Tensor, run_dir: Path, device: torch.device,
                          log: ScalarLog) -> dict[str, Prefit]:
     """Fit the methods that run the network (fine-tuning, online cRT / LWS) in every process;
-    return them by name. One whose stage2/NAME.pt
-    holds a result for the same inputs is left to ``rebalance_and_report`` to reuse."""
+    return them by name. One whose stage2/NAME.pt holds a result for the same inputs is left
+    to ``rebalance_and_report`` to reuse."""
     names = [n for n in network_methods(cfg)
              if _cached_result(run_dir, n, cfg, features, weight, bias) is None]
     if not names:
@@ -395,8 +394,8 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
 
     ``overrides`` may change ``stage2.*`` and ``eval.*`` keys; the rest is the run's own.
     """
-    check_rebalance_args(run_dir, overrides)
-    cfg = load_run_config(run_dir, overrides)
+    given = check_rebalance_args(run_dir, overrides)  # paths as written, for config.yaml
+    cfg = run_paths(run_dir, given)
     # The run's small files first: a damaged one is answered before the features are read.
     metrics_path, manifest_path = run_dir / "metrics.json", run_dir / "manifest.json"
     earlier = read_metrics(metrics_path)["methods"] if metrics_path.is_file() else {}
@@ -412,8 +411,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     # config.yaml holds the latest stage-2 settings (its paths as the run was given them) and
     # every method metrics.json holds, so that a later rebalance or extract covers them all;
     # manifest.json the history of changes.
-    written = load_config(run_dir / "config.yaml", overrides)
-    written = replace(written, stage2=replace(written.stage2, methods=list(metrics["methods"])))
+    written = replace(given, stage2=replace(given.stage2, methods=list(metrics["methods"])))
     atomic_write_text(run_dir / "config.yaml", dump_config(written))
     manifest.setdefault("rebalanced", []).append(
         {"time": datetime.now().isoformat(timespec="seconds"),

@@ -56,9 +56,7 @@ def check_out_creatable(out: Path) -> None:
         for folder in reversed(missing):
             folder.mkdir()
             made.append(folder)
-        fd, probe = tempfile.mkstemp(dir=target, prefix=".longtail-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        _probe_write(target)
     except OSError as e:
         where = made[-1] if made else existing
         raise LongtailError(f"--out {out}: cannot write in {where} ({e.strerror}); choose "
@@ -71,15 +69,29 @@ def check_out_creatable(out: Path) -> None:
                 break
 
 
+def _probe_write(folder: Path) -> None:
+    """Create and remove a file in ``folder``: OSError where the file system refuses."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".longtail-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
-    """Return the config.yaml of the run in ``run_dir`` with ``overrides``. Its relative paths
-    are taken from the directory the run started in (manifest.json's ``cwd``), so that resume,
-    rebalance and extract read the same data from any working directory."""
+    """Return the config.yaml of the run in ``run_dir`` with ``overrides``, its relative paths
+    taken from where the run started (``run_paths``)."""
+    from longtail.config import load_config
+
+    return run_paths(run_dir, load_config(run_dir / "config.yaml", overrides))
+
+
+def run_paths(run_dir: Path, cfg: Config) -> Config:
+    """Return ``cfg`` (the run's config.yaml, as written) with its relative paths taken from
+    the directory the run started in (manifest.json's ``cwd``), so that resume, rebalance and
+    extract read the same data from any working directory."""
     import json
 
-    from longtail.config import load_config, rebase_paths
+    from longtail.config import rebase_paths
 
-    cfg = load_config(run_dir / "config.yaml", overrides)
     try:
         origin = json.loads((run_dir / "manifest.json").read_text("utf-8")).get("cwd")
     except (OSError, ValueError, AttributeError):  # none yet, or damaged: reported elsewhere
@@ -87,8 +99,9 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     return rebase_paths(cfg, origin) if isinstance(origin, str) and origin else cfg
 
 
-def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
-    """Refuse a folder that is not a run, or overrides of keys that rebalance cannot change."""
+def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
+    """Refuse a folder that is not a run, or overrides of keys that rebalance cannot change;
+    return the run's config with the overrides (its paths as written)."""
     from longtail.config import load_config
 
     if not (run_dir / "config.yaml").is_file():
@@ -97,20 +110,19 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> None:
         if not key.split("=", 1)[0].startswith(("stage2.", "eval.", "device")):
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
-    load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml", overrides)
     try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
-        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".longtail-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        _probe_write(run_dir)
     except OSError as e:
         raise LongtailError(f"{run_dir}: cannot write in the run folder ({e.strerror}); "
                             f"rebalance writes stage2/, metrics.json and the report there: "
                             f"copy the run folder somewhere writable") from None
+    return cfg
 
 
 def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     """Return the config of the interrupted run in ``run_dir`` (relative paths from where it
-    started: ``load_run_config``); a given ``cfg`` must agree with it except for keys that do
+    started: ``run_paths``); a given ``cfg`` must agree with it except for keys that do
     not change results (device, data.root, data.num_workers). Here, without torch, so that a
     changed key is answered at once."""
     from dataclasses import replace
@@ -120,11 +132,12 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise LongtailError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-    saved = load_run_config(run_dir)
+    written = load_config(path)
+    saved = run_paths(run_dir, written)
     if cfg is None:
         return saved
     free = {"device", "data.root", "data.num_workers"}
-    ours, theirs = flatten(cfg), flatten(load_config(path))  # as written: as the user gives it
+    ours, theirs = flatten(cfg), flatten(written)  # as written: as the user gives it
     changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
     if changed:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])

@@ -48,7 +48,6 @@ from longtail.losses import (
 ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
 
 
-
 def _as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
     """Return ``x`` as a tensor (detached: a model's own parameters, ``fc.weight``, are data
     here, never trained through); TypeError naming ``name`` for what torch cannot convert."""
@@ -292,8 +291,8 @@ class NCM(Rebalancer):
         # The values are checked through what they make, the class means and the rows' norms:
         # a pass of its own over all the features would cost as much as the class sums. (float64
         # is checked as given: beyond float32's range its values would read as inf.)
-        wide = str(getattr(features, "dtype", "")).removeprefix("torch.") == "float64"
-        x = _features(features, fit=True, finite=wide)
+        given = _as_tensor(features, "features", "numbers")
+        x = _features(given, fit=True, finite=given.dtype == torch.float64)
         y = _labels(labels, len(x))
         self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
         num_classes = int(y.max()) + 1
