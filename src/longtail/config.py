@@ -140,8 +140,8 @@ class DataConfig:
     )
     download: bool = _opt(False, "fmnist_lt: download the IDX files into root when missing")
     image_size: int | None = _opt(
-        None, "input side; null: 28 (fmnist), 32 (cifar), else the first image's if < 64, "
-        "else 224"
+        None, "input side; null: 28 (fmnist), 32 (cifar), else the median longer side of 25 "
+        "training images if < 64, else 224"
     )
     hflip: bool | None = _opt(
         None, "random horizontal flips in training; null: on for images of 64 px and more (the "

@@ -28,7 +28,7 @@ class DataRecord:
     # groups come from these); None: the training counts.
     counts_before_holdout: list[int] | None = None
     # Images in memory: their normalisation and native side. Files: None (ImageNet's
-    # statistics; the first image's side).
+    # statistics; the side is read from a sample of the files).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     side: int | None = None
