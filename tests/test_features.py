@@ -106,10 +106,24 @@ def test_features_run_writes_metrics_and_rebalancers_beat_joint_on_few(tmp_path,
     assert not (out / "features").exists()  # the files are read where they are, not copied
     assert "c5" in (out / "per_class.csv").read_text()
 
-    # rebalance re-reads the files and keeps the joint classifier
+    # rebalance re-reads the files and keeps the joint classifier; balms and las take
+    # stage2.crt.*, so they are fitted again too, and config.yaml describes every result
+    capsys.readouterr()
     assert main(["rebalance", str(out), "stage2.methods=[crt]", "stage2.crt.epochs=2"]) == 0
+    printed = capsys.readouterr().out
     again = json.loads((out / "metrics.json").read_text())["methods"]
     assert again["joint"] == methods["joint"] and again["crt"] != methods["crt"]
+    for name in ("balms", "las"):
+        assert f"note: {name}: made with stage2.crt.epochs as they were; fitted again" in printed
+        assert again[name] != methods[name]
+    for name in ("tau_norm", "lws", "wb", "ncm_cosine"):
+        assert again[name] == methods[name] and f"note: {name}" not in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rebalanced"][-1]["fitted_again"] == ["balms", "las"]
+    # a plain rebalance now reuses every fit: the numbers are those of the config
+    assert main(["rebalance", str(out)]) == 0
+    assert "fitted " not in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["methods"] == again
     # summarize reads it like any run; a changed file is refused by rebalance
     assert main(["summarize", str(out)]) == 0
     gaussian_features(tmp_path / "f", seed=1)

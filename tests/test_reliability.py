@@ -445,6 +445,12 @@ def test_stage2_cache_key_does_not_depend_on_the_method_list(fake_fmnist):
     feats = {"train": FeatureSet(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), "k")}
     key = [_stage2_key("crt", c, feats, torch.ones(2, 3), None) for c in (cfg, more, other)]
     assert key[0] == key[1] != key[2]
+    # a method's key covers its own settings only (balms and las take cRT's)
+    crt_lr = replace(cfg, stage2=replace(cfg.stage2, crt=replace(cfg.stage2.crt, lr=0.5)))
+    for name, same in (("tau_norm", True), ("ncm_cosine", True), ("lws", True),
+                       ("balms", False), ("las", False)):
+        keys = [_stage2_key(name, c, feats, torch.ones(2, 3), None) for c in (cfg, crt_lr)]
+        assert (keys[0] == keys[1]) is same, name
 
 
 def test_a_rebalancer_refusing_the_runs_features_is_one_line(fake_fmnist, tmp_path,

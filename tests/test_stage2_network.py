@@ -47,7 +47,7 @@ def test_online_batches_run_the_backbone_in_the_stated_bn_mode(fake_fmnist, tmp_
         assert all(g is None for g in grads)  # frozen: no gradient reached the backbone
 
 
-def test_online_finetune_and_select_run_end_to_end(fake_fmnist, tmp_path):
+def test_online_finetune_and_select_run_end_to_end(fake_fmnist, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", FMNIST, f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
                  "data.val_per_class=4", *TINY, "stage2.features=online", "stage2.bn=train",
@@ -63,6 +63,16 @@ def test_online_finetune_and_select_run_end_to_end(fake_fmnist, tmp_path):
     assert (out / "stage2" / "finetune" / "last.pt").is_file()
     # rebalance reuses the image-based results and refits nothing it cannot
     assert main(["rebalance", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["methods"] == metrics["methods"]
+    # ... nor one whose settings an override changes while keeping its result
+    for key, method in (("stage2.finetune.lr=0.5", "finetune"), ("stage2.crt.lr=0.3", "crt")):
+        capsys.readouterr()
+        assert main(["rebalance", str(out), "stage2.methods=[joint]", key]) == 2
+        name, err = key.split("=")[0], capsys.readouterr().err
+        assert err.startswith(f"longtail: error: override {name}: {method}'s result in "
+                              f"metrics.json was made with {name}="), err
+        assert err.endswith(f"rebalance cannot fit {method} again (it trains on images); use "
+                            f"'longtail run'\n") and err.count("\n") == 1, err
     assert json.loads((out / "metrics.json").read_text())["methods"] == metrics["methods"]
 
 

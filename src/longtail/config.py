@@ -227,10 +227,13 @@ class Stage1Config:
 
 @dataclass
 class CRTConfig:
-    epochs: int = _opt(10, "epochs of classifier re-training on cached features")
-    lr: float = _opt(0.2, "initial learning rate (cosine to 0)")
-    weight_decay: float = _opt(5e-4, "weight decay of the new classifier")
-    sampler: str | float = _opt("class", "sampler over training features (see stage1.sampler)")
+    """cRT's settings, which balms and las take too."""
+
+    epochs: int = _opt(10, "epochs of classifier re-training (crt; balms and las take it too)")
+    lr: float = _opt(0.2, "initial learning rate, cosine to 0 (crt, balms, las)")
+    weight_decay: float = _opt(5e-4, "weight decay of the new classifier (crt, balms, las)")
+    sampler: str | float = _opt("class", "sampler over training features, see stage1.sampler "
+                                         "(crt, las; balms draws instances)")
     loss: Loss = _opt("ce", "loss of the new classifier (see stage1.loss)")
     loss_tau: float = _opt(1.0, "loss=logit_adjusted: the tau of tau * log prior")
     label_smoothing: Literal["none", "las"] = _opt(
@@ -321,6 +324,28 @@ class Stage2Config:
     wb: WBConfig = field(default_factory=WBConfig)
     ncm: NCMConfig = field(default_factory=NCMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# The stage2.* sections each method's result depends on; balms and las take cRT's settings.
+_METHOD_SECTIONS = {"joint": (), "ncm_cosine": ("ncm",), "ncm_euclidean": ("ncm",),
+                    "crt": ("crt",), "tau_norm": ("tau_norm",), "lws": ("lws",),
+                    "logit_adjust": ("logit_adjust",), "balms": ("crt",), "las": ("crt",),
+                    "wb": ("wb",), "finetune": ("finetune",), "finetune_last": ("finetune",)}
+# ... and the keys shared by the methods that train with a sampler (fine-tuning: some).
+_TRAINED_KEYS = ("batch_size", "momentum", "samples_per_class", "select", "features", "bn")
+_FINETUNE_KEYS = ("momentum", "samples_per_class", "select")
+
+
+def method_settings(name: str, stage2: Stage2Config) -> dict[str, Any]:
+    """Return the ``stage2.*`` settings (dotted key -> value) that the result of method
+    ``name`` depends on: a change of any other key leaves it as it is."""
+    shared = (_TRAINED_KEYS if name in TRAINED_METHODS
+              else _FINETUNE_KEYS if name in FINETUNE_METHODS else ())
+    out = {f"stage2.{k}": getattr(stage2, k) for k in shared}
+    for section in _METHOD_SECTIONS[name]:
+        out.update({f"stage2.{section}.{k}": v
+                    for k, v in dataclasses.asdict(getattr(stage2, section)).items()})
+    return out
 
 
 @dataclass

@@ -40,6 +40,7 @@ from longtail.config import (
     TRAINED_METHODS,
     Config,
     dump_config,
+    method_settings,
 )
 from longtail.data.profiles import shot_groups
 from longtail.errors import Interrupted, LongtailError, UnreadableFile
@@ -401,6 +402,11 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     earlier = read_metrics(metrics_path)["methods"] if metrics_path.is_file() else {}
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     info, weight, bias, features = run_inputs(run_dir, cfg)
+    asked = list(cfg.stage2.methods)
+    stale = _stale_kept(run_dir, cfg, earlier, features, weight, bias)
+    if stale:  # fitted again, so that config.yaml describes every result metrics.json holds
+        methods = sorted({*asked, *stale}, key=lambda m: _METHOD_ORDER.get(m, 99))
+        cfg = replace(cfg, stage2=replace(cfg.stage2, methods=methods))
     device = distributed.select_device(cfg.device)
     log = ScalarLog(run_dir / "logs")
     try:
@@ -417,9 +423,46 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         {"time": datetime.now().isoformat(timespec="seconds"),
          "command": ["longtail", "rebalance", str(run_dir), *overrides],
          "methods": list(cfg.stage2.methods),
-         "kept": [m for m in earlier if m not in cfg.stage2.methods]})
+         "kept": [m for m in earlier if m not in cfg.stage2.methods],
+         **({"fitted_again": stale} if stale else {})})
     atomic_write_json(manifest_path, manifest)
     return metrics
+
+
+def _stale_kept(run_dir: Path, cfg: Config, earlier: dict[str, Any],
+                features: dict[str, FeatureSet], weight: torch.Tensor,
+                bias: torch.Tensor | None) -> list[str]:
+    """Return the methods of metrics.json that ``cfg.stage2.methods`` leaves out but whose
+    settings the overrides changed (balms and las take stage2.crt.*; the trained methods share
+    stage2.batch_size, ...), saying so; a method fitted on images cannot be refitted here."""
+    kept = [m for m in earlier if m not in cfg.stage2.methods and m in _METHOD_ORDER]
+    on_images = network_methods(replace(cfg, stage2=replace(cfg.stage2, methods=kept)))
+    stale = []
+    for name in kept:
+        path = run_dir / "stage2" / f"{name}.pt"
+        try:
+            cached = load_checkpoint(path) if path.is_file() else None
+        except LongtailError:
+            cached = None
+        if cached is None or cached.get("key") == _stage2_key(name, cfg, features, weight, bias):
+            continue
+        now, then = method_settings(name, cfg.stage2), cached.get("settings")
+        # (a cache of an older longtail does not record them: fitted again, to be sure)
+        changed = [k for k in now if then is None or now[k] != then.get(k)]
+        if not changed:  # the same settings, e.g. other eval thresholds: regrouped, kept
+            continue
+        if name in on_images:
+            if then is None:
+                continue
+            raise LongtailError(f"override {changed[0]}: {name}'s result in metrics.json was "
+                                f"made with {changed[0]}={then.get(changed[0])!r}, and "
+                                f"rebalance cannot fit {name} again (it trains on images); "
+                                f"use 'longtail run'")
+        why = (f"made with {', '.join(changed[:3])} as they were" if then is not None
+               else "its stage2 cache does not record its settings")
+        _say(f"note: {name}: {why}; fitted again")
+        stale.append(name)
+    return stale
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # of a split with no image
@@ -593,6 +636,7 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
             weights = method.class_weights()
             norms = weights.norm(dim=1).tolist() if weights is not None else None
             save_checkpoint({"key": _stage2_key(name, cfg, features, weight, bias),
+                             "settings": method_settings(name, cfg.stage2),
                              "state": method.learned_state(), "result": result,
                              "weight_norms": norms}, path)
         methods[name] = result
@@ -609,9 +653,8 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
 def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,
                 bias: torch.Tensor) -> str:
     """SHA-256 of everything a stage-2 method's result depends on."""
-    # the method list itself is not an input of any one method (rebalance rewrites it)
-    settings = asdict(replace(cfg.stage2, methods=[]))
-    parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),
+    # only the method's own settings: a change of cRT's leaves tau-norm's fit valid
+    parts = [name, str(cfg.seed), json.dumps(method_settings(name, cfg.stage2), sort_keys=True),
              json.dumps(asdict(cfg.eval), sort_keys=True),
              state_digest({k: v for k, v in (("weight", weight), ("bias", bias))
                            if v is not None}),
