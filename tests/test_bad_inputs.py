@@ -110,7 +110,13 @@ CASES = [
                                     "stage2.tau_norm.tau=1", "stage1.select=best_val"],
      "config key stage1.select: expected last, since there is no val split"),
     ("tau chosen without val", None, ["run", CONFIG, "data.val_per_class=0"],
-     "config key stage2.tau_norm.tau"),
+     "config key stage2.tau_norm.tau: null chooses tau on the val split, but there is none; "
+     "set data.val_per_class, or a fixed tau"),
+    ("list data without val", None, ["run", CONFIG, "data.kind=list", "data.root=/x",
+                                     "data.train=/x/t.txt", "data.test=/x/t.txt"],
+     "config key stage2.tau_norm.tau: null chooses tau on the val split, but there is none; "
+     "set data.val or data.val_from_train (data.val_per_class makes val only where longtail "
+     "draws the split), or a fixed tau"),
     ("grid: unknown sampler", None, ["grid", CONFIG, "--samplers", "instance,foo"],
      "--samplers foo"),
     ("grid: a sampler twice", None, ["grid", CONFIG, "--samplers", "sqrt,sqrt"],

@@ -56,6 +56,11 @@ def test_tiny_fmnist_run_writes_valid_metrics(fake_fmnist, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "shot groups by training count" in printed and "Ankle boot" in printed
     assert "tau_norm" in printed and "method" in printed
+    # what data.image_size: null, data.hflip: null and model.small_stem: null resolved to
+    assert "7x7 stem), " in printed and "; input 28 px, flips off\n" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"] == {"image_size": 28, "channels": 1, "hflip": False,
+                                 "mean": [0.2860], "std": [0.3530]}
     metrics = check_metrics(out, 10)
     assert sorted(metrics["dataset"]["train_counts"], reverse=True)[0] == 60
     # An existing run directory is never overwritten unless asked.

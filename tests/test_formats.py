@@ -148,6 +148,16 @@ def test_list_class_names_and_remap(tmp_path):
     remapped = data_of(*args, "data.remap_labels=true")
     assert remapped.train_counts == [5, 3, 2]
     assert any("5->1" in note for note in remapped.notes)
+    # classes keep the lists' labels as names, and a class-name file is keyed by them (it may
+    # name labels no image has)
+    assert remapped.class_names == ["0", "5", "9"]
+    (root / "labels.txt").write_text("9 bird\n0 cat\n5 dog\n7 fish\n")
+    named = data_of(*args, "data.remap_labels=true", "data.class_names=labels.txt")
+    assert named.class_names == ["cat", "dog", "bird"]
+    (root / "labels.txt").write_text("0 cat\n1 dog\n2 bird\n")
+    with pytest.raises(LongtailError, match=r"labels\.txt: expected a name for each label of "
+                                            r"the training list, missing labels \[5, 9\]"):
+        data_of(*args, "data.remap_labels=true", "data.class_names=labels.txt")
 
 
 def test_make_split_from_an_image_folder_is_reproducible(tmp_path, capsys):

@@ -870,10 +870,14 @@ def _check_semantics(cfg: Config) -> None:
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
         d.kind == "image_folder" and d.train is None)
     has_val = d.val_per_class > 0 if generated else (d.val is not None or d.val_from_train > 0)
+    # the keys that give a val split to this kind of data (val_per_class: generated splits)
+    val_keys = "data.val_per_class" if generated else "data.val or data.val_from_train"
+    if not generated and d.val_per_class > 0:  # e.g. the demo config's, kept for a list
+        val_keys += " (data.val_per_class makes val only where longtail draws the split)"
     for key, select in (("stage1.select", cfg.stage1.select),
                         ("stage2.select", cfg.stage2.select)):
-        need(select == "last" or has_val, key, "last, since there is no val split "
-             "(data.val, data.val_from_train or data.val_per_class)", select)
+        need(select == "last" or has_val, key, f"last, since there is no val split (set "
+             f"{val_keys})", select)
     need(cfg.stage2.bn == "eval" or cfg.stage2.features == "online", "stage2.bn",
          "eval unless stage2.features is online (bn is the mode of the backbone that online "
          "runs; cached features were extracted in eval mode)", cfg.stage2.bn)
@@ -885,8 +889,7 @@ def _check_semantics(cfg: Config) -> None:
     for name in ("tau_norm", "logit_adjust"):
         if name in cfg.stage2.methods and getattr(cfg.stage2, name).tau is None and not has_val:
             raise ConfigError(f"config key stage2.{name}.tau: null chooses tau on the val "
-                              f"split, but there is none; set data.val, data.val_from_train or "
-                              f"data.val_per_class, or a fixed tau")
+                              f"split, but there is none; set {val_keys}, or a fixed tau")
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -262,11 +262,13 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     start = time.perf_counter()
     # The batch stage 1 takes (capped to one epoch's images) and the lr scaled to it.
     batch = real_batch_size(cfg.stage1, len(data.train.labels), distributed.world_size())
+    stem = {None: "", True: ", small 3x3 stem", False: ", 7x7 stem"}[model.small_stem]
     _say(f"\nstage 1: {cfg.model.name} ({model.backbone.feature_dim}-d features, "
-         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), "
+         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters{stem}), "
          f"{cfg.stage1.epochs} epochs, sampler {cfg.stage1.sampler}, batch "
          f"{batch} over {distributed.world_size()} process(es), lr "
-         f"{resolve_lr(cfg.stage1, batch):g}")
+         f"{resolve_lr(cfg.stage1, batch):g}; input {data.image_size} px, flips "
+         f"{'on' if data.hflip else 'off'}")
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
                 num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
                 checkpoint_path=run_dir / "stage1" / "last.pt", log=log, resume=resumed)
@@ -709,9 +711,17 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         "git_commit": git_commit(),
         # run_inputs takes every recorded split as one whose features must exist
         "split_sha256": data.split_sha256,
+        # what data.image_size: null and data.hflip: null resolved to (not in config.yaml)
+        **({"input": _input(data)} if hasattr(data, "image_size") else {}),
         "platform": platform.platform(),
         "config": cfg.to_dict(),
     }
+
+
+def _input(data: LongTailData) -> dict[str, Any]:
+    """Return the input an image run trains on, as the data resolved it."""
+    return {"image_size": data.image_size, "channels": data.channels, "hflip": data.hflip,
+            "mean": list(data.mean), "std": list(data.std)}
 
 
 def _working_directory() -> str | None:

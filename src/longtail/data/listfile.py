@@ -158,9 +158,12 @@ def _link_loop(path: Path) -> bool:
     return False
 
 
-def read_class_names(path: str | Path, num_classes: int) -> list[str]:
-    """Return class names from a text file: ``name`` per line (line i is class i), or
-    ``label name`` per line in any order."""
+def read_class_names(path: str | Path, num_classes: int,
+                     labels: list[int] | None = None) -> list[str]:
+    """Return class names from a text file: ``name`` per line (line i is label i), or
+    ``label name`` per line in any order. ``labels``: the list label of each class when the
+    labels were remapped (the file names those, and may name labels no image has); None:
+    0..num_classes-1, each named, no other."""
     path = Path(path)
     if path.is_dir():
         raise LongtailError(f"{path}: is a folder, expected a class-name file")
@@ -183,6 +186,12 @@ def read_class_names(path: str | Path, num_classes: int) -> list[str]:
             names[int(label)] = name
     else:
         names = dict(enumerate(lines))
+    if labels is not None:
+        missing = [label for label in labels if label not in names]
+        if missing:
+            raise LongtailError(f"{path}: expected a name for each label of the training list, "
+                                f"missing labels {missing[:5]}")
+        return [names[label] for label in labels]
     missing = [c for c in range(num_classes) if c not in names]
     if missing:
         raise LongtailError(f"{path}: expected a name for each of the {num_classes} classes, "

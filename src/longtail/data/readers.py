@@ -154,9 +154,10 @@ def read_list(cfg: DataConfig, split_seed: int) -> DataRecord:
     hashes = {name: hashlib.sha256(s.source.read_bytes()).hexdigest()
               for name, s in splits.items() if s is not None}
     notes: list[str] = []
-    num_classes = _check_list_labels(cfg, splits, notes)
-    names = (read_class_names(resolve_near_root(cfg.class_names, root), num_classes)
-             if cfg.class_names else [str(c) for c in range(num_classes)])
+    labels = _check_list_labels(cfg, splits, notes)  # the list's own label of each class
+    names = (read_class_names(resolve_near_root(cfg.class_names, root), len(labels),
+                              labels if cfg.remap_labels else None)
+             if cfg.class_names else [str(label) for label in labels])
     return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
                       split_sha256=hashes, notes=notes, root=root)
 
@@ -225,8 +226,9 @@ def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> Dat
 
 
 def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
-                       notes: list[str]) -> int:
-    """Check (or remap) list labels so that classes are 0..C-1, each with training images."""
+                       notes: list[str]) -> list[int]:
+    """Check (or remap) list labels so that classes are 0..C-1, each with training images;
+    return the label the lists give each class (with data.remap_labels, those found)."""
     train = splits["train"]
     present = sorted(set(train.labels))
     if len(present) < 2:
@@ -255,8 +257,9 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
                 split.labels[i] = mapping[label]
         table = ", ".join(f"{old}->{new}" for old, new in list(mapping.items())[:20])
         notes.append(f"labels remapped to 0..{len(present) - 1}: {table}"
-                     + (" ..." if len(mapping) > 20 else ""))
-        return len(present)
+                     + (" ..." if len(mapping) > 20 else "") + " (classes named by the lists' "
+                     "labels)")
+        return present
     for split in splits.values():
         if split is None:
             continue
@@ -264,7 +267,7 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
             if label >= num_classes:
                 raise LongtailError(f"{origin}: label {label} is not below the class count "
                                     f"{num_classes} (largest training label + 1)")
-    return num_classes
+    return present
 
 
 def label_gap(present: list[int], num_classes: int) -> str:

@@ -85,6 +85,9 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
             small_stem = image_size < SMALL_STEM_BELOW
         backbone = build_backbone(name, in_channels, width, small_stem)
     model = Classifier(backbone, backbone.feature_dim, num_classes)
+    # as resolved, for the run's output (None: the model's own stem, e.g. timm's)
+    model.small_stem = None if name.startswith(TIMM_PREFIX) or name == "resnet32_cifar" \
+        else small_stem
     if weights is not None:
         from longtail.models.weights import load_weights
 
