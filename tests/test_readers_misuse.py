@@ -393,6 +393,36 @@ def test_list_lines_no_file_system_takes_are_named(tmp_path):
         data_of(*args)
 
 
+def test_a_list_that_is_an_image_or_an_archive_or_has_odd_lines(tmp_path):
+    import gzip
+    import io
+
+    from PIL import Image
+
+    files, args = _list_run(tmp_path)
+    good = files["train"].read_text()
+    for fmt, what in (("PNG", "a PNG"), ("JPEG", "a JPEG"), ("BMP", "a BMP"), ("ICO", "an ICO"),
+                      ("TGA", "a TGA"), ("PPM", "a PPM"), ("GIF", "a GIF")):
+        out = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(out, fmt)
+        files["train"].write_bytes(out.getvalue())
+        with pytest.raises(LongtailError, match=rf"train.txt: is {what} image, expected a text "
+                                                rf"list of 'relative/path label' lines$"):
+            data_of(*args)
+    files["train"].write_bytes(gzip.compress(good.encode()))
+    with pytest.raises(LongtailError, match=r"train.txt: is a gzip file \(decompress it first\)"):
+        data_of(*args)
+    # a third column (a weight, a flag) is not part of the path
+    first, rest = good.split("\n", 1)
+    files["train"].write_text(first + " 1\n" + rest)
+    with pytest.raises(LongtailError, match=r"train.txt:1: expected 'relative/path label', found "
+                                            r"3 fields '.*\.png 0 1'; remove the columns"):
+        data_of(*args)
+    # old Mac line ends (a lone CR) are line ends
+    files["train"].write_bytes(good.replace("\n", "\r").encode())
+    assert data_of(*args).train_counts == [6, 4, 3]
+
+
 def test_class_name_files_with_odd_digits_or_a_label_named_twice(tmp_path):
     files, args = _list_run(tmp_path)
     names = tmp_path / "names.txt"

@@ -61,46 +61,84 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     paths, labels, origins = [], [], []
     first_line: dict[str, int] = {}
     with open(list_file, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if b"\x00" in raw:  # UTF-16 has one in every other byte of ASCII text
-                utf16 = raw.count(b"\x00") * 3 >= len(raw) or raw.startswith((b"\xff\xfe",
-                                                                            b"\xfe\xff"))
-                raise LongtailError(f"{list_file}:{number}: " + (
-                    "looks like UTF-16 text; save the file as UTF-8" if utf16 else
-                    "holds a NUL byte, which no file name can contain"))
-            try:
-                # utf-8-sig on the first line: editors on Windows start files with a BOM, which
-                # would otherwise become part of the first path. strip() also drops CRLF's \r.
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
-                                    f"the line is 0x{raw[e.start]:02x})") from None
-            if not text:
-                continue
-            parts = text.rsplit(maxsplit=1)
-            if len(parts) != 2:
-                raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', "
-                                    f"found {text!r}")
-            rel, label_text = parts
-            try:
-                label = int(label_text)
-            except ValueError:
-                raise LongtailError(f"{list_file}:{number}: expected an integer label, "
-                                    f"found {label_text!r}") from None
-            if label < 0:
-                raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
-            # the same file however it is spelled (./a.png, an absolute path, a/../a.png)
-            key = os.path.normpath(root / rel)
-            if key in first_line:
-                raise LongtailError(f"{list_file}:{number}: {rel} is listed twice (first on "
-                                    f"line {first_line[key]}); each image once per split")
-            first_line[key] = number
-            paths.append(root / rel)
-            labels.append(label)
-            origins.append(f"{list_file}:{number}")
+        content = f.read()
+    # \n, \r\n, and the lone \r of old Mac editors (bytes.splitlines splits on these only)
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if b"\x00" in raw:  # UTF-16 has one in every other byte of ASCII text
+            _refuse_binary(list_file, content)
+            utf16 = raw.count(b"\x00") * 3 >= len(raw) or raw.startswith((b"\xff\xfe",
+                                                                        b"\xfe\xff"))
+            raise LongtailError(f"{list_file}:{number}: " + (
+                "looks like UTF-16 text; save the file as UTF-8" if utf16 else
+                "holds a NUL byte, which no file name can contain"))
+        try:
+            # utf-8-sig on the first line: editors on Windows start files with a BOM, which
+            # would otherwise become part of the first path.
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as e:
+            _refuse_binary(list_file, content)
+            raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
+                                f"the line is 0x{raw[e.start]:02x})") from None
+        if not text:
+            continue
+        parts = text.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            if number == 1:
+                _refuse_binary(list_file, content)
+            raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', "
+                                f"found {text!r}")
+        rel, label_text = parts
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise LongtailError(f"{list_file}:{number}: expected an integer label, "
+                                f"found {label_text!r}") from None
+        if label < 0:
+            raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
+        head = rel.rsplit(maxsplit=1)
+        if len(head) == 2 and head[1].lstrip("+-").isdecimal() and not (root / rel).exists() \
+                and (root / head[0]).is_file():  # 'path label extra': not a path with a space
+            raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', found "
+                                f"{len(text.split())} fields {text!r}; remove the columns "
+                                f"after the label")
+        # the same file however it is spelled (./a.png, an absolute path, a/../a.png)
+        key = os.path.normpath(root / rel)
+        if key in first_line:
+            raise LongtailError(f"{list_file}:{number}: {rel} is listed twice (first on "
+                                f"line {first_line[key]}); each image once per split")
+        first_line[key] = number
+        paths.append(root / rel)
+        labels.append(label)
+        origins.append(f"{list_file}:{number}")
     if not paths:
         raise LongtailError(f"{list_file}: no entries (expected 'relative/path label' lines)")
     return FileSplit(list_file, paths, labels, origins)
+
+
+# Compressed and archive files' first bytes (images are recognised by PIL).
+_MAGIC = {b"\x1f\x8b": "a gzip file (decompress it first)", b"PK\x03\x04": "a zip archive",
+          b"BZh": "a bzip2 file (decompress it first)", b"\xfd7zXZ": "an xz file (decompress "
+          "it first)", b"%PDF": "a PDF document", b"7z\xbc\xaf": "a 7-Zip archive"}
+
+
+def _refuse_binary(list_file: Path, content: bytes) -> None:
+    """Raise a LongtailError saying what ``list_file`` is, when it is an image, an archive or
+    a compressed file rather than a text list; return when it may be text."""
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order marks
+        return
+    what = next((kind for magic, kind in _MAGIC.items() if content.startswith(magic)), None)
+    if what is None:
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(content)) as img:
+                what = f"{'an' if img.format[:1] in 'AEIOU' else 'a'} {img.format} image"
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return
+    raise LongtailError(f"{list_file}: is {what}, expected a text list of 'relative/path "
+                        f"label' lines")
 
 
 def list_text(paths: list[Path], labels: list[int], root: Path) -> str:
