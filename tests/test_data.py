@@ -245,6 +245,30 @@ def test_float_images_in_0_to_1_are_scaled_not_black(tmp_path):
     assert torch.equal(decode_image(tmp_path / "b.tif", 3), expected.expand(3, -1, -1))
 
 
+def test_a_shape_held_only_in_alpha_is_not_decoded_blank(tmp_path):
+    from PIL import Image
+
+    from longtail.data.datasets import decode_image
+
+    glyph = np.zeros((16, 16, 4), np.uint8)
+    glyph[4:12, 4:12, 3] = 255  # a black square on a transparent background
+    Image.fromarray(glyph, "RGBA").save(tmp_path / "black.png")
+    for channels in (1, 3):  # drawn over white, not dropped to all black
+        image = decode_image(tmp_path / "black.png", channels)
+        assert image.shape == (channels, 16, 16)
+        assert image[:, 8, 8].tolist() == [0] * channels
+        assert image[:, 0, 0].tolist() == [255] * channels
+    glyph[..., :3] = 255  # a white one: over black
+    Image.fromarray(glyph, "RGBA").save(tmp_path / "white.png")
+    assert decode_image(tmp_path / "white.png", 1)[0, 8, 8] == 255
+    assert decode_image(tmp_path / "white.png", 1)[0, 0, 0] == 0
+    # a photo with an alpha channel keeps its colours (alpha dropped, as torchvision does)
+    photo = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    Image.fromarray(photo, "RGBA").save(tmp_path / "photo.png")
+    assert torch.equal(decode_image(tmp_path / "photo.png", 3),
+                       torch.from_numpy(photo[..., :3]).permute(2, 0, 1))
+
+
 def test_splits_sharing_images_are_warned_about(image_lists, capsys):
     root, files = image_lists
     files["val"].write_text(files["train"].read_text())

@@ -25,9 +25,26 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
     """
     try:
         with Image.open(path) as img:
-            return pil_to_tensor(_to_8_bits(img).convert("L" if channels == 1 else "RGB"))
+            img = _shape_in_alpha(_to_8_bits(img))
+            return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except Image.DecompressionBombError as e:
         raise ValueError(str(e)) from None
+
+
+def _shape_in_alpha(img: Image.Image) -> Image.Image:
+    """Return an image of one colour whose shape is all in its alpha channel (a glyph or icon
+    on a transparent background) drawn over a contrasting background: dropping the alpha, as
+    Pillow's convert does, would leave a blank image. Other images are returned as they are
+    (their alpha dropped later, as torchvision's and the authors' loaders do)."""
+    if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
+        return img
+    rgba = img.convert("RGBA")
+    *colour, alpha = rgba.getextrema()
+    if alpha[0] == 255 or any(lo != hi for lo, hi in colour):  # opaque, or the colour varies
+        return img
+    dark = sum(lo for lo, _ in colour) < 3 * 128
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if dark else (0, 0, 0, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _to_8_bits(img: Image.Image) -> Image.Image:
