@@ -1,6 +1,6 @@
-"""Every shell command that README.md and docs/*.md show is either run here as written (on the
-demo data, epochs capped by LONGTAIL_MAX_EPOCHS=1) or named with the reason it is not, so that
-a documented command cannot break unnoticed.
+"""Every shell command and Python block that README.md and docs/*.md show is either run here
+as written (on the demo data, epochs capped by LONGTAIL_MAX_EPOCHS=1) or named with the reason
+it is not, so that a documented command cannot break unnoticed.
 
 A command whose block shows `longtail: error: ...` after it must fail with exit status 2 and
 that message; every other one must succeed.
@@ -39,17 +39,26 @@ NOT_RUN = [
 ]
 
 
+PYTHON_BLOCK = "python - <<'EOF'\n"
+
+
 def documented_commands() -> list[tuple[str, int, str, str | None]]:
     """Return (file, line, command, expected error or None) of every shell command in fenced
-    sh/console blocks."""
+    sh/console blocks, and of every python block (as one command)."""
     commands = []
     for path in DOCS:
         lines = path.read_text().splitlines()
-        block = None
+        block, code = None, []
         for number, line in enumerate(lines, start=1):
             fence = re.match(r"^```(\w*)", line)
             if fence:
-                block = None if block is not None else fence.group(1)
+                if block == "python":  # run as a whole, in order with the shell commands
+                    commands.append((path.name, number - len(code),
+                                     PYTHON_BLOCK + "\n".join(code) + "\nEOF", None))
+                block, code = None if block is not None else fence.group(1), []
+                continue
+            if block == "python":
+                code.append(line)
                 continue
             if block not in ("", "sh", "console", "bash"):
                 continue
@@ -71,6 +80,8 @@ def documented_commands() -> list[tuple[str, int, str, str | None]]:
 
 
 def reason_not_run(command: str) -> str | None:
+    if command.startswith(PYTHON_BLOCK):
+        return None
     for pattern, reason in NOT_RUN:
         if re.search(pattern, command):
             return reason

@@ -14,6 +14,7 @@ from longtail.cli import main
 from longtail.config import FEATURE_METHODS, load_config
 from longtail.data import build_data, read_feature_file, write_feature_file
 from longtail.data.features import _npz_memmap
+from longtail.errors import LongtailError
 from tests.conftest import tiny_fmnist_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +157,27 @@ def test_val_held_out_of_training_features(tmp_path):
     assert rows[2].split() == ["class", "name", "train", "listed", "group"]
     assert rows[3].split() == ["0", "0", "198", "200", "many"]
     assert rows[-1].split() == ["5", "5", "2", "4", "few"]
+
+
+def test_extract_of_a_run_with_val_held_out_of_training_runs_again(tmp_path):
+    """A class of one training row has no val row when val is held out of training: the
+    extracted val file lacks it, and the extracted config still runs (and repeats the run)."""
+    gaussian_features(tmp_path / "f", counts=(80, 30, 8, 1))
+    out = tmp_path / "run"
+    assert main(["run", FMNIST, "data.kind=features", f"data.root={tmp_path / 'f'}",
+                 "data.train=train.npz", "data.test=test.npz", "data.val_from_train=1", *FAST,
+                 "--out", str(out)]) == 0
+    assert main(["extract", str(out), "--out", str(tmp_path / "x")]) == 0
+    assert main(["run", str(tmp_path / "x" / "config.yaml"), "--out", str(tmp_path / "y")]) == 0
+    before = json.loads((out / "metrics.json").read_text())
+    after = json.loads((tmp_path / "y" / "metrics.json").read_text())
+    assert after["methods"] == before["methods"]
+    # a val file that lacks a class and was not held out of these rows is still refused
+    blob = read_feature_file(tmp_path / "x" / "train.npz")
+    write_feature_file(tmp_path / "x" / "train.npz", blob["features"], blob["labels"])
+    with pytest.raises(LongtailError, match=r"val.npz: the val split has no row of classes "
+                                            r"\[3\]"):
+        build_data(load_config(tmp_path / "x" / "config.yaml").data, seed=0)
 
 
 @pytest.fixture(scope="module")
