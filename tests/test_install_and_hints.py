@@ -42,6 +42,23 @@ def test_a_bundled_config_by_name_where_there_is_no_configs_folder(name, tmp_pat
     assert load_config(tmp_path / "my.yaml") == load_config(CONFIG, ["seed=3"])
 
 
+@pytest.mark.parametrize("name, missing", [
+    ("imagenet_lt_resnext50", "config key data.root: expected the dataset folder"),
+    ("cifar100_lt_resnet32", "config key data.root: expected the dataset folder"),
+    ("places_lt_resnet152", "config key model.weights: expected a file of pretrained weights")])
+def test_config_writes_a_paper_config_whose_data_is_still_to_give(name, missing, tmp_path,
+                                                                   capsys, monkeypatch):
+    """`longtail config NAME > my.yaml` is how a pip user gets a config to edit: it is written
+    with data.root (and model.weights) empty, with a note; a run of it asks for them."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", name]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1].startswith(f"note: fill in before 'longtail run': {missing}")
+    (tmp_path / "my.yaml").write_text(out)
+    assert main(["run", "my.yaml"]) == 2
+    assert missing in capsys.readouterr().err
+
+
 def test_a_bundled_name_that_is_also_a_folder_here(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fmnist_lt").mkdir()  # e.g. an earlier `--out fmnist_lt`

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "--n-min and --ratio")
     split.add_argument("--alpha", type=float, default=None,
                        help="--profile pareto: its shape (default 6, as ImageNet-LT)")
-    split.add_argument("--val-per-class", type=int, default=20, help="balanced val size per class")
+    split.add_argument("--val-per-class", type=int, default=20,
+                       help="balanced val size per class (default 20)")
     split.add_argument("--test-per-class", type=int, default=None,
                        help="list and image_folder sources: balanced test size per class "
                             "(default 50; 0: no test.txt, bring your own test list); CIFAR "
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "summarize", parents=[common],
         help="mean and spread of several runs (e.g. seeds) as one table",
         description="Read RUN_DIR/metrics.json of each run and print, per method, the mean "
-                    "and sample standard deviation of top-1, Many, Medium, Few and tau.")
+                    "and sample standard deviation of top-1, Many, Medium, Few, ECE and tau.")
     summarize.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+",
                            help="finished runs' folders")
     summarize.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -412,7 +413,7 @@ def _earlier_summary(path: Path) -> bool:
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
-    from longtail.config import config_reference, dump_config, load_config
+    from longtail.config import config_from_dict, config_reference, dump_config, load_config
 
     notes: list[str] = []  # printed once the config has loaded: a mistake stays one line
     if args.command == "config":
@@ -427,7 +428,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             print(config_reference(), end="")
         else:
             path = None if args.config is None else resolve_config(args.config, notes)
-            text = dump_config(load_config(path, args.overrides))
+            cfg = load_config(path, args.overrides, template=True)
+            try:  # what a run of it would still ask for (data.root, ...): said, not refused
+                config_from_dict(cfg.to_dict())
+            except LongtailError as e:
+                notes.append(f"note: fill in before 'longtail run': {e}")
+            text = dump_config(cfg)
             _print_notes(notes)
             print(text, end="")
         return 0

@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class ModelConfig:
     name: str = _opt(
         "resnet10", "backbone: resnet10/18/50/101/152, resnext50/101/152_32x4d (torchvision's "
         "ResNet class), resnet32_cifar, or timm/NAME for any timm model (pip install "
-        "'longtail[timm]'; docs/backbones.md)"
+        "'.[timm]'; docs/backbones.md)"
     )
     width: int = _opt(64, "channels of the first stage (64 is torchvision's; features scale); "
                           "resnet32_cifar and timm/ models have their own")
@@ -374,11 +375,14 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (),
-                new_run: bool = False, finished: bool = False) -> Config:
+                new_run: bool = False, finished: bool = False,
+                template: bool = False) -> Config:
     """Return the config of YAML file ``path`` (or the defaults) with ``KEY=VALUE`` overrides;
     ``new_run``: also check that the files a new run reads first (model.weights) exist;
     ``finished``: a finished run's config.yaml, only read (summarize), so taken as it ran,
-    without the checks on settings (a run of an earlier version may not pass today's)."""
+    without the checks on settings (a run of an earlier version may not pass today's);
+    ``template``: a config to write out and edit (``longtail config``), whose paths to the
+    user's data and weights may still be empty."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -416,7 +420,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         cfg = _build(Config, raw, "")
         _resolve_defaults(cfg)
         if not finished:
-            _check_semantics(cfg)
+            _check_semantics(cfg, template)
     except ConfigError as e:
         if path is not None and not overrides:  # all from the file: name it
             raise ConfigError(f"{path}: {e}") from None
@@ -507,12 +511,20 @@ def _cap_epochs(cfg: Config) -> Config:
         return cfg
     if not cap.isdigit() or int(cap) < 1:
         raise ConfigError(f"LONGTAIL_MAX_EPOCHS: expected an integer >= 1, found {cap!r}")
-    n = int(cap)
+    n, before = int(cap), dataclasses.asdict(cfg)
     cfg.stage1.epochs = min(cfg.stage1.epochs, n)
     cfg.stage1.warmup_epochs = min(cfg.stage1.warmup_epochs, max(cfg.stage1.epochs - 1, 0))
     for section in (cfg.stage2.crt, cfg.stage2.lws, cfg.stage2.wb, cfg.stage2.finetune):
         section.epochs = min(section.epochs, n)
+    global _CAP_NOTED
+    if not _CAP_NOTED and dataclasses.asdict(cfg) != before:  # said once, on stderr
+        _CAP_NOTED = True
+        print(f"note: LONGTAIL_MAX_EPOCHS={n} caps every epoch count (a setting for tests)",
+              file=sys.stderr)
     return cfg
+
+
+_CAP_NOTED = False
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -731,7 +743,8 @@ def _coerce_inner(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp}")
 
 
-def _check_semantics(cfg: Config) -> None:
+def _check_semantics(cfg: Config, template: bool = False) -> None:
+    """Refuse settings that cannot run; ``template``: the paths a user fills in may be empty."""
     def need(cond: bool, key: str, expected: str, found: Any) -> None:
         if not cond:
             raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
@@ -760,7 +773,7 @@ def _check_semantics(cfg: Config) -> None:
          cfg.eval.few_threshold)
     d = cfg.data
     if cfg.model.trainable is not None and cfg.model.weights is None \
-            and not cfg.model.pretrained:
+            and not cfg.model.pretrained and not template:
         raise ConfigError("config key model.weights: expected a file of pretrained weights, "
                           "since model.trainable freezes the rest of an untrained backbone")
     if d.n_max is not None and d.n_min is not None:
@@ -860,12 +873,13 @@ def _check_semantics(cfg: Config) -> None:
             parse_sampler_spec(spec)
         except ValueError as e:
             raise ConfigError(f"config key {key}: {e}") from None
-    if d.kind in ("list", "inat_json", "features"):
+    if d.kind in ("list", "inat_json", "features") and not template:
         what = {"list": "list", "inat_json": "JSON", "features": ".npz, .pt or .safetensors"}
         for key in ("train", "test"):
             need(getattr(d, key) is not None, f"data.{key}",
                  f"a {what[d.kind]} file (data.kind is {d.kind})", None)
-    if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt"):
+    if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt") \
+            and not template:
         need(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})", None)
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
         d.kind == "image_folder" and d.train is None)

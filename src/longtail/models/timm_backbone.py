@@ -1,4 +1,4 @@
-"""Any timm model as the backbone: ``model.name: timm/NAME`` (``pip install 'longtail[timm]'``).
+"""Any timm model as the backbone: ``model.name: timm/NAME`` (``pip install '.[timm]'``).
 
 timm builds the model with its classifier removed (``num_classes=0``), so ``forward`` gives
 pooled features of ``num_features`` dimensions; ``in_chans`` follows the data, and models
@@ -32,7 +32,8 @@ def import_timm():
         import timm
     except ImportError:
         raise LongtailError("config key model.name: timm/ models need the timm package; "
-                            "pip install 'longtail[timm]' (or pip install timm)") from None
+                            "pip install timm (in longtail's repository: pip install "
+                            "'.[timm]')") from None
     return timm
 
 
