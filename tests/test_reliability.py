@@ -328,7 +328,11 @@ def test_undecodable_images_can_be_skipped_and_counted(tmp_path, capsys):
     assert main(["run", *list_args(root, files, "data.on_bad_image=skip",
                                    "data.in_memory=false", "data.num_workers=0",
                                    "stage1.batch_size=4"), "--out", str(out2)]) == 0
-    assert "warning: skipped 1 undecodable images in epoch 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "warning: skipped 1 undecodable images in epoch 1" in printed
+    # ... and so does the extraction of each split's features (a val or test image too)
+    assert ("warning: features train: 1 of 18 images could not be decoded and are left out "
+            "(data.on_bad_image=skip)") in printed
 
 
 def test_missing_dataset_folder(tmp_path, capsys):
