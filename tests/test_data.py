@@ -87,6 +87,10 @@ def test_list_dataset_needs_only_train_and_test(image_lists):
     ("train/class_0/00000.png", r"train\.txt:2: expected 'relative/path label'"),
     ("train/class_0/00000.png zero", r"train\.txt:2: expected an integer label, found 'zero'"),
     ("train/class_0/00000.png -1", r"train\.txt:2: expected a label >= 0, found -1"),
+    # digits int() takes but no list writer means as a label
+    ("train/class_0/00000.png 0_4", r"train\.txt:2: expected an integer label, found '0_4'"),
+    ("train/class_0/00000.png \uff14", r"train\.txt:2: expected an integer label, found '\uff14'"),
+    ("train/class_0/00000.png \u0664", r"train\.txt:2: expected an integer label, found '\u0664'"),
     ("train/nowhere.png 0", r"train\.txt:2: image not found"),
 ])
 def test_bad_list_lines_name_file_and_line(image_lists, line, message):

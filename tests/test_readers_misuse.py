@@ -14,7 +14,7 @@ import torch
 
 from longtail.config import load_config
 from longtail.data import build_data, read_feature_file, write_feature_file
-from longtail.data.readers import label_gap
+from longtail.data.listfile import label_gap
 from longtail.errors import LongtailError
 from tests.conftest import (
     make_fake_cifar,
@@ -421,6 +421,28 @@ def test_a_list_that_is_an_image_or_an_archive_or_has_odd_lines(tmp_path):
     # old Mac line ends (a lone CR) are line ends
     files["train"].write_bytes(good.replace("\n", "\r").encode())
     assert data_of(*args).train_counts == [6, 4, 3]
+
+
+def test_data_root_dot_names_the_dataset_by_its_folder(tmp_path, monkeypatch):
+    files, args = _list_run(tmp_path)
+    monkeypatch.chdir(tmp_path / "d")
+    args = [a if not a.startswith("data.root=") else "data.root=." for a in args]
+    assert data_of(*args).name == "d"
+
+
+def test_make_split_of_a_list_not_numbered_from_0_says_which_labels_lack(tmp_path):
+    from longtail.data.makesplit import SplitRequest, make_split
+
+    files, _ = _list_run(tmp_path)
+    text = files["train"].read_text()
+    for old, new in ((" 2\n", " 3\n"), (" 1\n", " 2\n"), (" 0\n", " 1\n")):
+        text = text.replace(old, new)
+    files["train"].write_text(text)
+    request = SplitRequest(source="list", root=tmp_path / "d", out=tmp_path / "s",
+                           list_file=files["train"])
+    with pytest.raises(LongtailError, match=r"train.txt: labels must be 0..C-1, each present; "
+                                            r"no image has label 0 \(renumber"):
+        make_split(request)
 
 
 def test_class_name_files_with_odd_digits_or_a_label_named_twice(tmp_path):

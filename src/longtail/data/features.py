@@ -109,7 +109,7 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
     # make bincount allocate gigabytes (or overflow) only to report the classes it skips.
     present = torch.unique(train["labels"])
     if len(present) != num_classes:
-        from longtail.data.readers import label_gap
+        from longtail.data.listfile import label_gap
 
         raise LongtailError(f"{train_path}: no training row has label "
                             f"{label_gap(present.tolist(), num_classes)}; labels must be "

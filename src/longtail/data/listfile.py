@@ -88,11 +88,12 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
             raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', "
                                 f"found {text!r}")
         rel, label_text = parts
-        try:
-            label = int(label_text)
-        except ValueError:
+        digits = label_text[1:] if label_text[:1] in "+-" else label_text
+        # ASCII digits only: int() also takes '0_4', '４' and '٤', which are no label
+        if not (digits.isascii() and digits.isdigit()):
             raise LongtailError(f"{list_file}:{number}: expected an integer label, "
-                                f"found {label_text!r}") from None
+                                f"found {label_text!r}")
+        label = int(label_text)
         if label < 0:
             raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
         head = rel.rsplit(maxsplit=1)
@@ -242,3 +243,19 @@ def read_class_names(path: str | Path, num_classes: int,
                             f"training split), found {len(names)}; no class has label "
                             f"{', '.join(map(str, extra[:5]))}{' ...' if len(extra) > 5 else ''}")
     return [names[c] for c in range(num_classes)]
+
+
+def label_gap(present: list[int], num_classes: int) -> str:
+    """Return the labels of 0..num_classes-1 missing from the sorted distinct labels
+    ``present``, for a message: 'a..b' when they are one run, else the first ten. Built from
+    the gaps, never from the range: a stray label of 10^9 must not list a billion numbers."""
+    gaps = [(lo + 1, hi - 1) for lo, hi in zip([-1, *present], [*present, num_classes])
+            if hi - lo > 1]
+    if len(gaps) == 1 and gaps[0][1] > gaps[0][0]:
+        return f"{gaps[0][0]}..{gaps[0][1]}"
+    first: list[int] = []
+    for lo, hi in gaps:
+        first.extend(range(lo, min(hi, lo + 10) + 1))
+        if len(first) > 10:
+            break
+    return ", ".join(map(str, first[:10])) + (" ..." if len(first) > 10 else "")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from longtail.checkpoint import atomic_write_json, atomic_write_text, make_dir
 from longtail.data import cifar, fmnist
 from longtail.data.folder import read_image_folder
-from longtail.data.listfile import list_text, parse_list_file
+from longtail.data.listfile import label_gap, list_text, parse_list_file
 from longtail.data.profiles import make_profile
 from longtail.data.splits import long_tailed_split
 from longtail.errors import LongtailError
@@ -178,7 +178,9 @@ def _file_source(req: SplitRequest):
     pool = parse_list_file(req.list_file, req.root)
     present = sorted(set(pool.labels))
     if present != list(range(len(present))):
-        raise LongtailError(f"{pool.source}: labels must be 0..C-1, each present")
+        raise LongtailError(f"{pool.source}: labels must be 0..C-1, each present; no image has "
+                            f"label {label_gap(present, present[-1] + 1)} (renumber the "
+                            f"classes of the list from 0)")
     return pool, [str(c) for c in present]
 
 

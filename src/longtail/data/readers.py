@@ -24,6 +24,7 @@ from longtail.data.folder import read_image_folder
 from longtail.data.inat import read_inat_json as read_inat_json_file
 from longtail.data.listfile import (
     FileSplit,
+    label_gap,
     list_text,
     parse_list_file,
     read_class_names,
@@ -158,8 +159,13 @@ def read_list(cfg: DataConfig, split_seed: int) -> DataRecord:
     names = (read_class_names(resolve_near_root(cfg.class_names, root), len(labels),
                               labels if cfg.remap_labels else None)
              if cfg.class_names else [str(label) for label in labels])
-    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+    return DataRecord(name=_dataset_name(root), class_names=names, splits=splits,
                       split_sha256=hashes, notes=notes, root=root)
+
+
+def _dataset_name(root: Path) -> str:
+    """The name reports give the data: its folder's ('.' or '..' named as they resolve)."""
+    return root.name if root.name not in ("", "..") else (root.resolve().name or str(root))
 
 
 def read_inat_json(cfg: DataConfig, split_seed: int) -> DataRecord:
@@ -170,7 +176,7 @@ def read_inat_json(cfg: DataConfig, split_seed: int) -> DataRecord:
     for name in ("val", "test"):
         path = getattr(cfg, name)
         splits[name] = read_inat_json_file(path, root, category_ids)[0] if path else None
-    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+    return DataRecord(name=_dataset_name(root), class_names=names, splits=splits,
                       split_sha256=file_hashes(splits, root), root=root)
 
 
@@ -188,7 +194,7 @@ def read_image_folder_kind(cfg: DataConfig, split_seed: int) -> DataRecord:
     if splits["test"] is None:
         raise LongtailError("config key data.test: expected the test sub-folder "
                             "(data.train is set, so the folders are used as they are)")
-    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+    return DataRecord(name=_dataset_name(root), class_names=names, splits=splits,
                       split_sha256=file_hashes(splits, root), root=root)
 
 
@@ -221,7 +227,7 @@ def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> Dat
                             "split needs a test split)")
     notes = [f"long-tailed split generated from {root}: {cfg.profile} profile "
              f"{profile[0]}..{profile[-1]}, seed {split_seed}"]
-    return DataRecord(name=root.name or str(root), class_names=names, splits=splits,
+    return DataRecord(name=_dataset_name(root), class_names=names, splits=splits,
                       split_sha256=file_hashes(splits, root), notes=notes, root=root)
 
 
@@ -268,19 +274,3 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
                 raise LongtailError(f"{origin}: label {label} is not below the class count "
                                     f"{num_classes} (largest training label + 1)")
     return present
-
-
-def label_gap(present: list[int], num_classes: int) -> str:
-    """Return the labels of 0..num_classes-1 missing from the sorted distinct labels
-    ``present``, for a message: 'a..b' when they are one run, else the first ten. Built from
-    the gaps, never from the range: a stray label of 10^9 must not list a billion numbers."""
-    gaps = [(lo + 1, hi - 1) for lo, hi in zip([-1, *present], [*present, num_classes])
-            if hi - lo > 1]
-    if len(gaps) == 1 and gaps[0][1] > gaps[0][0]:
-        return f"{gaps[0][0]}..{gaps[0][1]}"
-    first: list[int] = []
-    for lo, hi in gaps:
-        first.extend(range(lo, min(hi, lo + 10) + 1))
-        if len(first) > 10:
-            break
-    return ", ".join(map(str, first[:10])) + (" ..." if len(first) > 10 else "")
