@@ -222,6 +222,24 @@ def test_stage2_on_features_starts_without_torchvision():
         longtail.data.nothing  # noqa: B018
 
 
+@pytest.mark.parametrize("module", ["longtail.pipeline", "longtail.extract"])
+def test_numpy_is_imported_before_torch(module):
+    """torch imports numpy from C and carries on when that fails: a Ctrl-C landing in it was
+    swallowed and left numpy half-loaded (the run went on, then died in matplotlib). The
+    commands' modules import numpy first, so the Ctrl-C stops them (exit 130)."""
+    code = ("import sys\n"
+            "order = []\n"
+            "class Watch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name in ('numpy', 'torch'): order.append(name)\n"
+            "sys.meta_path.insert(0, Watch())\n"
+            f"import {module}\n"
+            "print(*order)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert out.stdout.split()[:2] == ["numpy", "torch"], out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("how", ["entry", "main"])
 def test_the_command_skips_the_interpreters_teardown_but_not_atexit(how):
     """``longtail`` (cli.entry) ends with os._exit once torch is loaded: its teardown took about

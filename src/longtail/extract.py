@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+# numpy before torch: torch imports numpy from C and, if that import fails, carries on without
+# it, so a Ctrl-C landing there was swallowed and left numpy half-loaded (tracebacks later).
+import numpy  # noqa: F401
 import torch
 
 from longtail.checkpoint import atomic_write_text, make_dir

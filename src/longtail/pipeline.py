@@ -21,6 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# numpy before torch: torch imports numpy from C and, if that import fails, carries on without
+# it, so a Ctrl-C landing there was swallowed and left numpy half-loaded (tracebacks later).
+import numpy
 import torch
 
 from longtail import __version__, distributed
@@ -694,7 +697,6 @@ def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int)
 
 def _manifest(cfg: Config, data: LongTailData, device: torch.device,
               argv: list[str]) -> dict[str, Any]:
-    import numpy
     import torchvision
 
     return {
