@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longtail import CRT, LWS, NCM, Joint, TauNorm
+from longtail import CRT, LWS, NCM, Joint, LogitAdjust, TauNorm
 from longtail.losses import ClassifierLoss
 from longtail.stages.rebalance import balanced_accuracy
 
@@ -313,7 +313,6 @@ def test_stage2_bench_runs_small_and_prints_every_ratio(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "stage2.json"
@@ -329,26 +328,27 @@ def test_stage2_bench_runs_small_and_prints_every_ratio(tmp_path):
         assert methods[name]["bound_s"] is not None and methods[name]["fit_s"] >= 0
 
 
-def test_readme_python_example_runs_on_a_models_own_parameters():
-    """The README's Python block, run as written on a trained-looking nn.Linear (whose
-    parameters require grad) and small long-tailed features."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = text.split("## In Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_rebalancers_take_a_models_own_parameters():
+    """A trained nn.Linear's weight and bias (which require grad) work as the joint
+    classifier, and nothing the re-balancers return carries a graph. (The README's Python
+    block is run as written by tests/test_docs_commands.py, on the demo's features.)"""
     g = torch.Generator().manual_seed(0)
     counts = torch.tensor([40, 20, 8, 4])
     train_labels = torch.repeat_interleave(torch.arange(4), counts)
     centres = 3 * torch.randn(4, 16, generator=g)
     val_labels = torch.arange(4).repeat(5)
-    scope = {
-        "fc": torch.nn.Linear(16, 4),
-        "train_feats": centres[train_labels] + torch.randn(len(train_labels), 16, generator=g),
-        "train_labels": train_labels, "train_counts": counts, "val_labels": val_labels,
-        "val_feats": centres[val_labels] + torch.randn(len(val_labels), 16, generator=g),
-        "test_feats": torch.randn(7, 16, generator=g)}
-    exec(compile(block, "README.md", "exec"), scope)
-    for name in ("tau_norm", "crt", "lws", "ncm", "la"):
-        assert scope[name].predict(scope["test_feats"]).shape == (7,)
-        assert not scope[name].logits(scope["test_feats"]).requires_grad
+    x = centres[train_labels] + torch.randn(len(train_labels), 16, generator=g)
+    xv = centres[val_labels] + torch.randn(len(val_labels), 16, generator=g)
+    test = torch.randn(7, 16, generator=g)
+    fc = torch.nn.Linear(16, 4)
+    fitted = [TauNorm(fc.weight).fit(x, train_labels, xv, val_labels),
+              CRT(epochs=10).fit(x, train_labels),
+              LWS(fc.weight, fc.bias, epochs=5).fit(x, train_labels),
+              NCM("cosine").fit(x, train_labels),
+              LogitAdjust(fc.weight, fc.bias, counts=counts).fit(None, None, xv, val_labels)]
+    for method in fitted:
+        assert method.predict(test).shape == (7,)
+        assert not method.logits(test).requires_grad
 
 
 def test_labels_beyond_the_classifier_are_named():

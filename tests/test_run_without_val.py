@@ -42,7 +42,7 @@ def test_batch_larger_than_the_training_set_is_capped_and_lr_follows(run_output)
     images = sum(json.loads((out / "dataset.json").read_text())["train_counts"])
     assert images < 4096
     header = next(line for line in text.splitlines() if line.startswith("stage 1:"))
-    lr = float(re.search(r"lr ([0-9.e-]+)$", header).group(1))
+    lr = float(re.search(r"lr ([0-9.e-]+);", header).group(1))
     assert f"batch {images} over 1 process(es)" in header, header
     assert lr == pytest.approx(0.1 * images / 256, rel=1e-5)  # base_lr at base_batch_size 256
     assert (f"note: stage1.batch_size 4096 is more than the {images} training images of an "
