@@ -125,6 +125,20 @@ def test_features_run_writes_metrics_and_rebalancers_beat_joint_on_few(tmp_path,
     assert main(["rebalance", str(out)]) == 0
     assert "fitted " not in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["methods"] == again
+    # caches of longtail 0.1 (keyed by all of stage2.*, no settings recorded) are reused too
+    from longtail.checkpoint import load_checkpoint, save_checkpoint
+    from longtail.pipeline import _stage2_key, run_inputs
+    from longtail.rundir import load_run_config
+
+    cfg = load_run_config(out)
+    _, weight, bias, feats = run_inputs(out, cfg)
+    for path in (out / "stage2").glob("*.pt"):
+        blob = load_checkpoint(path)
+        del blob["settings"]
+        blob["key"] = _stage2_key(path.stem, cfg, feats, weight, bias, legacy=True)
+        save_checkpoint(blob, path)
+    assert main(["rebalance", str(out)]) == 0
+    assert "fitted " not in capsys.readouterr().out
     # summarize reads it like any run; a changed file is refused by rebalance
     assert main(["summarize", str(out)]) == 0
     gaussian_features(tmp_path / "f", seed=1)

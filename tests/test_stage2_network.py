@@ -68,7 +68,9 @@ def test_online_finetune_and_select_run_end_to_end(fake_fmnist, tmp_path, capsys
     for key, method in (("stage2.finetune.lr=0.5", "finetune"), ("stage2.crt.lr=0.3", "crt")):
         capsys.readouterr()
         assert main(["rebalance", str(out), "stage2.methods=[joint]", key]) == 2
-        name, err = key.split("=")[0], capsys.readouterr().err
+        printed = capsys.readouterr()
+        name, err = key.split("=")[0], printed.err
+        assert "fitted again" not in printed.out  # refused before any note
         assert err.startswith(f"longtail: error: override {name}: {method}'s result in "
                               f"metrics.json was made with {name}="), err
         assert err.endswith(f"rebalance cannot fit {method} again (it trains on images); use "

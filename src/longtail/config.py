@@ -327,10 +327,13 @@ class Stage2Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
-# The stage2.* sections each method's result depends on; balms and las take cRT's settings.
+# The stage2.* sections (or single keys) each method's result depends on; balms and las take
+# some of cRT's settings (stages/rebalance.py, build_rebalancer).
+_CRT_SHARED = ("crt.epochs", "crt.lr", "crt.weight_decay")
 _METHOD_SECTIONS = {"joint": (), "ncm_cosine": ("ncm",), "ncm_euclidean": ("ncm",),
                     "crt": ("crt",), "tau_norm": ("tau_norm",), "lws": ("lws",),
-                    "logit_adjust": ("logit_adjust",), "balms": ("crt",), "las": ("crt",),
+                    "logit_adjust": ("logit_adjust",), "balms": _CRT_SHARED,
+                    "las": (*_CRT_SHARED, "crt.sampler", "crt.las_head", "crt.las_tail"),
                     "wb": ("wb",), "finetune": ("finetune",), "finetune_last": ("finetune",)}
 # ... and the keys shared by the methods that train with a sampler (fine-tuning: some).
 _TRAINED_KEYS = ("batch_size", "momentum", "samples_per_class", "select", "features", "bn")
@@ -343,9 +346,10 @@ def method_settings(name: str, stage2: Stage2Config) -> dict[str, Any]:
     shared = (_TRAINED_KEYS if name in TRAINED_METHODS
               else _FINETUNE_KEYS if name in FINETUNE_METHODS else ())
     out = {f"stage2.{k}": getattr(stage2, k) for k in shared}
-    for section in _METHOD_SECTIONS[name]:
-        out.update({f"stage2.{section}.{k}": v
-                    for k, v in dataclasses.asdict(getattr(stage2, section)).items()})
+    for part in _METHOD_SECTIONS[name]:
+        section, _, key = part.partition(".")
+        values = dataclasses.asdict(getattr(stage2, section))
+        out.update({f"stage2.{section}.{k}": v for k, v in values.items() if k == key or not key})
     return out
 
 

@@ -43,6 +43,7 @@ from longtail.config import (
     TRAINED_METHODS,
     Config,
     dump_config,
+    load_config,
     method_settings,
 )
 from longtail.data.profiles import shot_groups
@@ -377,7 +378,12 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
         cached = load_checkpoint(path)
     except LongtailError:  # only a cache: one that cannot be read is fitted again
         return None
-    return cached if cached.get("key") == _stage2_key(name, cfg, features, weight, bias) else None
+    # a cache written before the key covered only the method's settings: its old key
+    legacy = "settings" not in cached and cached.get("key") == _stage2_key(
+        name, cfg, features, weight, bias, legacy=True)
+    if legacy or cached.get("key") == _stage2_key(name, cfg, features, weight, bias):
+        return cached
+    return None
 
 
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
@@ -408,7 +414,8 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     info, weight, bias, features = run_inputs(run_dir, cfg)
     asked = list(cfg.stage2.methods)
-    stale = _stale_kept(run_dir, cfg, earlier, features, weight, bias)
+    # config.yaml as it is describes how every result in metrics.json was made
+    stale = _stale_kept(load_config(run_dir / "config.yaml", finished=True), cfg, earlier)
     if stale:  # fitted again, so that config.yaml describes every result metrics.json holds
         methods = sorted({*asked, *stale}, key=lambda m: _METHOD_ORDER.get(m, 99))
         cfg = replace(cfg, stage2=replace(cfg.stage2, methods=methods))
@@ -434,40 +441,27 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     return metrics
 
 
-def _stale_kept(run_dir: Path, cfg: Config, earlier: dict[str, Any],
-                features: dict[str, FeatureSet], weight: torch.Tensor,
-                bias: torch.Tensor | None) -> list[str]:
+def _stale_kept(before: Config, cfg: Config, earlier: dict[str, Any]) -> list[str]:
     """Return the methods of metrics.json that ``cfg.stage2.methods`` leaves out but whose
-    settings the overrides changed (balms and las take stage2.crt.*; the trained methods share
-    stage2.batch_size, ...), saying so; a method fitted on images cannot be refitted here."""
+    settings differ between the run's config (``before``) and ``cfg`` (balms and las take
+    stage2.crt.*; the trained methods share stage2.batch_size, ...), saying so. A method
+    fitted on images cannot be fitted again here: refused, before any note."""
     kept = [m for m in earlier if m not in cfg.stage2.methods and m in _METHOD_ORDER]
     on_images = network_methods(replace(cfg, stage2=replace(cfg.stage2, methods=kept)))
-    stale = []
+    stale = {}
     for name in kept:
-        path = run_dir / "stage2" / f"{name}.pt"
-        try:
-            cached = load_checkpoint(path) if path.is_file() else None
-        except LongtailError:
-            cached = None
-        if cached is None or cached.get("key") == _stage2_key(name, cfg, features, weight, bias):
-            continue
-        now, then = method_settings(name, cfg.stage2), cached.get("settings")
-        # (a cache of an older longtail does not record them: fitted again, to be sure)
-        changed = [k for k in now if then is None or now[k] != then.get(k)]
-        if not changed:  # the same settings, e.g. other eval thresholds: regrouped, kept
-            continue
-        if name in on_images:
-            if then is None:
-                continue
+        then, now = method_settings(name, before.stage2), method_settings(name, cfg.stage2)
+        changed = [k for k in now if now[k] != then.get(k)]
+        if changed and name in on_images:
             raise LongtailError(f"override {changed[0]}: {name}'s result in metrics.json was "
                                 f"made with {changed[0]}={then.get(changed[0])!r}, and "
                                 f"rebalance cannot fit {name} again (it trains on images); "
                                 f"use 'longtail run'")
-        why = (f"made with {', '.join(changed[:3])} as they were" if then is not None
-               else "its stage2 cache does not record its settings")
-        _say(f"note: {name}: {why}; fitted again")
-        stale.append(name)
-    return stale
+        if changed:
+            stale[name] = changed
+    for name, changed in stale.items():
+        _say(f"note: {name}: made with {', '.join(changed[:3])} as they were; fitted again")
+    return list(stale)
 
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # of a split with no image
@@ -656,10 +650,13 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
 
 
 def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,
-                bias: torch.Tensor) -> str:
-    """SHA-256 of everything a stage-2 method's result depends on."""
+                bias: torch.Tensor, legacy: bool = False) -> str:
+    """SHA-256 of everything a stage-2 method's result depends on; ``legacy``: the key of
+    longtail 0.1's caches (all of stage2.* but the method list), still valid for them."""
     # only the method's own settings: a change of cRT's leaves tau-norm's fit valid
-    parts = [name, str(cfg.seed), json.dumps(method_settings(name, cfg.stage2), sort_keys=True),
+    settings = (asdict(replace(cfg.stage2, methods=[])) if legacy
+                else method_settings(name, cfg.stage2))
+    parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),
              json.dumps(asdict(cfg.eval), sort_keys=True),
              state_digest({k: v for k, v in (("weight", weight), ("bias", bias))
                            if v is not None}),
