@@ -412,6 +412,15 @@ def test_a_list_that_is_an_image_or_an_archive_or_has_odd_lines(tmp_path):
     files["train"].write_bytes(gzip.compress(good.encode()))
     with pytest.raises(LongtailError, match=r"train.txt: is a gzip file \(decompress it first\)"):
         data_of(*args)
+    import tarfile
+
+    with tarfile.open(files["train"], "w") as archive:  # told from its first bytes only
+        archive.add(files["val"], arcname="val.txt")
+    with pytest.raises(LongtailError, match=r"train.txt: is a tar archive, expected a text"):
+        data_of(*args)
+    files["train"].write_bytes(bytes(range(256)) * 1000)
+    with pytest.raises(LongtailError, match=r"train.txt: is a binary file, expected a text"):
+        data_of(*args)
     # a third column (a weight, a flag) is not part of the path
     first, rest = good.split("\n", 1)
     files["train"].write_text(first + " 1\n" + rest)

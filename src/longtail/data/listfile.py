@@ -61,11 +61,14 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     paths, labels, origins = [], [], []
     first_line: dict[str, int] = {}
     with open(list_file, "rb") as f:
-        content = f.read()
+        head = f.read(1 << 16)
+        if not _may_be_text(head):  # before reading it all: data.train=imagenet.tar is 140 GB
+            _refuse_binary(list_file, head)
+        content = head + f.read()
     # \n, \r\n, and the lone \r of old Mac editors (bytes.splitlines splits on these only)
     for number, raw in enumerate(content.splitlines(), start=1):
         if b"\x00" in raw:  # UTF-16 has one in every other byte of ASCII text
-            _refuse_binary(list_file, content)
+            _refuse_binary(list_file, head)
             utf16 = raw.count(b"\x00") * 3 >= len(raw) or raw.startswith((b"\xff\xfe",
                                                                         b"\xfe\xff"))
             raise LongtailError(f"{list_file}:{number}: " + (
@@ -76,7 +79,7 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
             # would otherwise become part of the first path.
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
         except UnicodeDecodeError as e:
-            _refuse_binary(list_file, content)
+            _refuse_binary(list_file, head)
             raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
                                 f"the line is 0x{raw[e.start]:02x})") from None
         if not text:
@@ -84,7 +87,7 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
         parts = text.rsplit(maxsplit=1)
         if len(parts) != 2:
             if number == 1:
-                _refuse_binary(list_file, content)
+                _refuse_binary(list_file, head)
             raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', "
                                 f"found {text!r}")
         rel, label_text = parts
@@ -122,12 +125,26 @@ _MAGIC = {b"\x1f\x8b": "a gzip file (decompress it first)", b"PK\x03\x04": "a zi
           "it first)", b"%PDF": "a PDF document", b"7z\xbc\xaf": "a 7-Zip archive"}
 
 
+def _may_be_text(head: bytes) -> bool:
+    """Whether the first bytes of a file may be UTF-8 text (the last character may be cut)."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3 and e.reason == "unexpected end of data"
+    return True
+
+
 def _refuse_binary(list_file: Path, content: bytes) -> None:
-    """Raise a LongtailError saying what ``list_file`` is, when it is an image, an archive or
-    a compressed file rather than a text list; return when it may be text."""
+    """Raise a LongtailError saying what ``list_file`` is, from its first bytes ``content``,
+    when it is an image, an archive or a binary file rather than a text list; return when it
+    may be text (UTF-16 too: the lines' checks say so)."""
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order marks
         return
     what = next((kind for magic, kind in _MAGIC.items() if content.startswith(magic)), None)
+    if what is None and content[257:262] == b"ustar":
+        what = "a tar archive"
     if what is None:
         import io
 
@@ -137,7 +154,11 @@ def _refuse_binary(list_file: Path, content: bytes) -> None:
             with Image.open(io.BytesIO(content)) as img:
                 what = f"{'an' if img.format[:1] in 'AEIOU' else 'a'} {img.format} image"
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            return
+            # NUL bytes, but fewer than ASCII text in UTF-16 has (one in two bytes)
+            if 0 < content.count(b"\x00") * 3 < len(content):
+                what = "a binary file"
+            else:
+                return
     raise LongtailError(f"{list_file}: is {what}, expected a text list of 'relative/path "
                         f"label' lines")
 
