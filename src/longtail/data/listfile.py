@@ -99,9 +99,9 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
         label = int(label_text)
         if label < 0:
             raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
-        head = rel.rsplit(maxsplit=1)
-        if len(head) == 2 and head[1].lstrip("+-").isdecimal() and not (root / rel).exists() \
-                and (root / head[0]).is_file():  # 'path label extra': not a path with a space
+        last = rel.rsplit(maxsplit=1)
+        if len(last) == 2 and last[1].lstrip("+-").isdecimal() and not (root / rel).exists() \
+                and (root / last[0]).is_file():  # 'path label extra': not a path with a space
             raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', found "
                                 f"{len(text.split())} fields {text!r}; remove the columns "
                                 f"after the label")
@@ -123,6 +123,9 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
 _MAGIC = {b"\x1f\x8b": "a gzip file (decompress it first)", b"PK\x03\x04": "a zip archive",
           b"BZh": "a bzip2 file (decompress it first)", b"\xfd7zXZ": "an xz file (decompress "
           "it first)", b"%PDF": "a PDF document", b"7z\xbc\xaf": "a 7-Zip archive"}
+
+
+_TEXT_BYTES = bytes([9, 10, 13, *range(32, 127), *range(128, 256)])  # all but control bytes
 
 
 def _may_be_text(head: bytes) -> bool:
@@ -154,8 +157,9 @@ def _refuse_binary(list_file: Path, content: bytes) -> None:
             with Image.open(io.BytesIO(content)) as img:
                 what = f"{'an' if img.format[:1] in 'AEIOU' else 'a'} {img.format} image"
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            # NUL bytes, but fewer than ASCII text in UTF-16 has (one in two bytes)
-            if 0 < content.count(b"\x00") * 3 < len(content):
+            # many control bytes, but fewer NULs than ASCII text in UTF-16 has (one in two)
+            controls = len(content.translate(None, _TEXT_BYTES))
+            if controls * 20 > len(content) and content.count(b"\x00") * 3 < len(content):
                 what = "a binary file"
             else:
                 return
