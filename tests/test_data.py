@@ -249,24 +249,32 @@ def test_float_images_in_0_to_1_are_scaled_not_black(tmp_path):
     assert torch.equal(decode_image(tmp_path / "b.tif", 3), expected.expand(3, -1, -1))
 
 
-def test_an_image_above_pillows_pixel_limit_is_one_line_once(tmp_path, monkeypatch, capsys):
+def test_images_above_pillows_pixel_limit_are_said_once_in_one_line(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Pillow warns in two lines from its own source, per image and per worker: the data
+    builder says it once, naming a sampled image, and decoding stays quiet."""
     import warnings
 
     from PIL import Image
 
-    from longtail.data import datasets
+    from longtail.data.builder import _typical_size
+    from longtail.data.datasets import decode_image
+    from longtail.data.listfile import FileSplit
 
-    Image.new("L", (16, 16)).save(tmp_path / "big.png")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("L", (16, 16)).save(paths[-1])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 256 px: above, not twice
-    monkeypatch.setattr(datasets, "_LARGE_NOTED", False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # Pillow's own two-line warning is not shown either
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        for _ in range(2):
-            assert datasets.decode_image(tmp_path / "big.png", 1).shape == (1, 16, 16)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"warning: {tmp_path / 'big.png'}: 16x16 px, "
-                                                   f"more than Pillow's limit of 200 pixels")
+        warnings.simplefilter("error")  # Pillow's own warning would fail here
+        assert _typical_size(FileSplit(tmp_path / "t.txt", paths, [0, 1, 1], ["a"] * 3)) == (
+            16, 256)
+        for path in paths:
+            assert decode_image(path, 1).shape == (1, 16, 16)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"warning: {paths[0]}: 16x16 px, more than "
+                                                   f"Pillow's limit of 200 pixels")
 
 
 def test_a_shape_held_only_in_alpha_is_not_decoded_blank(tmp_path):

@@ -333,6 +333,7 @@ def test_undecodable_images_can_be_skipped_and_counted(tmp_path, capsys):
     # ... and so does the extraction of each split's features (a val or test image too)
     assert ("warning: features train: 1 of 18 images could not be decoded and are left out "
             "(data.on_bad_image=skip)") in printed
+    assert printed.count("are left out") == 1  # once, by the extraction
 
 
 def test_missing_dataset_folder(tmp_path, capsys):

@@ -7,6 +7,7 @@ checks of labels and files, decoding images into memory, and the ``LongTailData`
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,15 +351,23 @@ def _typical_size(split: FileSplit, sample: int = 25) -> tuple[int, int]:
     from PIL import Image
 
     n, m = len(split.paths), min(sample, len(split.paths))
-    sides, areas = [], []
+    sides, areas, large = [], [], None
     for i in sorted({round(k * (n - 1) / max(m - 1, 1)) for k in range(m)}):
         try:
-            with Image.open(split.paths[i]) as img:
-                width, height = img.size
+            with warnings.catch_warnings():  # said below, in one line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(split.paths[i]) as img:
+                    width, height = img.size
         except (OSError, ValueError):  # an unreadable image is named when it is decoded
             continue
         sides.append(max(width, height))
         areas.append(width * height)
+        if large is None and Image.MAX_IMAGE_PIXELS and areas[-1] > Image.MAX_IMAGE_PIXELS:
+            large = f"{split.paths[i]}: {width}x{height} px"
+    if large and distributed.is_main():
+        print(f"warning: {large}, more than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels "
+              f"for one image; such images are decoded (up to twice the limit) but slow the "
+              f"loader: resize them once, offline", flush=True)
     if not sides:
         raise LongtailError(f"{split.source}: no image could be decoded")
     return sorted(sides)[len(sides) // 2], sum(areas) // len(areas)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,10 +16,6 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from longtail.errors import LongtailError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-# Pillow warns in two lines naming its own source above MAX_IMAGE_PIXELS (and refuses at twice
-# that); decode_image says it in one line naming the image instead.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-_LARGE_NOTED = False
 
 
 def decode_image(path: Path, channels: int) -> torch.Tensor:
@@ -30,24 +25,16 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
     deprecated since 0.29). Raises OSError or ValueError when it cannot be read or decoded.
     """
     try:
-        with Image.open(path) as img:
-            _note_if_large(path, img)
+        with warnings.catch_warnings():
+            # Pillow's two lines about images above MAX_IMAGE_PIXELS (it refuses at twice
+            # that) would come from every worker: the data builder says it once instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             img = _shape_in_alpha(_to_8_bits(img))
             return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except Image.DecompressionBombError as e:
         raise ValueError(str(e)) from None
-
-
-def _note_if_large(path: Path, img: Image.Image) -> None:
-    """Say once per process that an image is above Pillow's decompression-bomb limit: it is
-    decoded (up to twice the limit), but such images slow the loader down."""
-    global _LARGE_NOTED
-    limit = Image.MAX_IMAGE_PIXELS
-    if not _LARGE_NOTED and limit and img.width * img.height > limit:
-        _LARGE_NOTED = True
-        print(f"warning: {path}: {img.width}x{img.height} px, more than Pillow's limit of "
-              f"{limit} pixels for one image; decoded anyway, but images this large slow the "
-              f"loader (resize them once, offline)", file=sys.stderr, flush=True)
 
 
 def _shape_in_alpha(img: Image.Image) -> Image.Image:

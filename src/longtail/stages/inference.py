@@ -45,9 +45,10 @@ def infer(
         raise LongtailError(f"{desc or 'inference'}: no image could be decoded")
     out = distributed.gather_rows(torch.cat(outputs)).cpu()
     lab = distributed.gather_rows(torch.cat(labels)).cpu()
-    if len(out) < n and distributed.is_main():  # data.on_bad_image=skip: said, not silent
-        print(f"warning: {desc or 'inference'}: {n - len(out)} of {n} images could not be "
-              f"decoded and are left out (data.on_bad_image=skip)", flush=True)
+    if len(out) < n and desc is not None and distributed.is_main():
+        # data.on_bad_image=skip, said once per split's features (not at each val check)
+        print(f"warning: {desc}: {n - len(out)} of {n} images could not be decoded and are "
+              f"left out (data.on_bad_image=skip)", flush=True)
     if world > 1 and len(out) == n:  # undo the rank-strided order (rows keep their labels)
         order = torch.cat([torch.arange(r, n, world) for r in range(world)])
         out[order], lab[order] = out.clone(), lab.clone()
