@@ -463,11 +463,10 @@ def test_cli_mistake_is_one_line_fast_and_leaves_nothing(world, case, setup, arg
     if setup:
         setup(world)
     before = sorted(p.relative_to(world) for p in world.rglob("*"))
-    start, used = time.perf_counter(), _children_cpu()
-    result = subprocess.run([sys.executable, "-m", "longtail", *_argv(argv, world)],
-                            capture_output=True, text=True, cwd=world, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    elapsed, cpu = time.perf_counter() - start, _children_cpu() - used
+    start = time.perf_counter()
+    result, cpu = _run_measured([sys.executable, "-m", "longtail", *_argv(argv, world)],
+                                cwd=world, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    elapsed = time.perf_counter() - start
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -479,12 +478,21 @@ def test_cli_mistake_is_one_line_fast_and_leaves_nothing(world, case, setup, arg
     assert cpu < 1.5 and elapsed < 15, f"{case}: {cpu:.2f} s of CPU, {elapsed:.2f} s"
 
 
-def _children_cpu() -> float:
-    """CPU seconds (user + system) of this process's finished children so far."""
-    import resource
+def _run_measured(argv: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``argv`` (output captured) and return its result and its own CPU seconds (user +
+    system, from wait4: no other child's). Its output is one line, so the pipes cannot fill."""
+    import threading
 
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs) as child:
+        guard = threading.Timer(60, child.kill)  # a hang fails the test, not the suite
+        guard.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        guard.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out, err = child.stdout.read(), child.stderr.read()
+    return (subprocess.CompletedProcess(argv, child.returncode, out, err),
+            usage.ru_utime + usage.ru_stime)
 
 
 @pytest.mark.parametrize("case,setup,expected", DATA_CASES, ids=[c[0] for c in DATA_CASES])

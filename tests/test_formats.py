@@ -156,7 +156,18 @@ def test_list_class_names_and_remap(tmp_path):
     assert named.class_names == ["cat", "dog", "bird"]
     (root / "labels.txt").write_text("0 cat\n1 dog\n2 bird\n")
     with pytest.raises(LongtailError, match=r"labels\.txt: expected a name for each label of "
-                                            r"the training list, missing labels \[5, 9\]"):
+                                            r"the training list, missing labels \[5, 9\]$"):
+        data_of(*args, "data.remap_labels=true", "data.class_names=labels.txt")
+    # one name per line: one per class in label order, or one per label from 0
+    (root / "labels.txt").write_text("cat\ndog\nbird\n")
+    assert data_of(*args, "data.remap_labels=true",
+                   "data.class_names=labels.txt").class_names == ["cat", "dog", "bird"]
+    (root / "labels.txt").write_text("".join(f"n{i}\n" for i in range(10)))
+    assert data_of(*args, "data.remap_labels=true",
+                   "data.class_names=labels.txt").class_names == ["n0", "n5", "n9"]
+    (root / "labels.txt").write_text("cat\ndog\nbird\nowl\n")
+    with pytest.raises(LongtailError, match=r"missing labels \[5, 9\] \(a file of one name per "
+                                            r"line has one per class, 3 lines"):
         data_of(*args, "data.remap_labels=true", "data.class_names=labels.txt")
 
 

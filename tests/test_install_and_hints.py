@@ -54,6 +54,7 @@ def test_config_writes_a_paper_config_whose_data_is_still_to_give(name, missing,
     assert main(["config", name]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[-1].startswith(f"note: fill in before 'longtail run': {missing}")
+    assert "config key data.root: expected the dataset folder" in err  # every one, one line
     (tmp_path / "my.yaml").write_text(out)
     assert main(["run", "my.yaml"]) == 2
     assert missing in capsys.readouterr().err

@@ -419,7 +419,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         if value is None and key.strip() in _SECTIONS:  # would reset the file's section
             raise ConfigError(f"override {item!r}: {key.strip()} is a section; set its keys, "
                               f"e.g. {key.strip()}.{_SECTIONS[key.strip()]}=VALUE")
-        _set_dotted(raw, key.strip(), value)
+        set_dotted(raw, key.strip(), value)
     try:
         cfg = _build(Config, raw, "")
         _resolve_defaults(cfg)
@@ -556,7 +556,7 @@ def _parse_value(text: str, text_key: bool = False) -> Any:
     return text if keep and isinstance(value, keep) and not isinstance(value, bool) else value
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):

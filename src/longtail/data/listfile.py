@@ -241,7 +241,8 @@ def read_class_names(path: str | Path, num_classes: int,
     lines = [line for line in lines if line]
     pairs = [line.split(maxsplit=1) for line in lines]
     # isdecimal, not isdigit: '²' is a digit that int() refuses.
-    if all(len(p) == 2 and p[0].isascii() and p[0].isdecimal() for p in pairs):
+    keyed = all(len(p) == 2 and p[0].isascii() and p[0].isdecimal() for p in pairs)
+    if keyed:
         names = {}
         for number, (label, name) in enumerate(pairs, start=1):
             if int(label) in names:
@@ -250,11 +251,17 @@ def read_class_names(path: str | Path, num_classes: int,
             names[int(label)] = name
     else:
         names = dict(enumerate(lines))
+        if labels is not None and len(lines) == len(labels):
+            return lines  # one name per class, in the order of the labels
     if labels is not None:
         missing = [label for label in labels if label not in names]
         if missing:
+            per_line = "" if keyed else (
+                f" (a file of one name per line has one per class, {len(labels)} lines in the "
+                f"order of the labels, or one per label from 0, line 1 naming label 0; or write "
+                f"'label name' lines)")
             raise LongtailError(f"{path}: expected a name for each label of the training list, "
-                                f"missing labels {missing[:5]}")
+                                f"missing labels {missing[:5]}{per_line}")
         return [names[label] for label in labels]
     missing = [c for c in range(num_classes) if c not in names]
     if missing:
