@@ -412,29 +412,8 @@ def _earlier_summary(path: Path) -> bool:
             and isinstance(data["methods"], dict))
 
 
-def _still_to_give(cfg) -> list[str]:
-    """Return the messages a run of the template ``cfg`` would stop with, one per key: each
-    key refused is given a placeholder and the check repeated."""
-    import re
-
-    from longtail.config import config_from_dict, set_dotted
-
-    raw, found, keys = cfg.to_dict(), [], set()
-    while True:
-        try:
-            config_from_dict(raw)
-            return found
-        except LongtailError as e:
-            found.append(str(e))
-            key = re.match(r"config key ([\w.]+):", str(e))
-            if key is None or key.group(1) in keys:
-                return found
-            keys.add(key.group(1))
-            set_dotted(raw, key.group(1), "FILL_IN")
-
-
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
-    from longtail.config import config_reference, dump_config, load_config
+    from longtail.config import config_reference, dump_config, load_config, template_gaps
 
     notes: list[str] = []  # printed once the config has loaded: a mistake stays one line
     if args.command == "config":
@@ -450,7 +429,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             path = None if args.config is None else resolve_config(args.config, notes)
             cfg = load_config(path, args.overrides, template=True)
-            missing = _still_to_give(cfg)
+            missing = template_gaps(cfg)
             if missing:  # what a run of it asks for (data.root, ...): said, not refused
                 notes.append(f"note: fill in before 'longtail run': {'; '.join(missing)}")
             text = dump_config(cfg)

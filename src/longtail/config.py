@@ -419,7 +419,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         if value is None and key.strip() in _SECTIONS:  # would reset the file's section
             raise ConfigError(f"override {item!r}: {key.strip()} is a section; set its keys, "
                               f"e.g. {key.strip()}.{_SECTIONS[key.strip()]}=VALUE")
-        set_dotted(raw, key.strip(), value)
+        _set_dotted(raw, key.strip(), value)
     try:
         cfg = _build(Config, raw, "")
         _resolve_defaults(cfg)
@@ -515,16 +515,16 @@ def _cap_epochs(cfg: Config) -> Config:
         return cfg
     if not cap.isdigit() or int(cap) < 1:
         raise ConfigError(f"LONGTAIL_MAX_EPOCHS: expected an integer >= 1, found {cap!r}")
-    n, before = int(cap), dataclasses.asdict(cfg)
-    cfg.stage1.epochs = min(cfg.stage1.epochs, n)
-    cfg.stage1.warmup_epochs = min(cfg.stage1.warmup_epochs, max(cfg.stage1.epochs - 1, 0))
-    for section in (cfg.stage2.crt, cfg.stage2.lws, cfg.stage2.wb, cfg.stage2.finetune):
-        section.epochs = min(section.epochs, n)
+    n = int(cap)
+    sections = (cfg.stage1, cfg.stage2.crt, cfg.stage2.lws, cfg.stage2.wb, cfg.stage2.finetune)
     global _CAP_NOTED
-    if not _CAP_NOTED and dataclasses.asdict(cfg) != before:  # said once, on stderr
+    if not _CAP_NOTED and any(section.epochs > n for section in sections):  # said once
         _CAP_NOTED = True
         print(f"note: LONGTAIL_MAX_EPOCHS={n} caps every epoch count (a setting for tests)",
               file=sys.stderr)
+    for section in sections:
+        section.epochs = min(section.epochs, n)
+    cfg.stage1.warmup_epochs = min(cfg.stage1.warmup_epochs, max(cfg.stage1.epochs - 1, 0))
     return cfg
 
 
@@ -556,7 +556,7 @@ def _parse_value(text: str, text_key: bool = False) -> Any:
     return text if keep and isinstance(value, keep) and not isinstance(value, bool) else value
 
 
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -747,11 +747,20 @@ def _coerce_inner(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp}")
 
 
-def _check_semantics(cfg: Config, template: bool = False) -> None:
-    """Refuse settings that cannot run; ``template``: the paths a user fills in may be empty."""
+def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
+    """Refuse settings that cannot run. ``template``: a config to write out and edit, whose
+    paths to the user's data and weights may still be empty: return those messages instead."""
     def need(cond: bool, key: str, expected: str, found: Any) -> None:
         if not cond:
             raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
+
+    gaps: list[str] = []
+
+    def need_path(cond: bool, key: str, expected: str) -> None:
+        if not cond:
+            if not template:
+                raise ConfigError(f"config key {key}: expected {expected}, found None")
+            gaps.append(f"config key {key}: expected {expected}, found None")
 
     name = cfg.model.name
     if name not in BACKBONE_NAMES and not (name.startswith(TIMM_PREFIX)
@@ -776,10 +785,9 @@ def _check_semantics(cfg: Config, template: bool = False) -> None:
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
     d = cfg.data
-    if cfg.model.trainable is not None and cfg.model.weights is None \
-            and not cfg.model.pretrained and not template:
-        raise ConfigError("config key model.weights: expected a file of pretrained weights, "
-                          "since model.trainable freezes the rest of an untrained backbone")
+    need_path(cfg.model.trainable is None or cfg.model.weights is not None
+              or cfg.model.pretrained, "model.weights", "a file of pretrained weights, since "
+              "model.trainable freezes the rest of an untrained backbone")
     if d.n_max is not None and d.n_min is not None:
         need(d.n_max >= d.n_min >= 1, "data.n_min", f"1 <= n_min <= n_max ({d.n_max})", d.n_min)
     for key in ("n_max", "n_min"):
@@ -877,14 +885,13 @@ def _check_semantics(cfg: Config, template: bool = False) -> None:
             parse_sampler_spec(spec)
         except ValueError as e:
             raise ConfigError(f"config key {key}: {e}") from None
-    if d.kind in ("list", "inat_json", "features") and not template:
+    if d.kind in ("list", "inat_json", "features"):
         what = {"list": "list", "inat_json": "JSON", "features": ".npz, .pt or .safetensors"}
         for key in ("train", "test"):
-            need(getattr(d, key) is not None, f"data.{key}",
-                 f"a {what[d.kind]} file (data.kind is {d.kind})", None)
-    if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt") \
-            and not template:
-        need(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})", None)
+            need_path(getattr(d, key) is not None, f"data.{key}",
+                      f"a {what[d.kind]} file (data.kind is {d.kind})")
+    if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt"):
+        need_path(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})")
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
         d.kind == "image_folder" and d.train is None)
     has_val = d.val_per_class > 0 if generated else (d.val is not None or d.val_from_train > 0)
@@ -908,6 +915,13 @@ def _check_semantics(cfg: Config, template: bool = False) -> None:
         if name in cfg.stage2.methods and getattr(cfg.stage2, name).tau is None and not has_val:
             raise ConfigError(f"config key stage2.{name}.tau: null chooses tau on the val "
                               f"split, but there is none; set {val_keys}, or a fixed tau")
+    return gaps
+
+
+def template_gaps(cfg: Config) -> list[str]:
+    """Return what a run of ``cfg``, loaded with ``template=True``, still needs (data.root,
+    model.weights, ...), one message per key."""
+    return _check_semantics(cfg, template=True)
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -378,12 +378,10 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
         cached = load_checkpoint(path)
     except LongtailError:  # only a cache: one that cannot be read is fitted again
         return None
-    # a cache written before the key covered only the method's settings: its old key
-    legacy = "settings" not in cached and cached.get("key") == _stage2_key(
-        name, cfg, features, weight, bias, legacy=True)
-    if legacy or cached.get("key") == _stage2_key(name, cfg, features, weight, bias):
-        return cached
-    return None
+    # a cache written before the key covered only the method's settings has its old key
+    legacy = "settings" not in cached
+    key = _stage2_key(name, cfg, features, weight, bias, legacy=legacy)
+    return cached if cached.get("key") == key else None
 
 
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
@@ -451,10 +449,10 @@ def _stale_kept(before: Config, cfg: Config, earlier: dict[str, Any]) -> list[st
     stale = {}
     for name in kept:
         then, now = method_settings(name, before.stage2), method_settings(name, cfg.stage2)
-        changed = [k for k in now if now[k] != then.get(k)]
+        changed = [k for k in now if now[k] != then[k]]
         if changed and name in on_images:
             raise LongtailError(f"override {changed[0]}: {name}'s result in metrics.json was "
-                                f"made with {changed[0]}={then.get(changed[0])!r}, and "
+                                f"made with {changed[0]}={then[changed[0]]!r}, and "
                                 f"rebalance cannot fit {name} again (it trains on images); "
                                 f"use 'longtail run'")
         if changed:
@@ -711,16 +709,12 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         # run_inputs takes every recorded split as one whose features must exist
         "split_sha256": data.split_sha256,
         # what data.image_size: null and data.hflip: null resolved to (not in config.yaml)
-        **({"input": _input(data)} if hasattr(data, "image_size") else {}),
+        **({"input": {"image_size": data.image_size, "channels": data.channels,
+                      "hflip": data.hflip, "mean": list(data.mean), "std": list(data.std)}}
+           if hasattr(data, "image_size") else {}),
         "platform": platform.platform(),
         "config": cfg.to_dict(),
     }
-
-
-def _input(data: LongTailData) -> dict[str, Any]:
-    """Return the input an image run trains on, as the data resolved it."""
-    return {"image_size": data.image_size, "channels": data.channels, "hflip": data.hflip,
-            "mean": list(data.mean), "std": list(data.std)}
 
 
 def _working_directory() -> str | None:

@@ -68,7 +68,6 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     # \n, \r\n, and the lone \r of old Mac editors (bytes.splitlines splits on these only)
     for number, raw in enumerate(content.splitlines(), start=1):
         if b"\x00" in raw:  # UTF-16 has one in every other byte of ASCII text
-            _refuse_binary(list_file, head)
             utf16 = raw.count(b"\x00") * 3 >= len(raw) or raw.startswith((b"\xff\xfe",
                                                                         b"\xfe\xff"))
             raise LongtailError(f"{list_file}:{number}: " + (
@@ -79,14 +78,13 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
             # would otherwise become part of the first path.
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
         except UnicodeDecodeError as e:
-            _refuse_binary(list_file, head)
             raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
                                 f"the line is 0x{raw[e.start]:02x})") from None
         if not text:
             continue
         parts = text.rsplit(maxsplit=1)
         if len(parts) != 2:
-            if number == 1:
+            if number == 1:  # a text header: an ASCII PPM image, say
                 _refuse_binary(list_file, head)
             raise LongtailError(f"{list_file}:{number}: expected 'relative/path label', "
                                 f"found {text!r}")
