@@ -102,6 +102,8 @@ CASES = [
     ("unknown method", None, ["run", CONFIG, "stage2.methods=[crt,wls]"],
      "config key stage2.methods: expected list of one of"),
     ("bad sampler", None, ["run", CONFIG, "stage1.sampler=sqrtt"], "config key stage1.sampler"),
+    ("n_min and imbalance_ratio", None, ["run", CONFIG, "data.imbalance_ratio=50"],
+     "config key data.imbalance_ratio: expected null when data.n_min is given"),
     ("q out of range", None, ["run", CONFIG, "stage2.crt.sampler=1.5"],
      "config key stage2.crt.sampler: expected q in [0, 1]"),
     ("list without train", None, ["run", CONFIG, "data.kind=list", "data.root=/x"],
@@ -400,7 +402,7 @@ FEATURE_CASES = [
      "f/train.npz: labels: expected labels >= 0, found -1 in row 0"),
     ("NaN in the features", lambda w: _features(w, "train", _set("features", (3, 1),
                                                                  float("nan"))),
-     "f/train.npz: features: row 3 holds NaN or infinity"),
+     "f/train.npz: features: expected finite numbers, found NaN or infinity in row 3"),
     ("features of another dimension", lambda w: _features(w, "test", lambda a: a.update(
         features=a["features"][:, :3])),
      "f/test.npz: features have 3 dimensions, data.train's"),
@@ -417,7 +419,7 @@ FEATURE_CASES = [
         labels=a["labels"] % 2)), "f/val.npz: the val split has no row of classes [2]"),
     ("joint classifier with NaN", lambda w: _features(
         w, "train", joint_weight=__import__("numpy").full((3, 4), float("nan"), "float32")),
-     "f/train.npz: joint_weight: holds NaN or infinity"),
+     "f/train.npz: joint_weight: expected finite numbers, found NaN or infinity in row"),
     ("string labels", lambda w: _features(w, "train", lambda a: a.update(
         labels=a["labels"].astype(str))), "f/train.npz: labels: expected numbers, found <U"),
     ("a folder named like a features file", lambda w: ((w / "f" / "val.npz").unlink(),
@@ -670,9 +672,9 @@ def _gpu_may_be_here() -> bool:
 
 @pytest.mark.skipif(_gpu_may_be_here(), reason="a GPU driver is visible: cuda may be there")
 @pytest.mark.parametrize("device,message", [
-    ("cuda", "config key device: cuda was asked for but no GPU is available"),
-    ("cuda:0", "config key device: cuda was asked for but no GPU is available"),
-    ("mps", "config key device: mps was asked for but is not available")])
+    ("cuda", "config key device: found 'cuda', but no GPU is available; use cpu"),
+    ("cuda:0", "config key device: found 'cuda:0', but no GPU is available; use cpu"),
+    ("mps", "config key device: found 'mps', but MPS is not available; use cpu")])
 def test_a_missing_device_is_answered_before_torch(tmp_path, device, message):
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "longtail", "run", CONFIG,
@@ -695,11 +697,11 @@ def test_quick_device_check_defers_to_torch_when_unsure(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.sys, "platform", "linux")
     for device in ("auto", "cpu"):
         cli.check_device(device)
-    with pytest.raises(LongtailError, match="cuda was asked for but no GPU is available"):
+    with pytest.raises(LongtailError, match="found 'cuda:1', but no GPU is available"):
         cli.check_device("cuda:1")
     (tmp_path / "nvidia0").touch()  # a driver: torch decides
     cli.check_device("cuda")
-    with pytest.raises(LongtailError, match="mps was asked for but is not available"):
+    with pytest.raises(LongtailError, match="found 'mps', but MPS is not available"):
         cli.check_device("mps")
     monkeypatch.setattr(cli.sys, "platform", "darwin")
     cli.check_device("mps")

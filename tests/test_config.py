@@ -92,8 +92,15 @@ def test_a_section_override_changes_only_the_keys_it_names(tmp_path):
     assert (cfg.stage1.epochs, cfg.stage1.lr, cfg.stage1.momentum) == (2, 0.05, 0.8)
 
 
+def torchrun_env(monkeypatch, world: str = "2", local_rank: str = "0") -> None:
+    """Set what torchrun sets in each process it starts."""
+    for key, value in (("WORLD_SIZE", world), ("RANK", local_rank), ("LOCAL_RANK", local_rank),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(key, value)
+
+
 def test_batch_split_over_torchrun_processes(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    torchrun_env(monkeypatch)
     assert load_config(None, ["stage1.batch_size=32"]).stage1.batch_size == 32
     with pytest.raises(ConfigError, match="stage1.batch_size: expected a multiple of the 2 "
                                           "processes"):
@@ -108,6 +115,14 @@ def test_batch_split_over_torchrun_processes(monkeypatch):
         load_config(None, ["stage2.finetune.batch_size=3", "stage2.methods=[finetune]"])
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(LongtailError, match="WORLD_SIZE: expected the number of processes"):
+        load_config(None)
+    monkeypatch.setenv("WORLD_SIZE", "")  # empty: unset, one process
+    assert load_config(None, ["stage1.batch_size=33"]).stage1.batch_size == 33
+    # set by hand, without torchrun: one line, not torch's rendezvous traceback
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_PORT")
+    with pytest.raises(LongtailError, match="WORLD_SIZE: 2 processes, but MASTER_PORT is not "
+                                            "set; start several processes with torchrun"):
         load_config(None)
 
 
@@ -135,9 +150,8 @@ def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, cap
     """Every process parses the same command line: only rank 0 says what is wrong."""
     from longtail.cli import main
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, said in (("1", 0), ("0", 1)):  # each node's first process speaks
-        monkeypatch.setenv("LOCAL_RANK", rank)
+        torchrun_env(monkeypatch, local_rank=rank)
         assert main(["run", "configs/fmnist_lt.yaml", "stage1.epochz=3"]) == 2
         with pytest.raises(SystemExit):
             main(["run", "configs/fmnist_lt.yaml", "--bogus"])
@@ -215,13 +229,15 @@ def test_paper_configs_need_their_data_root():
 
 
 def test_linear_lr_scaling():
-    from longtail.stages.joint import resolve_lr
-
     cfg = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml", ["data.root=/d"])
-    assert resolve_lr(cfg.stage1) == pytest.approx(0.2)
+    assert cfg.stage1.resolved_lr() == pytest.approx(0.2)
     cfg = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",
                       ["data.root=/d", "stage1.batch_size=128"])
-    assert resolve_lr(cfg.stage1) == pytest.approx(0.05)
+    assert cfg.stage1.resolved_lr() == pytest.approx(0.05)
+    # a batch above one epoch's images is one epoch, and lr follows the real batch
+    assert cfg.stage1.real_batch_size(100) == 100
+    assert cfg.stage1.real_batch_size(101, world=2) == 102  # 51 per process
+    assert cfg.stage1.resolved_lr(100) == pytest.approx(0.1 * 100 / 256)
 
 
 def test_stage2_methods_all_means_every_method_on_features():

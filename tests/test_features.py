@@ -173,6 +173,22 @@ def test_val_held_out_of_training_features(tmp_path):
     assert rows[-1].split() == ["5", "5", "2", "4", "few"]
 
 
+def test_val_held_out_of_a_feature_file_with_group_counts_keeps_them(tmp_path):
+    """A training file that carries its dataset's counts (extract writes them) keeps them as
+    the groups' counts when val is held out of its rows: they are not recounted from them."""
+    y = torch.tensor([0] * 200 + [1] * 30 + [2] * 10)
+    write_feature_file(tmp_path / "train.npz", torch.rand(len(y), 8), y,
+                       group_counts=torch.tensor([500, 150, 15]))
+    write_feature_file(tmp_path / "test.npz", torch.rand(6, 8), torch.tensor([0, 1, 2] * 2))
+    for held in (1, 0):
+        cfg = load_config(None, ["data.kind=features", f"data.root={tmp_path}",
+                                 "data.train=train.npz", "data.test=test.npz",
+                                 f"data.val_from_train={held}", "stage2.methods=[crt]"])
+        data = build_data(cfg.data, seed=0)
+        assert data.group_counts == [500, 150, 15]
+        assert data.train_counts == [200 - held, 30 - held, 10 - held]
+
+
 def test_extract_of_a_run_with_val_held_out_of_training_runs_again(tmp_path):
     """A class of one training row has no val row when val is held out of training: the
     extracted val file lacks it, and the extracted config still runs (and repeats the run)."""

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from longtail.metrics import evaluate, group_accuracy, per_class_accuracy
+from longtail.metrics import balanced_accuracy, evaluate, group_accuracy, per_class_accuracy
 
 
 def test_per_class_accuracy_and_groups():
@@ -75,3 +75,10 @@ def test_balanced_accuracy_is_the_mean_per_class_accuracy():
     result = evaluate(predictions, labels, group_counts=[100, 10, 1])
     assert result["top1"] == pytest.approx(500 / 6)
     assert result["balanced_accuracy"] == pytest.approx(200 / 3)
+    # the fraction, of one column or of each column of many (classes absent: left out)
+    labels = torch.tensor([0, 0, 0, 0, 2])
+    correct = torch.tensor([[1, 0], [1, 0], [0, 0], [0, 1], [1, 1]], dtype=torch.bool)
+    assert balanced_accuracy(correct[:, 0], labels).item() == pytest.approx(0.75)
+    both = balanced_accuracy(correct, labels)
+    assert both.tolist() == [balanced_accuracy(c, labels).item() for c in correct.T]
+    assert both.tolist() == pytest.approx([0.75, 0.625])

@@ -3,12 +3,8 @@
 import pytest
 import torch
 
-from longtail.data.samplers import (
-    ClassAwareSampler,
-    build_sampler,
-    class_probabilities,
-    parse_sampler_spec,
-)
+from longtail.config import parse_sampler_spec
+from longtail.data.samplers import ClassAwareSampler, build_sampler, class_probabilities
 
 COUNTS = [500, 200, 80, 30, 10, 4]
 LABELS = torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS))

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from longtail import __version__
 from longtail.errors import Interrupted, LongtailError
-from longtail.rundir import check_rebalance_args, check_resumable, check_run_dir, default_run_dir
+from longtail.rundir import (
+    check_rebalance_args,
+    check_resumable,
+    check_run_dir,
+    default_run_dir,
+    require_run_dir,
+)
 
 # The shipped configs, package data (configs/ at the repository root links here): a pip install
 # has them although the working folder has no configs/.
@@ -245,8 +251,12 @@ def _other_rank() -> bool:
     """True in torchrun's processes other than each node's first (LOCAL_RANK 0) that have not
     joined the group yet: they parse the same command line and config, on the same file
     system, as that one, which reports their mistakes once per node."""
-    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1") or os.environ.get(
-            "LOCAL_RANK", "0").strip() in ("", "0"):
+    from longtail.config import env_world_size
+
+    try:
+        if env_world_size() == 1 or os.environ.get("LOCAL_RANK", "0").strip() in ("", "0"):
+            return False
+    except LongtailError:  # a WORLD_SIZE torchrun did not set: the config check says so
         return False
     joined = getattr(sys.modules.get("longtail.distributed"), "joined", False)
     return not joined
@@ -337,12 +347,13 @@ def check_device(device: str) -> None:
     ``distributed.select_device`` would, but without importing torch (seconds): cuda or cuda:N
     on Linux without any GPU driver's files, mps anywhere but macOS. Where it cannot tell
     (another system, a driver present), torch decides later."""
+    from longtail.config import missing_device_message
+
     kind = device.partition(":")[0]
-    if kind == "mps" and sys.platform != "darwin":
-        raise LongtailError("config key device: mps was asked for but is not available")
-    if kind == "cuda" and sys.platform.startswith("linux") and not any(
-            glob.glob(pattern) for pattern in GPU_DRIVER_FILES):
-        raise LongtailError("config key device: cuda was asked for but no GPU is available")
+    if (kind == "mps" and sys.platform != "darwin") or (
+            kind == "cuda" and sys.platform.startswith("linux")
+            and not any(glob.glob(pattern) for pattern in GPU_DRIVER_FILES)):
+        raise LongtailError(f"config key device: {missing_device_message(device)}")
 
 
 def _override_key(item: str) -> tuple[str, str]:
@@ -413,135 +424,150 @@ def _earlier_summary(path: Path) -> bool:
 
 
 def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    commands = {"config": _config, "run": _run, "grid": _grid, "rebalance": _rebalance,
+                "extract": _extract, "make-split": _make_split, "summarize": _summarize}
+    return commands[args.command](args, argv)
+
+
+def _refuse_override_as_config(args: argparse.Namespace) -> None:
+    """``longtail COMMAND k=v``: an override where the CONFIG goes (a file named like k=v is
+    a config), said as such rather than "k=v: config file not found"."""
+    if args.config is not None and "=" in args.config and not Path(args.config).is_file():
+        raise LongtailError(f"{args.command}: expected a CONFIG file first, found "
+                            f"{args.config!r}; e.g. longtail {args.command} "
+                            f"configs/fmnist_lt.yaml {args.config}")
+
+
+def _config(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.config import config_reference, dump_config, load_config, template_gaps
 
+    if args.keys and (args.config is not None or args.overrides):
+        # the reference is the same for every config: silently ignoring them would mislead
+        raise LongtailError("config --keys lists every key; it takes no CONFIG or overrides")
+    _refuse_override_as_config(args)
+    if args.keys:
+        print(config_reference(), end="")
+        return 0
     notes: list[str] = []  # printed once the config has loaded: a mistake stays one line
-    if args.command == "config":
-        if args.keys and (args.config is not None or args.overrides):
-            # the reference is the same for every config: silently ignoring them would mislead
-            raise LongtailError("config --keys lists every key; it takes no CONFIG or overrides")
-        if args.config is not None and "=" in args.config and not Path(args.config).is_file():
-            # as in run: not read as a file name ("stage1.epochs=3: config file not found")
-            raise LongtailError(f"config: expected a CONFIG file first, found {args.config!r}; "
-                                f"e.g. longtail config configs/fmnist_lt.yaml {args.config}")
-        if args.keys:
-            print(config_reference(), end="")
-        else:
-            path = None if args.config is None else resolve_config(args.config, notes)
-            cfg = load_config(path, args.overrides, template=True)
-            missing = template_gaps(cfg)
-            if missing:  # what a run of it asks for (data.root, ...): said, not refused
-                notes.append(f"note: fill in before 'longtail run': {'; '.join(missing)}")
-            text = dump_config(cfg)
-            _print_notes(notes)
-            print(text, end="")
-        return 0
-    if args.command == "run":
-        if args.config is not None and "=" in args.config and not Path(args.config).is_file():
-            # `longtail run k=v` or `--resume D k=v` (a file named like k=v is a config)
-            if args.resume is None:
-                raise LongtailError(f"run: expected a CONFIG file first, found {args.config!r}; "
-                                    f"e.g. longtail run configs/fmnist_lt.yaml {args.config}")
-            args.overrides.insert(0, args.config)
-            args.config = None
-        if args.config is None and args.resume is None:
-            raise LongtailError("run: expected a CONFIG file (e.g. configs/fmnist_lt.yaml), or "
-                                "--resume DIR")
-        if args.resume is not None:
-            if not (args.resume / "config.yaml").is_file():
-                raise LongtailError(f"--resume {args.resume}: not a run directory (no "
-                                    f"config.yaml)")
-            if args.out is not None and args.out != args.resume:
-                raise LongtailError("--out and --resume name different folders; --resume "
-                                    "continues the run where it is")
-        if args.config is not None:
-            args.config = resolve_config(args.config, notes)
-        cfg = None
-        if args.config is not None or args.overrides:
-            # Overrides without CONFIG apply to the resumed run's own config.
-            base = args.config or args.resume / "config.yaml"
-            # before torch is imported: fast errors; a new run's weights file checked too
-            cfg = load_config(base, args.overrides, new_run=args.resume is None)
-        out = args.out
-        if args.resume is None:
-            out = out or default_run_dir(Path(args.config).stem)
-            check_run_dir(out, args.overwrite)
-        else:
-            cfg = check_resumable(args.resume, cfg)
-        check_device(cfg.device)
-        _print_notes(notes)
-        from longtail.pipeline import run
+    path = None if args.config is None else resolve_config(args.config, notes)
+    cfg = load_config(path, args.overrides, template=True)
+    missing = template_gaps(cfg)
+    if missing:  # what a run of it asks for (data.root, ...): said, not refused
+        notes.append(f"note: fill in before 'longtail run': {'; '.join(missing)}")
+    text = dump_config(cfg)
+    _print_notes(notes)
+    print(text, end="")
+    return 0
 
-        run(cfg, config_name=Path(args.config or "run").stem, out=out,
-            overwrite=args.overwrite, resume=args.resume, argv=argv)
-        return 0
-    if args.command == "grid":
-        from longtail.config import LOSSES, SAMPLER_PRESETS, ConfigError, parse_sampler_spec
 
-        _check_grid_overrides(args)
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from longtail.config import load_config
+
+    if args.resume is not None and args.config is not None and "=" in args.config \
+            and not Path(args.config).is_file():  # `--resume D k=v`: an override
+        args.overrides.insert(0, args.config)
+        args.config = None
+    _refuse_override_as_config(args)
+    if args.config is None and args.resume is None:
+        raise LongtailError("run: expected a CONFIG file (e.g. configs/fmnist_lt.yaml), or "
+                            "--resume DIR")
+    if args.resume is not None:
+        require_run_dir(args.resume, "--resume")
+        if args.out is not None and args.out != args.resume:
+            raise LongtailError("--out and --resume name different folders; --resume "
+                                "continues the run where it is")
+    notes: list[str] = []
+    if args.config is not None:
         args.config = resolve_config(args.config, notes)
-        cfg = load_config(args.config, args.overrides, new_run=True)
-        if cfg.data.kind == "features":
-            raise ConfigError("config key data.kind: grid trains stage 1 (the representation) "
-                              "once per sampler, and data.kind: features has none; use "
-                              "'longtail run' (stage1.sampler sets the joint classifier's)")
-        if args.samplers is None:
-            args.samplers = (str(cfg.stage1.sampler) if args.losses
-                             else "instance,class,sqrt,progressive")
-        samplers = []
-        for item in filter(None, (s.strip() for s in args.samplers.split(","))):
-            try:
-                samplers.append(parse_sampler_spec(item))
-            except ValueError as e:
-                raise ConfigError(f"--samplers {item}: {e}") from None
-        # instance, class and sqrt are q = 1, 0 and 0.5: '1,instance' trains the same twice.
-        qs = [SAMPLER_PRESETS.get(s, s) for s in samplers]
-        again = next((i for i, q in enumerate(qs) if q in qs[:i]), None)
-        if not samplers or again is not None:
-            first = samplers[qs.index(qs[again])] if again is not None else None
-            why = (f"; {first} and {samplers[again]} are both q={qs[again]:g}"
-                   if first is not None and first != samplers[again] else "")
-            raise ConfigError(f"--samplers: expected distinct samplers, found "
-                              f"{args.samplers!r}{why}")
-        losses = None
-        if args.losses is not None:
-            losses = [x.strip() for x in args.losses.split(",") if x.strip()]
-            bad = [x for x in losses if x not in LOSSES]
-            if bad or not losses or len(set(losses)) != len(losses):
-                raise ConfigError(f"--losses: expected distinct losses of {', '.join(LOSSES)}, "
-                                  f"found {args.losses!r}")
-        out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
+    cfg = None
+    if args.config is not None or args.overrides:
+        # Overrides without CONFIG apply to the resumed run's own config.
+        base = args.config or args.resume / "config.yaml"
+        # before torch is imported: fast errors; a new run's weights file checked too
+        cfg = load_config(base, args.overrides, new_run=args.resume is None)
+    out = args.out
+    if args.resume is None:
+        out = out or default_run_dir(Path(args.config).stem)
         check_run_dir(out, args.overwrite)
-        check_device(cfg.device)
-        _print_notes(notes)
-        from longtail.pipeline import grid
+    else:
+        cfg = check_resumable(args.resume, cfg)
+    check_device(cfg.device)
+    _print_notes(notes)
+    from longtail.pipeline import run
 
-        grid(cfg, samplers, losses, config_name=Path(args.config).stem, out=out,
-             overwrite=args.overwrite, argv=argv)
-        return 0
-    if args.command == "rebalance":
-        # before torch is imported
-        check_device(check_rebalance_args(args.run_dir, args.overrides).device)
-        if (args.run_dir / "metrics.json").is_file():
-            from longtail.report import read_metrics
-
-            read_metrics(args.run_dir / "metrics.json")
-        from longtail.pipeline import rebalance_run
-
-        rebalance_run(args.run_dir, args.overrides)
-        return 0
-    if args.command == "extract":
-        return _extract(args)
-    if args.command == "make-split":
-        return _make_split(args)
-    if args.command == "summarize":
-        return _summarize(args)
-    raise AssertionError(args.command)
+    run(cfg, config_name=Path(args.config or "run").stem, out=out,
+        overwrite=args.overwrite, resume=args.resume, argv=argv)
+    return 0
 
 
-def _extract(args: argparse.Namespace) -> int:
-    if not (args.run_dir / "config.yaml").is_file():
-        raise LongtailError(f"{args.run_dir}: not a run directory (no config.yaml)")
+def _grid(args: argparse.Namespace, argv: list[str]) -> int:
+    from longtail.config import (
+        LOSSES,
+        SAMPLER_PRESETS,
+        ConfigError,
+        load_config,
+        parse_sampler_spec,
+    )
+
+    _check_grid_overrides(args)
+    notes: list[str] = []
+    args.config = resolve_config(args.config, notes)
+    cfg = load_config(args.config, args.overrides, new_run=True)
+    if cfg.data.kind == "features":
+        raise ConfigError("config key data.kind: grid trains stage 1 (the representation) "
+                          "once per sampler, and data.kind: features has none; use "
+                          "'longtail run' (stage1.sampler sets the joint classifier's)")
+    if args.samplers is None:
+        args.samplers = (str(cfg.stage1.sampler) if args.losses
+                         else "instance,class,sqrt,progressive")
+    samplers = []
+    for item in filter(None, (s.strip() for s in args.samplers.split(","))):
+        try:
+            samplers.append(parse_sampler_spec(item))
+        except ValueError as e:
+            raise ConfigError(f"--samplers {item}: {e}") from None
+    # instance, class and sqrt are q = 1, 0 and 0.5: '1,instance' trains the same twice.
+    qs = [SAMPLER_PRESETS.get(s, s) for s in samplers]
+    again = next((i for i, q in enumerate(qs) if q in qs[:i]), None)
+    if not samplers or again is not None:
+        first = samplers[qs.index(qs[again])] if again is not None else None
+        why = (f"; {first} and {samplers[again]} are both q={qs[again]:g}"
+               if first is not None and first != samplers[again] else "")
+        raise ConfigError(f"--samplers: expected distinct samplers, found "
+                          f"{args.samplers!r}{why}")
+    losses = None
+    if args.losses is not None:
+        losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+        bad = [x for x in losses if x not in LOSSES]
+        if bad or not losses or len(set(losses)) != len(losses):
+            raise ConfigError(f"--losses: expected distinct losses of {', '.join(LOSSES)}, "
+                              f"found {args.losses!r}")
+    out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
+    check_run_dir(out, args.overwrite)
+    check_device(cfg.device)
+    _print_notes(notes)
+    from longtail.pipeline import grid
+
+    grid(cfg, samplers, losses, config_name=Path(args.config).stem, out=out,
+         overwrite=args.overwrite, argv=argv)
+    return 0
+
+
+def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
+    # before torch is imported
+    check_device(check_rebalance_args(args.run_dir, args.overrides).device)
+    if (args.run_dir / "metrics.json").is_file():
+        from longtail.report import read_metrics
+
+        read_metrics(args.run_dir / "metrics.json")
+    from longtail.pipeline import rebalance_run
+
+    rebalance_run(args.run_dir, args.overrides)
+    return 0
+
+
+def _extract(args: argparse.Namespace, argv: list[str]) -> int:
+    require_run_dir(args.run_dir)
     out = args.out
     if out.exists() and not out.is_dir():
         raise LongtailError(f"--out {out}: exists and is not a folder")
@@ -560,7 +586,7 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_split(args: argparse.Namespace) -> int:
+def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     # Checked before NumPy and torch are imported: a mistake is answered at once. Every option
     # given is used, or refused: none is silently ignored.
     for option, value, low in (("--n-max", args.n_max, 1), ("--n-min", args.n_min, 1),
@@ -622,7 +648,7 @@ def _make_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summarize(args: argparse.Namespace) -> int:
+def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.checkpoint import atomic_write_json, read_json
     from longtail.config import flatten, load_config
     from longtail.report import comparable_runs, format_summary, read_metrics, summarize

@@ -37,6 +37,8 @@ DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
 FEATURE_METHODS: tuple[str, ...] = STAGE2_METHODS[:10]
 # Methods that train on features with a sampler: they can also run online (stage2.features).
 TRAINED_METHODS: tuple[str, ...] = ("crt", "lws", "balms", "las", "wb")
+# Keys that say where a run executes, not what it computes: a resumed run may change them.
+PLACE_KEYS: tuple[str, ...] = ("device", "data.root", "data.num_workers")
 # Methods that re-train the network itself.
 FINETUNE_METHODS: tuple[str, ...] = STAGE2_METHODS[10:]
 Loss = Literal["ce", "logit_adjusted", "balanced_softmax"]
@@ -111,7 +113,8 @@ class DataConfig:
         "or 5 (fmnist_lt)"
     )
     imbalance_ratio: float | None = _opt(
-        None, "generated splits: n_max / n_min, e.g. 10, 50, 100, 200; null: 100 (cifar)"
+        None, "generated splits: n_max / n_min, e.g. 10, 50, 100, 200 (not with n_min); null: 100 "
+        "(cifar)"
     )
     pareto_alpha: float = _opt(6.0, "profile pareto: shape parameter (ImageNet-LT: 6)")
     class_order: Literal["random", "label"] = _opt(
@@ -224,6 +227,18 @@ class Stage1Config:
         "last", "weights stage 2 starts from: the last epoch's, or the epoch with the best val "
         "top-1 (the authors' choice; stage1/best.pt)"
     )
+
+    def real_batch_size(self, train_size: int, world: int = 1) -> int:
+        """Return the global batch training really takes: ``batch_size``, but at most one
+        epoch's images (each process draws ceil(train_size / world) of them)."""
+        return min(self.batch_size // world, math.ceil(train_size / world)) * world
+
+    def resolved_lr(self, batch_size: int | None = None) -> float:
+        """Return ``lr``, or ``base_lr`` scaled linearly to the global batch size: the one
+        training really takes (``real_batch_size``) when given, else ``batch_size``."""
+        if self.lr is not None:
+            return self.lr
+        return self.base_lr * (batch_size or self.batch_size) / self.base_batch_size
 
 
 @dataclass
@@ -747,6 +762,30 @@ def _coerce_inner(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp}")
 
 
+def missing_device_message(name: str) -> str:
+    """What is said of device ``name`` (cuda, cuda:N, mps) on a machine without it: by
+    ``distributed.resolve_device``, and by the CLI's check before torch is imported."""
+    lack = "MPS is not available" if name == "mps" else "no GPU is available"
+    return f"found {name!r}, but {lack}; use cpu"
+
+
+def env_world_size() -> int:
+    """Return the process count torchrun gives in ``WORLD_SIZE`` (1 when unset or empty);
+    anything but a positive integer is refused in one line."""
+    text = os.environ.get("WORLD_SIZE", "").strip() or "1"
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
+                            f"found {os.environ['WORLD_SIZE']!r}")
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+               if int(text) > 1 and not os.environ.get(k)]
+    if missing:  # set by hand, not by torchrun: torch's rendezvous would fail with a traceback
+        raise LongtailError(f"WORLD_SIZE: {text} processes, but {', '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not set; start several "
+                            f"processes with torchrun (torchrun --nproc-per-node {text} -m "
+                            f"longtail run CONFIG)")
+    return int(text)
+
+
 def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     """Refuse settings that cannot run. ``template``: a config to write out and edit, whose
     paths to the user's data and weights may still be empty: return those messages instead."""
@@ -795,6 +834,11 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         need(value is None or value >= 1, f"data.{key}", "an int >= 1 or null", value)
     need(d.imbalance_ratio is None or d.imbalance_ratio >= 1, "data.imbalance_ratio",
          "a number >= 1 or null", d.imbalance_ratio)
+    if d.n_min is not None and d.imbalance_ratio is not None:  # which one wins is not obvious
+        raise ConfigError(f"config key data.imbalance_ratio: expected null when data.n_min is "
+                          f"given (both fix the smallest class: n_min = n_max / ratio), found "
+                          f"{d.imbalance_ratio:g} with data.n_min {d.n_min}; set one of them "
+                          f"to null")
     need(d.pareto_alpha > 0 and math.isfinite(d.pareto_alpha), "data.pareto_alpha",
          "a number > 0", d.pareto_alpha)
     for key in ("val_per_class", "test_per_class", "val_from_train"):
@@ -851,11 +895,7 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
     # Training BatchNorm needs two images per step and process (one gives no variance: torch
     # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.
-    world_text = os.environ.get("WORLD_SIZE", "1") or "1"
-    if not world_text.isdigit() or int(world_text) < 1:
-        raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
-                          f"found {world_text!r}")
-    world = int(world_text)
+    world = env_world_size()
     finetuned = any(m in cfg.stage2.methods for m in FINETUNE_METHODS)
     for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
         value = _get(cfg, key)
@@ -866,7 +906,8 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.wb.epochs",
                 "stage2.finetune.epochs"):
         value = getattr(cfg.stage2, key.split(".")[1]).epochs
-        # 0 epochs would report an untrained classifier (cRT's random one) as the method's
+        # 0 epochs would report an untrained classifier as the method's result: cRT's random
+        # one, or LWS's and WB's joint one unchanged (the Python classes allow it)
         need(value >= 1, key, "an int >= 1", value)
     for section in ("tau_norm", "logit_adjust"):
         grid = getattr(cfg.stage2, section)

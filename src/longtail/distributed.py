@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from longtail.config import env_world_size, missing_device_message
 from longtail.errors import LongtailError
 
 # Set once this process has joined torchrun's group: errors before that come from the command
@@ -47,17 +48,29 @@ def select_device(preference: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        device = torch.device(preference)
-    except RuntimeError:
-        raise LongtailError(f"config key device: expected auto, cpu, cuda, cuda:N or mps, "
-                            f"found {preference!r}") from None
+        return resolve_device(preference, local_rank)
+    except ValueError as e:
+        raise LongtailError(f"config key device: {e}") from None
+
+
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """Return the device ``name`` (cpu, cuda, cuda:N or mps; a bare cuda is GPU
+    ``local_rank``), or raise ValueError saying what this machine lacks."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"expected cpu, cuda, cuda:N or mps, found {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise LongtailError("config key device: cuda was asked for but no GPU is available")
+            raise ValueError(missing_device_message(str(device)))
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"found {str(device)!r}, but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s) (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise LongtailError("config key device: mps was asked for but is not available")
+        raise ValueError(missing_device_message("mps"))
     return device
 
 
@@ -65,7 +78,7 @@ def select_device(preference: str) -> torch.device:
 def session(device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the duration (when WORLD_SIZE > 1 and not joined yet):
     NCCL on GPUs, Gloo on CPUs."""
-    start = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized()
+    start = env_world_size() > 1 and not dist.is_initialized()
     if start:
         if device.type == "cuda":
             torch.cuda.set_device(device)

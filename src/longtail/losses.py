@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("ce", "logit_adjusted", "balanced_softmax")
+from longtail.config import LOSSES
 
 
 def log_prior(counts: Sequence[int] | Tensor) -> Tensor:

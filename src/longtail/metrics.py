@@ -63,10 +63,30 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor,
     return acc.tolist()
 
 
+def balanced_accuracy(correct: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return the mean over the classes in ``labels`` of their accuracy (a fraction): of
+    ``correct`` (N,) bool, a 0-d tensor; of ``correct`` (N, T), one per column (e.g. per tau
+    of a search), each exactly as the column alone would give."""
+    num_classes = int(labels.max()) + 1
+    hits = torch.zeros(num_classes, *correct.shape[1:]).index_add_(0, labels, correct.float())
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    rates = hits[present].reshape(int(present.sum()), -1) / counts[present].unsqueeze(1)
+    # column by column, each contiguous: the same sums as the column alone
+    means = torch.stack([column.mean() for column in rates.T.contiguous()])
+    return means.reshape(correct.shape[1:])
+
+
 def group_accuracy(per_class: Sequence[float], classes: Sequence[int]) -> float | None:
     """Return the mean accuracy of ``classes`` that have test images; None for an empty group."""
     values = [per_class[c] for c in classes if not math.isnan(per_class[c])]
     return sum(values) / len(values) if values else None
+
+
+def group_accuracies(per_class: Sequence[float],
+                     groups: dict[str, list[int]]) -> dict[str, float | None]:
+    """Return ``group_accuracy`` of each shot group (many / medium / few) by name."""
+    return {name: group_accuracy(per_class, classes) for name, classes in groups.items()}
 
 
 def evaluate(
@@ -85,8 +105,7 @@ def evaluate(
     groups = shot_groups(group_counts, many_threshold, few_threshold)
     hits = int((predictions == labels).sum())
     result: dict[str, object] = {"top1": 100.0 * hits / max(len(labels), 1)}
-    for name, classes in groups.items():
-        result[name] = group_accuracy(per_class, classes)
+    result.update(group_accuracies(per_class, groups))
     result["balanced_accuracy"] = group_accuracy(per_class, range(len(per_class)))
     if scores is not None:
         result.update(calibration(scores, labels))

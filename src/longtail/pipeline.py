@@ -48,7 +48,7 @@ from longtail.config import (
 )
 from longtail.data.profiles import shot_groups
 from longtail.errors import Interrupted, LongtailError, UnreadableFile
-from longtail.metrics import evaluate, group_accuracy
+from longtail.metrics import evaluate, group_accuracies
 from longtail.report import fit_cell, format_grid, format_table, read_metrics, write_report
 from longtail.rundir import (
     check_rebalance_args,
@@ -250,7 +250,7 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     if isinstance(data, FeatureData):
         return _run_on_features(cfg, data, info, run_dir, device)
     from longtail.models import build_model
-    from longtail.stages.joint import real_batch_size, resolve_lr, train_joint
+    from longtail.stages.joint import train_joint
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, data.num_classes, data.channels, data.image_size,
@@ -265,13 +265,13 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     log = ScalarLog(run_dir / "logs", enabled=main)
     start = time.perf_counter()
     # The batch stage 1 takes (capped to one epoch's images) and the lr scaled to it.
-    batch = real_batch_size(cfg.stage1, len(data.train.labels), distributed.world_size())
+    batch = cfg.stage1.real_batch_size(len(data.train.labels), distributed.world_size())
     stem = {None: "", True: ", small 3x3 stem", False: ", 7x7 stem"}[model.small_stem]
     _say(f"\nstage 1: {cfg.model.name} ({model.backbone.feature_dim}-d features, "
          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters{stem}), "
          f"{cfg.stage1.epochs} epochs, sampler {cfg.stage1.sampler}, batch "
          f"{batch} over {distributed.world_size()} process(es), lr "
-         f"{resolve_lr(cfg.stage1, batch):g}; input {data.image_size} px, flips "
+         f"{cfg.stage1.resolved_lr(batch):g}; input {data.image_size} px, flips "
          f"{'on' if data.hflip else 'off'}")
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
                 num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
@@ -402,7 +402,8 @@ def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
 def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Re-run stage 2 and the report of a finished run from its cached features.
 
-    ``overrides`` may change ``stage2.*`` and ``eval.*`` keys; the rest is the run's own.
+    ``overrides`` may change ``stage2.*``, ``eval.*`` and ``device`` keys; the rest is the
+    run's own.
     """
     given = check_rebalance_args(run_dir, overrides)  # paths as written, for config.yaml
     cfg = run_paths(run_dir, given)
@@ -546,7 +547,7 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold,
                          cfg.eval.few_threshold)
     # Online and fine-tuning methods ran the network on images, the rest use cached features.
-    on_images = [n for n in cfg.stage2.methods if n in network_methods(cfg)]
+    on_images = network_methods(cfg)
     where = ("on images" if len(on_images) == len(cfg.stage2.methods) else
              f"({', '.join(on_images)} on images, the rest on cached features)" if on_images
              else "on cached features")
@@ -559,9 +560,7 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
         if name in methods:
             continue
         # Regroup with the current thresholds: per-class accuracies do not depend on them.
-        result = {**result, **{group: group_accuracy(result["per_class"], classes)
-                               for group, classes in groups.items()}}
-        methods[name] = result
+        methods[name] = {**result, **group_accuracies(result["per_class"], groups)}
         path = run_dir / "stage2" / f"{name}.pt"
         norms = load_checkpoint(path).get("weight_norms") if path.is_file() else None
         if norms is not None:

@@ -18,6 +18,7 @@ from longtail.checkpoint import (
     json_type,
     read_json,
 )
+from longtail.config import PLACE_KEYS
 from longtail.errors import LongtailError
 
 COLUMNS = ("top1", "many", "medium", "few", "ece")
@@ -79,9 +80,10 @@ def format_grid(grid: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-# Keys that do not change what a run measures (where it ran, how fast).
-_FREE_KEYS = ("seed", "device", "data.root", "data.num_workers", "data.in_memory",
-              "eval.batch_size")
+# Keys that do not change what a run measures: where it ran, and two that change only its
+# floating-point path (decoding once or per epoch draws augmentations differently; the
+# evaluation batch, the sums' order), which resume therefore refuses to change.
+_FREE_KEYS = ("seed", *PLACE_KEYS, "data.in_memory", "eval.batch_size")
 
 
 def comparable_runs(names: list[Any], configs: list[dict[str, Any]],

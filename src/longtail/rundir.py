@@ -21,6 +21,16 @@ def default_run_dir(config_name: str) -> Path:
     return Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def require_run_dir(run_dir: Path, option: str = "") -> Path:
+    """Return ``run_dir``'s config.yaml; refuse a folder that has none (``option``, e.g.
+    "--resume", prefixes the message)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise LongtailError(f"{option + ' ' if option else ''}{run_dir}: not a run directory "
+                            f"(no config.yaml)")
+    return path
+
+
 def check_run_dir(run_dir: Path, overwrite: bool, resumable: bool = True) -> None:
     """Refuse a ``run_dir`` that already holds files unless ``overwrite`` (``resumable``: a run
     folder, which --resume could continue), or one that cannot be written (see
@@ -104,8 +114,7 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
     return the run's config with the overrides (its paths as written)."""
     from longtail.config import load_config
 
-    if not (run_dir / "config.yaml").is_file():
-        raise LongtailError(f"{run_dir}: not a run directory (no config.yaml)")
+    require_run_dir(run_dir)
     for key in overrides:
         if not key.split("=", 1)[0].startswith(("stage2.", "eval.", "device")):
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
@@ -123,22 +132,18 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
 def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     """Return the config of the interrupted run in ``run_dir`` (relative paths from where it
     started: ``run_paths``); a given ``cfg`` must agree with it except for keys that do
-    not change results (device, data.root, data.num_workers). Here, without torch, so that a
-    changed key is answered at once."""
+    not change results (``config.PLACE_KEYS``). Here, without torch, so that a changed key is
+    answered at once."""
     from dataclasses import replace
 
-    from longtail.config import flatten, load_config
+    from longtail.config import PLACE_KEYS, flatten, load_config
 
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise LongtailError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-    written = load_config(path)
+    written = load_config(require_run_dir(run_dir, "--resume"))
     saved = run_paths(run_dir, written)
     if cfg is None:
         return saved
-    free = {"device", "data.root", "data.num_workers"}
     ours, theirs = flatten(cfg), flatten(written)  # as written: as the user gives it
-    changed = [k for k in ours if ours[k] != theirs.get(k) and k not in free]
+    changed = [k for k in ours if ours[k] != theirs.get(k) and k not in PLACE_KEYS]
     if changed:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
         raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "

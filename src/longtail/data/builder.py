@@ -170,8 +170,9 @@ def _hold_out_val(cfg: DataConfig, record: DataRecord, split_seed: int, take) ->
         return False
     train = record.splits["train"]
     labels = np.asarray(train.labels)
-    record.counts_before_holdout = np.bincount(labels,
-                                               minlength=len(record.class_names)).tolist()
+    if record.counts_before_holdout is None:  # a feature file may carry the listed counts
+        record.counts_before_holdout = np.bincount(
+            labels, minlength=len(record.class_names)).tolist()
     kept, held = hold_out_per_class(labels, cfg.val_from_train, split_seed)
     if not len(held):
         raise LongtailError(f"{train.source}: no class has more than one training item, so "
@@ -225,14 +226,10 @@ def _check_class_count(record: DataRecord) -> int:
 
 def _array_data(cfg: DataConfig, record: DataRecord, channels: int | None) -> LongTailData:
     splits = {k: v for k, v in record.splits.items() if v is not None}
-    have = splits["train"].images.shape[1]
-    mean, std = record.mean, record.std
+    channels = channels or splits["train"].images.shape[1]
     for name, split in splits.items():
-        images, mean_c, std_c = _match_channels(split.images, record.mean, record.std,
-                                                channels or have)
+        images, mean, std = _match_channels(split.images, record.mean, record.std, channels)
         splits[name] = TensorImages(images, split.labels)
-    if channels and channels != have:
-        mean, std = mean_c, std_c
     return LongTailData(
         name=record.name, num_classes=len(record.class_names), class_names=record.class_names,
         channels=splits["train"].images.shape[1], image_size=cfg.image_size or record.side,
@@ -279,7 +276,7 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
     _check_every_class_present(record, ("val", "test") if cfg.val else ("test",))
     num_classes = _check_class_count(record)
     _warn_shared_images(splits)
-    _decode_first(splits["train"], channels, cfg.on_bad_image == "skip")  # readable at all
+    _check_decodable(splits["train"], channels, cfg.on_bad_image == "skip")
     side, pixels = _typical_size(splits["train"])
     # Small images are used at their own size (small-image stem), others at the paper's 224.
     image_size = cfg.image_size or (side if side < SMALL_IMAGE else 224)
@@ -332,12 +329,13 @@ def _check_inside_root(split: FileSplit, root: Path) -> None:
                                 f"data.allow_outside_root=true if that is intended")
 
 
-def _decode_first(split: FileSplit, channels: int, skip_bad: bool) -> torch.Tensor:
-    """Return the first decodable training image (a dataset of unreadable files is refused
-    before any other work)."""
+def _check_decodable(split: FileSplit, channels: int, skip_bad: bool) -> None:
+    """Decode training images up to the first that decodes: a dataset of unreadable files is
+    refused before any other work."""
     for path, origin in zip(split.paths, split.origins):
         try:
-            return decode_image(path, channels)
+            decode_image(path, channels)
+            return
         except (OSError, ValueError) as e:
             if not skip_bad:
                 raise LongtailError(f"{origin}: cannot decode image {path} ({e})") from None

@@ -44,6 +44,26 @@ _CHUNK_ROWS = 65536
 MAX_FEATURE = 1e15
 
 
+def check_values(x: torch.Tensor, name: str, first_row: int = 0) -> None:
+    """Raise ValueError for NaN, infinity or magnitudes above MAX_FEATURE in the rows ``x``
+    (a block of rows starting at ``first_row``), naming the first row holding one: NaN would
+    poison every method. One pass (min and max together) when all is well."""
+    if not x.numel():
+        return
+    low, high = torch.aminmax(x)
+    largest = torch.maximum(-low, high)  # NaN when x holds one
+    if bool(largest <= MAX_FEATURE):
+        return
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"{name}: expected finite numbers, found NaN or infinity in row "
+                         f"{first_row + int(bad.nonzero()[0])}")
+    row = first_row + int((x.abs() > MAX_FEATURE).any(1).nonzero()[0])
+    raise ValueError(f"{name}: expected values of magnitude at most {MAX_FEATURE:.0e}, found "
+                     f"{float(largest):.3g} in row {row}: squared norms and products of such "
+                     f"values overflow float32; scale them down".replace("e+", "e"))
+
+
 @dataclass
 class FeatureSplit:
     """One split given as features: (N, D) features, possibly memory-mapped, and labels."""
@@ -168,8 +188,11 @@ def _joint_classifier(blob: dict[str, Any], num_classes: int,
         if value is not None and not value.is_floating_point():
             raise LongtailError(f"{path}: {key}: expected floating-point numbers, found "
                                 f"{value.dtype}")
-        if value is not None and not torch.isfinite(value).all():
-            raise LongtailError(f"{path}: {key}: holds NaN or infinity")
+        try:
+            if value is not None:
+                check_values(value.reshape(len(value), -1), key)
+        except ValueError as e:
+            raise LongtailError(f"{path}: {e}") from None
     return weight.float(), None if bias is None else bias.float()
 
 
@@ -243,22 +266,11 @@ def read_feature_file(path: Path) -> dict[str, Any]:
         row = int(torch.nonzero(labels < 0)[0])
         raise LongtailError(f"{path}: labels: expected labels >= 0, found {int(labels[row])} "
                             f"in row {row}")
-    for start in range(0, len(features), _CHUNK_ROWS):  # NaN would poison every method
-        block = features[start : start + _CHUNK_ROWS]
-        low, high = torch.aminmax(block)  # one pass when all is well (NaN fails the test)
-        if bool(torch.maximum(-low, high) <= MAX_FEATURE):
-            continue
-        bad = ~torch.isfinite(block).all(1)
-        if bad.any():
-            row = start + int(torch.nonzero(bad)[0])
-            raise LongtailError(f"{path}: features: row {row} holds NaN or infinity")
-        huge = block.abs().amax(1) > MAX_FEATURE
-        if huge.any():
-            row = start + int(torch.nonzero(huge)[0])
-            raise LongtailError(f"{path}: features: row {row} holds a value of magnitude "
-                                f"{float(block[row - start].abs().max()):.3g}, above "
-                                f"{MAX_FEATURE:g}: float32 products of such values overflow; "
-                                f"scale the features")
+    for start in range(0, len(features), _CHUNK_ROWS):
+        try:
+            check_values(features[start : start + _CHUNK_ROWS], "features", start)
+        except ValueError as e:
+            raise LongtailError(f"{path}: {e}") from None
     if blob.get("class_names") is not None:
         blob["class_names"] = _names_as_strings(blob["class_names"], path)
     return {**blob, "labels": labels, "path": path, "sha256": _file_sha256(path)}

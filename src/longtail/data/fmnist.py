@@ -1,4 +1,5 @@
-"""Fashion-MNIST-LT: Fashion-MNIST's IDX files made long-tailed by an exponential profile."""
+"""Fashion-MNIST-LT: Fashion-MNIST's IDX files made long-tailed by ``data.profile``
+(exponential by default)."""
 
 from __future__ import annotations
 

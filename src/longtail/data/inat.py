@@ -6,12 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from longtail.checkpoint import json_type
 from longtail.data.listfile import FileSplit, resolve_near_root
 from longtail.errors import LongtailError
-
-# JSON's names for what json.loads returns, for messages about the file.
-_JSON_TYPES = {dict: "a JSON object", list: "a JSON array", str: "a string", int: "a number",
-               float: "a number", bool: "true/false", type(None): "null"}
 
 
 def read_inat_json(json_file: str | Path, root: str | Path,
@@ -32,7 +29,7 @@ def read_inat_json(json_file: str | Path, root: str | Path,
         raise LongtailError(f"{json_file}: not a readable JSON file ({e})") from None
     if not isinstance(data, dict):  # never print the file itself: it can be hundreds of MB
         raise LongtailError(f"{json_file}: expected a JSON object with images, annotations, "
-                            f"categories, found {_JSON_TYPES.get(type(data), 'a value')}")
+                            f"categories, found {json_type(data)}")
     for key in ("images", "annotations"):
         if key not in data:
             raise LongtailError(f"{json_file}: expected COCO-style keys 'images' and "
@@ -79,7 +76,7 @@ def _objects(json_file: Path, data: dict, key: str, integers: tuple[str, ...],
     items = data[key]
     if not isinstance(items, list):
         raise LongtailError(f"{json_file}: {key}: expected a list of objects, found "
-                            f"{_JSON_TYPES.get(type(items), 'a value')}")
+                            f"{json_type(items)}")
     wanted = " and ".join(integers) + (" (integers)" if len(integers) > 1 else " (integer)")
     if string:
         wanted += f" and {string} (a string)"

@@ -208,8 +208,7 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
         return split
     if not keep:
         raise LongtailError(f"{split.source}: none of the listed images exists")
-    return FileSplit(split.source, [split.paths[i] for i in keep],
-                     [split.labels[i] for i in keep], [split.origins[i] for i in keep])
+    return subset(split, keep)
 
 
 def _link_loop(path: Path) -> bool:

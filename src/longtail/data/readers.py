@@ -113,7 +113,8 @@ def _array_record(cfg: DataConfig, names: list[str], images: torch.Tensor, label
                       side=side)
 
 
-def _profile(cfg: DataConfig, num_classes: int, n_max: int, default_n_min: int) -> list[int]:
+def _profile(cfg: DataConfig, num_classes: int, n_max: int,
+             default_n_min: int | None = None) -> list[int]:
     try:
         return make_profile(cfg.profile, num_classes, n_max, cfg.n_min, cfg.imbalance_ratio,
                             cfg.pareto_alpha, default_n_min)
@@ -215,7 +216,7 @@ def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> Dat
             f"config key data.n_max: expected at most {available} (class folder "
             f"{root / names[smallest]} has {counts[smallest]} images, {cfg.val_per_class} of "
             f"them for val and {cfg.test_per_class} for test), found {n_max}")
-    profile = _profile(cfg, len(names), n_max, default_n_min=max(1, round(n_max / 100)))
+    profile = _profile(cfg, len(names), n_max)  # smallest: n_max / 100 by default
     split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
                               test_per_class=cfg.test_per_class, seed=split_seed,
                               class_order=cfg.class_order)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from longtail.config import SAMPLER_NAMES, SAMPLER_PRESETS, parse_sampler_spec  # noqa: F401
+from longtail import distributed
+from longtail.config import SAMPLER_PRESETS, parse_sampler_spec
 
 
 def class_probabilities(class_counts: torch.Tensor | Sequence[int], q: float) -> torch.Tensor:
@@ -48,13 +49,9 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
-    if num_replicas is None or rank is None:
-        dist = torch.distributed
-        initialised = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if initialised else 1
-        if rank is None:
-            rank = dist.get_rank() if initialised else 0
+    """Return (num_replicas, rank), each this process group's where not given."""
+    num_replicas = distributed.world_size() if num_replicas is None else num_replicas
+    rank = distributed.rank() if rank is None else rank
     if not 0 <= rank < num_replicas:
         raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
     return num_replicas, rank

@@ -24,7 +24,8 @@ class Backbone(ResNet):
     """torchvision's ResNet without its classifier: ``forward`` returns pooled features.
 
     ``width`` sets the channels of the first stage (64 in torchvision; stages double it), and
-    ``small_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv, for images under 64 px.
+    ``small_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (for small images:
+    config key model.small_stem).
     Parameter names are torchvision's, so its checkpoints load as they are.
     """
 

@@ -26,6 +26,8 @@ def infer(
     """Return (outputs of ``fn`` on every image, labels), on the CPU, in dataset order.
 
     Each process handles indices ``rank::world_size``; the results are gathered in every process.
+    ``desc`` names the work in a progress bar and in a warning about images left out
+    (data.on_bad_image=skip); without it (the val check of every epoch) both stay silent.
     """
     world, rank = distributed.world_size(), distributed.rank()
     n = len(dataset)

@@ -60,20 +60,6 @@ def mixup(images: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, 
     return images.mul(lam).add_(images[perm], alpha=1 - lam), perm, lam
 
 
-def real_batch_size(cfg: Stage1Config, train_size: int, world: int = 1) -> int:
-    """Return the global batch training really takes: ``cfg.batch_size``, but at most one
-    epoch's images (each process draws ceil(train_size / world) of them)."""
-    return min(cfg.batch_size // world, math.ceil(train_size / world)) * world
-
-
-def resolve_lr(cfg: Stage1Config, batch_size: int | None = None) -> float:
-    """Return ``stage1.lr``, or ``base_lr`` scaled linearly to the global batch size: the one
-    training really takes (``real_batch_size``) when given, else ``cfg.batch_size``."""
-    if cfg.lr is not None:
-        return cfg.lr
-    return cfg.base_lr * (batch_size or cfg.batch_size) / cfg.base_batch_size
-
-
 def train_joint(
     model: Classifier,
     data: LongTailData,
@@ -87,8 +73,12 @@ def train_joint(
     log: ScalarLog,
     resume: bool = False,
     stage_name: str = "stage 1",
+    config_keys: tuple[str, str] = ("stage1.batch_size", "stage1.select"),
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data.train``; return one record per epoch.
+
+    ``stage_name`` names the training in progress bars and messages, ``config_keys`` the keys
+    of ``cfg.batch_size`` and ``cfg.select`` in notes (fine-tuning has its own).
 
     With ``cfg.select == "best_val"`` the model ends with the weights of the epoch of best val
     top-1 (kept in ``best.pt`` beside the checkpoint), else with the last epoch's.
@@ -103,17 +93,13 @@ def train_joint(
     sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
                             samples_per_class=cfg.samples_per_class)
     draws = SeededDraws(sampler, seed)  # augmentation seeded per draw: resumable, worker-proof
-    world = distributed.world_size()
-    if cfg.batch_size % world:
-        raise LongtailError(f"config key stage1.batch_size: expected a multiple of the "
-                            f"{world} processes, found {cfg.batch_size}")
-    global_batch = real_batch_size(cfg, len(data.train.labels), world)
+    world = distributed.world_size()  # the config check made the batch a multiple of it
+    global_batch = cfg.real_batch_size(len(data.train.labels), world)
     batch_size = global_batch // world  # per process
     if global_batch < cfg.batch_size and distributed.is_main():
         # drop_last would leave no step, so the batch is one epoch; say so, as lr follows it
-        key = "stage1" if stage_name == "stage 1" else "stage2.finetune"  # finetune's own key
         scaled = ", lr scaled to it" if cfg.lr is None else ""
-        print(f"note: {key}.batch_size {cfg.batch_size} is more than the "
+        print(f"note: {config_keys[0]} {cfg.batch_size} is more than the "
               f"{len(data.train.labels)} training images of an epoch; batches of "
               f"{global_batch}{scaled}", flush=True)
     view, collate = data.training_view()
@@ -128,7 +114,7 @@ def train_joint(
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    lr = resolve_lr(cfg, global_batch)
+    lr = cfg.resolved_lr(global_batch)
     head = [p for p in model.fc.parameters() if p.requires_grad]
     body = [p for p in model.backbone.parameters() if p.requires_grad]
     groups = [{"params": ps, "lr": group_lr} for ps, group_lr in
@@ -231,11 +217,8 @@ def train_joint(
     if cfg.select == "best_val" and best_state is not None:
         model.load_state_dict(best_state)
         if main:
-            # a stage-2 fine-tuning selects by its own key (stage2.select) and ends stage 2
-            key, outcome = (("stage1", "go on to stage 2") if stage_name == "stage 1" else
-                            ("stage2", f"are the result of {stage_name}"))
-            print(f"{key}.select=best_val: the weights of epoch {best['epoch']} (val top-1 "
-                  f"{best['val_top1']:.1f}%) {outcome}", flush=True)
+            print(f"{config_keys[1]}=best_val: the weights of epoch {best['epoch']} (val top-1 "
+                  f"{best['val_top1']:.1f}%) are the result of {stage_name}", flush=True)
     model.eval()
     return history
 

@@ -4,7 +4,7 @@ With the representation given, "joint training" is training the linear classifie
 the training features with the stage-1 sampler (instance-balanced by default): the baseline
 every re-balancer is compared against. It is the cRT estimator with ``stage1.sampler``, the
 ``stage1.*`` optimiser settings and ``stage1.loss`` instead of class-balanced sampling
-(``stage1.mixup_alpha`` mixes images, so it has no effect here). A training file that
+(``stage1.mixup_alpha`` mixes images: the config check refuses it here). A training file that
 carries ``joint_weight`` / ``joint_bias`` (as ``longtail extract`` writes) gives the joint
 classifier itself, so a run's stage 2 can be repeated exactly on its extracted features.
 """
@@ -22,7 +22,6 @@ from longtail.checkpoint import load_checkpoint, save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import FeatureData
 from longtail.errors import LongtailError
-from longtail.stages.joint import real_batch_size, resolve_lr
 from longtail.stages.rebalance import CRT
 
 
@@ -55,8 +54,8 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
                             f"int >= 1, found {cfg.epochs}")
     val = data.val
     # A batch above the training rows is one epoch's rows: lr scaled to what is trained on.
-    batch = real_batch_size(cfg, len(train.labels))
-    linear = CRT(data.num_classes, epochs=cfg.epochs, lr=resolve_lr(cfg, batch),
+    batch = cfg.real_batch_size(len(train.labels))
+    linear = CRT(data.num_classes, epochs=cfg.epochs, lr=cfg.resolved_lr(batch),
                  batch_size=batch, momentum=cfg.momentum,
                  weight_decay=cfg.weight_decay, sampler=cfg.sampler,
                  samples_per_class=cfg.samples_per_class, seed=seed, device=device,
@@ -67,4 +66,4 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
                      "loss_history": linear.loss_history_}, path)
     return (linear.weight_, linear.bias_,
             f"trained: linear classifier, {cfg.epochs} epochs, sampler {cfg.sampler}, lr "
-            f"{resolve_lr(cfg, batch):g}, batch {batch}")
+            f"{cfg.resolved_lr(batch):g}, batch {batch}")

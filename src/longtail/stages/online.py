@@ -8,7 +8,8 @@
   extracted again with the drifted backbone (with ``las``, this is MiSLAS's BatchNorm shift of
   the statistics). ``bn: eval`` keeps them as stage 1 left them.
 - ``finetune`` / ``finetune_last``: the whole network (or its last stage and classifier)
-  re-trained from the stage-1 weights with class-balanced sampling: the paper's comparison
+  re-trained from the stage-1 weights with ``stage2.finetune.sampler`` (class-balanced by
+  default): the paper's comparison
   showing that re-training the classifier alone is better (its finding 4).
 
 Each method gets its own copy of the stage-1 model, so none sees another's drift.
@@ -22,15 +23,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from longtail.config import TRAINED_METHODS, Config, Stage1Config
+from longtail.config import Config, Stage1Config
 from longtail.data import LongTailData, build_sampler
 from longtail.data.datasets import SeededDraws
 from longtail.models import Classifier
 from longtail.scalars import ScalarLog
 from longtail.stages.inference import infer
 from longtail.stages.joint import train_joint
-
-ONLINE_METHODS = TRAINED_METHODS
 
 
 class OnlineBatches:
@@ -100,7 +99,7 @@ class NetworkStage2:
 
     def finetune(self, name: str) -> Classifier:
         """Return a copy of the stage-1 model fine-tuned as ``name`` (finetune: everything,
-        finetune_last: the last stage and the classifier) with class-balanced sampling."""
+        finetune_last: the last stage and the classifier) with ``stage2.finetune.sampler``."""
         ft = self.cfg.stage2.finetune
         model = copy.deepcopy(self.model)
         for p in model.parameters():
@@ -115,7 +114,8 @@ class NetworkStage2:
         train_joint(model, self.data, stage, seed=self.cfg.seed, device=self.device,
                     num_workers=self.data.num_workers, eval_batch_size=self.cfg.eval.batch_size,
                     checkpoint_path=self.run_dir / "stage2" / name / "last.pt", log=self.log,
-                    stage_name=f"stage 2 {name}")
+                    stage_name=f"stage 2 {name}",
+                    config_keys=("stage2.finetune.batch_size", "stage2.select"))
         return model
 
 

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longtail.config import Stage2Config
-from longtail.data.features import MAX_FEATURE
+from longtail.data.features import check_values
 from longtail.data.samplers import build_sampler
+from longtail.distributed import resolve_device
 from longtail.losses import (
     LOSSES,
     ClassifierLoss,
@@ -44,6 +45,7 @@ from longtail.losses import (
     las_epsilons,
     log_prior,
 )
+from longtail.metrics import balanced_accuracy
 
 ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
 
@@ -77,26 +79,6 @@ def _like(matrix: Tensor, what: str = "the classifier's weight") -> tuple[int, s
     return matrix.shape[1], f"{what} is {matrix.shape[0]} x {matrix.shape[1]}"
 
 
-def _check_values(x: Tensor, name: str, first_row: int = 0) -> None:
-    """Refuse NaN, infinity and magnitudes above MAX_FEATURE, naming the first row holding one
-    (``x`` may be a block of rows starting at ``first_row``). One pass (min and max together)
-    when all is well."""
-    if not x.numel():
-        return
-    low, high = torch.aminmax(x)
-    largest = torch.maximum(-low, high)  # NaN when x holds one
-    if bool(largest <= MAX_FEATURE):
-        return
-    bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
-        raise ValueError(f"{name}: expected finite numbers, found NaN or infinity in row "
-                         f"{first_row + int(bad.nonzero()[0])}")
-    row = first_row + int((x.abs() > MAX_FEATURE).any(1).nonzero()[0])
-    raise ValueError(f"{name}: expected values of magnitude at most {MAX_FEATURE:.0e}, found "
-                     f"{float(largest):.3g} in row {row}: squared norms and products of such "
-                     f"values overflow float32; scale them down".replace("e+", "e"))
-
-
 def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
               columns: tuple[int, str] | None = None, finite: bool = True) -> Tensor:
     """Return ``x`` as a float32 (N, D) tensor after checking it: at least one row when a
@@ -113,7 +95,7 @@ def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
     original = x
     x = x.float()
     if finite:  # float64 checked as given: beyond float32's range is too large, not inf
-        _check_values(original if original.dtype == torch.float64 else x, name)
+        check_values(original if original.dtype == torch.float64 else x, name)
     if x.data_ptr() % 64:
         # The BLAS's last bits depend on the input's alignment: features memory-mapped from
         # a file member at an odd offset are copied, so that the same features give the same
@@ -155,7 +137,7 @@ def _bias(bias: ArrayLike | None, weight: Tensor, name: str = "bias") -> Tensor 
         raise ValueError(f"{name}: expected {len(weight)} values (one per row of the weight, "
                          f"{weight.shape[0]} x {weight.shape[1]}), found shape {tuple(b.shape)}")
     b = b.float().to(weight.device)
-    _check_values(b.unsqueeze(0), name)
+    check_values(b.unsqueeze(0), name)
     return b
 
 
@@ -182,16 +164,6 @@ def _check_number(value: Any, name: str, expected: str, ok, integer: bool = Fals
         raise TypeError(f"{name}: expected {expected}, found {type(value).__name__} {value!r}")
     if not (math.isfinite(value) and ok(value)):
         raise ValueError(f"{name}: expected {expected}, found {value!r}")
-
-
-def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Return the mean over present classes of per-class top-1 accuracy (a fraction)."""
-    correct = (logits.argmax(1) == labels).float()
-    num_classes = int(labels.max()) + 1
-    hits = torch.zeros(num_classes).index_add_(0, labels, correct)
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    present = counts > 0
-    return (hits[present] / counts[present]).mean().item()
 
 
 def _matmul_chunked(x: Tensor, weight: Tensor, rows: int = 65536) -> Tensor:
@@ -311,9 +283,9 @@ class NCM(Rebalancer):
             sums.index_add_(0, y[i : i + rows], self._prepare(block, buffer[: len(block)]))
         self.means_ = sums / counts.unsqueeze(1)
         try:  # NaN and infinity reach the means, and so do too large values (or inf norms)
-            _check_values(self.means_, "means")
+            check_values(self.means_, "means")
         except ValueError:
-            _check_values(x, "features")  # names the first row at fault
+            check_values(x, "features")  # names the first row at fault
         return self
 
     def logits(self, features: ArrayLike) -> Tensor:
@@ -465,12 +437,8 @@ def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float
             right[rows] = _right_among_threats(z, None, *margins, tol_lo, tol_hi, label_logit,
                                                index, by_class, apply)[rows]
         done += len(z)
-    num_classes = int(labels.max()) + 1
-    hits = torch.zeros(num_classes, len(taus)).index_add_(0, labels, correct.float()).T
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    present = counts > 0
-    scores = {t: (hits[k][present] / counts[present]).mean().item()
-              for k, t in enumerate(ranked)}
+    accuracy = balanced_accuracy(correct, labels).tolist()
+    scores = dict(zip(ranked, accuracy))
     scores = {t: scores[t] for t in taus}  # back to the grid's order: its first best wins
     return max(scores, key=scores.get), scores
 
@@ -650,7 +618,8 @@ class CachedBatches:
 
 
 class _TrainedOnFeatures(Rebalancer):
-    """Shared training loop of CRT and LWS: SGD with momentum, cosine LR to 0, a sampler.
+    """Shared training loop of the methods trained on features (CRT, LWS, and through them
+    BALMS, LAS and WB): SGD with momentum, cosine LR to 0, a sampler.
 
     ``fit`` takes features and labels, or a batch source with ``set_epoch``, ``__iter__``
     (yielding feature and label batches), ``__len__`` and ``feature_dim``, such as the online
@@ -684,6 +653,8 @@ class _TrainedOnFeatures(Rebalancer):
         _check_number(batch_size, "batch_size", "an int >= 1", lambda v: v >= 1, integer=True)
         _check_number(momentum, "momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
         _check_number(weight_decay, "weight_decay", "a number >= 0", lambda v: v >= 0)
+        if select not in ("last", "best_val"):
+            raise ValueError(f"select: expected 'last' or 'best_val', found {select!r}")
         self.class_counts = class_counts
         self.epochs = epochs
         self.lr = lr
@@ -703,20 +674,9 @@ class _TrainedOnFeatures(Rebalancer):
     def _device(self) -> torch.device:
         """Return the device to fit on; ValueError for one this machine does not have."""
         try:
-            device = torch.device(self.device if self.device is not None else "cpu")
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device: expected cpu, cuda, cuda:N or mps, found "
-                             f"{self.device!r} ({e})") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: found {str(device)!r}, but CUDA is not available "
-                             f"(torch.cuda.is_available() is False); use device='cpu'")
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"device: found {str(device)!r}, but this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("device: found 'mps', but MPS is not available "
-                             "(torch.backends.mps.is_available() is False); use device='cpu'")
-        return device
+            return resolve_device(self.device if self.device is not None else "cpu")
+        except ValueError as e:
+            raise ValueError(f"device: {e}") from None
 
     def _batches(self, features: ArrayLike, labels: ArrayLike | None,
                  num_classes: int | None = None, weight: Tensor | None = None):
@@ -807,8 +767,6 @@ class _TrainedOnFeatures(Rebalancer):
                            columns=(batches.feature_dim, "as the training features"))
             yv = _labels(val_labels, len(xv), "val_labels", len(params[0]))
             xv, yv = xv.to(self._device()), yv.to(self._device())
-        if self.select not in ("last", "best_val"):
-            raise ValueError(f"select: expected 'last' or 'best_val', found {self.select!r}")
         self.loss_history_, self.val_history_ = [], []
         best, done = -1.0, 0
         for epoch in range(self.epochs):
