@@ -45,7 +45,8 @@ def tiny_fmnist_run(folder: Path, *overrides: str) -> Path:
     out = folder / "run"
     config = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
     assert main(["run", config, f"data.root={root}", "data.n_max=60", "data.n_min=2",
-                 "data.val_per_class=5", "stage1.epochs=1", "model.width=8", *overrides,
+                 "data.val_per_class=5", "stage1.epochs=1", "model.width=8",
+                 "stage1.min_steps=1", "stage2.min_steps=1", *overrides,  # batches as given
                  "--out", str(out)]) == 0
     return out
 

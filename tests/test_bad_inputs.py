@@ -325,6 +325,10 @@ DATA_CASES = [
      "test.txt: list file not found"),
     ("image missing", lambda w: (w / "d" / "train/class_0/00000.png").unlink(),
      "train.txt:1: image not found"),
+    ("Windows separators in a path", lambda w: _edit_list(w, "train", lambda x: [
+        x[0].replace("/", "\\"), *x[1:]]),
+     "(data.on_bad_image=skip leaves missing images out; the path has Windows separators (\\): "
+     "write it with /)"),
     ("path outside the root", lambda w: _edit_list(w, "val", lambda x: [
         *x, "../outside.png 0"]), "val.txt:7: path"),
     ("symlink out of the root", lambda w: (w / "d" / "val" / "link.png").symlink_to(

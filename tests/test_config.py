@@ -234,10 +234,17 @@ def test_linear_lr_scaling():
     cfg = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",
                       ["data.root=/d", "stage1.batch_size=128"])
     assert cfg.stage1.resolved_lr() == pytest.approx(0.05)
-    # a batch above one epoch's images is one epoch, and lr follows the real batch
-    assert cfg.stage1.real_batch_size(100) == 100
-    assert cfg.stage1.real_batch_size(101, world=2) == 102  # 51 per process
-    assert cfg.stage1.resolved_lr(100) == pytest.approx(0.1 * 100 / 256)
+    # a small dataset: the batch shrinks to give min_steps (16) steps an epoch, at least 2
+    # images a process (BatchNorm); lr follows the real batch
+    assert cfg.stage1.real_batch_size(100_000) == 128
+    assert cfg.stage1.real_batch_size(1000) == 62
+    assert cfg.stage1.real_batch_size(1001, world=2) == 62  # 501 // 16 = 31 per process
+    assert cfg.stage1.real_batch_size(20) == 2
+    assert cfg.stage1.resolved_lr(62) == pytest.approx(0.1 * 62 / 256)
+    one = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",
+                      ["data.root=/d", "stage1.batch_size=128", "stage1.min_steps=1"])
+    assert one.stage1.real_batch_size(100) == 100  # min_steps 1: at most one epoch
+    assert cfg.stage2.real_batch_size(1000) == 62 and cfg.stage2.real_batch_size(10) == 1
 
 
 def test_stage2_methods_all_means_every_method_on_features():

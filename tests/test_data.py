@@ -249,6 +249,26 @@ def test_float_images_in_0_to_1_are_scaled_not_black(tmp_path):
     assert torch.equal(decode_image(tmp_path / "b.tif", 3), expected.expand(3, -1, -1))
 
 
+def test_a_photos_exif_orientation_is_applied(tmp_path):
+    """A camera's portrait photo is stored landscape with an EXIF rotation: decoded upright,
+    as viewers (and whoever labelled it) show it."""
+    from PIL import Image
+
+    from longtail.data.datasets import decode_image
+
+    stored = np.zeros((10, 40, 3), np.uint8)
+    stored[:, :5] = 255  # a white band at the stored image's left
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    upright = decode_image(tmp_path / "portrait.jpg", 3)
+    assert upright.shape == (3, 40, 10)
+    assert upright[:, :5].float().mean() > 240 and upright[:, 10:].float().mean() < 15
+    img.save(tmp_path / "plain.jpg", quality=95)  # no orientation: as stored
+    assert decode_image(tmp_path / "plain.jpg", 3).shape == (3, 10, 40)
+
+
 def test_images_above_pillows_pixel_limit_are_said_once_in_one_line(tmp_path, monkeypatch,
                                                                     capsys):
     """Pillow warns in two lines from its own source, per image and per worker: the data

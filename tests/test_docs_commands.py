@@ -31,9 +31,9 @@ NOT_RUN = [
     (r"^torchrun ", "needs several GPUs (tests/test_end_to_end.py runs torchrun on CPU)"),
     (r"^python bench/", "benchmarks: make bench"),
     (r"^(pip|apt-get|sudo|cd|git) ", "set-up of the machine"),
-    (r"runs/(bake|wd)/", "the measurement loops of docs/results.md (3 seeds x several "
-                         "stage-1 runs); the three-seed loop and grid --losses (test_end_to_end) "
-                         "run the same commands"),
+    (r"runs/(bake|wd|steps)/", "the measurement loops of docs/results.md (seeds x several "
+                               "stage-1 runs); the three-seed loop and grid --losses "
+                               "(test_end_to_end) run the same commands"),
     (r"model\.name=timm/", "timm backbones train for minutes even capped at one epoch; "
                            "tests/test_timm.py runs a ConvNeXt and a ViT end to end"),
 ]

@@ -15,7 +15,7 @@ from tests.conftest import make_image_list_dataset
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["stage1.epochs=2", "stage1.batch_size=32", "stage1.lr=0.05", "model.width=8",
         "stage2.batch_size=32", "stage2.crt.epochs=3", "stage2.lws.epochs=2",
-        "eval.batch_size=256"]
+        "eval.batch_size=256", "stage1.min_steps=1", "stage2.min_steps=1"]  # batches as given
 
 
 def check_metrics(run_dir: Path, num_classes: int, methods=None) -> dict:
@@ -60,7 +60,8 @@ def test_tiny_fmnist_run_writes_valid_metrics(fake_fmnist, tmp_path, capsys):
     assert "7x7 stem), " in printed and "; input 28 px, flips off\n" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"] == {"image_size": 28, "channels": 1, "hflip": False,
-                                 "mean": [0.2860], "std": [0.3530]}
+                                 "mean": [0.2860], "std": [0.3530], "in_memory": True,
+                                 "num_workers": 0}
     metrics = check_metrics(out, 10)
     assert sorted(metrics["dataset"]["train_counts"], reverse=True)[0] == 60
     # An existing run directory is never overwritten unless asked.
@@ -202,6 +203,9 @@ def test_run_on_a_cifar_fixture_with_resnet32(tmp_path):
                  "stage1.warmup_epochs=0", "stage1.batch_size=32", "stage2.crt.epochs=2",
                  "stage2.lws.epochs=1", "--out", str(out)]) == 0
     metrics = check_metrics(out, 10)
+    # Cao et al.'s recipe: 32 px with crop and flips (data.hflip: null would leave them off)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["input"]["image_size"], manifest["input"]["hflip"]) == (32, True)
     # the head class gives its 2 val images out of training; groups use the counts before
     assert metrics["dataset"]["train_counts"] == [28, 23, 17, 13, 10, 8, 6, 5, 3, 3]
     assert metrics["dataset"]["group_counts"] == [30, 23, 17, 13, 10, 8, 6, 5, 3, 3]

@@ -45,7 +45,8 @@ def features_args(folder: Path, fmt: str = "npz") -> list[str]:
 
 
 FAST = ["stage1.epochs=30", "stage1.batch_size=64", "stage2.batch_size=64",
-        "stage2.crt.epochs=10", "stage2.lws.epochs=5"]
+        "stage2.crt.epochs=10", "stage2.lws.epochs=5", "stage1.min_steps=1",
+        "stage2.min_steps=1"]  # the batches as given: fast
 
 
 @pytest.mark.parametrize("fmt", ["npz", "pt", "safetensors"])
@@ -152,8 +153,9 @@ def test_features_run_batch_above_the_training_rows_scales_lr_to_them(tmp_path, 
     assert main(["run", FMNIST, *features_args(tmp_path / "f"), "stage1.epochs=1",
                  "stage1.batch_size=4096", "stage1.lr=null", "stage2.methods=[joint]",
                  "--out", str(tmp_path / "run")]) == 0
-    # 419 training rows: base_lr 0.1 at 256 scaled to 419, not to 4096
-    assert f"lr {0.1 * 419 / 256:g}, batch 419" in capsys.readouterr().out
+    # 419 training rows: stage1.min_steps (16) makes the batch 419 // 16 = 26, and base_lr
+    # 0.1 at 256 is scaled to 26, not to 4096
+    assert f"lr {0.1 * 26 / 256:g}, batch 26" in capsys.readouterr().out
 
 
 def test_val_held_out_of_training_features(tmp_path):

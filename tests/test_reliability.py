@@ -22,7 +22,8 @@ from tests.conftest import make_fake_fmnist, make_image_list_dataset
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
 TINY = ["model.width=8", "stage1.batch_size=16", "stage1.lr=0.05", "stage2.batch_size=32",
-        "stage2.crt.epochs=2", "stage2.lws.epochs=2", "eval.batch_size=256"]
+        "stage2.crt.epochs=2", "stage2.lws.epochs=2", "eval.batch_size=256",
+        "stage1.min_steps=1", "stage2.min_steps=1"]  # the batches as given: fast
 
 
 def fmnist_args(root: Path, *extra: str) -> list[str]:

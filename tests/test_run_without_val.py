@@ -22,7 +22,8 @@ CONFIG = str(ROOT / "configs" / "fmnist_lt.yaml")
 
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory) -> tuple[Path, str]:
-    """(run folder, its stdout): no val, stage1.batch_size and finetune's above 60 images."""
+    """(run folder, its stdout): no val, stage1.batch_size and finetune's above 60 images
+    (min_steps 1: capped at one epoch)."""
     folder = tmp_path_factory.mktemp("noval")
     root = make_fake_fmnist(folder / "f")
     out = folder / "run"
@@ -32,6 +33,7 @@ def run_output(tmp_path_factory) -> tuple[Path, str]:
                      "data.val_per_class=0", "stage2.tau_norm.tau=1", "model.width=8",
                      "stage1.epochs=1", "stage1.batch_size=4096", "stage1.lr=null",
                      "stage2.finetune.epochs=1", "stage2.finetune.batch_size=4096",
+                     "stage1.min_steps=1", "stage2.min_steps=1",  # the batch: one epoch
                      "stage2.methods=[joint,tau_norm,finetune_last]", "--out", str(out)])
     assert code == 0
     return out, stdout.getvalue()
@@ -45,10 +47,12 @@ def test_batch_larger_than_the_training_set_is_capped_and_lr_follows(run_output)
     lr = float(re.search(r"lr ([0-9.e-]+);", header).group(1))
     assert f"batch {images} over 1 process(es)" in header, header
     assert lr == pytest.approx(0.1 * images / 256, rel=1e-5)  # base_lr at base_batch_size 256
-    assert (f"note: stage1.batch_size 4096 is more than the {images} training images of an "
-            f"epoch; batches of {images}, lr scaled to it") in text
-    assert (f"note: stage2.finetune.batch_size 4096 is more than the {images} training images "
-            f"of an epoch; batches of {images}\n") in text  # finetune's lr is not scaled
+    assert (f"note: stage1.batch_size 4096 would leave fewer than 1 step an epoch over the "
+            f"{images} training images; batches of {images}, lr scaled to it "
+            f"(stage1.min_steps)") in text
+    assert (f"note: stage2.finetune.batch_size 4096 would leave fewer than 1 step an epoch "
+            f"over the {images} training images; batches of {images} (stage2.min_steps)\n"
+            ) in text  # finetune's lr is not scaled
 
 
 def test_extract_of_a_run_without_val_writes_train_and_test(run_output, tmp_path, capsys):

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FMNIST = str(ROOT / "configs" / "fmnist_lt.yaml")
 TINY = ["data.n_max=40", "data.n_min=2", "data.val_per_class=3", "data.image_size=32",
         "stage1.epochs=1", "stage1.batch_size=32", "stage2.batch_size=32",
-        "stage2.crt.epochs=2", "stage2.lws.epochs=1"]
+        "stage2.crt.epochs=2", "stage2.lws.epochs=1", "stage1.min_steps=1",
+        "stage2.min_steps=1"]  # the batches as given: fast
 
 
 @pytest.mark.parametrize("name", ["test_convnext", "test_vit"])

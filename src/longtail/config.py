@@ -148,9 +148,9 @@ class DataConfig:
         "training images if < 64, else 224"
     )
     hflip: bool | None = _opt(
-        None, "random horizontal flips in training; null: on for images of 64 px and more (the "
-        "paper's), off for smaller ones, where mirrored characters or icons change class "
-        "(docs/results.md)"
+        None, "random horizontal flips in training; null: on for inputs (data.image_size) of 64 "
+        "px and more (the paper's), off for smaller ones, where mirrored characters or icons "
+        "change class (docs/results.md)"
     )
     mean: list[float] | None = _opt(None, "normalisation mean per channel; null: the dataset's")
     std: list[float] | None = _opt(None, "normalisation std per channel; null: the dataset's")
@@ -207,6 +207,10 @@ class Stage1Config:
         "instance", "instance, class, sqrt, progressive, class_aware, or q in [0, 1]"
     )
     samples_per_class: int = _opt(4, "class_aware sampler: consecutive images per class")
+    min_steps: int = _opt(
+        16, "steps an epoch takes at least: a batch_size above training images / min_steps "
+        "shrinks to that (small datasets: one step an epoch barely trains; docs/results.md); "
+        "1: batch_size as given")
     amp: bool = _opt(True, "bfloat16 autocast on CUDA (ignored on other devices)")
     compile: bool = _opt(False, "train through torch.compile (bench/gpu_check.py measures it)")
     eval_every: int = _opt(1, "val top-1 every N epochs (and after the last); 0: only after the "
@@ -229,9 +233,11 @@ class Stage1Config:
     )
 
     def real_batch_size(self, train_size: int, world: int = 1) -> int:
-        """Return the global batch training really takes: ``batch_size``, but at most one
-        epoch's images (each process draws ceil(train_size / world) of them)."""
-        return min(self.batch_size // world, math.ceil(train_size / world)) * world
+        """Return the global batch training really takes: ``batch_size``, but small enough for
+        ``min_steps`` steps an epoch (each process draws ceil(train_size / world) images; at
+        least 2 a step, for BatchNorm)."""
+        per_process = math.ceil(train_size / world) // self.min_steps
+        return min(self.batch_size // world, max(2, per_process)) * world
 
     def resolved_lr(self, batch_size: int | None = None) -> float:
         """Return ``lr``, or ``base_lr`` scaled linearly to the global batch size: the one
@@ -318,6 +324,9 @@ class Stage2Config:
     )
     batch_size: int = _opt(
         512, "features per step of the trained methods (crt, lws, balms, las, wb)")
+    min_steps: int = _opt(
+        16, "steps an epoch of a trained method (and fine-tuning) takes at least: a batch size "
+        "above training rows / min_steps shrinks to that; 1: as given")
     momentum: float = _opt(0.9, "SGD momentum of the trained methods")
     samples_per_class: int = _opt(
         4, "trained methods with the class_aware sampler: images per pick")
@@ -341,6 +350,11 @@ class Stage2Config:
     ncm: NCMConfig = field(default_factory=NCMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    def real_batch_size(self, train_size: int) -> int:
+        """Return the batch the trained methods really take on ``train_size`` rows:
+        ``batch_size``, but small enough for ``min_steps`` steps an epoch."""
+        return min(self.batch_size, max(1, train_size // self.min_steps))
+
 
 # The stage2.* sections (or single keys) each method's result depends on; balms and las take
 # some of cRT's settings (stages/rebalance.py, build_rebalancer).
@@ -351,8 +365,9 @@ _METHOD_SECTIONS = {"joint": (), "ncm_cosine": ("ncm",), "ncm_euclidean": ("ncm"
                     "las": (*_CRT_SHARED, "crt.sampler", "crt.las_head", "crt.las_tail"),
                     "wb": ("wb",), "finetune": ("finetune",), "finetune_last": ("finetune",)}
 # ... and the keys shared by the methods that train with a sampler (fine-tuning: some).
-_TRAINED_KEYS = ("batch_size", "momentum", "samples_per_class", "select", "features", "bn")
-_FINETUNE_KEYS = ("momentum", "samples_per_class", "select")
+_TRAINED_KEYS = ("batch_size", "min_steps", "momentum", "samples_per_class", "select",
+                 "features", "bn")
+_FINETUNE_KEYS = ("min_steps", "momentum", "samples_per_class", "select")
 
 
 def method_settings(name: str, stage2: Stage2Config) -> dict[str, Any]:
@@ -891,7 +906,8 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
          f"[{', '.join(DEFAULT_METHODS)}]", cfg.stage2.methods)
     for key in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size",
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
-                "stage2.samples_per_class", "stage2.finetune.batch_size"):
+                "stage2.samples_per_class", "stage2.finetune.batch_size", "stage1.min_steps",
+                "stage2.min_steps"):
         need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
     # Training BatchNorm needs two images per step and process (one gives no variance: torch
     # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.

@@ -269,8 +269,8 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     stem = {None: "", True: ", small 3x3 stem", False: ", 7x7 stem"}[model.small_stem]
     _say(f"\nstage 1: {cfg.model.name} ({model.backbone.feature_dim}-d features, "
          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters{stem}), "
-         f"{cfg.stage1.epochs} epochs, sampler {cfg.stage1.sampler}, batch "
-         f"{batch} over {distributed.world_size()} process(es), lr "
+         f"{cfg.stage1.epochs} epoch{'s' * (cfg.stage1.epochs != 1)}, sampler "
+         f"{cfg.stage1.sampler}, batch {batch} over {distributed.world_size()} process(es), lr "
          f"{cfg.stage1.resolved_lr(batch):g}; input {data.image_size} px, flips "
          f"{'on' if data.hflip else 'off'}")
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
@@ -350,7 +350,8 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
         start = time.perf_counter()
         if name in FINETUNE_METHODS:
             part = "everything" if name == "finetune" else "the last stage and the classifier"
-            _say(f"\n{name}: fine-tuning {part} for {cfg.stage2.finetune.epochs} epochs, "
+            _say(f"\n{name}: fine-tuning {part} for {cfg.stage2.finetune.epochs} epoch"
+                 f"{'s' * (cfg.stage2.finetune.epochs != 1)}, "
                  f"sampler {cfg.stage2.finetune.sampler}")
             tuned = net.finetune(name)
             method = Joint(tuned.fc.weight.detach().cpu(), tuned.fc.bias.detach().cpu()).fit()
@@ -552,6 +553,12 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
              f"({', '.join(on_images)} on images, the rest on cached features)" if on_images
              else "on cached features")
     print(f"\nstage 2 {where}:", flush=True)
+    rows, s2 = sum(info.train_counts), cfg.stage2
+    if s2.real_batch_size(rows) < s2.batch_size and any(m in TRAINED_METHODS for m in s2.methods):
+        print(f"note: stage2.batch_size {s2.batch_size} would leave fewer than {s2.min_steps} "
+              f"step{'s' * (s2.min_steps != 1)} an epoch over the {rows} training rows; the "
+              f"trained methods take batches of {s2.real_batch_size(rows)} (stage2.min_steps)",
+              flush=True)
     largest = max(len(f.labels) for f in features.values()) * weight.shape[1] * len(weight)
     with threads_for(largest, SMALL_STAGE_MACS):
         methods, weight_norms = _fit_and_evaluate(cfg, info, weight, bias, features, run_dir,
@@ -651,8 +658,11 @@ def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight:
     """SHA-256 of everything a stage-2 method's result depends on; ``legacy``: the key of
     longtail 0.1's caches (all of stage2.* but the method list), still valid for them."""
     # only the method's own settings: a change of cRT's leaves tau-norm's fit valid
-    settings = (asdict(replace(cfg.stage2, methods=[])) if legacy
-                else method_settings(name, cfg.stage2))
+    if legacy:  # every stage2 key but the method list, as 0.1 had them (no min_steps yet)
+        settings = asdict(replace(cfg.stage2, methods=[]))
+        settings.pop("min_steps")
+    else:
+        settings = method_settings(name, cfg.stage2)
     parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),
              json.dumps(asdict(cfg.eval), sort_keys=True),
              state_digest({k: v for k, v in (("weight", weight), ("bias", bias))
@@ -707,9 +717,11 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         "git_commit": git_commit(),
         # run_inputs takes every recorded split as one whose features must exist
         "split_sha256": data.split_sha256,
-        # what data.image_size: null and data.hflip: null resolved to (not in config.yaml)
+        # what data.image_size, data.hflip (null) and data.in_memory, data.num_workers (auto)
+        # resolved to (not in config.yaml)
         **({"input": {"image_size": data.image_size, "channels": data.channels,
-                      "hflip": data.hflip, "mean": list(data.mean), "std": list(data.std)}}
+                      "hflip": data.hflip, "mean": list(data.mean), "std": list(data.std),
+                      "in_memory": data.in_memory, "num_workers": data.num_workers}}
            if hasattr(data, "image_size") else {}),
         "platform": platform.platform(),
         "config": cfg.to_dict(),

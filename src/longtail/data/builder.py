@@ -416,7 +416,12 @@ def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int
     if not images:
         raise LongtailError(f"{split.source}: no image could be decoded")
     if all(im.shape == images[0].shape for im in images):
-        return TensorImages(torch.stack(images), labels)
+        # one tensor, filled image by image as each is let go: torch.stack would hold the
+        # list and its copy at once (twice the memory at the peak)
+        stacked = images[0].new_empty((len(images), *images[0].shape))
+        for i in range(len(images)):
+            stacked[i], images[i] = images[i], None
+        return TensorImages(stacked, labels)
     return TensorImages(images, labels)
 
 

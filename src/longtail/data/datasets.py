@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -22,7 +22,9 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
     """Return the image at ``path`` as a uint8 CHW tensor with 1 (grayscale) or 3 (RGB) channels.
 
     Pillow decodes it, so any format Pillow reads works (torchvision's own decoders are
-    deprecated since 0.29). Raises OSError or ValueError when it cannot be read or decoded.
+    deprecated since 0.29); a photo's EXIF orientation is applied, so it comes out the way
+    viewers show it (and its labeller saw it). Raises OSError or ValueError when it cannot be
+    read or decoded.
     """
     try:
         with warnings.catch_warnings():
@@ -31,6 +33,7 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
         with img:
+            ImageOps.exif_transpose(img, in_place=True)
             img = _shape_in_alpha(_to_8_bits(img))
             return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except Image.DecompressionBombError as e:

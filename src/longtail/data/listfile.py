@@ -202,8 +202,10 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
                 raise LongtailError(f"{origin}: {path} is a broken symbolic link (-> "
                                     f"{os.readlink(path)}), expected an image file "
                                     f"(data.on_bad_image=skip leaves missing images out)")
+            hint = ("; the path has Windows separators (\\): write it with /" if "\\" in
+                    str(path) and os.sep == "/" else "")
             raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
-                                f"leaves missing images out)")
+                                f"leaves missing images out{hint})")
     if len(keep) == len(split.paths):
         return split
     if not keep:

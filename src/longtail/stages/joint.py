@@ -73,12 +73,14 @@ def train_joint(
     log: ScalarLog,
     resume: bool = False,
     stage_name: str = "stage 1",
-    config_keys: tuple[str, str] = ("stage1.batch_size", "stage1.select"),
+    config_keys: tuple[str, str, str] = ("stage1.batch_size", "stage1.select",
+                                         "stage1.min_steps"),
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data.train``; return one record per epoch.
 
     ``stage_name`` names the training in progress bars and messages, ``config_keys`` the keys
-    of ``cfg.batch_size`` and ``cfg.select`` in notes (fine-tuning has its own).
+    of ``cfg.batch_size``, ``cfg.select`` and ``cfg.min_steps`` in notes (fine-tuning has its
+    own).
 
     With ``cfg.select == "best_val"`` the model ends with the weights of the epoch of best val
     top-1 (kept in ``best.pt`` beside the checkpoint), else with the last epoch's.
@@ -97,11 +99,13 @@ def train_joint(
     global_batch = cfg.real_batch_size(len(data.train.labels), world)
     batch_size = global_batch // world  # per process
     if global_batch < cfg.batch_size and distributed.is_main():
-        # drop_last would leave no step, so the batch is one epoch; say so, as lr follows it
+        # a small dataset: the batch shrinks to give min_steps steps an epoch; say so, as lr
+        # may follow it
         scaled = ", lr scaled to it" if cfg.lr is None else ""
-        print(f"note: {config_keys[0]} {cfg.batch_size} is more than the "
-              f"{len(data.train.labels)} training images of an epoch; batches of "
-              f"{global_batch}{scaled}", flush=True)
+        print(f"note: {config_keys[0]} {cfg.batch_size} would leave fewer than "
+              f"{cfg.min_steps} step{'s' * (cfg.min_steps != 1)} an epoch over the "
+              f"{len(data.train.labels)} training images; batches of {global_batch}{scaled} "
+              f"({config_keys[2]})", flush=True)
     view, collate = data.training_view()
     loader = DataLoader(
         view, batch_size=batch_size, sampler=draws, num_workers=num_workers,
@@ -160,7 +164,7 @@ def train_joint(
                    leave=False, disable=None if main else True)
         for step, (images, labels) in enumerate(bar):
             totals[2] += batch_size - len(labels)
-            if not len(labels):
+            if len(labels) < 2:  # undecodable images skipped: BatchNorm needs two in training
                 continue
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last)

@@ -65,5 +65,5 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
     save_checkpoint({"fc.weight": linear.weight_, "fc.bias": linear.bias_, "key": key,
                      "loss_history": linear.loss_history_}, path)
     return (linear.weight_, linear.bias_,
-            f"trained: linear classifier, {cfg.epochs} epochs, sampler {cfg.sampler}, lr "
-            f"{cfg.resolved_lr(batch):g}, batch {batch}")
+            f"trained: linear classifier, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, sampler "
+            f"{cfg.sampler}, lr {cfg.resolved_lr(batch):g}, batch {batch}")

@@ -1034,9 +1034,13 @@ def build_rebalancer(
     device: torch.device | None = None,
 ) -> Rebalancer:
     """Return the unfitted method ``name`` configured by the ``stage2.*`` keys.
-    ``class_counts`` (the training split's) give the prior of the methods that use one; without
-    them they count the training labels given to ``fit``."""
-    trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum,
+    ``class_counts`` (the training split's) give the prior of the methods that use one, and
+    the split's size for ``stage2.min_steps``; without them the methods count the training
+    labels given to ``fit``, and take ``stage2.batch_size`` as it is."""
+    # stage2.min_steps shrinks the batch of a small training split (its size: the counts')
+    batch = cfg.batch_size if class_counts is None else cfg.real_batch_size(
+        int(sum(class_counts)))
+    trained = dict(batch_size=batch, momentum=cfg.momentum,
                    samples_per_class=cfg.samples_per_class, seed=seed, device=device,
                    select=cfg.select, class_counts=class_counts)
     crt = dict(epochs=cfg.crt.epochs, lr=cfg.crt.lr, weight_decay=cfg.crt.weight_decay,
