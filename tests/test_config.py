@@ -244,7 +244,7 @@ def test_linear_lr_scaling():
     one = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",
                       ["data.root=/d", "stage1.batch_size=128", "stage1.min_steps=1"])
     assert one.stage1.real_batch_size(100) == 100  # min_steps 1: at most one epoch
-    assert cfg.stage2.real_batch_size(1000) == 62 and cfg.stage2.real_batch_size(10) == 1
+    assert cfg.stage2.real_batch_size(1000) == 62 and cfg.stage2.real_batch_size(10) == 2
 
 
 def test_stage2_methods_all_means_every_method_on_features():

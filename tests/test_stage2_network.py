@@ -127,3 +127,30 @@ def test_stage2_best_val_keeps_the_best_epoch():
     assert lws.best_epoch_ == best + 1 and len(lws.val_history_) == 6
     assert (lws.predict(xv) == yv).double().mean().item() == lws.val_history_[best]
     assert LWS(w, epochs=6, batch_size=16, lr=0.5).fit(x, y, xv, yv).val_history_ == []
+
+
+def test_online_bn_train_on_a_tiny_split_keeps_two_images_a_step(tmp_path):
+    """stage2.min_steps shrinks the batch of a small split, never below two images: one
+    image in BatchNorm's train mode has no variance (torch refuses it)."""
+    from tests.conftest import tiny_fmnist_run
+
+    out = tiny_fmnist_run(tmp_path, "data.n_max=5", "data.n_min=1", "stage2.min_steps=16",
+                          "stage2.features=online", "stage2.bn=train", "stage2.methods=[crt]")
+    assert "crt" in json.loads((out / "metrics.json").read_text())["methods"]
+
+
+def test_a_run_written_before_min_steps_is_rebalanced_as_it_ran(tmp_path, capsys):
+    """A run's config.yaml without min_steps (an earlier longtail) took its batches as given:
+    read so, its stage-2 results stay valid (reused), not refitted with shrunken batches."""
+    from tests.conftest import tiny_fmnist_run
+
+    out = tiny_fmnist_run(tmp_path, "stage2.methods=[joint,crt]", "stage2.crt.epochs=2")
+    before = json.loads((out / "metrics.json").read_text())["methods"]["crt"]["top1"]
+    path = out / "config.yaml"
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                            if "min_steps" not in line))
+    capsys.readouterr()
+    assert main(["rebalance", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "crt" in printed and "reused" in printed and "fitted in" not in printed, printed
+    assert json.loads((out / "metrics.json").read_text())["methods"]["crt"]["top1"] == before

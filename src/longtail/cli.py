@@ -484,7 +484,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         # Overrides without CONFIG apply to the resumed run's own config.
         base = args.config or args.resume / "config.yaml"
         # before torch is imported: fast errors; a new run's weights file checked too
-        cfg = load_config(base, args.overrides, new_run=args.resume is None)
+        cfg = load_config(base, args.overrides, new_run=args.resume is None,
+                          run=args.config is None)
     out = args.out
     if args.resume is None:
         out = out or default_run_dir(Path(args.config).stem)
@@ -682,7 +683,7 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
         runs.append(read_metrics(path))
         manifest = run_dir / "manifest.json"
         splits.append(read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {})
-        configs.append(flatten(load_config(run_dir / "config.yaml", finished=True))
+        configs.append(flatten(load_config(run_dir / "config.yaml", finished=True, run=True))
                        if (run_dir / "config.yaml").is_file() else {})
     problem = comparable_runs(args.run_dirs, configs, splits, ignore)
     if problem:

@@ -325,8 +325,8 @@ class Stage2Config:
     batch_size: int = _opt(
         512, "features per step of the trained methods (crt, lws, balms, las, wb)")
     min_steps: int = _opt(
-        16, "steps an epoch of a trained method (and fine-tuning) takes at least: a batch size "
-        "above training rows / min_steps shrinks to that; 1: as given")
+        16, "steps an epoch of a trained method takes at least: a batch size above training "
+        "rows / min_steps shrinks to that; 1: as given")
     momentum: float = _opt(0.9, "SGD momentum of the trained methods")
     samples_per_class: int = _opt(
         4, "trained methods with the class_aware sampler: images per pick")
@@ -353,7 +353,7 @@ class Stage2Config:
     def real_batch_size(self, train_size: int) -> int:
         """Return the batch the trained methods really take on ``train_size`` rows:
         ``batch_size``, but small enough for ``min_steps`` steps an epoch."""
-        return min(self.batch_size, max(1, train_size // self.min_steps))
+        return min(self.batch_size, max(2, train_size // self.min_steps))  # 2: BatchNorm online
 
 
 # The stage2.* sections (or single keys) each method's result depends on; balms and las take
@@ -367,7 +367,7 @@ _METHOD_SECTIONS = {"joint": (), "ncm_cosine": ("ncm",), "ncm_euclidean": ("ncm"
 # ... and the keys shared by the methods that train with a sampler (fine-tuning: some).
 _TRAINED_KEYS = ("batch_size", "min_steps", "momentum", "samples_per_class", "select",
                  "features", "bn")
-_FINETUNE_KEYS = ("min_steps", "momentum", "samples_per_class", "select")
+_FINETUNE_KEYS = ("momentum", "samples_per_class", "select")
 
 
 def method_settings(name: str, stage2: Stage2Config) -> dict[str, Any]:
@@ -375,7 +375,10 @@ def method_settings(name: str, stage2: Stage2Config) -> dict[str, Any]:
     ``name`` depends on: a change of any other key leaves it as it is."""
     shared = (_TRAINED_KEYS if name in TRAINED_METHODS
               else _FINETUNE_KEYS if name in FINETUNE_METHODS else ())
-    out = {f"stage2.{k}": getattr(stage2, k) for k in shared}
+    # min_steps 1 (the batch as given) is what runs made before the key existed did: left
+    # out, so that their caches still match
+    out = {f"stage2.{k}": getattr(stage2, k) for k in shared
+           if not (k == "min_steps" and stage2.min_steps == 1)}
     for part in _METHOD_SECTIONS[name]:
         section, _, key = part.partition(".")
         values = dataclasses.asdict(getattr(stage2, section))
@@ -410,13 +413,14 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] = (),
                 new_run: bool = False, finished: bool = False,
-                template: bool = False) -> Config:
+                template: bool = False, run: bool = False) -> Config:
     """Return the config of YAML file ``path`` (or the defaults) with ``KEY=VALUE`` overrides;
     ``new_run``: also check that the files a new run reads first (model.weights) exist;
     ``finished``: a finished run's config.yaml, only read (summarize), so taken as it ran,
     without the checks on settings (a run of an earlier version may not pass today's);
     ``template``: a config to write out and edit (``longtail config``), whose paths to the
-    user's data and weights may still be empty."""
+    user's data and weights may still be empty; ``run``: a run's own config.yaml, whose keys
+    added since it was written take the value that repeats what that run did."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -441,6 +445,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys, found {type(loaded).__name__}")
         raw = loaded
+    if run:  # a run written before min_steps existed took its batches as given
+        for section in ("stage1", "stage2"):
+            if isinstance(raw.get(section, {}), dict):
+                raw.setdefault(section, {}).setdefault("min_steps", 1)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -791,7 +799,7 @@ def env_world_size() -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
                             f"found {os.environ['WORLD_SIZE']!r}")
-    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")
                if int(text) > 1 and not os.environ.get(k)]
     if missing:  # set by hand, not by torchrun: torch's rendezvous would fail with a traceback
         raise LongtailError(f"WORLD_SIZE: {text} processes, but {', '.join(missing)} "

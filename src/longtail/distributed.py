@@ -53,9 +53,10 @@ def select_device(preference: str) -> torch.device:
         raise LongtailError(f"config key device: {e}") from None
 
 
-def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
     """Return the device ``name`` (cpu, cuda, cuda:N or mps; a bare cuda is GPU
-    ``local_rank``), or raise ValueError saying what this machine lacks."""
+    ``local_rank`` when given, else torch's current one), or raise ValueError saying what
+    this machine lacks."""
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -63,9 +64,9 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(missing_device_message(str(device)))
-        if device.index is None:
+        if device.index is None and local_rank is not None:
             device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
+        if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"found {str(device)!r}, but this machine has "
                              f"{torch.cuda.device_count()} GPU(s) (cuda:0 to "
                              f"cuda:{torch.cuda.device_count() - 1})")

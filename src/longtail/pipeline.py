@@ -415,7 +415,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     info, weight, bias, features = run_inputs(run_dir, cfg)
     asked = list(cfg.stage2.methods)
     # config.yaml as it is describes how every result in metrics.json was made
-    stale = _stale_kept(load_config(run_dir / "config.yaml", finished=True), cfg, earlier)
+    stale = _stale_kept(load_config(run_dir / "config.yaml", finished=True, run=True), cfg, earlier)
     if stale:  # fitted again, so that config.yaml describes every result metrics.json holds
         methods = sorted({*asked, *stale}, key=lambda m: _METHOD_ORDER.get(m, 99))
         cfg = replace(cfg, stage2=replace(cfg.stage2, methods=methods))
@@ -658,9 +658,10 @@ def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight:
     """SHA-256 of everything a stage-2 method's result depends on; ``legacy``: the key of
     longtail 0.1's caches (all of stage2.* but the method list), still valid for them."""
     # only the method's own settings: a change of cRT's leaves tau-norm's fit valid
-    if legacy:  # every stage2 key but the method list, as 0.1 had them (no min_steps yet)
+    if legacy:  # every stage2 key but the method list, as 0.1 had them (min_steps 1 then)
         settings = asdict(replace(cfg.stage2, methods=[]))
-        settings.pop("min_steps")
+        if settings["min_steps"] == 1:
+            del settings["min_steps"]
     else:
         settings = method_settings(name, cfg.stage2)
     parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),

@@ -91,7 +91,7 @@ def load_run_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     taken from where the run started (``run_paths``)."""
     from longtail.config import load_config
 
-    return run_paths(run_dir, load_config(run_dir / "config.yaml", overrides))
+    return run_paths(run_dir, load_config(run_dir / "config.yaml", overrides, run=True))
 
 
 def run_paths(run_dir: Path, cfg: Config) -> Config:
@@ -119,7 +119,7 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
         if not key.split("=", 1)[0].startswith(("stage2.", "eval.", "device")):
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml", overrides, run=True)
     try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
         _probe_write(run_dir)
     except OSError as e:
@@ -138,7 +138,7 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
 
     from longtail.config import PLACE_KEYS, flatten, load_config
 
-    written = load_config(require_run_dir(run_dir, "--resume"))
+    written = load_config(require_run_dir(run_dir, "--resume"), run=True)
     saved = run_paths(run_dir, written)
     if cfg is None:
         return saved

@@ -80,7 +80,7 @@ def train_joint(
 
     ``stage_name`` names the training in progress bars and messages, ``config_keys`` the keys
     of ``cfg.batch_size``, ``cfg.select`` and ``cfg.min_steps`` in notes (fine-tuning has its
-    own).
+    own, and no min_steps key: "").
 
     With ``cfg.select == "best_val"`` the model ends with the weights of the epoch of best val
     top-1 (kept in ``best.pt`` beside the checkpoint), else with the last epoch's.
@@ -104,8 +104,8 @@ def train_joint(
         scaled = ", lr scaled to it" if cfg.lr is None else ""
         print(f"note: {config_keys[0]} {cfg.batch_size} would leave fewer than "
               f"{cfg.min_steps} step{'s' * (cfg.min_steps != 1)} an epoch over the "
-              f"{len(data.train.labels)} training images; batches of {global_batch}{scaled} "
-              f"({config_keys[2]})", flush=True)
+              f"{len(data.train.labels)} training images; batches of {global_batch}{scaled}"
+              + (f" ({config_keys[2]})" if config_keys[2] else ""), flush=True)
     view, collate = data.training_view()
     loader = DataLoader(
         view, batch_size=batch_size, sampler=draws, num_workers=num_workers,

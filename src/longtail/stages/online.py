@@ -110,14 +110,13 @@ class NetworkStage2:
         stage = Stage1Config(epochs=ft.epochs, batch_size=ft.batch_size, lr=ft.lr,
                              momentum=s2.momentum, weight_decay=ft.weight_decay,
                              sampler=ft.sampler, samples_per_class=s2.samples_per_class,
-                             min_steps=s2.min_steps,
+                             min_steps=1,  # the batch as given (at most one epoch)
                              amp=self.cfg.stage1.amp, select=s2.select, lr_schedule="cosine")
         train_joint(model, self.data, stage, seed=self.cfg.seed, device=self.device,
                     num_workers=self.data.num_workers, eval_batch_size=self.cfg.eval.batch_size,
                     checkpoint_path=self.run_dir / "stage2" / name / "last.pt", log=self.log,
                     stage_name=f"stage 2 {name}",
-                    config_keys=("stage2.finetune.batch_size", "stage2.select",
-                                 "stage2.min_steps"))
+                    config_keys=("stage2.finetune.batch_size", "stage2.select", ""))
         return model
 
 
