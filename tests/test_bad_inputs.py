@@ -102,6 +102,9 @@ CASES = [
     ("unknown method", None, ["run", CONFIG, "stage2.methods=[crt,wls]"],
      "config key stage2.methods: expected list of one of"),
     ("bad sampler", None, ["run", CONFIG, "stage1.sampler=sqrtt"], "config key stage1.sampler"),
+    ("list files without data.kind=list", None, ["run", CONFIG, "data.train=train.txt"],
+     "config key data.train: set, but data.kind fmnist_lt draws its own split and reads no "
+     "split files; for 'path label' list files set data.kind=list"),
     ("n_min and imbalance_ratio", None, ["run", CONFIG, "data.imbalance_ratio=50"],
      "config key data.imbalance_ratio: expected null when data.n_min is given"),
     ("q out of range", None, ["run", CONFIG, "stage2.crt.sampler=1.5"],

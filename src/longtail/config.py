@@ -857,6 +857,11 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         need(value is None or value >= 1, f"data.{key}", "an int >= 1 or null", value)
     need(d.imbalance_ratio is None or d.imbalance_ratio >= 1, "data.imbalance_ratio",
          "a number >= 1 or null", d.imbalance_ratio)
+    given = [k for k in ("train", "val", "test") if getattr(d, k) is not None]
+    if d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") and given:  # silently unused
+        raise ConfigError(f"config key data.{given[0]}: set, but data.kind {d.kind} draws its "
+                          f"own split and reads no split files; for 'path label' list files "
+                          f"set data.kind=list")
     if d.n_min is not None and d.imbalance_ratio is not None:  # which one wins is not obvious
         raise ConfigError(f"config key data.imbalance_ratio: expected null when data.n_min is "
                           f"given (both fix the smallest class: n_min = n_max / ratio), found "
