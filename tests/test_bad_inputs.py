@@ -328,6 +328,10 @@ DATA_CASES = [
      "test.txt: list file not found"),
     ("image missing", lambda w: (w / "d" / "train/class_0/00000.png").unlink(),
      "train.txt:1: image not found"),
+    ("list paths from another root", lambda w: _edit_list(w, "train", lambda x: [
+        "images/" + line for line in x]),
+     "nor any of the next listed images; list paths are relative to data.root: check that "
+     "it is the folder they start from"),
     ("Windows separators in a path", lambda w: _edit_list(w, "train", lambda x: [
         x[0].replace("/", "\\"), *x[1:]]),
      "(data.on_bad_image=skip leaves missing images out; the path has Windows separators (\\): "

@@ -204,6 +204,11 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
                                     f"(data.on_bad_image=skip leaves missing images out)")
             hint = ("; the path has Windows separators (\\): write it with /" if "\\" in
                     str(path) and os.sep == "/" else "")
+            if not keep and not hint and not any(p.is_file() for p in split.paths[i : i + 20]):
+                # nothing found from the start: the root, not the images, is likely wrong
+                raise LongtailError(f"{origin}: image not found: {path}, nor any of the next "
+                                    f"listed images; list paths are relative to data.root: "
+                                    f"check that it is the folder they start from")
             raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
                                 f"leaves missing images out{hint})")
     if len(keep) == len(split.paths):
