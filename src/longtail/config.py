@@ -190,6 +190,12 @@ class ModelConfig:
     )
 
 
+def steps_batch(batch_size: int, rows: int, min_steps: int) -> int:
+    """Return ``batch_size``, shrunk so that ``rows`` make ``min_steps`` steps, but at least
+    2 rows a step (BatchNorm in training refuses one)."""
+    return min(batch_size, max(2, rows // min_steps))
+
+
 @dataclass
 class Stage1Config:
     epochs: int = _opt(90, "epochs of joint training")
@@ -236,8 +242,8 @@ class Stage1Config:
         """Return the global batch training really takes: ``batch_size``, but small enough for
         ``min_steps`` steps an epoch (each process draws ceil(train_size / world) images; at
         least 2 a step, for BatchNorm)."""
-        per_process = math.ceil(train_size / world) // self.min_steps
-        return min(self.batch_size // world, max(2, per_process)) * world
+        return steps_batch(self.batch_size // world, math.ceil(train_size / world),
+                           self.min_steps) * world
 
     def resolved_lr(self, batch_size: int | None = None) -> float:
         """Return ``lr``, or ``base_lr`` scaled linearly to the global batch size: the one
@@ -353,7 +359,7 @@ class Stage2Config:
     def real_batch_size(self, train_size: int) -> int:
         """Return the batch the trained methods really take on ``train_size`` rows:
         ``batch_size``, but small enough for ``min_steps`` steps an epoch."""
-        return min(self.batch_size, max(2, train_size // self.min_steps))  # 2: BatchNorm online
+        return steps_batch(self.batch_size, train_size, self.min_steps)
 
 
 # The stage2.* sections (or single keys) each method's result depends on; balms and las take
