@@ -4,6 +4,7 @@ in one line naming the file (or redo what is only a cache), never with a traceba
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -123,3 +124,33 @@ def test_pickled_objects_are_still_refused_and_named(tmp_path):
                                             "torch.nn.modules.linear.Linear") as caught:
         load_checkpoint(path)
     assert not isinstance(caught.value, UnreadableFile)
+
+
+def test_new_shot_thresholds_regroup_the_cached_fits_as_a_fresh_fit_would(run, capsys):
+    """eval.* only groups the classes: rebalance reuses every fit and groups it again, to the
+    numbers fitting afresh gives; caches keyed with eval.* (before 0.2) are reused too."""
+    from longtail.checkpoint import save_checkpoint
+    from longtail.pipeline import _stage2_key, run_inputs
+    from longtail.rundir import load_run_config
+
+    cfg = load_run_config(run)
+    _, weight, bias, feats = run_inputs(run, cfg)
+    path = run / "stage2" / "tau_norm.pt"
+    blob = load_checkpoint(path)
+    blob["key"] = _stage2_key("tau_norm", cfg, feats, weight, bias, with_eval=True)
+    save_checkpoint(blob, path)
+    capsys.readouterr()
+    assert main(["rebalance", str(run)]) == 0  # thresholds as the key has them: reused
+    assert capsys.readouterr().out.count(" reused in ") == 3
+    thresholds = ["eval.many_threshold=30", "eval.few_threshold=10"]
+    assert main(["rebalance", str(run), *thresholds]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted" not in printed and printed.count(" reused in ") == 3, printed
+    regrouped = json.loads((run / "metrics.json").read_text())
+    shutil.rmtree(run / "stage2")
+    assert main(["rebalance", str(run), *thresholds]) == 0
+    assert capsys.readouterr().out.count(" fitted in ") == 3
+    fresh = json.loads((run / "metrics.json").read_text())
+    assert regrouped == fresh
+    groups = fresh["dataset"]["shot_groups"]
+    assert groups["few"] and groups["many"]  # the new thresholds split the classes three ways

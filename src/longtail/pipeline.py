@@ -379,10 +379,14 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
         cached = load_checkpoint(path)
     except LongtailError:  # only a cache: one that cannot be read is fitted again
         return None
-    # a cache written before the key covered only the method's settings has its old key
-    legacy = "settings" not in cached
-    key = _stage2_key(name, cfg, features, weight, bias, legacy=legacy)
-    return cached if cached.get("key") == key else None
+    # a cache written before the key covered only the method's settings has its old key;
+    # one written before the key left out eval.* (which only groups the result) has eval's
+    if "settings" not in cached:
+        keys = [_stage2_key(name, cfg, features, weight, bias, legacy=True)]
+    else:
+        keys = [_stage2_key(name, cfg, features, weight, bias),
+                _stage2_key(name, cfg, features, weight, bias, with_eval=True)]
+    return cached if cached.get("key") in keys else None
 
 
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
@@ -603,13 +607,19 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     weight_norms: dict[str, list[float]] = {}
     on_images = set(network_methods(cfg))
     train, val, test = features["train"], features.get("val"), features["test"]
+    groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold, cfg.eval.few_threshold)
     for name in cfg.stage2.methods:
         start = time.perf_counter()
         fit_seconds = 0.0  # of a method fitted on images before, added to its evaluation's
         path = run_dir / "stage2" / f"{name}.pt"
         cached = _cached_result(run_dir, name, cfg, features, weight, bias)
-        if cached is not None:  # fitted before on the same inputs: reuse
+        if cached is not None:  # fitted before on the same inputs: reuse, grouped as asked
             result, norms, verb = cached["result"], cached["weight_norms"], "reused"
+            result = {**result, **group_accuracies(result["per_class"], groups)}
+            key = _stage2_key(name, cfg, features, weight, bias)
+            if cached["key"] != key:  # an older cache's key: today's, valid for any eval.*
+                save_checkpoint({**cached, "key": key,
+                                 "settings": method_settings(name, cfg.stage2)}, path)
         else:
             if name in prefit:
                 method, test_features = prefit[name].method, prefit[name].test_features
@@ -654,9 +664,11 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
 
 
 def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight: torch.Tensor,
-                bias: torch.Tensor, legacy: bool = False) -> str:
-    """SHA-256 of everything a stage-2 method's result depends on; ``legacy``: the key of
-    longtail 0.1's caches (all of stage2.* but the method list), still valid for them."""
+                bias: torch.Tensor, legacy: bool = False, with_eval: bool = False) -> str:
+    """SHA-256 of everything a stage-2 method's fit depends on. eval.* is left out: it only
+    groups the classes, which a reused result is grouped again by. Older caches' keys, still
+    valid for them: ``legacy``, longtail 0.1's (all of stage2.* but the method list, and
+    eval.*); ``with_eval``, the method's settings and eval.*."""
     # only the method's own settings: a change of cRT's leaves tau-norm's fit valid
     if legacy:  # every stage2 key but the method list, as 0.1 had them (min_steps 1 then)
         settings = asdict(replace(cfg.stage2, methods=[]))
@@ -665,7 +677,7 @@ def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight:
     else:
         settings = method_settings(name, cfg.stage2)
     parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),
-             json.dumps(asdict(cfg.eval), sort_keys=True),
+             *([json.dumps(asdict(cfg.eval), sort_keys=True)] if legacy or with_eval else []),
              state_digest({k: v for k, v in (("weight", weight), ("bias", bias))
                            if v is not None}),
              *(f"{k}:{v.key or state_digest({'f': v.features, 'l': v.labels})}"
