@@ -315,6 +315,10 @@ DATA_CASES = [
      "train.txt:13: expected a label >= 0, found -1"),
     ("label with a gap", lambda w: _edit_list(w, "train", lambda x: [*x, "a.png 17"]),
      "train.txt:13: label 17, but no training image has label 3..16"),
+    ("val label training lacks",
+     lambda w: _edit_list(w, "train", lambda x: [line for line in x if line[-2:] != " 1"]),
+     "val.txt:3: label 1, but no training image has it (training lacks 1); every class needs "
+     "training images: add some of label 1 to "),
     ("test label beyond the classes", lambda w: _edit_list(w, "test", lambda x: [*x, "a.png 5"]),
      "test.txt:13: label 5 is not below the class count 3"),
     ("duplicate list line", lambda w: _edit_list(w, "train", lambda x: [*x, x[0]]),

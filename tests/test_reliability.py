@@ -277,10 +277,16 @@ def test_paths_outside_the_root_are_allowed_when_asked(tmp_path, capsys):
 def test_class_without_training_images(tmp_path, capsys):
     root = tmp_path / "d"
     files = make_image_list_dataset(root, counts=[6, 3, 2])
-    files["train"].write_text(files["train"].read_text().replace(" 1\n", " 2\n"))
+    for path in files.values():  # label 1 gone from every split: a gap remapping closes
+        path.write_text(path.read_text().replace(" 1\n", " 2\n"))
     code, err = run_cli(["run", *list_args(root, files), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "train.txt:7: label 2, but no training image has label 1;" in err
     assert "data.remap_labels=true" in err
+    from longtail.config import load_config
+    from longtail.data import build_data
+
+    cfg = load_config(None, list_args(root, files, "data.remap_labels=true")[1:])
+    assert build_data(cfg.data, seed=0).train_counts == [6, 5]  # as the hint says
 
 
 def write_broken_image(root: Path, files: dict[str, Path]) -> None:

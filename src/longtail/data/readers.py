@@ -243,6 +243,19 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
                             f"split, found {len(present)}")
     num_classes = present[-1] + 1
     if len(present) != num_classes:
+        # A class that val or test has and training lacks cannot be learned: remapping, the
+        # hint below, would only fail on it next.
+        known = set(present)
+        for name, split in splits.items():
+            if split is None or name == "train":
+                continue
+            for label, origin in zip(split.labels, split.origins):
+                if label not in known and label < num_classes:
+                    raise LongtailError(
+                        f"{origin}: label {label}, but no training image has it (training "
+                        f"lacks {label_gap(present, num_classes)}); every class needs "
+                        f"training images: add some of label {label} to {train.source} or "
+                        f"remove its {name} lines")
         if not cfg.remap_labels:
             first_missing = next(i for i, label in enumerate(present) if label != i)
             # The first label above the first gap is most often the culprit (a typo).
