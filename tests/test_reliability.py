@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,19 @@ def test_resuming_a_finished_run_redoes_nothing(fake_fmnist, tmp_path, capsys, m
     printed = capsys.readouterr().out
     assert "resuming stage 1 after epoch 1 of 1" in printed
     assert printed.count(" reused in ") == len(FEATURE_METHODS) and " fitted in " not in printed
+    assert json.loads((out / "metrics.json").read_text()) == before
+
+
+def test_resume_before_the_first_epoch_ended_says_it_starts_over(fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *fmnist_args(fake_fmnist, "stage1.epochs=1"), "--out", str(out)]) == 0
+    before = json.loads((out / "metrics.json").read_text())
+    for path in out.iterdir():  # as a run stopped within its first epoch leaves it
+        if path.name not in ("config.yaml", "manifest.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 0
+    assert "resuming stage 1 from its start: no epoch had finished" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text()) == before
 
 

@@ -150,6 +150,9 @@ def train_joint(
         if distributed.is_main():
             print(f"resuming stage 1 after epoch {state['epoch']} of {cfg.epochs} "
                   f"({checkpoint_path})", flush=True)
+    elif resume and distributed.is_main():  # stopped within the first epoch
+        print(f"resuming stage 1 from its start: no epoch had finished ({checkpoint_path} "
+              f"not written yet)", flush=True)
     amp = cfg.amp and device.type == "cuda"
     loss_fn = ClassifierLoss.build(data.train_counts, cfg.loss, cfg.loss_tau).to(device)
     val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
