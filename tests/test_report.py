@@ -55,6 +55,18 @@ def test_report_is_written_for_any_number_of_methods(tmp_path, count):
     assert "| m0 |" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.filterwarnings("error")  # no weight norms (NCM alone): no legend warning either
+def test_report_explains_ncm_cosines_ece_only_when_it_is_there(tmp_path):
+    from longtail.report import write_report
+
+    run = metrics(50.0, 10.0)
+    for methods in ({"crt": _calibrated(50.0)}, {"ncm_cosine": _calibrated(50.0)}):
+        run["methods"] = methods
+        write_report(tmp_path, run, ["head", "tail"], {}, header="test")
+        said = "so its ECE measures that underconfidence" in (tmp_path / "report.md").read_text()
+        assert said == ("ncm_cosine" in methods)
+
+
 def test_copies_of_one_run_are_not_averaged():
     """Same seed and config (where it ran aside): one run twice, a spread of 0 that means
     nothing; another seed, or another setting allowed by --ignore, is a run of its own."""

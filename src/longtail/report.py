@@ -254,7 +254,11 @@ def write_report(run_dir: Path, metrics: dict[str, Any], class_names: list[str],
             ax.plot(range(len(order)), [norms[c] / top for c in order], label=name, lw=1.2)
         ax.set_xlabel("class, by training count (head to tail)")
         ax.set_ylabel("classifier weight norm / max")
-        ax.legend(fontsize=8)
+        if weight_norms:
+            ax.legend(fontsize=8)
+        else:  # e.g. NCM alone: said on the plot, not by matplotlib's warning
+            ax.text(0.5, 0.5, "no method here has linear class weights", ha="center",
+                    transform=ax.transAxes)
 
     calibrated = {n: m["reliability"] for n, m in metrics["methods"].items()
                   if "reliability" in m}
@@ -286,5 +290,8 @@ def write_report(run_dir: Path, metrics: dict[str, Any], class_names: list[str],
         format_table(metrics["methods"], markdown=True), "",
         "Accuracies in %; Many / Medium / Few are means of per-class accuracies. ECE: expected "
         "calibration error of the softmax's top class, equal-width bins (%); metrics.json also "
-        "has nll and balanced_accuracy.", "", *figures])
+        "has nll and balanced_accuracy."
+        + (" NCM's scores are not logits: the softmax of ncm_cosine's cosine similarities (in "
+           "[-1, 1]) is close to uniform, so its ECE measures that underconfidence, not its "
+           "ranking." if "ncm_cosine" in metrics["methods"] else ""), "", *figures])
     atomic_write_text(run_dir / "report.md", report)
