@@ -67,6 +67,30 @@ def test_report_explains_ncm_cosines_ece_only_when_it_is_there(tmp_path):
         assert said == ("ncm_cosine" in methods)
 
 
+def test_methods_with_the_same_weights_share_one_labelled_line(tmp_path, monkeypatch):
+    """logit_adjust keeps joint's weights: one line "joint = logit_adjust", not two where the
+    later hides the former."""
+    from matplotlib.figure import Figure
+
+    from longtail import report
+
+    labels = []
+
+    def draw(fn, panels=None):
+        ax = list(Figure().subplots(1, panels, squeeze=False)[0]) if panels else Figure().subplots()
+        fn(ax)
+        if not panels:
+            labels.append(ax.get_legend_handles_labels()[1])
+        return b""
+
+    monkeypatch.setattr(report, "plot_png", draw)
+    run = metrics(50.0, 10.0)
+    run["methods"] = {n: _calibrated(50.0) for n in ("joint", "crt", "logit_adjust")}
+    norms = {"joint": [2.0, 1.0], "crt": [1.0, 1.0], "logit_adjust": [2.0, 1.0]}
+    report.write_report(tmp_path, run, ["head", "tail"], norms, header="test")
+    assert labels[-1] == ["joint = logit_adjust", "crt"]
+
+
 def test_copies_of_one_run_are_not_averaged():
     """Same seed and config (where it ran aside): one run twice, a spread of 0 that means
     nothing; another seed, or another setting allowed by --ignore, is a run of its own."""

@@ -249,9 +249,13 @@ def write_report(run_dir: Path, metrics: dict[str, Any], class_names: list[str],
         ax.legend(fontsize=8)
 
     def norm_plot(ax) -> None:
+        same: dict[tuple[float, ...], list[str]] = {}  # logit_adjust keeps joint's weights
         for name, norms in weight_norms.items():
+            same.setdefault(tuple(norms), []).append(name)
+        for norms, names in same.items():
             top = max(norms) or 1.0
-            ax.plot(range(len(order)), [norms[c] / top for c in order], label=name, lw=1.2)
+            ax.plot(range(len(order)), [norms[c] / top for c in order], label=" = ".join(names),
+                    lw=1.2)
         ax.set_xlabel("class, by training count (head to tail)")
         ax.set_ylabel("classifier weight norm / max")
         if weight_norms:
