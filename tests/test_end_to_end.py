@@ -265,3 +265,29 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     for method in one:
         assert abs(one[method]["top1"] - two[method]["top1"]) <= 25, method
         assert min(one[method]["top1"], two[method]["top1"]) > 30, method
+
+
+def test_torchrun_with_undecodable_images_skipped_keeps_the_ranks_in_step(tmp_path):
+    """data.on_bad_image=skip: a batch left with under two images is skipped by every rank
+    together (once a collective mismatch: gloo aborted, or NCCL hung)."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    files = make_image_list_dataset(tmp_path / "d", counts=[40, 30, 20, 10])
+    rng = random.Random(0)
+    for line in files["train"].read_text().splitlines():
+        if rng.random() < 0.4:  # per-rank batches of 2: some ranks keep 0 or 1 of a batch
+            (tmp_path / "d" / line.split()[0]).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "longtail", "run", str(ROOT / "configs" / "fmnist_lt.yaml"), "data.kind=list",
+         f"data.root={tmp_path / 'd'}", *(f"data.{s}={p}" for s, p in files.items()),
+         "data.on_bad_image=skip", "data.in_memory=false", "stage1.batch_size=4",
+         "stage1.min_steps=1", "stage1.epochs=1", "model.width=8", "stage2.methods=[joint]",
+         "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: skipped " in result.stdout and (out / "metrics.json").is_file()

@@ -157,6 +157,9 @@ def train_joint(
     loss_fn = ClassifierLoss.build(data.train_counts, cfg.loss, cfg.loss_tau).to(device)
     val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
     main = distributed.is_main()
+    # Under torchrun with data.on_bad_image=skip, the ranks agree each step whether to skip it
+    # (one small all-reduce a step, paid only then).
+    agree = distributed.world_size() > 1 and getattr(data.train, "skip_bad", False)
     for epoch in range(len(history), cfg.epochs):
         draws.set_epoch(epoch)
         net.train()
@@ -167,7 +170,11 @@ def train_joint(
                    leave=False, disable=None if main else True)
         for step, (images, labels) in enumerate(bar):
             totals[2] += batch_size - len(labels)
-            if len(labels) < 2:  # undecodable images skipped: BatchNorm needs two in training
+            short = len(labels) < 2  # undecodable images skipped: BatchNorm needs two
+            if agree:  # a rank skipping alone would pair its next all-reduce with this one's
+                short = bool(distributed.all_reduce_sum(
+                    torch.tensor([float(short)], device=device)).item())
+            if short:
                 continue
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last)
