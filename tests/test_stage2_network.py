@@ -139,6 +139,28 @@ def test_online_bn_train_on_a_tiny_split_keeps_two_images_a_step(tmp_path):
     assert "crt" in json.loads((out / "metrics.json").read_text())["methods"]
 
 
+def test_online_bn_train_skips_batches_that_undecodable_images_left_with_one(tmp_path):
+    """data.on_bad_image=skip read from disk: a batch of two can lose one image, and one
+    image in BatchNorm's train mode was a traceback."""
+    import random
+
+    from tests.conftest import make_image_list_dataset
+
+    files = make_image_list_dataset(tmp_path / "d", counts=[12, 8, 6])
+    rng = random.Random(0)
+    for line in files["train"].read_text().splitlines()[1:]:  # the first decodes
+        if rng.random() < 0.4:
+            (tmp_path / "d" / line.split()[0]).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert main(["run", FMNIST, "data.kind=list", f"data.root={tmp_path / 'd'}",
+                 *(f"data.{s}={p}" for s, p in files.items()), "data.on_bad_image=skip",
+                 "data.in_memory=false", "stage1.epochs=1", "stage1.batch_size=4",
+                 "model.width=8", "stage2.features=online", "stage2.bn=train",
+                 "stage2.batch_size=2", "stage2.min_steps=1", "stage2.crt.epochs=2",
+                 "stage2.methods=[crt]", "--out", str(out)]) == 0
+    assert "crt" in json.loads((out / "metrics.json").read_text())["methods"]
+
+
 def test_a_run_written_before_min_steps_is_rebalanced_as_it_ran(tmp_path, capsys):
     """A run's config.yaml without min_steps (an earlier longtail) took its batches as given:
     read so, its stage-2 results stay valid (reused), not refitted with shrunken batches."""

@@ -58,7 +58,12 @@ class OnlineBatches:
     def __iter__(self):
         # nn.Module.train, not Classifier.train: the latter keeps frozen BatchNorm in eval.
         torch.nn.Module.train(self.model, self.bn == "train")
+        # A batch that undecodable images (data.on_bad_image=skip) left too small is skipped:
+        # BatchNorm in train mode needs two images, any step one.
+        least = 2 if self.bn == "train" else 1
         for images, labels in self.loader:
+            if len(labels) < least:
+                continue
             images = images.to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 features = self.model.features(images)
