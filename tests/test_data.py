@@ -345,3 +345,19 @@ def test_a_list_file_found_in_two_places_is_named(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().out.startswith(
         f"warning: train.txt is read from the working directory {tmp_path}; data.root holds "
         f"another root/train.txt")
+
+
+def test_augmentation_seeds_of_every_allowed_run_seed_fit_torchs_generator():
+    """Seeds from 2^15 up once overflowed the 63 bits torch takes (a traceback at the first
+    batch), and seeds 0 and 65536 drew the same augmentations."""
+    import torch
+
+    from longtail.data.datasets import augmentation_seed
+
+    assert augmentation_seed(3, 2, 7) == (3 << 48) | (2 << 32) | 7  # small seeds as before
+    for seed in (0, 32767, 32768, 65536, 2**31, 2**32 - 1):
+        value = augmentation_seed(seed, 5, 123)
+        assert 0 <= value < 2**63
+        torch.Generator().manual_seed(value)
+    assert augmentation_seed(0, 1, 1) != augmentation_seed(65536, 1, 1)
+    assert augmentation_seed(40000, 1, 1) != augmentation_seed(40000, 1, 2)

@@ -160,10 +160,17 @@ def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
 def augmentation_seed(seed: int, epoch: int, position: int) -> int:
     """Return the RNG seed of the training draw at ``position`` of ``epoch``'s global stream.
 
-    Packs (seed mod 2^16, epoch mod 2^16, position < 2^32) into 64 bits: distinct for every
-    draw of a run, and independent of workers, ranks and restarts.
+    Seeds below 2^15 pack (seed, epoch mod 2^16, position < 2^32) into 63 bits (torch's
+    generator takes no more); larger seeds (config allows up to 2^32) do not fit beside the
+    rest and are hashed with them into 63 bits. Either way: distinct for every draw of a run
+    (up to hash collisions), and independent of workers, ranks and restarts.
     """
-    return ((seed & 0xFFFF) << 48) | ((epoch & 0xFFFF) << 32) | (position & 0xFFFFFFFF)
+    if seed < 1 << 15:
+        return (seed << 48) | ((epoch & 0xFFFF) << 32) | (position & 0xFFFFFFFF)
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed} {epoch} {position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class SeededDraws(Sampler[tuple[int, int]]):
