@@ -338,7 +338,7 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
     return them by name. One whose stage2/NAME.pt holds a result for the same inputs is left
     to ``rebalance_and_report`` to reuse."""
     names = [n for n in network_methods(cfg)
-             if _cached_result(run_dir, n, cfg, features, weight, bias) is None]
+             if _cached_result(run_dir, n, cfg, features, weight, bias)[0] is None]
     if not names:
         return {}
     from longtail.stages.online import NetworkStage2
@@ -370,23 +370,24 @@ def _fit_network_methods(cfg: Config, model, data: LongTailData,
 
 
 def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, FeatureSet],
-                   weight: torch.Tensor, bias: torch.Tensor) -> dict[str, Any] | None:
-    """Return stage2/NAME.pt's content when it was fitted on the same inputs, else None."""
+                   weight: torch.Tensor, bias: torch.Tensor) -> tuple[dict[str, Any] | None, str]:
+    """Return stage2/NAME.pt's content when it was fitted on the same inputs (else None), and
+    the method's key (``_stage2_key``) for these inputs."""
+    key = _stage2_key(name, cfg, features, weight, bias)
     path = run_dir / "stage2" / f"{name}.pt"
     if not path.is_file():
-        return None
+        return None, key
     try:
         cached = load_checkpoint(path)
     except LongtailError:  # only a cache: one that cannot be read is fitted again
-        return None
+        return None, key
+    if cached.get("key") == key:
+        return cached, key
     # a cache written before the key covered only the method's settings has its old key;
     # one written before the key left out eval.* (which only groups the result) has eval's
-    if "settings" not in cached:
-        keys = [_stage2_key(name, cfg, features, weight, bias, legacy=True)]
-    else:
-        keys = [_stage2_key(name, cfg, features, weight, bias),
-                _stage2_key(name, cfg, features, weight, bias, with_eval=True)]
-    return cached if cached.get("key") in keys else None
+    older = _stage2_key(name, cfg, features, weight, bias, legacy="settings" not in cached,
+                        with_eval=True)
+    return (cached if cached.get("key") == older else None), key
 
 
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
@@ -566,7 +567,7 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
     largest = max(len(f.labels) for f in features.values()) * weight.shape[1] * len(weight)
     with threads_for(largest, SMALL_STAGE_MACS):
         methods, weight_norms = _fit_and_evaluate(cfg, info, weight, bias, features, run_dir,
-                                                  device, log, prefit or {})
+                                                  device, log, prefit or {}, groups)
     for name, result in (earlier or {}).items():
         if name in methods:
             continue
@@ -599,24 +600,23 @@ _METHOD_ORDER = {name: i for i, name in enumerate(STAGE2_METHODS)}
 def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                       bias: torch.Tensor, features: dict[str, FeatureSet], run_dir: Path,
                       device: torch.device, log: ScalarLog,
-                      prefit: dict[str, Prefit],
+                      prefit: dict[str, Prefit], groups: dict[str, list[int]],
                       ) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
     """Fit (or reuse) and evaluate each of ``cfg.stage2.methods``, printing the time of each
-    (see ``rebalance_and_report``); return the results and the class-weight norms by method."""
+    (see ``rebalance_and_report``); return the results, their shot ``groups`` those asked
+    for, and the class-weight norms by method."""
     methods: dict[str, dict[str, Any]] = {}
     weight_norms: dict[str, list[float]] = {}
     on_images = set(network_methods(cfg))
     train, val, test = features["train"], features.get("val"), features["test"]
-    groups = shot_groups(info.counts_for_groups, cfg.eval.many_threshold, cfg.eval.few_threshold)
     for name in cfg.stage2.methods:
         start = time.perf_counter()
         fit_seconds = 0.0  # of a method fitted on images before, added to its evaluation's
         path = run_dir / "stage2" / f"{name}.pt"
-        cached = _cached_result(run_dir, name, cfg, features, weight, bias)
+        cached, key = _cached_result(run_dir, name, cfg, features, weight, bias)
         if cached is not None:  # fitted before on the same inputs: reuse, grouped as asked
             result, norms, verb = cached["result"], cached["weight_norms"], "reused"
             result = {**result, **group_accuracies(result["per_class"], groups)}
-            key = _stage2_key(name, cfg, features, weight, bias)
             if cached["key"] != key:  # an older cache's key: today's, valid for any eval.*
                 save_checkpoint({**cached, "key": key,
                                  "settings": method_settings(name, cfg.stage2)}, path)
@@ -648,7 +648,7 @@ def _fit_and_evaluate(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
                 result["tau"] = method.tau_
             weights = method.class_weights()
             norms = weights.norm(dim=1).tolist() if weights is not None else None
-            save_checkpoint({"key": _stage2_key(name, cfg, features, weight, bias),
+            save_checkpoint({"key": key,
                              "settings": method_settings(name, cfg.stage2),
                              "state": method.learned_state(), "result": result,
                              "weight_norms": norms}, path)

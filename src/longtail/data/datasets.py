@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -167,8 +168,6 @@ def augmentation_seed(seed: int, epoch: int, position: int) -> int:
     """
     if seed < 1 << 15:
         return (seed << 48) | ((epoch & 0xFFFF) << 32) | (position & 0xFFFFFFFF)
-    import hashlib
-
     digest = hashlib.blake2b(f"{seed} {epoch} {position}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
