@@ -179,6 +179,18 @@ def test_text_keys_keep_their_text():
     assert (cfg.data.root, cfg.stage1.sampler, cfg.device) == ("2024", 0.5, "cuda:0")
 
 
+def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1:00 as 60 (base 60) and 010 as 8 (octal): silently wrong
+    assert load_config(None, ["seed=010", "stage1.epochs=0x10"]).seed == 10
+    assert load_config(None, ["stage1.epochs=0x10"]).stage1.epochs == 16
+    (tmp_path / "c.yaml").write_text("seed: 0_10\nstage1:\n  lr: 1:30.5\n")
+    with pytest.raises(ConfigError, match=r"stage1.lr: expected float or null, found str "
+                                          r"'1:30.5'"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=r"config key seed: expected int, found str '1:00'"):
+        load_config(None, ["seed=1:00"])
+
+
 def test_a_key_given_twice_in_a_file(tmp_path):
     path = write(tmp_path, "seed: 1\ndata:\n  kind: list\n  kind: fmnist_lt\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:4: not valid YAML \(key 'kind' given twice "

@@ -169,6 +169,11 @@ def test_list_class_names_and_remap(tmp_path):
     with pytest.raises(LongtailError, match=r"missing labels \[5, 9\] \(a file of one name per "
                                             r"line has one per class, 3 lines"):
         data_of(*args, "data.remap_labels=true", "data.class_names=labels.txt")
+    # 'label name' lines with one whose label is not a label >= 0: not three names "0 cat"...
+    (root / "labels.txt").write_text("0 cat\n5 dog\n-9 bird\n")
+    with pytest.raises(LongtailError, match=r"labels\.txt:3: expected 'label name' \(a label "
+                                            r">= 0\) as on line 1 \('0 cat'\), found '-9 bird'"):
+        data_of(*args, "data.remap_labels=true", "data.class_names=labels.txt")
 
 
 def test_make_split_from_an_image_folder_is_reproducible(tmp_path, capsys):

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -71,6 +72,50 @@ def test_sigkill_in_a_middle_epoch_then_resume_gives_the_uninterrupted_metrics(t
     assert a == b
     manifest = json.loads((broken / "manifest.json").read_text())
     assert len(manifest["resumed"]) == 1
+
+
+def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path):
+    # kill, timeout and Slurm's end of a job send SIGTERM: one line with the command that
+    # continues, the shell's status for SIGTERM, and a run that resumes
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=500, test_per_class=10)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "longtail", "run", CONFIG, f"data.root={root}",
+           "data.n_max=480", "data.n_min=20", "data.val_per_class=5", *TINY,
+           "stage1.epochs=30", "--out", str(out)]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 120
+    while not (out / "stage1" / "last.pt").exists() and child.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGTERM)
+    err = child.communicate()[1]
+    assert child.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        f"longtail: stopped by SIGTERM; continue with: longtail run --resume {out}"), err
+    assert "Traceback" not in err and not (out / "metrics.json").exists()
+    assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] >= 1
+
+
+def test_a_reader_that_leaves_the_pipe_does_not_stop_the_work(fake_fmnist, tmp_path):
+    # `longtail run ... | head -1`: the run goes on to its end (output after that is dropped)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "longtail", "run", *fmnist_args(fake_fmnist, "stage1.epochs=1"),
+           "--out", str(out)]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline()
+    child.stdout.close()  # the reader leaves: the next write meets a closed pipe
+    err = child.stderr.read()
+    assert child.wait() == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert (out / "metrics.json").is_file()
+    summary = subprocess.run(f"{shlex.quote(sys.executable)} -m longtail summarize "
+                             f"{shlex.quote(str(out))} | head -c 10", shell=True, env=env,
+                             capture_output=True, text=True)
+    assert len(summary.stdout) == 10 and summary.stderr == "", summary
 
 
 def test_resuming_a_finished_run_redoes_nothing(fake_fmnist, tmp_path, capsys, monkeypatch):

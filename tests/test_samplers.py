@@ -141,6 +141,14 @@ def test_class_aware_yields_runs_of_k_equal_labels_over_cycled_classes():
         assert len(set(members[start : start + n5])) == n5
 
 
+def test_class_aware_runs_longer_than_the_epoch_are_the_epoch():
+    # samples_per_class far above the epoch once built runs of that length (and hung)
+    huge = ClassAwareSampler(LABELS, samples_per_class=10**30, seed=3).indices()
+    whole = ClassAwareSampler(LABELS, samples_per_class=len(LABELS), seed=3).indices()
+    assert torch.equal(huge, whole) and len(huge) == len(LABELS)
+    assert (LABELS[huge] == LABELS[huge[0]]).all()  # one class's run fills the epoch
+
+
 def test_parse_sampler_spec():
     assert parse_sampler_spec("sqrt") == "sqrt"
     assert parse_sampler_spec(0.3) == 0.3

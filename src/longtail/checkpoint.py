@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longtail.errors import LongtailError, UnreadableFile
+from longtail.errors import LongtailError, UnreadableFile, file_problem
 
 if TYPE_CHECKING:
     import torch
@@ -131,8 +131,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if path.is_dir():
         raise LongtailError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise LongtailError(f"{path}: checkpoint not found")
+    problem = file_problem(path)
+    if problem:
+        raise LongtailError(f"{path}: checkpoint {problem}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:

@@ -4,6 +4,7 @@ config."""
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import itertools
 import json
@@ -71,8 +72,8 @@ def resolve_config(text: str, notes: list[str] | None = None) -> Path:
     if path.is_dir() and not (near and path.suffix == ""):
         raise LongtailError(f"{text}: is a folder, not a config file (expected a YAML file, "
                             f"e.g. configs/fmnist_lt.yaml, or a bundled config's name)")
-    if path.exists() and not path.is_dir():
-        return path  # an unreadable file is answered when it is read
+    if os.path.lexists(path) and not path.is_dir():
+        return path  # an unreadable file (a FIFO, a link loop) is answered when it is read
     if near:
         note = f"note: using longtail's bundled config {bundled.name}"
         if notes is None:
@@ -287,11 +288,93 @@ def main(argv: list[str] | None = None) -> int:
             print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"longtail: interrupted; {e.hint}", file=sys.stderr)
-        return 130
+        print(f"longtail: {_stop_word()}; {e.hint}", file=sys.stderr)
+        return _stop_code()
     except KeyboardInterrupt:
-        print("longtail: interrupted", file=sys.stderr)
-        return 130
+        print(f"longtail: {_stop_word()}", file=sys.stderr)
+        return _stop_code()
+    except OSError as e:  # the file system's answer on a path given (too long, a loop, full)
+        if getattr(args, "debug", False):
+            raise
+        print(f"longtail: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if getattr(args, "debug", False) or not is_out_of_memory(e):
+            raise
+        print(f"longtail: error: out of memory ({one_line(str(e))[:160]}); lower "
+              f"stage1.batch_size, eval.batch_size, data.image_size or model.width",
+              file=sys.stderr)
+        return 2
+
+
+# Set when SIGTERM (kill, timeout, Slurm's end of a job) stopped the command: it ends as
+# Ctrl-C does (what to type to continue), with the shell's status for SIGTERM.
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
+def _stop_word() -> str:
+    return "stopped by SIGTERM" if _terminated else "interrupted"
+
+
+def _stop_code() -> int:
+    return 143 if _terminated else 130
+
+
+def os_error_line(e: OSError) -> str:
+    """Return an OSError as one line: the path (shortened when very long), what the system
+    said, and for a path part over the file system's limit, which limit."""
+    name = str(e.filename) if e.filename is not None else ""
+    shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
+    why = e.strerror or type(e).__name__
+    if e.errno == errno.ENAMETOOLONG:
+        why += " (a file or folder name over 255 bytes)"
+    return f"{shown}: {why}" if shown else why
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for torch's and Python's failures to allocate memory (CPU or GPU)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "out of memory" in text or \
+        "can't allocate memory" in text
+
+
+class _PipeSafe:
+    """A stream whose reader may leave (``longtail ... | head -1``): what is written after
+    that goes to /dev/null, so the work goes on and its files are written as without the pipe
+    (Python would raise BrokenPipeError from the next print)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())  # also for what torch or C code writes
+            os.close(devnull)
+        except (OSError, ValueError):  # a stream without a file descriptor
+            self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def entry() -> None:
@@ -304,6 +387,8 @@ def entry() -> None:
     import signal
     import threading
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     code = main()
     if "torch" not in sys.modules or multiprocessing.active_children() or any(
             t.is_alive() and not t.daemon for t in threading.enumerate()

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, file_problem
 
 Stage2Method = Literal["joint", "ncm_cosine", "ncm_euclidean", "crt", "tau_norm", "lws",
                        "logit_adjust", "balms", "las", "wb", "finetune", "finetune_last"]
@@ -417,6 +417,10 @@ class Config:
 # Loading and validation
 
 
+# A config is a few kB; the largest bundled one is under 2 kB.
+MAX_CONFIG_BYTES = 256 * 1024
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (),
                 new_run: bool = False, finished: bool = False,
                 template: bool = False, run: bool = False) -> Config:
@@ -430,8 +434,15 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        problem = file_problem(path)
+        if problem:
+            raise ConfigError(f"{path}: config file {problem}")
+        if path.stat().st_size > MAX_CONFIG_BYTES:  # a data file named by mistake: YAML
+            # would take seconds to minutes to parse it before its first key was refused
+            raise ConfigError(f"{path}: {path.stat().st_size / 2**20:.1f} MB, too large for a "
+                              f"config file (at most {MAX_CONFIG_BYTES // 1024} kB of YAML); "
+                              f"is it a data file? CONFIG comes first, e.g. longtail run "
+                              f"configs/fmnist_lt.yaml")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -459,6 +470,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected a dotted key without empty parts, "
+                              f"e.g. stage1.epochs=10, found key {key.strip()!r}")
         value = _parse_value(value, _TEXT_KEYS.get(key.strip(), False))
         if value is None and key.strip() in _SECTIONS:  # would reset the file's section
             raise ConfigError(f"override {item!r}: {key.strip()} is a section; set its keys, "
@@ -478,7 +492,30 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
     return _cap_epochs(cfg)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):
+    """safe_load, but numbers as YAML 1.2 (and people) read them: YAML 1.1's base 60
+    (``1:00`` is 60) stays text, to be refused as such, and a leading zero is decimal
+    (``010`` is 10, not octal 8); 0x10, 0o10 and 1_000 keep their meaning."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        text = self.construct_scalar(node)
+        if ":" in text:
+            return text
+        digits = text.replace("_", "").lstrip("+-")
+        if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+            return int(text.replace("_", ""), 10)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        text = self.construct_scalar(node)
+        return text if ":" in text else super().construct_yaml_float(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+
+
+class _UniqueKeyLoader(_Loader):
     """safe_load that refuses a key given twice in one mapping (YAML keeps the last silently,
     so a second ``kind:`` would override the first without a word)."""
 
@@ -505,8 +542,11 @@ def _check_files(cfg: Config) -> None:
         if path.is_dir():
             raise ConfigError(f"config key model.weights: {weights} is a folder; expected a "
                               f"file of weights (a state dict or checkpoint)")
-        if not path.is_file():
-            raise ConfigError(f"config key model.weights: file not found: {weights}")
+        problem = file_problem(path)
+        if problem:
+            raise ConfigError(f"config key model.weights: file not found: {weights}"
+                              if problem == "not found" else
+                              f"config key model.weights: {weights} {problem}")
 
 
 # The keys that name files or folders (checked non-empty, ~ expanded).
@@ -592,7 +632,7 @@ def _parse_value(text: str, text_key: bool = False) -> Any:
     """Return an override's value as YAML reads it; for a key that holds text (``text_key``),
     YAML's mapping or list is the text itself (``device=cuda:`` is a typo, not a mapping)."""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.load(text, Loader=_Loader) if text.strip() else ""
     except yaml.YAMLError:
         return text
     # (a folder named 2024 is text too; a bool stays a bool, for its type error)
@@ -815,6 +855,15 @@ def env_world_size() -> int:
     return int(text)
 
 
+# Upper bounds of sizes, far above any real use, below what could not be allocated: a
+# mistyped 100000 is refused at once instead of running out of memory or hanging.
+MAX_IMAGE_SIZE = 4096
+MAX_WIDTH = 1024
+MAX_COUNT = 2**20  # batch sizes, samples_per_class, min_steps
+MAX_TAU = 10.0
+MAX_TAU_STEPS = 1000  # each value is a pass over val's logits
+
+
 def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     """Refuse settings that cannot run. ``template``: a config to write out and edit, whose
     paths to the user's data and weights may still be empty: return those messages instead."""
@@ -868,6 +917,13 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         raise ConfigError(f"config key data.{given[0]}: set, but data.kind {d.kind} draws its "
                           f"own split and reads no split files; for 'path label' list files "
                           f"set data.kind=list")
+    if d.class_names is not None and d.kind != "list":  # the others name their own classes
+        source = {"features": "the feature files' class_names",
+                  "image_folder": "the sub-folders' names",
+                  "inat_json": "the JSON's categories"}.get(d.kind, "the dataset's metadata")
+        raise ConfigError(f"config key data.class_names: set, but data.kind {d.kind} reads no "
+                          f"class-name file (it names its classes from {source}); only "
+                          f"data.kind=list reads one")
     if d.n_min is not None and d.imbalance_ratio is not None:  # which one wins is not obvious
         raise ConfigError(f"config key data.imbalance_ratio: expected null when data.n_min is "
                           f"given (both fix the smallest class: n_min = n_max / ratio), found "
@@ -907,14 +963,16 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         need(0 <= _get(cfg, key) < 1, key, "a number in [0, 1)", _get(cfg, key))
     need(d.num_workers is None or d.num_workers >= 0, "data.num_workers", "an int >= 0 or null",
          d.num_workers)
-    need(d.std is None or all(v > 0 for v in d.std), "data.std", "values > 0 (images are "
-         "divided by them)", d.std)
-    need(d.image_size is None or d.image_size >= 8, "data.image_size", "an int >= 8 or null",
-         d.image_size)
+    need(d.std is None or all(0 < v < math.inf for v in d.std), "data.std", "finite values > 0 "
+         "(images are divided by them)", d.std)
+    need(d.mean is None or all(math.isfinite(v) for v in d.mean), "data.mean",
+         "finite values (subtracted from images)", d.mean)
+    need(d.image_size is None or 8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+         f"an int in [8, {MAX_IMAGE_SIZE}] or null", d.image_size)
     need(cfg.model.in_channels in (None, 1, 3), "model.in_channels", "1, 3 or null",
          cfg.model.in_channels)
-    need(cfg.model.width >= 8, "model.width", "an int >= 8 (narrower stems crash oneDNN on CPU)",
-         cfg.model.width)
+    need(8 <= cfg.model.width <= MAX_WIDTH, "model.width", f"an int in [8, {MAX_WIDTH}] "
+         f"(narrower stems crash oneDNN on CPU; 64 is ResNet's own)", cfg.model.width)
     need(0 <= cfg.seed < 2**32, "seed", "an int in [0, 2^32)", cfg.seed)
     need(cfg.stage1.eval_every >= 0, "stage1.eval_every", "an int >= 0", cfg.stage1.eval_every)
     need(d.split_seed is None or 0 <= d.split_seed < 2**32, "data.split_seed",
@@ -927,7 +985,7 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
                 "stage2.samples_per_class", "stage2.finetune.batch_size", "stage1.min_steps",
                 "stage2.min_steps"):
-        need(_get(cfg, key) >= 1, key, "an int >= 1", _get(cfg, key))
+        need(1 <= _get(cfg, key) <= MAX_COUNT, key, f"an int in [1, {MAX_COUNT}]", _get(cfg, key))
     # Training BatchNorm needs two images per step and process (one gives no variance: torch
     # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.
     world = env_world_size()
@@ -946,10 +1004,16 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         need(value >= 1, key, "an int >= 1", value)
     for section in ("tau_norm", "logit_adjust"):
         grid = getattr(cfg.stage2, section)
-        need(grid.grid_step > 0, f"stage2.{section}.grid_step", "> 0", grid.grid_step)
-        need(grid.grid_max >= 0, f"stage2.{section}.grid_max", "a number >= 0", grid.grid_max)
-        need(grid.tau is None or grid.tau >= 0, f"stage2.{section}.tau", "a number >= 0 or null",
-             grid.tau)
+        # tau beyond a few makes the weights' norms (or the prior) all that counts; an
+        # unbounded grid would take minutes to search
+        need(0 <= grid.grid_max <= MAX_TAU, f"stage2.{section}.grid_max",
+             f"a number in [0, {MAX_TAU}]", grid.grid_max)
+        need(0 < grid.grid_step < math.inf and grid.grid_max / grid.grid_step <= MAX_TAU_STEPS,
+             f"stage2.{section}.grid_step", f"> 0 and at least grid_max / {MAX_TAU_STEPS} "
+             f"({grid.grid_max / MAX_TAU_STEPS:g}, at most {MAX_TAU_STEPS} values)",
+             grid.grid_step)
+        need(grid.tau is None or 0 <= grid.tau <= MAX_TAU, f"stage2.{section}.tau",
+             f"a number in [0, {MAX_TAU}] or null", grid.tau)
     need(len(set(cfg.stage2.methods)) == len(cfg.stage2.methods), "stage2.methods",
          "each method at most once", cfg.stage2.methods)
     for key, spec in (("stage1.sampler", cfg.stage1.sampler),

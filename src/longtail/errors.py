@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 
@@ -27,3 +30,26 @@ class UnreadableFile(LongtailError):
     def __init__(self, message: str, path: Path) -> None:
         super().__init__(message)
         self.path = path
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Return why ``path`` is no regular file to read, as words to follow its name ("not
+    found", "is a folder", "is in a loop of symbolic links", ...), or None when it is one.
+    A FIFO or device is refused here: reading one would wait forever or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is in a loop of symbolic links"
+        if e.errno == errno.ENAMETOOLONG:
+            return "has a file or folder name over 255 bytes"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (-> {os.readlink(path)})"
+        if e.errno == errno.EACCES:
+            return "cannot be reached (permission denied)"
+        return "not found"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, device or socket)"
+    return None

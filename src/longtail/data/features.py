@@ -33,7 +33,7 @@ from longtail.checkpoint import atomic_write_file, torch_load_error
 from longtail.config import DataConfig
 from longtail.data.listfile import resolve_near_root
 from longtail.data.record import SPLITS, DataRecord
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, file_problem
 
 FORMATS = (".npz", ".pt", ".safetensors")
 OPTIONAL_KEYS = ("class_names", "joint_weight", "joint_bias", "group_counts")
@@ -103,7 +103,10 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
         if path.is_dir():
             raise LongtailError(f"{path}: is a folder, not a feature file (config key "
                                 f"data.{name})")
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem and problem != "not found":
+            raise LongtailError(f"{path}: features file {problem} (config key data.{name})")
+        if problem:
             path = root / given if cfg.root else path
             where = (f"data.root {root}" if cfg.root else
                      "data.root, which is not set: data.root=FOLDER")

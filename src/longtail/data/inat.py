@@ -8,7 +8,7 @@ from typing import Any
 
 from longtail.checkpoint import json_type
 from longtail.data.listfile import FileSplit, resolve_near_root
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, file_problem
 
 
 def read_inat_json(json_file: str | Path, root: str | Path,
@@ -21,6 +21,9 @@ def read_inat_json(json_file: str | Path, root: str | Path,
     json_file = resolve_near_root(json_file, root)
     if json_file.is_dir():
         raise LongtailError(f"{json_file}: is a folder, expected an annotation file (JSON)")
+    problem = file_problem(json_file)
+    if problem and problem != "not found":
+        raise LongtailError(f"{json_file}: annotation file {problem}")
     try:
         data = json.loads(json_file.read_text(encoding="utf-8-sig"))  # a BOM is no error
     except FileNotFoundError:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longtail import distributed
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, file_problem
 
 
 @dataclass
@@ -55,9 +55,12 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     if list_file.is_dir():
         raise LongtailError(f"{list_file}: is a folder, expected a list file ('relative/path "
                             f"label' lines)")
-    if not list_file.is_file():
+    problem = file_problem(list_file)
+    if problem == "not found":
         raise LongtailError(f"{list_file}: list file not found (looked in the working directory "
                             f"and in data.root {root})")
+    if problem:
+        raise LongtailError(f"{list_file}: list file {problem}")
     paths, labels, origins = [], [], []
     first_line: dict[str, int] = {}
     with open(list_file, "rb") as f:
@@ -235,8 +238,9 @@ def read_class_names(path: str | Path, num_classes: int,
     path = Path(path)
     if path.is_dir():
         raise LongtailError(f"{path}: is a folder, expected a class-name file")
-    if not path.is_file():
-        raise LongtailError(f"{path}: class-name file not found")
+    problem = file_problem(path)
+    if problem:
+        raise LongtailError(f"{path}: class-name file {problem}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of a name
     except UnicodeDecodeError as e:
@@ -245,7 +249,12 @@ def read_class_names(path: str | Path, num_classes: int,
     lines = [line for line in lines if line]
     pairs = [line.split(maxsplit=1) for line in lines]
     # isdecimal, not isdigit: '²' is a digit that int() refuses.
-    keyed = all(len(p) == 2 and p[0].isascii() and p[0].isdecimal() for p in pairs)
+    has_label = [len(p) == 2 and p[0].isascii() and p[0].isdecimal() for p in pairs]
+    keyed = all(has_label)
+    if has_label and has_label[0] and not keyed:  # 'label name' lines with one that is not
+        number = has_label.index(False)
+        raise LongtailError(f"{path}:{number + 1}: expected 'label name' (a label >= 0) as on "
+                            f"line 1 ({lines[0]!r}), found {lines[number]!r}")
     if keyed:
         names = {}
         for number, (label, name) in enumerate(pairs, start=1):

@@ -177,7 +177,7 @@ class ClassAwareSampler(LongTailSampler):
         return class_probabilities(self.class_counts, 0.0)
 
     def _stream(self, g: torch.Generator, size: int) -> torch.Tensor:
-        k = self.samples_per_class
+        k = min(self.samples_per_class, size)  # a longer run than the epoch is the epoch
         present = torch.nonzero(self.class_counts > 0).flatten()
         picks = math.ceil(size / k)
         cycles = math.ceil(picks / len(present))

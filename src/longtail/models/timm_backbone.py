@@ -23,7 +23,7 @@ from torch import nn
 
 from longtail.checkpoint import load_checkpoint
 from longtail.config import TIMM_PREFIX
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, file_problem
 
 
 def import_timm():
@@ -154,8 +154,11 @@ def is_longtail_state(path: str | Path) -> bool:
     """Return whether ``path`` holds a longtail checkpoint or state dict (``backbone.*``
     names), which ``load_weights`` loads, rather than a timm / torchvision one."""
     path = Path(path)
-    if not path.is_file():
-        raise LongtailError(f"config key model.weights: file not found: {path}")
+    problem = file_problem(path)
+    if problem:
+        raise LongtailError(f"config key model.weights: file not found: {path}"
+                            if problem == "not found" else
+                            f"config key model.weights: {path} {problem}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
