@@ -249,6 +249,17 @@ CASES = [
                                                   _write(w / "b" / "metrics.json", "[]")),
      ["summarize", "{w}/a", "{w}/b"],
      'b/metrics.json: expected a JSON object with "methods", found a JSON array'),
+    ("summarize: a result that is not a number", lambda w: (
+        _run_dir(w, "a"), _write(w / "a" / "metrics.json", '{"methods": {"crt": {"top1": "x"}}}')),
+     ["summarize", "{w}/a"], 'a/metrics.json: expected "top1" of method "crt" to be a finite '
+                             'number or null, found "x"'),
+    ("summarize: a result that is NaN", lambda w: (
+        _run_dir(w, "a"), _write(w / "a" / "metrics.json", '{"methods": {"crt": {"few": NaN}}}')),
+     ["summarize", "{w}/a"], 'expected "few" of method "crt" to be a finite number or null, '
+                             'found NaN'),
+    ("summarize: a run folder in a link loop", lambda w: (
+        os.symlink(w / "l1", w / "l2"), os.symlink(w / "l2", w / "l1")),
+     ["summarize", "{w}/l1/r"], "l1/r/metrics.json: is in a loop of symbolic links"),
     ("rebalance: metrics.json not JSON", lambda w: (_run_dir(w, "r"),
                                                     _write(w / "r" / "metrics.json", "{bad")),
      ["rebalance", "{w}/r", "stage2.methods=[crt]"], "r/metrics.json:1:2: not valid JSON"),

@@ -55,6 +55,35 @@ def test_rebalance_without_val_features_says_how_to_extract_them(run, capsys):
     assert main(["rebalance", str(run)]) == 0
 
 
+def test_test_features_copied_over_the_training_ones_are_not_fitted_on(run, capsys):
+    before = json.loads((run / "metrics.json").read_text())
+    shutil.copy(run / "features" / "test.pt", run / "features" / "train.pt")
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert err.endswith(f"{run}/features/train.pt: holds the test split's features, not "
+                        f"train's (copied over it?); extract the features again with: "
+                        f"longtail run --resume {run}"), err
+    assert main(["run", "--resume", str(run)]) == 0  # extracts train again
+    assert main(["rebalance", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["methods"] == before["methods"]
+
+
+def test_a_log_folder_that_is_a_file_and_a_failed_rebalance_writes_no_event_file(run, capsys):
+    events = sorted((run / "logs").glob("events.out.tfevents.*"))
+    err = one_line_error(["rebalance", str(run), "stage2.methods=[finetune]"], capsys)
+    assert "finetune" in err
+    assert sorted((run / "logs").glob("events.out.tfevents.*")) == events  # none added
+    shutil.rmtree(run / "logs")
+    (run / "logs").write_text("")
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert err.endswith(f"{run}/logs: is a file, expected the run's log folder; move it out of "
+                        f"the way"), err
+    (run / "logs").unlink()
+    (run / "logs" / "scalars.jsonl").mkdir(parents=True)
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert err.endswith("logs/scalars.jsonl: is a folder, expected the run's log file; move it "
+                        "out of the way"), err
+
+
 def test_extract_without_the_features_folder_names_extract(run, tmp_path, capsys):
     """The message shared with rebalance names the command that was run."""
     shutil.rmtree(run / "features")

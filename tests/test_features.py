@@ -175,6 +175,17 @@ def test_val_held_out_of_training_features(tmp_path):
     assert rows[-1].split() == ["5", "5", "2", "4", "few"]
 
 
+def test_a_split_given_the_training_file_is_warned_of(tmp_path, capsys):
+    # as the list reader warns of shared images: test accuracy would be measured on training rows
+    files = gaussian_features(tmp_path / "f")
+    cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",
+                             f"data.test={files['train']}", f"data.val={files['val']}"])
+    build_data(cfg.data, seed=0)
+    assert capsys.readouterr().out.splitlines() == [
+        f"warning: data.train and data.test hold the same rows ({files['train']} and "
+        f"{files['train']}); test accuracy is measured on rows trained on"]
+
+
 def test_val_held_out_of_a_feature_file_with_group_counts_keeps_them(tmp_path):
     """A training file that carries its dataset's counts (extract writes them) keeps them as
     the groups' counts when val is held out of its rows: they are not recounted from them."""

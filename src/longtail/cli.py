@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from longtail import __version__
-from longtail.errors import Interrupted, LongtailError
+from longtail.errors import Interrupted, LongtailError, file_problem
 from longtail.rundir import (
     check_rebalance_args,
     check_resumable,
@@ -755,16 +755,18 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
     seen: dict[Path, Path] = {}
     runs, configs, splits = [], [], []
     for run_dir in args.run_dirs:
-        if run_dir.resolve() in seen:
-            raise LongtailError(f"summarize: {run_dir} is given twice (as {seen[run_dir.resolve()]}"
-                                f"); each run once")
-        seen[run_dir.resolve()] = run_dir
+        real = Path(os.path.realpath(run_dir))  # (Path.resolve raises on a link loop)
+        if real in seen:
+            raise LongtailError(f"summarize: {run_dir} is given twice (as {seen[real]}); each "
+                                f"run once")
+        seen[real] = run_dir
         if run_dir.exists() and not run_dir.is_dir():
             raise LongtailError(f"summarize: {run_dir} is a file, not a run folder; expected "
                                 f"finished runs' folders (each holding metrics.json)")
         path = run_dir / "metrics.json"
-        if not path.is_file():
-            raise LongtailError(f"{path}: not found (is {run_dir} a finished run?)")
+        problem = file_problem(path)
+        if problem:
+            raise LongtailError(f"{path}: {problem} (is {run_dir} a finished run?)")
         runs.append(read_metrics(path))
         manifest = run_dir / "manifest.json"
         splits.append(read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {})

@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,13 @@ def read_metrics(path: Path) -> dict[str, Any]:
     if bad:
         raise LongtailError(f'{path}: expected "methods" to map each method to an object of '
                             f'its results, found {bad}')
+    for name, results in methods.items():
+        for column in (*COLUMNS, "tau"):
+            value = results.get(column)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or not math.isfinite(value)):
+                raise LongtailError(f'{path}: expected "{column}" of method {json.dumps(name)} '
+                                    f'to be a finite number or null, found {json.dumps(value)}')
     return metrics
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from longtail import distributed
 from longtail.checkpoint import atomic_write_file, torch_load_error
 from longtail.config import DataConfig
 from longtail.data.listfile import resolve_near_root
@@ -145,6 +146,13 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
               for name, blob in blobs.items()}
     for name in SPLITS:
         splits.setdefault(name, None)
+    same = [(a, b) for i, a in enumerate(blobs) for b in list(blobs)[i + 1:]
+            if blobs[a]["sha256"] == blobs[b]["sha256"]]
+    for a, b in same:  # as the list reader warns of shared images: allowed, but say so
+        if distributed.is_main():
+            why = "trained on" if a == "train" else "that chose tau"
+            print(f"warning: data.{a} and data.{b} hold the same rows ({blobs[a]['path']} and "
+                  f"{blobs[b]['path']}); {b} accuracy is measured on rows {why}", flush=True)
     notes = [f"features: {dim}-d, {', '.join(f'{len(s)} {k}' for k, s in splits.items() if s)} "
              f"rows, from {', '.join(str(b['path']) for b in blobs.values())}"]
     if joint[0] is not None:

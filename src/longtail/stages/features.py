@@ -87,15 +87,19 @@ def extract_features(
         result[split] = FeatureSet(feats, labels, keys[split], weights)
         if distributed.is_main():
             save_checkpoint({"features": feats, "labels": labels, "key": keys[split],
-                             "weights": weights}, path)
+                             "weights": weights, "split": split}, path)
     return result
 
 
 def load_features(out_dir: Path) -> dict[str, FeatureSet]:
-    """Return the feature sets saved by ``extract_features`` in ``out_dir``."""
+    """Return the feature sets saved by ``extract_features`` in ``out_dir``; a file that holds
+    another split than its name says (test.pt copied over train.pt) is an UnreadableFile."""
     result = {}
     for path in sorted(out_dir.glob("*.pt")):
         blob = load_checkpoint(path)
+        if blob.get("split", path.stem) != path.stem:  # (files of older runs do not say)
+            raise UnreadableFile(f"{path}: holds the {blob['split']} split's features, not "
+                                 f"{path.stem}'s (copied over it?)", path)
         result[path.stem] = FeatureSet(blob["features"], blob["labels"], blob.get("key", ""),
                                        blob.get("weights", ""))
     return result
