@@ -641,6 +641,30 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     assert f"continue with: longtail run --resume {out}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("error,said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 40000000000 bytes. Error code 12"),
+     "tried to allocate 37.3 GiB"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total)"),
+     "tried to allocate 20.00 GiB"),
+    (MemoryError(), "out of memory")])
+def test_out_of_memory_is_one_line_with_what_to_lower(tmp_path, capsys, monkeypatch, error,
+                                                      said):
+    def allocate(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("longtail.stages.joint.train_joint", allocate)
+    root = make_fake_fmnist(tmp_path / "f")
+    code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
+                 "data.val_per_class=4", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("longtail: error: out of memory") and said in err, err
+    assert err.endswith("lower stage1.batch_size, eval.batch_size, data.image_size or "
+                        "model.width"), err
+    assert not (tmp_path / "run").exists()
+
+
 def test_written_files_follow_the_umask(tmp_path):
     from longtail.checkpoint import atomic_write_text
 

@@ -98,6 +98,30 @@ def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path):
     assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] >= 1
 
 
+def test_a_torchrun_environment_left_set_says_what_it_waits_for(fake_fmnist, tmp_path):
+    # WORLD_SIZE=2 and MASTER_* left in the shell: the join waits for a second process that
+    # never comes; within seconds a line says so and how to run one process
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    child = subprocess.Popen([sys.executable, "-m", "longtail", "run",
+                              *fmnist_args(fake_fmnist, "stage1.epochs=1"), "--out",
+                              str(tmp_path / "run")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stderr.readline()  # blocks until the note (or the end)
+    finally:
+        child.kill()
+        child.wait()
+    assert line.strip() == (f"note: waiting for all 2 processes (WORLD_SIZE) to join at "
+                            f"127.0.0.1:{port}, this one rank 0; started by hand? unset "
+                            f"WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT to run one process")
+
+
 def test_a_reader_that_leaves_the_pipe_does_not_stop_the_work(fake_fmnist, tmp_path):
     # `longtail run ... | head -1`: the run goes on to its end (output after that is dropped)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

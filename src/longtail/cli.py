@@ -301,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False) or not is_out_of_memory(e):
             raise
-        print(f"longtail: error: out of memory ({one_line(str(e))[:160]}); lower "
-              f"stage1.batch_size, eval.batch_size, data.image_size or model.width",
-              file=sys.stderr)
+        print(f"longtail: error: {out_of_memory_line(e)}", file=sys.stderr)
         return 2
 
 
@@ -335,6 +333,18 @@ def os_error_line(e: OSError) -> str:
     if e.errno == errno.ENAMETOOLONG:
         why += " (a file or folder name over 255 bytes)"
     return f"{shown}: {why}" if shown else why
+
+
+def out_of_memory_line(e: BaseException) -> str:
+    """Return a failed allocation as one line: how much was asked for, and what to lower."""
+    import re
+
+    asked = re.search(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]i?B)",
+                      str(e))
+    size = ("" if asked is None else f": tried to allocate {int(asked[1]) / 2**30:.1f} GiB"
+            if asked[1] else f": tried to allocate {asked[2]}")
+    return (f"out of memory{size}; lower stage1.batch_size, eval.batch_size, data.image_size "
+            f"or model.width")
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -8,6 +8,8 @@ rank 0 writes files and prints tables.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -75,6 +77,9 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
     return device
 
 
+JOIN_NOTE_AFTER_S = 3.0
+
+
 @contextmanager
 def session(device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the duration (when WORLD_SIZE > 1 and not joined yet):
@@ -83,7 +88,19 @@ def session(device: torch.device) -> Iterator[None]:
     if start:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Joining waits, silently, until every process has come: say so when it takes a
+        # while (a WORLD_SIZE left in the environment waits for processes that never start).
+        note = threading.Timer(JOIN_NOTE_AFTER_S, lambda: print(
+            f"note: waiting for all {os.environ['WORLD_SIZE']} processes (WORLD_SIZE) to join "
+            f"at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}, this one "
+            f"rank {os.environ.get('RANK')}; started by hand? unset WORLD_SIZE, RANK, "
+            f"MASTER_ADDR and MASTER_PORT to run one process", file=sys.stderr, flush=True))
+        note.daemon = True
+        note.start()
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        finally:
+            note.cancel()
         global joined
         joined = True
     try:
