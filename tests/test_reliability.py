@@ -98,6 +98,37 @@ def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path):
     assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] >= 1
 
 
+def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path, capsys):
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=500, test_per_class=10)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "run"
+    args = [CONFIG, f"data.root={root}", "data.n_max=480", "data.n_min=20",
+            "data.val_per_class=5", *TINY, "stage1.epochs=30"]
+    child = subprocess.Popen([sys.executable, "-m", "longtail", "run", *args, "--out",
+                              str(out)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "stage1" / "last.pt").exists() and child.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.01)
+        said = (f"{out}: another longtail command is working in this run folder; wait until it "
+                f"ends (or stop it) and try again")
+        for argv in (["run", "--resume", str(out)], ["rebalance", str(out)],
+                     ["run", *args, "--out", str(out), "--overwrite"]):
+            capsys.readouterr()
+            assert main(argv) == 2, argv
+            assert capsys.readouterr().err.strip() == f"longtail: error: {said}", argv
+        assert child.poll() is None  # the run itself goes on, its folder untouched
+        assert (out / "config.yaml").is_file()
+    finally:
+        child.kill()
+        child.wait()
+    capsys.readouterr()
+    main(["rebalance", str(out)])  # the lock ends with the process, killed or not
+    assert "another longtail command" not in capsys.readouterr().err
+
+
 def test_a_torchrun_environment_left_set_says_what_it_waits_for(fake_fmnist, tmp_path):
     # WORLD_SIZE=2 and MASTER_* left in the shell: the join waits for a second process that
     # never comes; within seconds a line says so and how to run one process

@@ -22,6 +22,7 @@ from longtail.rundir import (
     check_run_dir,
     default_run_dir,
     require_run_dir,
+    run_folder_lock,
 )
 
 # The shipped configs, package data (configs/ at the repository root links here): a pip install
@@ -652,13 +653,14 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
 def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
     # before torch is imported
     check_device(check_rebalance_args(args.run_dir, args.overrides).device)
-    if (args.run_dir / "metrics.json").is_file():
-        from longtail.report import read_metrics
+    with run_folder_lock(args.run_dir):  # not while the run (or another rebalance) writes
+        if (args.run_dir / "metrics.json").is_file():
+            from longtail.report import read_metrics
 
-        read_metrics(args.run_dir / "metrics.json")
-    from longtail.pipeline import rebalance_run
+            read_metrics(args.run_dir / "metrics.json")
+        from longtail.pipeline import rebalance_run
 
-    rebalance_run(args.run_dir, args.overrides)
+        rebalance_run(args.run_dir, args.overrides)
     return 0
 
 

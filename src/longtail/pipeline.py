@@ -6,6 +6,7 @@ features and stage-1 classifier: no image is read and the backbone never runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ from longtail.rundir import (
     check_rebalance_args,
     check_run_dir,
     default_run_dir,
+    run_folder_lock,
     run_paths,
 )
 from longtail.scalars import ScalarLog
@@ -142,12 +144,20 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     if resume is None:
         check_run_dir(target, overwrite)  # before any work
     run_dir, fresh = resume, False
+    # No other command may work in the folder meanwhile (a --resume or rebalance of the same
+    # run would write into the same files): locked before any work when it exists (resumed or
+    # overwritten), once made otherwise.
+    locks = contextlib.ExitStack()
+    locks.enter_context(run_folder_lock(resume or target))
     try:
-        with distributed.session(device):
+        with locks, distributed.session(device):
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
             if resume is None:
-                fresh = not target.exists() or not any(target.iterdir())
+                existed = target.is_dir()
+                fresh = not existed or not any(target.iterdir())
                 run_dir = _shared_run_dir(target, config_name, overwrite)
+                if not existed:
+                    locks.enter_context(run_folder_lock(run_dir))
             return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
     except KeyboardInterrupt:
         if run_dir is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,3 +157,34 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     root = cfg.data.root if given else saved.data.root
     return replace(saved, device=cfg.device,
                    data=replace(saved.data, root=root, num_workers=cfg.data.num_workers))
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``run_dir`` while a command writes in it, so that a
+    second command on the same run (``--resume`` or ``rebalance`` while the run goes on, which
+    would write into the same files) is refused in one line. An advisory flock on the folder
+    itself: no lock file is left behind, and the lock ends with the process, however it ends.
+    Only torchrun's rank 0 takes it (the others run the same command); where there is no flock
+    (Windows, some network file systems) nothing is locked."""
+    if os.environ.get("RANK", "0").strip() not in ("", "0") or not run_dir.is_dir():
+        yield
+        return
+    try:
+        import fcntl
+
+        fd = os.open(run_dir, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LongtailError(f"{run_dir}: another longtail command is working in this run "
+                                f"folder; wait until it ends (or stop it) and try again") from None
+        except OSError:  # no flock here: go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)
