@@ -313,6 +313,10 @@ CASES = [
      "found with fmnist"),
     ("path part over 255 bytes", None, ["run", "{w}/" + "a" * 300 + ".yaml"],
      "File name too long (a file or folder name over 255 bytes)"),
+    ("--out in a loop of symbolic links", lambda w: (
+        os.symlink(w / "lp1", w / "lp2"), os.symlink(w / "lp2", w / "lp1")),
+     ["run", CONFIG, "--out", "{w}/lp1/run"], "lp1 is in a loop of symbolic links; remove the "
+                                              "links or choose another --out"),
     ("config file a FIFO", lambda w: os.mkfifo(w / "p.yaml"), ["run", "{w}/p.yaml"],
      "p.yaml: config file is not a regular file (a FIFO, device or socket)"),
     ("config file a symbolic link loop", lambda w: os.symlink(w / "loop.yaml", w / "loop.yaml"),

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, file_problem
 
 if TYPE_CHECKING:
     from longtail.config import Config
@@ -55,6 +55,9 @@ def check_out_creatable(out: Path) -> None:
     target = Path(os.path.abspath(out))
     missing, existing = [], target
     while not existing.exists():
+        if existing.is_symlink() and file_problem(existing) == "is in a loop of symbolic links":
+            raise LongtailError(f"--out {out}: {existing} is in a loop of symbolic links; "
+                                f"remove the links or choose another --out")
         if existing.is_symlink():
             raise LongtailError(f"--out {out}: {existing} is a symbolic link to "
                                 f"{os.readlink(existing)}, which does not exist; remove the "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,15 +195,11 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
         if found:
             keep.append(i)
         elif not skip_missing:
-            if path.is_dir():
-                raise LongtailError(f"{origin}: {path} is a folder, expected an image file")
-            if path.is_symlink():
-                if _link_loop(path):
-                    raise LongtailError(f"{origin}: {path} is a loop of symbolic links, "
-                                        f"expected an image file")
-                raise LongtailError(f"{origin}: {path} is a broken symbolic link (-> "
-                                    f"{os.readlink(path)}), expected an image file "
-                                    f"(data.on_bad_image=skip leaves missing images out)")
+            problem = file_problem(path)  # a folder, a link loop, a device or FIFO, ...
+            if problem != "not found":
+                missing = " (data.on_bad_image=skip leaves missing images out)" if \
+                    problem.startswith("is a broken") else ""
+                raise LongtailError(f"{origin}: {path} {problem}, expected an image file{missing}")
             hint = ("; the path has Windows separators (\\): write it with /" if "\\" in
                     str(path) and os.sep == "/" else "")
             if not keep and not hint and not any(p.is_file() for p in split.paths[i : i + 20]):
@@ -219,14 +214,6 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
     if not keep:
         raise LongtailError(f"{split.source}: none of the listed images exists")
     return subset(split, keep)
-
-
-def _link_loop(path: Path) -> bool:
-    try:
-        os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ELOOP
-    return False
 
 
 def read_class_names(path: str | Path, num_classes: int,
