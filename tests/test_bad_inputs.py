@@ -428,6 +428,23 @@ def _features(world: Path, split: str, change=None, name: str | None = None, **k
         np.savez(f, **arrays)
 
 
+def np_set(array, index, value):
+    array[index] = value
+    return array
+
+
+def _npz_raw_member(path: Path, key: str) -> None:
+    """Rewrite .npz ``path`` with member ``key.npy`` replaced by a member ``key`` of raw bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if n != f"{key}.npy"}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr(key, b"12345")
+
+
 def _set(key, index, value):
     def change(arrays):
         arrays[key] = arrays[key].copy()
@@ -464,6 +481,13 @@ FEATURE_CASES = [
      "f/val.npz: labels: expected integers, found torch.float32"),
     ("negative feature label", lambda w: _features(w, "train", _set("labels", 0, -1)),
      "f/train.npz: labels: expected labels >= 0, found -1 in row 0"),
+    ("feature label beyond int64", lambda w: _features(w, "train", lambda a: a.update(
+        labels=np_set(a["labels"].astype("uint64"), 2, 2**63 + 5))),
+     "f/train.npz: labels: expected labels below the class count, found 9223372036854775813 "
+     "in row 2"),
+    ("npz member without .npy", lambda w: _npz_raw_member(w / "f" / "val.npz", "labels"),
+     "f/val.npz: labels: expected an array (labels.npy, as np.savez writes), found a member "
+     "'labels' of 5 raw bytes"),
     ("NaN in the features", lambda w: _features(w, "train", _set("features", (3, 1),
                                                                  float("nan"))),
      "f/train.npz: features: expected finite numbers, found NaN or infinity in row 3"),

@@ -28,8 +28,20 @@ def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
         fmnist.read_idx(path)
     other = tmp_path / "y"
     other.write_bytes(b"\x89PNG....")
-    with pytest.raises(LongtailError, match="not an IDX file"):
+    with pytest.raises(LongtailError, match=r"not an IDX file \(bad magic number 0x89504e47\)"):
         fmnist.read_idx(other)
+    other.write_bytes(b"")
+    with pytest.raises(LongtailError, match=r"y: empty \(0 bytes\), expected an IDX file$"):
+        fmnist.read_idx(other)
+    # a uint8 file whose header was changed to say int32: not called a truncated download
+    data = bytearray(write_idx(tmp_path / "z", np.zeros((4, 5), np.uint8), compress=False)
+                     .read_bytes())
+    data[2] = 0x0C
+    (tmp_path / "z").write_bytes(bytes(data))
+    with pytest.raises(LongtailError, match=r"expected 92 bytes for shape \(4, 5\), found 32 "
+                                            r"\(its header says int32 values, the size fits "
+                                            r"uint8\)"):
+        fmnist.read_idx(tmp_path / "z")
 
 
 def test_missing_fashion_mnist_says_where_to_put_it(tmp_path):

@@ -272,6 +272,11 @@ def read_feature_file(path: Path) -> dict[str, Any]:
         raise LongtailError(f"{path}: labels: expected integers, found {labels.dtype}")
     if not len(labels):
         raise LongtailError(f"{path}: no rows (features of shape {tuple(features.shape)})")
+    if labels.dtype == torch.uint64 and int(labels.numpy().max()) >= 2**63:
+        # (torch has no max of uint64; .long() would show such a label as negative)
+        row = int(np.argmax(labels.numpy()))
+        raise LongtailError(f"{path}: labels: expected labels below the class count, found "
+                            f"{int(labels.numpy()[row])} in row {row}")
     labels = labels.long()
     if int(labels.min()) < 0:
         row = int(torch.nonzero(labels < 0)[0])
@@ -318,6 +323,9 @@ def _read_npz(path: Path) -> dict[str, Any]:
         out["keys"] = keys
         for key in keys & {"labels", *OPTIONAL_KEYS}:
             value = archive[key]
+            if not isinstance(value, np.ndarray):  # a member saved without .npy: raw bytes
+                raise LongtailError(f"{path}: {key}: expected an array ({key}.npy, as np.savez "
+                                    f"writes), found a member '{key}' of {len(value)} raw bytes")
             if key == "class_names" and value.ndim != 1:
                 raise LongtailError(f"{path}: class_names: expected one name per class (1-d), "
                                     f"found shape {value.shape}")

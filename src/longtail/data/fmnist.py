@@ -34,16 +34,23 @@ def read_idx(path: Path) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError) as e:
         raise LongtailError(f"{path}: cannot read IDX file ({e})") from None
+    if not data:
+        raise LongtailError(f"{path}: empty (0 bytes), expected an IDX file")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise LongtailError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
+        raise LongtailError(f"{path}: not an IDX file (bad magic number 0x{data[:4].hex()})")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(data) != expected:
+        count = int(np.prod(shape))
+        fits = [np.dtype(t).name for t in _IDX_DTYPES.values()
+                if header + count * np.dtype(t).itemsize == len(data)]
+        why = (f"its header says {dtype.name} values, the size fits {fits[0]}" if fits
+               else "truncated download?" if len(data) < expected else "extra bytes at the end")
         raise LongtailError(f"{path}: expected {expected} bytes for shape {shape}, "
-                            f"found {len(data)} (truncated download?)")
+                            f"found {len(data)} ({why})")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
