@@ -260,6 +260,10 @@ CASES = [
     ("summarize: a run folder in a link loop", lambda w: (
         os.symlink(w / "l1", w / "l2"), os.symlink(w / "l2", w / "l1")),
      ["summarize", "{w}/l1/r"], "l1/r/metrics.json: is in a loop of symbolic links"),
+    ("rebalance: online stage 2", lambda w: _run_dir(w, "r"),
+     ["rebalance", "{w}/r", "stage2.features=online"],
+     "override stage2.features=online: rebalance fits stage 2 on the run's cached features "
+     "and never runs the network"),
     ("rebalance: metrics.json not JSON", lambda w: (_run_dir(w, "r"),
                                                     _write(w / "r" / "metrics.json", "{bad")),
      ["rebalance", "{w}/r", "stage2.methods=[crt]"], "r/metrics.json:1:2: not valid JSON"),

@@ -125,6 +125,12 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
     cfg = load_config(run_dir / "config.yaml", overrides, run=True)
+    given = {o.partition("=")[0].strip(): o for o in overrides}
+    if "stage2.features" in given and cfg.stage2.features == "online":
+        raise LongtailError(f"override {given['stage2.features']}: rebalance fits stage 2 on "
+                            f"the run's cached features and never runs the network; for "
+                            f"online stage 2 start a new run (longtail run CONFIG "
+                            f"stage2.features=online)")
     try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
         _probe_write(run_dir)
     except OSError as e:
