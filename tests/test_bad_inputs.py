@@ -211,7 +211,7 @@ CASES = [
     ("empty path", None, ["run", CONFIG, "data.kind=list", "data.root={w}", "data.train=",
                           "data.test=t.txt"], "config key data.train: expected a path or null"),
     ("Pareto alpha 0", None, ["run", CONFIG, "data.profile=pareto", "data.pareto_alpha=0"],
-     "config key data.pareto_alpha: expected a number > 0, found 0.0"),
+     "config key data.pareto_alpha: expected a number in [0.1, 1000]"),
     ("cRT of no epochs", None, ["run", CONFIG, "stage2.crt.epochs=0"],
      "config key stage2.crt.epochs: expected an int >= 1, found 0"),
     ("nothing trainable", None, ["run", CONFIG, "model.trainable=[]"],
@@ -305,9 +305,23 @@ CASES = [
      ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--alpha", "3"],
      "make-split --alpha: expected only with --profile pareto (its shape), found --alpha 3 "
      "with --profile exponential"),
+    ("make-split: --out over the --list it reads", None,
+     ["make-split", "list", "--root", "{w}/d", "--list", "{w}/d/train.txt", "--out", "{w}/d",
+      "--overwrite"], "/d: would write train.txt over the --list it reads"),
+    ("make-split: --out over lists it did not write", lambda w: _write(w / "o" / "val.txt", "x"),
+     ["make-split", "list", "--root", "{w}/d", "--list", "{w}/d/train.txt", "--out", "{w}/o",
+      "--overwrite"], "o: holds val.txt that make-split did not write (no split.json), which it "
+                      "would replace; choose another --out"),
+    ("make-split: one class", lambda w: _write(w / "one.txt", "train/class_0/00000.png 0\n"
+                                                              "train/class_0/00001.jpg 0\n"),
+     ["make-split", "list", "--root", "{w}/d", "--list", "{w}/one.txt", "--out", "{w}/s"],
+     "one.txt holds 1 class; expected at least 2"),
+    ("make-split: --root a file", None,
+     ["make-split", "fmnist", "--root", "{w}/d/train.txt", "--out", "{w}/s"],
+     "train.txt: is a file, expected the source's folder"),
     ("make-split: alpha infinite", None, ["make-split", "fmnist", "--root", "{w}", "--out",
                                           "{w}/s", "--profile", "pareto", "--alpha", "inf"],
-     "make-split --alpha: expected a finite number > 0, found inf"),
+     "make-split --alpha: expected a number in [0.1, 1000] (ImageNet-LT's is 6), found inf"),
     ("make-split: --list with another source", None,
      ["make-split", "image_folder", "--root", "{w}", "--out", "{w}/s", "--list", "{w}/l.txt"],
      "make-split --list: expected only with the list source, found with image_folder"),
@@ -760,6 +774,26 @@ def test_make_split_n_min_and_ratio_fix_n_max(tmp_path, capsys):
     assert ("make-split --ratio: expected at most 10, found 50: the smallest class would keep "
             "n_max / ratio < 1 image (--n-max 10)") in capsys.readouterr().err
     assert not (tmp_path / "t").exists() and not (tmp_path / "u").exists()
+    # --n-min above what the smallest class gives, named with why
+    assert main([*base, "--out", str(tmp_path / "v"), "--n-min", "50"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "make-split --n-min: expected at most 36, found 50 (n_max 36: class class_00 has 40 "
+        "images, of which 2 val + 2 test are set aside)")
+    assert main([*base, "--out", str(tmp_path / "w"), "--n-min", "1", "--ratio", "1e308"]) == 2
+    assert "found 1e+308: class" in capsys.readouterr().err  # not 309 digits
+
+
+def test_make_split_paths_in_its_command_work_from_any_folder(tmp_path, capsys, monkeypatch):
+    import json
+
+    root = _pool(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["make-split", "image_folder", "--root", root.name, "--out", "s",
+                 "--val-per-class", "2", "--test-per-class", "2"]) == 0
+    usage = capsys.readouterr().out.splitlines()[-1]
+    assert f"data.root={root} " in usage and f"data.train={tmp_path}/s/train.txt" in usage
+    summary = json.loads((tmp_path / "s" / "split.json").read_text())
+    assert summary["data_root"] == summary["source"]["root"] == str(root)
 
 
 def test_make_split_without_test_names_no_test_txt(tmp_path, capsys):

@@ -28,6 +28,8 @@ from longtail.rundir import (
 # The shipped configs, package data (configs/ at the repository root links here): a pip install
 # has them although the working folder has no configs/.
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+# --alpha / data.pareto_alpha: outside this the quantiles overflow (small) or coincide (large)
+PARETO_ALPHA = (0.1, 1000.0)
 
 OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
                   "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
@@ -684,6 +686,26 @@ def _extract(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+SPLIT_FILES = ("train.txt", "val.txt", "test.txt", "classes.txt")
+
+
+def _check_split_out(args: argparse.Namespace) -> None:
+    """Refuse an --out whose lists make-split would write over but did not write: the --list
+    read, or a folder of lists without split.json (e.g. the balanced source's own train.txt,
+    val.txt and test.txt), even with --overwrite."""
+    for name in SPLIT_FILES:
+        target = args.out / name
+        if args.list_file is not None and target.exists() and args.list_file.exists() and \
+                os.path.samefile(target, args.list_file):
+            raise LongtailError(f"make-split --out {args.out}: would write {name} over the "
+                                f"--list it reads ({args.list_file}); choose another --out")
+    held = [n for n in SPLIT_FILES if (args.out / n).exists()]
+    if held and not (args.out / "split.json").is_file():
+        raise LongtailError(f"make-split --out {args.out}: holds {', '.join(held)} that "
+                            f"make-split did not write (no split.json), which it would "
+                            f"replace; choose another --out")
+
+
 def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     # Checked before NumPy and torch are imported: a mistake is answered at once. Every option
     # given is used, or refused: none is silently ignored.
@@ -699,9 +721,9 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     if not 0 <= args.seed < 2**32:  # NumPy's seed range
         raise LongtailError(f"make-split --seed: expected an integer in [0, 2^32), found "
                             f"{args.seed}")
-    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
-        raise LongtailError(f"make-split --alpha: expected a finite number > 0, found "
-                            f"{args.alpha}")
+    if args.alpha is not None and not PARETO_ALPHA[0] <= args.alpha <= PARETO_ALPHA[1]:
+        raise LongtailError(f"make-split --alpha: expected a number in [{PARETO_ALPHA[0]:g}, "
+                            f"{PARETO_ALPHA[1]:g}] (ImageNet-LT's is 6), found {args.alpha:g}")
     if args.alpha is not None and args.profile != "pareto":
         raise LongtailError(f"make-split --alpha: expected only with --profile pareto (its "
                             f"shape), found --alpha {args.alpha:g} with --profile "
@@ -723,9 +745,13 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
         raise LongtailError(f"make-split --test-per-class: expected only with the list and "
                             f"image_folder sources, found with {args.source}, whose test split "
                             f"is its official test set")
+    if args.root.exists() and not args.root.is_dir():
+        raise LongtailError(f"make-split --root {args.root}: is a file, expected the source's "
+                            f"folder")
     if not args.root.is_dir():
         raise LongtailError(f"make-split --root {args.root}: folder not found")
     check_run_dir(args.out, args.overwrite, resumable=False)
+    _check_split_out(args)
     from longtail.data.makesplit import TEST_LIST, SplitRequest, make_split
 
     summary = make_split(SplitRequest(

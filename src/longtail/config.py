@@ -929,8 +929,9 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
                           f"given (both fix the smallest class: n_min = n_max / ratio), found "
                           f"{d.imbalance_ratio:g} with data.n_min {d.n_min}; set one of them "
                           f"to null")
-    need(d.pareto_alpha > 0 and math.isfinite(d.pareto_alpha), "data.pareto_alpha",
-         "a number > 0", d.pareto_alpha)
+    need(0.1 <= d.pareto_alpha <= 1000, "data.pareto_alpha", "a number in [0.1, 1000] "
+         "(ImageNet-LT's is 6; outside it the profile's quantiles overflow or coincide)",
+         d.pareto_alpha)
     for key in ("val_per_class", "test_per_class", "val_from_train"):
         need(getattr(d, key) >= 0, f"data.{key}", "an int >= 0", getattr(d, key))
     need(d.profile != "step" or d.kind in ("cifar10_lt", "cifar100_lt"), "data.profile",

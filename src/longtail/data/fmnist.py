@@ -68,8 +68,10 @@ def find_files(root: Path) -> dict[str, Path] | None:
     return None
 
 
-def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np.ndarray]:
-    """Return train/test images (N, 28, 28) uint8 and labels (N,) from the IDX files in root."""
+def load_fashion_mnist(root: str | Path, download: bool = False,
+                       root_key: str = "data.root") -> dict[str, np.ndarray]:
+    """Return train/test images (N, 28, 28) uint8 and labels (N,) from the IDX files in root
+    (``root_key``: what the user set it with, for the message when they are not there)."""
     root = Path(root)
     files = find_files(root)
     if files is None and download:
@@ -80,8 +82,9 @@ def load_fashion_mnist(root: str | Path, download: bool = False) -> dict[str, np
         raise LongtailError(
             f"Fashion-MNIST not found in {root}: expected {names}. On Debian/Ubuntu run "
             f"'apt-get install dataset-fashion-mnist' (puts them in {DEFAULT_ROOT}); elsewhere "
-            f"copy the four IDX files into data.root, or set data.download=true where the "
-            f"network allows it."
+            f"copy the four IDX files into {root_key}"
+            + (", or set data.download=true where the network allows it."
+               if root_key == "data.root" else ".")
         )
     arrays = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "test"):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
-from longtail import distributed
-from longtail.data.listfile import FileSplit
+from longtail.data.listfile import FileSplit, main_process
 from longtail.errors import LongtailError
 
 
@@ -40,13 +37,13 @@ def read_image_folder(folder: str | Path,
     links: list[str] = []
     for name in found:
         samples.extend((path, index[name]) for path in _images(folder / name, links))
-    if links and distributed.is_main():
+    if links and main_process():
         print(f"warning: {folder}: not following {len(links)} symbolic "
               f"link{'s' if len(links) > 1 else ''} to a folder inside a class folder (e.g. "
               f"{links[0]}); their images are left out (link a class folder itself instead)",
               flush=True)
     if not samples:
-        raise LongtailError(f"{folder}: no images with extensions {', '.join(IMG_EXTENSIONS)}")
+        raise LongtailError(f"{folder}: no images with extensions {', '.join(_extensions())}")
     if training:
         # A class folder without images would be a class no image trains, reported later only
         # as a val/test split lacking it; name the folder instead.
@@ -54,7 +51,7 @@ def read_image_folder(folder: str | Path,
         empty = [name for name in classes if index[name] not in present]
         if empty:
             raise LongtailError(f"{folder / empty[0]}: class folder has no images (expected "
-                                f"files with extensions {', '.join(IMG_EXTENSIONS)})"
+                                f"files with extensions {', '.join(_extensions())})"
                                 + (f"; {len(empty) - 1} more such folders" if len(empty) > 1
                                    else ""))
     paths = [Path(p) for p, _ in samples]
@@ -68,7 +65,7 @@ def _is_folder(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()
     except OSError as e:
-        if distributed.is_main():
+        if main_process():
             print(f"warning: {entry.path}: {e.strerror}; not a class folder", flush=True)
         return False
 
@@ -82,6 +79,7 @@ def _images(class_folder: Path, links: list[str]) -> list[str]:
     class's images as class_00, and a link to another class folder would mix classes too.
     Checking for loops alone would not catch the latter.
     """
+    extensions = _extensions()
     walked = []
     for dirpath, dirnames, filenames in os.walk(class_folder):  # followlinks=False
         visible = [d for d in dirnames if not d.startswith(".")]
@@ -91,4 +89,12 @@ def _images(class_folder: Path, links: list[str]) -> list[str]:
         walked.append((dirpath, filenames))
     return [os.path.join(dirpath, name) for dirpath, filenames in sorted(walked)
             for name in sorted(filenames)
-            if not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)]
+            if not name.startswith(".") and name.lower().endswith(extensions)]
+
+
+def _extensions() -> tuple[str, ...]:
+    """torchvision's image extensions, imported when needed (torchvision takes seconds to
+    import, which make-split's checks should not wait for)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return IMG_EXTENSIONS

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from longtail import distributed
 from longtail.errors import LongtailError, file_problem
 
 
@@ -27,6 +27,14 @@ def subset(split: FileSplit, indices) -> FileSplit:
                      [split.origins[i] for i in idx])
 
 
+def main_process() -> bool:
+    """``main_process()`` without importing torch (make-split reads lists and folders
+    before it needs torch): a process that has not loaded longtail.distributed has joined no
+    process group, so it is the one that speaks."""
+    loaded = sys.modules.get("longtail.distributed")
+    return loaded is None or loaded.is_main()
+
+
 def resolve_near_root(path: str | Path, root: str | Path) -> Path:
     """Return ``path``; a relative path that is not found from the working directory is looked
     up in ``root`` (split files often live beside the images)."""
@@ -36,7 +44,7 @@ def resolve_near_root(path: str | Path, root: str | Path) -> Path:
         return path
     if not path.exists():
         return beside
-    if not os.path.samefile(path, beside) and distributed.is_main():  # say which one is read
+    if not os.path.samefile(path, beside) and main_process():  # say which one is read
         print(f"warning: {path} is read from the working directory {Path.cwd()}; data.root "
               f"holds another {beside} (give an absolute path to choose)", flush=True)
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     else:
         pool, names = _file_source(req)
         labels, paths = np.asarray(pool.labels), pool.paths
+    if len(names) < 2:  # nothing to balance; run would refuse the split
+        raise LongtailError(f"make-split: {req.list_file or req.root} holds {len(names)} "
+                            f"class; expected at least 2")
     counts = np.bincount(labels, minlength=len(names))
     test_from_pool = 0 if arrays else req.test_per_class
     smallest = int(counts.argmin())
@@ -89,12 +93,18 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         if n_max > available:
             raise LongtailError(
                 f"make-split --n-min {req.n_min} --ratio {ratio:g}: expected a largest class "
-                f"(n_min x ratio) of at most {available} images, found {n_max}: class "
+                f"(n_min x ratio) of at most {available} images, found {n_max:.4g}: class "
                 f"{names[smallest]} has {have} images, of which {reserved} are set aside")
     if n_max > available:
         raise LongtailError(
             f"make-split --n-max: expected at most {available}, found {n_max}: class "
             f"{names[smallest]} has {have} images, of which {reserved} are set aside")
+    if req.n_min is not None and req.n_min > n_max:
+        given = (f"--n-max {n_max}" if req.n_max is not None else
+                 f"n_max {n_max}: class {names[smallest]} has {have} images, of which "
+                 f"{reserved} are set aside")
+        raise LongtailError(f"make-split --n-min: expected at most {n_max}, found {req.n_min} "
+                            f"({given})")
     if req.n_min is None and ratio is not None and ratio > n_max:
         # n_min = n_max / ratio below 1 image, raised to 1: another ratio than the one asked
         given = (f"--n-max {n_max}" if req.n_max is not None else
@@ -122,13 +132,14 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         lines = {name: list_text([paths[i] for i in idx], labels[idx].tolist(), req.root)
                  for name in ("train", "val", "test") for idx in [getattr(split, name)]}
     summary: dict[str, Any] = {
-        "source": {"kind": req.source, "root": str(req.root),
+        "source": {"kind": req.source, "root": os.path.abspath(req.root),
                    "list": str(req.list_file) if req.list_file else None},
         "profile": {"kind": req.profile, "n_max": profile[0], "n_min": profile[-1],
                     "alpha": req.alpha if req.profile == "pareto" else None},
         "seed": req.seed,
         "class_order": split.class_order,
-        "data_root": str(data_root),
+        # absolute: the printed command and split.json work from any folder
+        "data_root": os.path.abspath(data_root),
         "counts": {}, "files": {},
     }
     for name, text in lines.items():
@@ -147,23 +158,24 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         return shlex.quote(f"data.{name}={path}")
 
     # Only the files written: without test.txt (test_per_class 0), data.test is the user's.
-    val = f" {key('val', req.out / 'val.txt')}" if "val" in summary["counts"] else ""
-    test = key("test", req.out / "test.txt") if "test" in summary["counts"] else \
+    out = Path(os.path.abspath(req.out))
+    val = f" {key('val', out / 'val.txt')}" if "val" in summary["counts"] else ""
+    test = key("test", out / "test.txt") if "test" in summary["counts"] else \
         f"data.test={TEST_LIST}"
-    summary["usage"] = (f"longtail run CONFIG data.kind=list {key('root', data_root)} "
-                        f"{key('train', req.out / 'train.txt')}{val} {test} "
-                        f"{key('class_names', req.out / 'classes.txt')}")
+    summary["usage"] = (f"longtail run CONFIG data.kind=list "
+                        f"{key('root', summary['data_root'])} {key('train', out / 'train.txt')}"
+                        f"{val} {test} {key('class_names', out / 'classes.txt')}")
     atomic_write_json(req.out / "split.json", summary)
     return summary
 
 
 def _array_source(req: SplitRequest):
     if req.source == "fmnist":
-        a = fmnist.load_fashion_mnist(req.root)
+        a = fmnist.load_fashion_mnist(req.root, root_key="--root")
         to_hwc = lambda x: np.asarray(x)  # noqa: E731  (N, H, W) grayscale
         names = list(fmnist.CLASS_NAMES)
     else:
-        a = cifar.load_cifar(req.root, f"{req.source}_lt")
+        a = cifar.load_cifar(req.root, f"{req.source}_lt", root_key="--root")
         to_hwc = lambda x: np.asarray(x).transpose(0, 2, 3, 1)  # noqa: E731
         names = a["class_names"]
     return (np.asarray(a["train_labels"], dtype=np.int64), names, to_hwc(a["train_images"]),
