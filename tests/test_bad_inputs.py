@@ -335,6 +335,12 @@ CASES = [
         os.symlink(w / "lp1", w / "lp2"), os.symlink(w / "lp2", w / "lp1")),
      ["run", CONFIG, "--out", "{w}/lp1/run"], "lp1 is in a loop of symbolic links; remove the "
                                               "links or choose another --out"),
+    ("a value of 100,000 characters", None, ["run", CONFIG, "stage1.sampler=" + "a" * 100000],
+     "a" * 39 + "' (100002 characters)"),
+    ("n_max below 1", None, ["run", CONFIG, "data.n_max=-1"],
+     "config key data.n_max: expected an int >= 1 or null, found -1"),
+    ("config key a list", lambda w: _write(w / "ck.yaml", "? [a, b]\n: 1\n"),
+     ["run", "{w}/ck.yaml"], "ck.yaml:1: not valid YAML (expected a plain key, found a list)"),
     ("config file a FIFO", lambda w: os.mkfifo(w / "p.yaml"), ["run", "{w}/p.yaml"],
      "p.yaml: config file is not a regular file (a FIFO, device or socket)"),
     ("config file a symbolic link loop", lambda w: os.symlink(w / "loop.yaml", w / "loop.yaml"),
@@ -709,6 +715,16 @@ def test_out_of_memory_is_one_line_with_what_to_lower(tmp_path, capsys, monkeypa
     assert err.endswith("lower stage1.batch_size, eval.batch_size, data.image_size or "
                         "model.width"), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["LOCAL_RANK", "RANK"])
+def test_a_process_index_that_is_no_number_is_one_line_before_torch(world, name):
+    result, cpu = _run_measured([sys.executable, "-m", "longtail", "run", CONFIG],
+                                cwd=world, env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
+                                                name: "abc"})
+    assert result.returncode == 2 and cpu < 1.5, (result.stderr, cpu)
+    assert result.stderr == (f"longtail: error: {name}: expected this process's index, an int "
+                             f">= 0 (torchrun sets it), found 'abc'\n")
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import resource
 import shlex
 import shutil
 import signal
@@ -119,6 +120,14 @@ def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path,
             capsys.readouterr()
             assert main(argv) == 2, argv
             assert capsys.readouterr().err.strip() == f"longtail: error: {said}", argv
+            # and at once: before torch is imported and the data read (CPU seconds)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            refused = subprocess.run([sys.executable, "-m", "longtail", *argv], env=env,
+                                     capture_output=True, text=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            assert refused.returncode == 2 and refused.stderr == f"longtail: error: {said}\n"
+            assert cpu < 1.5, (argv, cpu)
         assert child.poll() is None  # the run itself goes on, its folder untouched
         assert (out / "config.yaml").is_file()
     finally:

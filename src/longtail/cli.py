@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from longtail import __version__
-from longtail.errors import Interrupted, LongtailError, file_problem
+from longtail.errors import Interrupted, LongtailError, file_problem, too_long
 from longtail.rundir import (
     check_rebalance_args,
     check_resumable,
@@ -315,6 +315,8 @@ _terminated = False
 
 def _on_sigterm(signum: int, frame: object) -> None:
     global _terminated
+    if _terminated:  # `timeout` signals the process and then its group: one stop is enough
+        return
     _terminated = True
     raise KeyboardInterrupt
 
@@ -334,7 +336,7 @@ def os_error_line(e: OSError) -> str:
     shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
     why = e.strerror or type(e).__name__
     if e.errno == errno.ENAMETOOLONG:
-        why += " (a file or folder name over 255 bytes)"
+        why += f" ({too_long(name)})"
     return f"{shown}: {why}" if shown else why
 
 
@@ -423,7 +425,10 @@ def one_line(message: str) -> str:
     in the worker's traceback, whose last line is the message."""
     if "Original Traceback" in message:
         message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(message.split())
+    # a value of 100,000 characters (a pasted file as model.name) would be the whole line
+    return " ".join(word if len(word) <= 200 else
+                    f"{word[:80]}...{word[-40:]} ({len(word)} characters)"
+                    for word in message.split())
 
 
 def _print_notes(notes: list[str]) -> None:
@@ -592,10 +597,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         cfg = check_resumable(args.resume, cfg)
     check_device(cfg.device)
     _print_notes(notes)
-    from longtail.pipeline import run
+    # a folder to resume or overwrite: refused at once while another command works in it,
+    # before the data is read (the pipeline locks a new folder once it has made it)
+    with run_folder_lock(args.resume or out):
+        from longtail.pipeline import run
 
-    run(cfg, config_name=Path(args.config or "run").stem, out=out,
-        overwrite=args.overwrite, resume=args.resume, argv=argv)
+        run(cfg, config_name=Path(args.config or "run").stem, out=out,
+            overwrite=args.overwrite, resume=args.resume, argv=argv)
     return 0
 
 

@@ -525,6 +525,10 @@ class _UniqueKeyLoader(_Loader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given below win
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict, set)):  # `? [a, b]`: no config key is one
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"expected a plain key, found a {type(key).__name__}",
+                    key_node.start_mark)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice (first on line {seen[key] + 1})",
@@ -841,6 +845,11 @@ def missing_device_message(name: str) -> str:
 def env_world_size() -> int:
     """Return the process count torchrun gives in ``WORLD_SIZE`` (1 when unset or empty);
     anything but a positive integer is refused in one line."""
+    for name in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(name, "").strip()
+        if value and not (value.isascii() and value.isdigit()):
+            raise LongtailError(f"{name}: expected this process's index, an int >= 0 (torchrun "
+                                f"sets it), found {os.environ[name]!r}")
     text = os.environ.get("WORLD_SIZE", "").strip() or "1"
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
@@ -905,11 +914,11 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     need_path(cfg.model.trainable is None or cfg.model.weights is not None
               or cfg.model.pretrained, "model.weights", "a file of pretrained weights, since "
               "model.trainable freezes the rest of an untrained backbone")
-    if d.n_max is not None and d.n_min is not None:
-        need(d.n_max >= d.n_min >= 1, "data.n_min", f"1 <= n_min <= n_max ({d.n_max})", d.n_min)
-    for key in ("n_max", "n_min"):
+    for key in ("n_max", "n_min"):  # each alone first: n_max -1 is n_max's mistake
         value = getattr(d, key)
         need(value is None or value >= 1, f"data.{key}", "an int >= 1 or null", value)
+    if d.n_max is not None and d.n_min is not None:
+        need(d.n_max >= d.n_min >= 1, "data.n_min", f"1 <= n_min <= n_max ({d.n_max})", d.n_min)
     need(d.imbalance_ratio is None or d.imbalance_ratio >= 1, "data.imbalance_ratio",
          "a number >= 1 or null", d.imbalance_ratio)
     given = [k for k in ("train", "val", "test") if getattr(d, k) is not None]

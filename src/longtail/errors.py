@@ -42,7 +42,7 @@ def file_problem(path: str | Path) -> str | None:
         if e.errno == errno.ELOOP:
             return "is in a loop of symbolic links"
         if e.errno == errno.ENAMETOOLONG:
-            return "has a file or folder name over 255 bytes"
+            return f"has {too_long(path)}"
         if os.path.islink(path):
             return f"is a broken symbolic link (-> {os.readlink(path)})"
         if e.errno == errno.EACCES:
@@ -53,3 +53,12 @@ def file_problem(path: str | Path) -> str | None:
     if not stat.S_ISREG(mode):
         return "is not a regular file (a FIFO, device or socket)"
     return None
+
+
+def too_long(path: str | Path) -> str:
+    """Say which limit a path the system called too long is over: a name of one file or
+    folder (255 bytes on most file systems), or the whole path (4096 bytes on Linux)."""
+    parts = Path(path).parts
+    if any(len(os.fsencode(part)) > 255 for part in parts):
+        return "a file or folder name over 255 bytes"
+    return "a path over 4096 bytes"

@@ -176,7 +176,10 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     itself: no lock file is left behind, and the lock ends with the process, however it ends.
     Only torchrun's rank 0 takes it (the others run the same command); where there is no flock
     (Windows, some network file systems) nothing is locked."""
-    if os.environ.get("RANK", "0").strip() not in ("", "0") or not run_dir.is_dir():
+    other_rank = os.environ.get("WORLD_SIZE", "").strip() not in ("", "1") and \
+        os.environ.get("RANK", "0").strip() not in ("", "0")
+    real = os.path.realpath(run_dir)
+    if other_rank or not run_dir.is_dir() or real in _LOCKED:  # (held here already: go on)
         yield
         return
     try:
@@ -189,6 +192,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _LOCKED.add(real)
         except BlockingIOError:
             raise LongtailError(f"{run_dir}: another longtail command is working in this run "
                                 f"folder; wait until it ends (or stop it) and try again") from None
@@ -196,4 +200,11 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             pass
         yield
     finally:
+        _LOCKED.discard(real)
         os.close(fd)
+
+
+# The run folders this process holds locked: a lock taken again (the command line locks a
+# folder to resume before reading the data, the pipeline where it starts) is the same lock;
+# flock would refuse a second descriptor of the same process.
+_LOCKED: set[str] = set()
