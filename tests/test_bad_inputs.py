@@ -264,6 +264,21 @@ CASES = [
      ["rebalance", "{w}/r", "stage2.features=online"],
      "override stage2.features=online: rebalance fits stage 2 on the run's cached features "
      "and never runs the network"),
+    ("rebalance: a section set to null", lambda w: _run_dir(w, "r"),
+     ["rebalance", "{w}/r", "stage2=null"], "override 'stage2=null': stage2 is a section; set "
+                                            "its keys"),
+    ("rebalance: fine-tuning", lambda w: _run_dir(w, "r"),
+     ["rebalance", "{w}/r", "stage2.methods=[finetune]"],
+     "stage2.methods: finetune re-runs the network on images, which 'rebalance' does not"),
+    ("rebalance: an extract folder", lambda w: (_run_dir(w, "r"), (w / "r/manifest.json").unlink()),
+     ["rebalance", "{w}/r"], "r: not a run directory (config.yaml but no manifest.json; a "
+                             "folder written by extract?"),
+    ("summarize: --json over a run's own file", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["summarize", "{w}/a", "{w}/b", "--json", "{w}/a/metrics.json", "--overwrite"],
+     "a/metrics.json: inside the run folder"),
+    ("extract: --out another run", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["extract", "{w}/a", "--out", "{w}/b", "--overwrite"],
+     "b: a run folder (it holds manifest.json), whose config.yaml extract would replace"),
     ("rebalance: metrics.json not JSON", lambda w: (_run_dir(w, "r"),
                                                     _write(w / "r" / "metrics.json", "{bad")),
      ["rebalance", "{w}/r", "stage2.methods=[crt]"], "r/metrics.json:1:2: not valid JSON"),

@@ -682,6 +682,9 @@ def _extract(args: argparse.Namespace, argv: list[str]) -> int:
     if out.resolve() == args.run_dir.resolve() or args.run_dir.resolve() in out.resolve().parents:
         raise LongtailError(f"--out {out}: inside the run folder {args.run_dir}; its config.yaml "
                             f"would be replaced: choose a folder outside the run")
+    if (out / "manifest.json").is_file():  # another run: --overwrite would not make it one
+        raise LongtailError(f"--out {out}: a run folder (it holds manifest.json), whose "
+                            f"config.yaml extract would replace; choose another --out")
     check_run_dir(out, args.overwrite, resumable=False)
     from longtail.extract import extract_run
 
@@ -798,6 +801,14 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
                                 f"by summarize before (JSON of \"runs\" and \"methods\"), "
                                 f"found another file; pass --overwrite to replace it, or choose "
                                 f"another --json")
+    if args.json:
+        written = os.path.realpath(args.json)
+        for run_dir in args.run_dirs:  # a summary over a run's own metrics.json, even asked
+            inside = os.path.realpath(run_dir)
+            if written == inside or written.startswith(inside.rstrip(os.sep) + os.sep):
+                raise LongtailError(f"--json {args.json}: inside the run folder {run_dir}, "
+                                    f"whose files summarize reads; write the summary outside "
+                                    f"the runs")
     seen: dict[Path, Path] = {}
     runs, configs, splits = [], [], []
     for run_dir in args.run_dirs:

@@ -30,6 +30,11 @@ def require_run_dir(run_dir: Path, option: str = "") -> Path:
     if not path.is_file():
         raise LongtailError(f"{option + ' ' if option else ''}{run_dir}: not a run directory "
                             f"(no config.yaml)")
+    if not (run_dir / "manifest.json").is_file():  # written with config.yaml by every run
+        raise LongtailError(f"{option + ' ' if option else ''}{run_dir}: not a run directory "
+                            f"(config.yaml but no manifest.json; a folder written by extract? "
+                            f"start a run of it: longtail run "
+                            f"{shlex.quote(str(path))} --out DIR)")
     return path
 
 
@@ -121,7 +126,8 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
 
     require_run_dir(run_dir)
     for key in overrides:
-        if not key.split("=", 1)[0].startswith(("stage2.", "eval.", "device")):
+        name = key.split("=", 1)[0].strip()
+        if not (name in ("stage2", "eval", "device") or name.startswith(("stage2.", "eval."))):
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
     cfg = load_config(run_dir / "config.yaml", overrides, run=True)
@@ -131,6 +137,12 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
                             f"the run's cached features and never runs the network; for "
                             f"online stage 2 start a new run (longtail run CONFIG "
                             f"stage2.features=online)")
+    from longtail.config import FINETUNE_METHODS
+
+    for name in cfg.stage2.methods:  # said now, not after torch is loaded and the fits begun
+        if name in FINETUNE_METHODS and not (run_dir / "stage2" / f"{name}.pt").is_file():
+            raise LongtailError(f"stage2.methods: {name} re-runs the network on images, which "
+                                f"'rebalance' does not; use 'longtail run'")
     try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
         _probe_write(run_dir)
     except OSError as e:
