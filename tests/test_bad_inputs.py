@@ -356,6 +356,10 @@ CASES = [
      "config key data.n_max: expected an int >= 1 or null, found -1"),
     ("config key a list", lambda w: _write(w / "ck.yaml", "? [a, b]\n: 1\n"),
      ["run", "{w}/ck.yaml"], "ck.yaml:1: not valid YAML (expected a plain key, found a list)"),
+    ("--out inside an image folder's root", None,
+     ["run", CONFIG, "data.kind=image_folder", "data.root={w}/d/train", "--out",
+      "{w}/d/train/run"], "/d/train, where data.kind image_folder reads every sub-folder as a "
+                          "class (the run's folder would become one); choose an --out outside it"),
     ("config file a FIFO", lambda w: os.mkfifo(w / "p.yaml"), ["run", "{w}/p.yaml"],
      "p.yaml: config file is not a regular file (a FIFO, device or socket)"),
     ("config file a symbolic link loop", lambda w: os.symlink(w / "loop.yaml", w / "loop.yaml"),

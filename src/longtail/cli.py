@@ -593,6 +593,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.resume is None:
         out = out or default_run_dir(Path(args.config).stem)
         check_run_dir(out, args.overwrite)
+        _check_out_outside_image_folder(out, cfg, args.out is not None)
     else:
         cfg = check_resumable(args.resume, cfg)
     check_device(cfg.device)
@@ -695,6 +696,21 @@ def _extract(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"wrote {out / 'config.yaml'}\nuse it: longtail run "
           f"{shlex.quote(str(out / 'config.yaml'))}")
     return 0
+
+
+def _check_out_outside_image_folder(out: Path, cfg, given: bool) -> None:
+    """Refuse a run folder inside data.root of an image_folder dataset, which reads every
+    sub-folder there as a class: the run's folder would become a class of the next run."""
+    if cfg.data.kind != "image_folder" or cfg.data.root is None:
+        return
+    root = os.path.realpath(os.path.expanduser(cfg.data.root))
+    target = os.path.realpath(out)
+    if target.startswith(root.rstrip(os.sep) + os.sep):
+        raise LongtailError(f"--out {out}: inside data.root {cfg.data.root}, where data.kind "
+                            f"image_folder reads every sub-folder as a class (the run's folder "
+                            f"would become one); choose an --out outside it"
+                            + ("" if given else " (the default runs/ is in the working "
+                               "folder)"))
 
 
 SPLIT_FILES = ("train.txt", "val.txt", "test.txt", "classes.txt")
