@@ -99,12 +99,38 @@ def test_inat_json(tmp_path):
 
 def test_inat_json_errors_name_the_annotation(tmp_path):
     files = make_inat_json(tmp_path, counts=[3, 2])
-    blob = json.loads(files["val"].read_text())
+    good = files["val"].read_text()
+    blob = json.loads(good)
     blob["annotations"][1]["category_id"] = 999
     files["val"].write_text(json.dumps(blob))
     with pytest.raises(LongtailError, match=r"val2018\.json: annotations\[1\]: category_id 999"):
         data_of("data.kind=inat_json", f"data.root={tmp_path}", "data.train=train2018.json",
                 "data.test=val2018.json", "stage2.tau_norm.tau=1")
+    files["val"].write_text(good)
+    args = ("data.kind=inat_json", f"data.root={tmp_path}", "data.train=bad.json",
+            "data.test=val2018.json", "stage2.tau_norm.tau=1")
+    train = json.loads(files["train"].read_text())
+    # a training annotation of a category 'categories' lacks: not a class of its own (which
+    # the val split was then blamed for lacking)
+    bad = json.loads(json.dumps(train))
+    bad["annotations"][0]["category_id"] = 999
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LongtailError, match=r"bad\.json: annotations\[0\]: category_id 999 is "
+                                            r"not one of the ids in 'categories'$"):
+        data_of(*args)
+    # one image annotated twice: trained on under two labels
+    bad = json.loads(json.dumps(train))
+    bad["annotations"][4]["image_id"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LongtailError, match=r"bad\.json: annotations\[4\]: image 0 is annotated "
+                                            r"twice \(first in annotations\[0\]\); expected one "
+                                            r"annotation per image$"):
+        data_of(*args)
+    # a category named null is named by its id, not 'None'
+    bad = json.loads(json.dumps(train))
+    bad["categories"][1]["name"] = None
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert data_of(*args).class_names == ["species 0", "10"]
 
 
 def test_image_folder_generated_long_tailed_split(tmp_path):

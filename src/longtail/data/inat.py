@@ -44,6 +44,17 @@ def read_inat_json(json_file: str | Path, root: str | Path,
     category_name = _by_id(json_file, "categories", categories, "id", "name")
     if not annotations:
         raise LongtailError(f"{json_file}: no annotations")
+    first_of: dict[int, int] = {}
+    for n, ann in enumerate(annotations):
+        where = f"{json_file}: annotations[{n}]"
+        if ann["image_id"] in first_of:  # one image under two labels, or counted twice
+            raise LongtailError(f"{where}: image {ann['image_id']} is annotated twice (first in "
+                                f"annotations[{first_of[ann['image_id']]}]); expected one "
+                                f"annotation per image")
+        first_of[ann["image_id"]] = n
+        if categories and ann["category_id"] not in category_name:
+            raise LongtailError(f"{where}: category_id {ann['category_id']} is not one of "
+                                f"the ids in 'categories'")
     if category_ids is None:
         used = {a["category_id"] for a in annotations}
         # iNaturalist's training files list only categories they have images of; one listed
@@ -57,7 +68,9 @@ def read_inat_json(json_file: str | Path, root: str | Path,
                     f"categories, or list its images)")
         category_ids = sorted(set(category_name) | used)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
-    names = [str(category_name.get(cid, cid)) for cid in category_ids]
+    # a category without a usable name (missing, null, empty) is named by its id
+    names = [name if isinstance(name := category_name.get(cid), str) and name.strip()
+             else str(cid) for cid in category_ids]
     paths, labels, origins = [], [], []
     for n, ann in enumerate(annotations):
         where = f"{json_file}: annotations[{n}]"
