@@ -279,6 +279,11 @@ CASES = [
     ("extract: --out another run", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
      ["extract", "{w}/a", "--out", "{w}/b", "--overwrite"],
      "b: a run folder (it holds manifest.json), whose config.yaml extract would replace"),
+    ("summarize: --json empty", lambda w: _run_dir(w, "a"), ["summarize", "{w}/a", "--json", ""],
+     "summarize: argument --json: expected a file name, found ''"),
+    ("grid: --samplers empty", None, ["grid", CONFIG, "--samplers", ","],
+     "--samplers: expected one or more comma-separated samplers, e.g. instance,class,sqrt, "
+     "found ','"),
     ("rebalance: metrics.json not JSON", lambda w: (_run_dir(w, "r"),
                                                     _write(w / "r" / "metrics.json", "{bad")),
      ["rebalance", "{w}/r", "stage2.methods=[crt]"], "r/metrics.json:1:2: not valid JSON"),

@@ -55,6 +55,13 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+def _file_name(text: str) -> Path:
+    """argparse type of a file option: Path('') would silently be the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file name, found {text!r}")
+    return Path(text)
+
+
 def bundled_configs() -> list[str]:
     """Return the names of the bundled configs (fmnist_lt, ...)."""
     return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
@@ -226,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+",
                            help="finished runs' folders")
     summarize.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    summarize.add_argument("--json", metavar="FILE", type=Path,
+    summarize.add_argument("--json", metavar="FILE", type=_file_name,
                            help="also write the summary as JSON (replacing only an earlier "
                                 "summary, unless --overwrite)")
     summarize.add_argument("--overwrite", action="store_true",
@@ -634,6 +641,9 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
             samplers.append(parse_sampler_spec(item))
         except ValueError as e:
             raise ConfigError(f"--samplers {item}: {e}") from None
+    if not samplers:
+        raise ConfigError(f"--samplers: expected one or more comma-separated samplers, e.g. "
+                          f"instance,class,sqrt, found {args.samplers!r}")
     # instance, class and sqrt are q = 1, 0 and 0.5: '1,instance' trains the same twice.
     qs = [SAMPLER_PRESETS.get(s, s) for s in samplers]
     again = next((i for i, q in enumerate(qs) if q in qs[:i]), None)
@@ -647,7 +657,10 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
     if args.losses is not None:
         losses = [x.strip() for x in args.losses.split(",") if x.strip()]
         bad = [x for x in losses if x not in LOSSES]
-        if bad or not losses or len(set(losses)) != len(losses):
+        if not losses:
+            raise ConfigError(f"--losses: expected one or more comma-separated losses of "
+                              f"{', '.join(LOSSES)}, found {args.losses!r}")
+        if bad or len(set(losses)) != len(losses):
             raise ConfigError(f"--losses: expected distinct losses of {', '.join(LOSSES)}, "
                               f"found {args.losses!r}")
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
