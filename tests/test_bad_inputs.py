@@ -284,6 +284,9 @@ CASES = [
     ("grid: --samplers empty", None, ["grid", CONFIG, "--samplers", ","],
      "--samplers: expected one or more comma-separated samplers, e.g. instance,class,sqrt, "
      "found ','"),
+    ("an option given twice", None,
+     ["grid", CONFIG, "--samplers", "instance", "--samplers", "class"],
+     "option --samplers given twice; give it once"),
     ("rebalance: metrics.json not JSON", lambda w: (_run_dir(w, "r"),
                                                     _write(w / "r" / "metrics.json", "{bad")),
      ["rebalance", "{w}/r", "stage2.methods=[crt]"], "r/metrics.json:1:2: not valid JSON"),

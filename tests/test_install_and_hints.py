@@ -134,6 +134,7 @@ def test_extract_usage_line_is_quoted(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")
+    (run / "manifest.json").write_text("{}")
     monkeypatch.setattr("longtail.extract.extract_run", lambda *args: {})
     out = tmp_path / ODD
     assert main(["extract", str(run), "--out", str(out)]) == 0

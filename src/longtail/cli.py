@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         len(a) > 2 and any(o.startswith(a) for o in ("--help", "--version")))]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # argparse keeps the last of an option given twice: `--samplers a --samplers b` would drop a
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
+    twice = next((o for i, o in enumerate(given) if o in given[:i]), None)
+    if twice:
+        parser.error(f"option {twice} given twice; give it once")
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may also come after options (`grid CONFIG --samplers a,b k=v`).
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
