@@ -28,8 +28,6 @@ from longtail.rundir import (
 # The shipped configs, package data (configs/ at the repository root links here): a pip install
 # has them although the working folder has no configs/.
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
-# --alpha / data.pareto_alpha: outside this the quantiles overflow (small) or coincide (large)
-PARETO_ALPHA = (0.1, 1000.0)
 
 OVERRIDES_HELP = ("config overrides with dotted keys, e.g. stage1.epochs=5 "
                   "stage2.methods=[crt,tau_norm] data.root=/data/imagenet "
@@ -766,6 +764,8 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     if not 0 <= args.seed < 2**32:  # NumPy's seed range
         raise LongtailError(f"make-split --seed: expected an integer in [0, 2^32), found "
                             f"{args.seed}")
+    from longtail.config import PARETO_ALPHA
+
     if args.alpha is not None and not PARETO_ALPHA[0] <= args.alpha <= PARETO_ALPHA[1]:
         raise LongtailError(f"make-split --alpha: expected a number in [{PARETO_ALPHA[0]:g}, "
                             f"{PARETO_ALPHA[1]:g}] (ImageNet-LT's is 6), found {args.alpha:g}")

@@ -871,6 +871,8 @@ MAX_WIDTH = 1024
 MAX_COUNT = 2**20  # batch sizes, samples_per_class, min_steps
 MAX_TAU = 10.0
 MAX_TAU_STEPS = 1000  # each value is a pass over val's logits
+# data.pareto_alpha / make-split --alpha: below, the quantiles overflow; above, they coincide
+PARETO_ALPHA = (0.1, 1000.0)
 
 
 def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
@@ -938,9 +940,9 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
                           f"given (both fix the smallest class: n_min = n_max / ratio), found "
                           f"{d.imbalance_ratio:g} with data.n_min {d.n_min}; set one of them "
                           f"to null")
-    need(0.1 <= d.pareto_alpha <= 1000, "data.pareto_alpha", "a number in [0.1, 1000] "
-         "(ImageNet-LT's is 6; outside it the profile's quantiles overflow or coincide)",
-         d.pareto_alpha)
+    need(PARETO_ALPHA[0] <= d.pareto_alpha <= PARETO_ALPHA[1], "data.pareto_alpha",
+         f"a number in [{PARETO_ALPHA[0]:g}, {PARETO_ALPHA[1]:g}] (ImageNet-LT's is 6; outside "
+         f"it the profile's quantiles overflow or coincide)", d.pareto_alpha)
     for key in ("val_per_class", "test_per_class", "val_from_train"):
         need(getattr(d, key) >= 0, f"data.{key}", "an int >= 0", getattr(d, key))
     need(d.profile != "step" or d.kind in ("cifar10_lt", "cifar100_lt"), "data.profile",

@@ -60,10 +60,10 @@ def check_out_creatable(out: Path) -> None:
     target = Path(os.path.abspath(out))
     missing, existing = [], target
     while not existing.exists():
-        if existing.is_symlink() and file_problem(existing) == "is in a loop of symbolic links":
-            raise LongtailError(f"--out {out}: {existing} is in a loop of symbolic links; "
-                                f"remove the links or choose another --out")
         if existing.is_symlink():
+            if file_problem(existing) == "is in a loop of symbolic links":
+                raise LongtailError(f"--out {out}: {existing} is in a loop of symbolic links; "
+                                    f"remove the links or choose another --out")
             raise LongtailError(f"--out {out}: {existing} is a symbolic link to "
                                 f"{os.readlink(existing)}, which does not exist; remove the "
                                 f"link or choose another --out")

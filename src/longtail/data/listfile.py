@@ -28,7 +28,7 @@ def subset(split: FileSplit, indices) -> FileSplit:
 
 
 def main_process() -> bool:
-    """``main_process()`` without importing torch (make-split reads lists and folders
+    """``distributed.is_main()`` without importing torch (make-split reads lists and folders
     before it needs torch): a process that has not loaded longtail.distributed has joined no
     process group, so it is the one that speaks."""
     loaded = sys.modules.get("longtail.distributed")
