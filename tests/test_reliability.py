@@ -612,6 +612,7 @@ def test_rebalance_of_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch, 
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")
+    (run / "manifest.json").write_text("{}")
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
