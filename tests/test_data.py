@@ -195,6 +195,30 @@ def test_small_images_in_memory_are_augmented_a_batch_at_a_time(fake_fmnist):
     assert isinstance(view, RawDraws) and data.hflip is False  # 28 px: no flips by default
 
 
+def test_test_transform_of_a_batch_equals_the_image_by_image_one(fake_fmnist):
+    """Features and val checks of small in-memory images take the test transform a batch at a
+    time: the same floats as torchvision's transform, in the same order, with any batch size
+    and under a torchrun-like shard; images at another size keep the per-image path."""
+    from longtail.data.datasets import RawBatches, TensorImages
+    from longtail.stages.inference import infer
+
+    cfg = load_config(CONFIG, [f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=4",
+                               "data.val_per_class=2", "data.mean=[0.3]", "data.std=[0.7]"])
+    data = build_data(cfg.data, seed=0)
+    view = data.eval_view(data.test)
+    assert isinstance(view, RawBatches)
+    plain = data.test.with_transform(data.transform(train=False))
+    expected = torch.stack([plain[i][0] for i in range(len(plain))])
+    for batch_size in (1, 7, 1000):
+        out, labels = infer(lambda x: x.flatten(1), view, batch_size=batch_size,
+                            device=torch.device("cpu"))
+        assert torch.equal(out, expected.flatten(1)) and torch.equal(labels, data.test.labels)
+    # a split held at another size (resized by the per-image transform) is not batched
+    other = TensorImages(torch.zeros(3, 1, 20, 20, dtype=torch.uint8), [0, 1, 2])
+    assert not isinstance(data.eval_view(other), RawBatches)
+    assert data.eval_view(other)[0][0].shape == (1, 28, 28)
+
+
 def test_list_files_with_a_bom_and_crlf_line_ends(image_lists):
     """Lists saved by Windows editors (BOM, CRLF) read as the same lists."""
     root, files = image_lists
@@ -373,3 +397,41 @@ def test_augmentation_seeds_of_every_allowed_run_seed_fit_torchs_generator():
         torch.Generator().manual_seed(value)
     assert augmentation_seed(0, 1, 1) != augmentation_seed(65536, 1, 1)
     assert augmentation_seed(40000, 1, 1) != augmentation_seed(40000, 1, 2)
+
+
+def test_a_ratio_the_smallest_class_cannot_meet_is_noted(tmp_path, fake_fmnist, capsys):
+    """n_max / ratio is a whole number of images, at least one: with n_max under the default
+    ratio of 100 the split is less imbalanced than asked, which the run and make-split say."""
+    from longtail.cli import main
+    from longtail.data.profiles import ratio_shortfall
+    from tests.conftest import make_image_folder
+
+    assert ratio_shortfall([1280, 13], 100) is None  # 98.5: rounding, within 10%
+    assert ratio_shortfall([60, 1], 100) == ("imbalance ratio 60, not 100: n_max 60 / 100 = "
+                                             "0.6 images, and the smallest class keeps 1")
+    root = make_image_folder(tmp_path / "folder", per_class=[40] * 3, size=8)
+    base = ["data.kind=image_folder", f"data.root={root}", "data.val_per_class=2",
+            "data.test_per_class=3", "data.n_max=null", "data.n_min=null"]
+    data = build_data(load_config(CONFIG, base).data, seed=0)  # n_max: 35, all there is
+    assert [n for n in data.notes if "imbalance ratio" in n] == [
+        "imbalance ratio 35, not 100: n_max 35 / 100 = 0.35 images, and the smallest class "
+        "keeps 1; data.n_min sets it"]
+    for extra in (["data.n_min=3"], ["data.imbalance_ratio=7"]):
+        data = build_data(load_config(CONFIG, [*base, *extra]).data, seed=0)
+        assert not [n for n in data.notes if "imbalance ratio" in n], extra
+    # fmnist_lt's smallest class is 5 images unless a ratio is given
+    fm = [f"data.root={fake_fmnist}", "data.n_max=40", "data.n_min=null",
+          "data.val_per_class=2"]
+    assert not [n for n in build_data(load_config(CONFIG, fm).data, seed=0).notes
+                if "imbalance ratio" in n]
+    notes = build_data(load_config(CONFIG, [*fm, "data.imbalance_ratio=30"]).data, 0).notes
+    assert any(n.startswith("imbalance ratio 40, not 30:") for n in notes)
+    for extra, said in ((["--n-max", "60"], True), (["--n-max", "60", "--n-min", "1"], False),
+                        (["--n-max", "60", "--ratio", "6"], False)):
+        out = tmp_path / f"split{len(extra)}{extra[-1]}"
+        capsys.readouterr()
+        assert main(["make-split", "fmnist", "--root", str(fake_fmnist), "--out", str(out),
+                     "--val-per-class", "0", *extra]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+        assert lines == (["note: imbalance ratio 60, not 100: n_max 60 / 100 = 0.6 images, and "
+                          "the smallest class keeps 1; --n-min sets it"] if said else []), extra

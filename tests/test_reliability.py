@@ -128,6 +128,13 @@ def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path,
             cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             assert refused.returncode == 2 and refused.stderr == f"longtail: error: {said}\n"
             assert cpu < 1.5, (argv, cpu)
+        # extract only reads, but the run has no features yet: it says to wait, not to
+        # --resume (which the lock would refuse)
+        capsys.readouterr()
+        assert main(["extract", str(out), "--out", str(tmp_path / "feats")]) == 2
+        assert capsys.readouterr().err.strip().endswith(
+            f"features (it does not run the backbone); the run is still going there (another "
+            f"longtail command holds {out}); try again when it ends")
         assert child.poll() is None  # the run itself goes on, its folder untouched
         assert (out / "config.yaml").is_file()
     finally:
@@ -135,7 +142,8 @@ def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path,
         child.wait()
     capsys.readouterr()
     main(["rebalance", str(out)])  # the lock ends with the process, killed or not
-    assert "another longtail command" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another longtail command" not in err and "longtail run --resume" in err
 
 
 def test_a_torchrun_environment_left_set_says_what_it_waits_for(fake_fmnist, tmp_path):

@@ -798,6 +798,7 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     check_run_dir(args.out, args.overwrite, resumable=False)
     _check_split_out(args)
     from longtail.data.makesplit import TEST_LIST, SplitRequest, make_split
+    from longtail.data.profiles import DEFAULT_RATIO, ratio_shortfall
 
     summary = make_split(SplitRequest(
         source=args.source, root=args.root, out=args.out, list_file=args.list_file,
@@ -810,6 +811,10 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     train = summary["counts"]["train"]
     print(f"train: {len(train)} classes, {max(train)}..{min(train)} images per class "
           f"({summary['profile']['kind']} profile, seed {summary['seed']})")
+    if args.n_min is None:  # the smallest class came from a ratio, which it may not meet
+        short = ratio_shortfall([max(train), min(train)], args.ratio or DEFAULT_RATIO)
+        if short:
+            print(f"note: {short}; --n-min sets it")
     print(f"summary: {args.out / 'split.json'}\nuse it: {summary['usage']}")
     if "test.txt" not in summary["files"]:  # --test-per-class 0
         print(f"{TEST_LIST}: your own test list ('relative/path label' lines); "

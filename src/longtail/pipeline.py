@@ -55,6 +55,7 @@ from longtail.rundir import (
     check_rebalance_args,
     check_run_dir,
     default_run_dir,
+    folder_in_use,
     run_folder_lock,
     run_paths,
 )
@@ -177,6 +178,15 @@ def resume_command(run_dir: Path) -> str:
     """Return the command that continues the run in ``run_dir``, quoted for a shell: a hint is
     pasted, and a folder may hold spaces or quotes."""
     return f"longtail run --resume {shlex.quote(str(run_dir))}"
+
+
+def continue_hint(run_dir: Path, what: str) -> str:
+    """Return "``what`` with: <resume command>", or, while a run still works in ``run_dir``
+    (another process holds its lock, which would refuse the --resume), to wait for it."""
+    if folder_in_use(run_dir):
+        return (f"the run is still going there (another longtail command holds {run_dir}); "
+                f"try again when it ends")
+    return f"{what} with: {resume_command(run_dir)}"
 
 
 def check_model_name(cfg: Config) -> None:
@@ -507,14 +517,13 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         if data.train.joint_weight is not None:
             return info, data.train.joint_weight, data.train.joint_bias, feature_sets(data)
         if not joint.is_file():
-            raise LongtailError(f"{joint}: not found; train the joint classifier with: "
-                                f"{resume_command(run_dir)}")
+            raise LongtailError(f"{joint}: not found; "
+                                f"{continue_hint(run_dir, 'train the joint classifier')}")
         state = load_checkpoint(joint)
         return info, state["fc.weight"], state["fc.bias"], feature_sets(data)
     stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
     if not stage1.is_file():
-        raise LongtailError(f"{stage1}: not found; finish stage 1 with: "
-                            f"{resume_command(run_dir)}")
+        raise LongtailError(f"{stage1}: not found; {continue_hint(run_dir, 'finish stage 1')}")
     state = load_checkpoint(stage1)["model"]
     # Every split the run was made with (the manifest's), e.g. val, which tau_norm needs; not
     # the empty val that manifests of runs without one recorded before (no features of it).
@@ -523,8 +532,8 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         path = run_dir / "features" / f"{split}.pt"
         if not path.is_file():
             raise LongtailError(f"{path}: not found; {command} reads the run's cached {split} "
-                                f"features (it does not run the backbone); extract them again "
-                                f"with: {resume_command(run_dir)}")
+                                f"features (it does not run the backbone); "
+                                f"{continue_hint(run_dir, 'extract them again')}")
     try:
         features = load_features(run_dir / "features")
     except UnreadableFile as e:  # a resume replaces an unreadable cache (extract_features)
@@ -722,10 +731,21 @@ def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int)
     return "\n".join(lines)
 
 
+def _torchvision_version() -> str | None:
+    """torchvision's version, without importing it (2 s) in a run on features."""
+    module = sys.modules.get("torchvision")
+    if module is not None:
+        return module.__version__
+    from importlib import metadata
+
+    try:
+        return metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _manifest(cfg: Config, data: LongTailData, device: torch.device,
               argv: list[str]) -> dict[str, Any]:
-    import torchvision
-
     return {
         "command": ["longtail", *argv],
         "argv": sys.argv,
@@ -735,7 +755,7 @@ def _manifest(cfg: Config, data: LongTailData, device: torch.device,
         "device": str(device),
         "world_size": distributed.world_size(),
         "versions": {"longtail": __version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "torch": torch.__version__, "torchvision": _torchvision_version(),
                      "numpy": numpy.__version__},
         "git_commit": git_commit(),
         # run_inputs takes every recorded split as one whose features must exist

@@ -216,6 +216,29 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def folder_in_use(run_dir: Path) -> bool:
+    """Whether another process holds ``run_dir``'s lock (``run_folder_lock``): a run still
+    going there, whose missing stages a --resume would be refused to finish."""
+    if os.path.realpath(run_dir) in _LOCKED:
+        return False
+    try:
+        import fcntl
+
+        fd = os.open(run_dir, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 # The run folders this process holds locked: a lock taken again (the command line locks a
 # folder to resume before reading the data, the pipeline where it starts) is the same lock;
 # flock would refuse a second descriptor of the same process.

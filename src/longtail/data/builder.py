@@ -24,6 +24,7 @@ from longtail.data.datasets import (
     Augmented,
     ImageFiles,
     LabelledImages,
+    RawBatches,
     RawDraws,
     TensorImages,
     collate_skipping,
@@ -38,6 +39,7 @@ from longtail.data.transforms import (
     IMAGENET_STD,
     SMALL_IMAGE,
     BatchAugment,
+    BatchNormalize,
     build_transform,
 )
 from longtail.errors import LongtailError
@@ -109,13 +111,25 @@ class LongTailData(_Splits):
         (``BatchAugment``); others image by image (``Augmented``).
         """
         train = self.train
-        if (isinstance(train, TensorImages) and isinstance(train.images, torch.Tensor)
-                and self.image_size < SMALL_IMAGE
-                and tuple(train.images.shape[2:]) == (self.image_size, self.image_size)):
+        if self._batchable(train):
             view = RawDraws(train, BatchAugment(self.image_size, self.mean, self.std,
                                                 self.hflip))
             return view, view.collate
         return Augmented(train, self.transform(train=True)), collate_skipping
+
+    def eval_view(self, images: LabelledImages) -> Dataset:
+        """Return ``images`` (a split of this dataset) under the test transform: a batch at a
+        time (``RawBatches``, its ``collate`` used by ``infer``) for the images that
+        ``training_view`` augments a batch at a time, else image by image."""
+        if self._batchable(images):
+            return RawBatches(images, BatchNormalize(self.mean, self.std))
+        return images.with_transform(self.transform(train=False))
+
+    def _batchable(self, images: LabelledImages) -> bool:
+        """Whether ``images`` are small and held in memory in one tensor at the target size."""
+        return (isinstance(images, TensorImages) and isinstance(images.images, torch.Tensor)
+                and self.image_size < SMALL_IMAGE
+                and tuple(images.images.shape[2:]) == (self.image_size, self.image_size))
 
 
 @dataclass

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler, default_collate
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from longtail.errors import LongtailError
 
@@ -27,6 +26,10 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
     viewers show it (and its labeller saw it). Raises OSError or ValueError when it cannot be
     read or decoded.
     """
+    # here, not at the top: a run on features never decodes an image, nor waits for
+    # torchvision's imports (about 2 s)
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
     try:
         with warnings.catch_warnings():
             # Pillow's two lines about images above MAX_IMAGE_PIXELS (it refuses at twice
@@ -221,6 +224,25 @@ class Augmented(Dataset):
         finally:
             torch.set_rng_state(state)
         return image, int(self.images.labels[index])
+
+
+class RawBatches(Dataset):
+    """Test-time view for ``BatchNormalize``: item ``i`` is the index alone; ``collate``
+    stacks a batch of the raw uint8 images and transforms it in one go."""
+
+    def __init__(self, images: TensorImages, transform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor(indices)
+        return self.transform(self.images.images[index]), self.images.labels[index]
 
 
 class RawDraws(Dataset):

@@ -73,6 +73,20 @@ def cifar_lt_profile(num_classes: int, n_max: int, imbalance_ratio: float,
     raise ValueError(f"unknown CIFAR-LT profile {kind!r}; expected exponential or step")
 
 
+DEFAULT_RATIO = 100  # n_max / n_min of a generated split given neither n_min nor a ratio
+
+
+def ratio_shortfall(profile: Sequence[int], ratio: float) -> str | None:
+    """Return why ``profile``'s ratio (largest / smallest class) is not the ``ratio`` asked
+    for (or the default), when it is off by more than 10%: the smallest class is a whole
+    number of images, at least one; None when it is close."""
+    achieved = profile[0] / profile[-1]
+    if abs(achieved / ratio - 1) <= 0.1:
+        return None
+    return (f"imbalance ratio {achieved:.3g}, not {ratio:g}: n_max {profile[0]} / {ratio:g} "
+            f"= {profile[0] / ratio:.3g} images, and the smallest class keeps {profile[-1]}")
+
+
 def make_profile(kind: str, num_classes: int, n_max: int, n_min: int | None = None,
                  imbalance_ratio: float | None = None, alpha: float = 6.0,
                  default_n_min: int | None = None) -> list[int]:
@@ -85,7 +99,7 @@ def make_profile(kind: str, num_classes: int, n_max: int, n_min: int | None = No
         if imbalance_ratio is not None:
             n_min = max(1, round(n_max / imbalance_ratio))
         else:
-            n_min = default_n_min if default_n_min is not None else max(1, round(n_max / 100))
+            n_min = default_n_min if default_n_min is not None else max(1, round(n_max / DEFAULT_RATIO))
     if n_min > n_max:
         raise ValueError(f"n_min ({n_min}) is larger than n_max ({n_max})")
     if kind == "pareto":

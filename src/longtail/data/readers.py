@@ -31,7 +31,13 @@ from longtail.data.listfile import (
     resolve_near_root,
     subset,
 )
-from longtail.data.profiles import cifar_lt_profile, make_profile, pareto_profile
+from longtail.data.profiles import (
+    DEFAULT_RATIO,
+    cifar_lt_profile,
+    make_profile,
+    pareto_profile,
+    ratio_shortfall,
+)
 from longtail.data.record import SPLITS, DataRecord
 from longtail.data.splits import long_tailed_split
 from longtail.errors import LongtailError
@@ -50,8 +56,10 @@ def read_fmnist_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
     profile = _profile(cfg, len(names), cfg.n_max or 1280, default_n_min=5)
     split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
                               seed=split_seed, class_order=cfg.class_order)
-    return _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
-                         split.train, split.val, None, fmnist.MEAN, fmnist.STD, 28)
+    record = _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
+                           split.train, split.val, None, fmnist.MEAN, fmnist.STD, 28)
+    _note_ratio_shortfall(cfg, profile, record.notes)
+    return record
 
 
 def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
@@ -111,6 +119,15 @@ def _array_record(cfg: DataConfig, names: list[str], images: torch.Tensor, label
     return DataRecord(name=cfg.kind, class_names=names, splits=splits, split_sha256=hashes,
                       counts_before_holdout=counts_before_holdout, mean=mean, std=std,
                       side=side)
+
+
+def _note_ratio_shortfall(cfg: DataConfig, profile: list[int], notes: list[str]) -> None:
+    """Note a smallest class that a ratio (data.imbalance_ratio, or the default 100 where n_min
+    has no default) gave and that is far from it: n_max / ratio below one image or rounded."""
+    if cfg.n_min is None and (cfg.imbalance_ratio is not None or cfg.kind == "image_folder"):
+        short = ratio_shortfall(profile, cfg.imbalance_ratio or DEFAULT_RATIO)
+        if short:
+            notes.append(f"{short}; data.n_min sets it")
 
 
 def _profile(cfg: DataConfig, num_classes: int, n_max: int,
@@ -228,6 +245,7 @@ def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> Dat
                             "split needs a test split)")
     notes = [f"long-tailed split generated from {root}: {cfg.profile} profile "
              f"{profile[0]}..{profile[-1]}, seed {split_seed}"]
+    _note_ratio_shortfall(cfg, profile, notes)
     return DataRecord(name=_dataset_name(root), class_names=names, splits=splits,
                       split_sha256=file_hashes(splits, root), notes=notes, root=root)
 

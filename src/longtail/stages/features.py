@@ -64,7 +64,6 @@ def extract_features(
     from longtail.stages.inference import infer
 
     model.to(device).eval()
-    transform = data.transform(train=False)
     weights = backbone_digest(model.state_dict())
     keys = feature_keys(weights, data)
     result = {}
@@ -81,7 +80,7 @@ def extract_features(
                 result[split] = FeatureSet(cached["features"], cached["labels"], keys[split],
                                            weights)
                 continue
-        feats, labels = infer(model.features, dataset.with_transform(transform),
+        feats, labels = infer(model.features, data.eval_view(dataset),
                               batch_size=batch_size, device=device, num_workers=num_workers,
                               desc=f"features {split}")
         result[split] = FeatureSet(feats, labels, keys[split], weights)

@@ -31,9 +31,11 @@ def infer(
     """
     world, rank = distributed.world_size(), distributed.rank()
     n = len(dataset)
+    # A view that transforms whole batches (LongTailData.eval_view) brings its own collate.
+    collate = getattr(dataset, "collate", collate_skipping)
     shard = Subset(dataset, range(rank, n, world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_skipping)
+                        pin_memory=device.type == "cuda", collate_fn=collate)
     outputs, labels = [], []
     bar = tqdm(loader, desc=desc, unit="batch", leave=False,
                disable=None if desc is not None and distributed.is_main() else True)

@@ -155,7 +155,7 @@ def train_joint(
               f"not written yet)", flush=True)
     amp = cfg.amp and device.type == "cuda"
     loss_fn = ClassifierLoss.build(data.train_counts, cfg.loss, cfg.loss_tau).to(device)
-    val_set = data.val.with_transform(data.transform(train=False)) if data.val else None
+    val_set = data.eval_view(data.val) if data.val else None
     main = distributed.is_main()
     # Under torchrun with data.on_bad_image=skip, the ranks agree each step whether to skip it
     # (one small all-reduce a step, paid only then).

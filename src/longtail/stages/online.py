@@ -96,7 +96,7 @@ class NetworkStage2:
 
     def features(self, model: Classifier, split: str) -> torch.Tensor:
         """Return the features of ``split`` (val or test) under ``model``, test transform."""
-        dataset = self.data.splits()[split].with_transform(self.data.transform(train=False))
+        dataset = self.data.eval_view(self.data.splits()[split])
         model.eval()
         feats, _ = infer(model.features, dataset, batch_size=self.cfg.eval.batch_size,
                          device=self.device, num_workers=self.data.num_workers)
