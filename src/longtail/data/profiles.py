@@ -96,10 +96,10 @@ def make_profile(kind: str, num_classes: int, n_max: int, n_min: int | None = No
     else ``n_max / 100``.
     """
     if n_min is None:
-        if imbalance_ratio is not None:
-            n_min = max(1, round(n_max / imbalance_ratio))
+        if imbalance_ratio is None and default_n_min is not None:
+            n_min = default_n_min
         else:
-            n_min = default_n_min if default_n_min is not None else max(1, round(n_max / DEFAULT_RATIO))
+            n_min = max(1, round(n_max / (imbalance_ratio or DEFAULT_RATIO)))
     if n_min > n_max:
         raise ValueError(f"n_min ({n_min}) is larger than n_max ({n_max})")
     if kind == "pareto":
