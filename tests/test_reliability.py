@@ -146,6 +146,33 @@ def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path,
     assert "another longtail command" not in err and "longtail run --resume" in err
 
 
+def test_the_out_probe_does_not_race_between_torchruns_processes(tmp_path, monkeypatch):
+    """Every torchrun process checks --out; only rank 0 makes and removes the probe folders
+    (two probes on the same new folder failed one process now and then: `File exists`), and
+    a folder made meanwhile by another process is taken as it is, not an error."""
+    from longtail.rundir import check_out_creatable
+
+    out = tmp_path / "a" / "run"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    made = []
+    real_mkdir = Path.mkdir
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: made.append(self)
+                        or real_mkdir(self, *a, **k))
+    check_out_creatable(out)
+    assert made == [] and not (tmp_path / "a").exists()  # rank 1: nothing made
+    monkeypatch.setenv("RANK", "0")
+
+    def other_process_first(self, *a, **k):  # rank 0's mkdir loses the race for "a"
+        real_mkdir(self, *a, **k)
+        if self.name == "a":
+            raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", other_process_first)
+    check_out_creatable(out)
+    assert (tmp_path / "a").is_dir() and not out.exists()  # the other's folder stays; ours not
+
+
 def test_a_torchrun_environment_left_set_says_what_it_waits_for(fake_fmnist, tmp_path):
     # WORLD_SIZE=2 and MASTER_* left in the shell: the join waits for a second process that
     # never comes; within seconds a line says so and how to run one process

@@ -72,9 +72,14 @@ def check_out_creatable(out: Path) -> None:
     if not existing.is_dir():
         raise LongtailError(f"--out {out}: {existing} is a file, not a folder")
     made: list[Path] = []
+    if _torchrun_other_rank():  # rank 0 probes: two probes would race on the same folders
+        return
     try:
         for folder in reversed(missing):
-            folder.mkdir()
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made meanwhile by another process: not ours to remove
+                continue
             made.append(folder)
         _probe_write(target)
     except OSError as e:
@@ -87,6 +92,13 @@ def check_out_creatable(out: Path) -> None:
                 folder.rmdir()
             except OSError:  # something else put a file there meanwhile: keep it
                 break
+
+
+def _torchrun_other_rank() -> bool:
+    """Whether this is one of torchrun's processes other than rank 0, which leave the run
+    folder (its checks, lock and files) to rank 0."""
+    return os.environ.get("WORLD_SIZE", "").strip() not in ("", "1") and \
+        os.environ.get("RANK", "0").strip() not in ("", "0")
 
 
 def _probe_write(folder: Path) -> None:
@@ -188,10 +200,8 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     itself: no lock file is left behind, and the lock ends with the process, however it ends.
     Only torchrun's rank 0 takes it (the others run the same command); where there is no flock
     (Windows, some network file systems) nothing is locked."""
-    other_rank = os.environ.get("WORLD_SIZE", "").strip() not in ("", "1") and \
-        os.environ.get("RANK", "0").strip() not in ("", "0")
     real = os.path.realpath(run_dir)
-    if other_rank or not run_dir.is_dir() or real in _LOCKED:  # (held here already: go on)
+    if _torchrun_other_rank() or not run_dir.is_dir() or real in _LOCKED:  # (held here: go on)
         yield
         return
     try:
