@@ -575,6 +575,7 @@ def _config(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.config import load_config
+    from longtail.data.preflight import check_data_files
 
     if args.resume is not None and args.config is not None and "=" in args.config \
             and not Path(args.config).is_file():  # `--resume D k=v`: an override
@@ -604,6 +605,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         out = out or default_run_dir(Path(args.config).stem)
         check_run_dir(out, args.overwrite)
         _check_out_outside_image_folder(out, cfg, args.out is not None)
+        check_data_files(cfg.data)
     else:
         cfg = check_resumable(args.resume, cfg)
     check_device(cfg.device)
@@ -626,6 +628,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
         load_config,
         parse_sampler_spec,
     )
+    from longtail.data.preflight import check_data_files
 
     _check_grid_overrides(args)
     notes: list[str] = []
@@ -668,6 +671,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
                               f"found {args.losses!r}")
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
     check_run_dir(out, args.overwrite)
+    check_data_files(cfg.data)
     check_device(cfg.device)
     _print_notes(notes)
     from longtail.pipeline import grid

@@ -32,9 +32,9 @@ import torch
 from longtail import distributed
 from longtail.checkpoint import atomic_write_file, torch_load_error
 from longtail.config import DataConfig
-from longtail.data.listfile import resolve_near_root
+from longtail.data.preflight import feature_file
 from longtail.data.record import SPLITS, DataRecord
-from longtail.errors import LongtailError, file_problem
+from longtail.errors import LongtailError
 
 FORMATS = (".npz", ".pt", ".safetensors")
 OPTIONAL_KEYS = ("class_names", "joint_weight", "joint_bias", "group_counts")
@@ -92,27 +92,11 @@ class FeatureSplit:
 
 def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
     """Read the feature files named by ``data.train`` / ``data.val`` / ``data.test``."""
-    root = Path(cfg.root) if cfg.root else Path(".")
-    if cfg.root and not root.is_dir():
-        raise LongtailError(f"config key data.root: folder not found: {root}")
     blobs = {}
     for name in SPLITS:
-        given = getattr(cfg, name)
-        if given is None:
+        if getattr(cfg, name) is None:
             continue
-        path = resolve_near_root(given, root)
-        if path.is_dir():
-            raise LongtailError(f"{path}: is a folder, not a feature file (config key "
-                                f"data.{name})")
-        problem = file_problem(path)
-        if problem and problem != "not found":
-            raise LongtailError(f"{path}: features file {problem} (config key data.{name})")
-        if problem:
-            path = root / given if cfg.root else path
-            where = (f"data.root {root}" if cfg.root else
-                     "data.root, which is not set: data.root=FOLDER")
-            raise LongtailError(f"{path}: features file not found (config key data.{name}; "
-                                f"looked in the working directory and in {where})")
+        path = feature_file(cfg, name)
         blobs[name] = read_feature_file(path)
     train = blobs["train"]
     train_path, dim = train["path"], train["features"].shape[1]
@@ -157,7 +141,7 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
              f"rows, from {', '.join(str(b['path']) for b in blobs.values())}"]
     if joint[0] is not None:
         notes.append(f"joint: the classifier in {train_path} (joint_weight, joint_bias)")
-    name = root.resolve().name if cfg.root else train_path.resolve().parent.name
+    name = Path(cfg.root).resolve().name if cfg.root else train_path.resolve().parent.name
     return DataRecord(name=name, class_names=names or [str(c) for c in range(num_classes)],
                       splits=splits, split_sha256={k: s.sha256 for k, s in splits.items() if s},
                       notes=notes, counts_before_holdout=group_counts)

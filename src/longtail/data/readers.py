@@ -31,6 +31,7 @@ from longtail.data.listfile import (
     resolve_near_root,
     subset,
 )
+from longtail.data.preflight import data_root
 from longtail.data.profiles import (
     DEFAULT_RATIO,
     cifar_lt_profile,
@@ -149,16 +150,6 @@ def _indices_sha256(kind: str, part: str, indices: torch.Tensor, labels: torch.T
 # Files: split lists, iNaturalist JSON, image folders
 
 
-def _data_root(cfg: DataConfig) -> Path:
-    root = Path(cfg.root)
-    if root.exists() and not root.is_dir():
-        raise LongtailError(f"config key data.root: {root} is a file, expected a folder")
-    if not root.is_dir():
-        where = "" if root.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-        raise LongtailError(f"config key data.root: folder not found: {root}{where}")
-    return root
-
-
 def file_hashes(splits: dict[str, FileSplit | None], root: Path) -> dict[str, str]:
     """SHA-256 of each split written as a list file ('relative/path label' lines)."""
     return {k: hashlib.sha256(list_text(v.paths, v.labels, root).encode()).hexdigest()
@@ -167,7 +158,7 @@ def file_hashes(splits: dict[str, FileSplit | None], root: Path) -> dict[str, st
 
 def read_list(cfg: DataConfig, split_seed: int) -> DataRecord:
     """Split lists in the ImageNet-LT format (``relative/path label``), optional class names."""
-    root = _data_root(cfg)
+    root = data_root(cfg)
     splits = {name: parse_list_file(getattr(cfg, name), root) if getattr(cfg, name) else None
               for name in SPLITS}
     hashes = {name: hashlib.sha256(s.source.read_bytes()).hexdigest()
@@ -188,7 +179,7 @@ def _dataset_name(root: Path) -> str:
 
 def read_inat_json(cfg: DataConfig, split_seed: int) -> DataRecord:
     """iNaturalist 2018's own train2018.json / val2018.json (COCO style)."""
-    root = _data_root(cfg)
+    root = data_root(cfg)
     train, category_ids, names = read_inat_json_file(cfg.train, root)
     splits = {"train": train}
     for name in ("val", "test"):
@@ -201,7 +192,7 @@ def read_inat_json(cfg: DataConfig, split_seed: int) -> DataRecord:
 def read_image_folder_kind(cfg: DataConfig, split_seed: int) -> DataRecord:
     """One sub-folder per class: train/val/test folders as they are, or a long-tailed split
     generated from one balanced folder (no ``data.train``)."""
-    root = _data_root(cfg)
+    root = data_root(cfg)
     if cfg.train is None:
         return _generated_folder_split(cfg, root, split_seed)
     train, names = read_image_folder(root / cfg.train)
