@@ -566,6 +566,15 @@ FEATURE_CASES = [
     ("class names that differ", lambda w: _features(
         w, "val", class_names=__import__("numpy").array(["a", "b", "x"])),
      "f/val.npz: class_names differ from those of"),
+    ("fewer class names in one file", lambda w: _features(
+        w, "val", class_names=__import__("numpy").array(["a", "b"])),
+     "f/val.npz: class_names has 2 names, "),
+    ("class names not UTF-8", lambda w: _features(
+        w, "train", class_names=__import__("numpy").array([b"a", b"\xff", b"c"])),
+     "f/train.npz: class_names: name 1 is not UTF-8 text (b'\\xff')"),
+    ("negative group count", lambda w: _features(
+        w, "train", group_counts=__import__("numpy").array([30, -10, 3])),
+     "f/train.npz: group_counts: expected counts >= 0, found -10 for class 1"),
     ("training labels with a gap", lambda w: _features(w, "train", lambda a: a.update(
         labels=a["labels"] * (a["labels"] != 1))),
      "f/train.npz: no training row has label 1; labels must be 0..C-1 (C = 3), each used "

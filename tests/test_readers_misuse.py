@@ -91,6 +91,17 @@ def test_integer_class_names_read_as_strings_in_every_format(tmp_path, fmt):
     assert read_feature_file(path)["class_names"] == ["10", "11", "12", "13"]
 
 
+def test_class_names_stored_as_bytes_read_as_text(tmp_path):
+    # arrays of dtype S (HDF5 exports, older numpy) once became "b'cat'"
+    x, y = torch.randn(3, 2), torch.tensor([0, 1, 2])
+    np.savez(tmp_path / "f.npz", features=x.numpy(), labels=y.numpy(),
+             class_names=np.array([b"cat", "chévre".encode(), b"owl"]))
+    torch.save({"features": x, "labels": y, "class_names": [b"cat", "chévre".encode(), "owl"]},
+               tmp_path / "f.pt")
+    for name in ("f.npz", "f.pt"):
+        assert read_feature_file(tmp_path / name)["class_names"] == ["cat", "chévre", "owl"]
+
+
 def test_class_names_of_another_kind_name_the_element(tmp_path):
     path = tmp_path / "f.pt"
     torch.save({"features": torch.randn(2, 3), "labels": torch.tensor([0, 1]),

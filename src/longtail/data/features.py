@@ -155,14 +155,15 @@ def _class_names(blobs: dict[str, dict[str, Any]]) -> list[str] | None:
             continue
         if names is None:
             names, first = blob["class_names"], blob["path"]
+        elif len(blob["class_names"]) != len(names):
+            raise LongtailError(f"{blob['path']}: class_names has {len(blob['class_names'])} "
+                                f"names, {first}'s has {len(names)}")
         elif blob["class_names"] != names:
             theirs = blob["class_names"]
-            at = next((i for i, (a, b) in enumerate(zip(theirs, names)) if a != b),
-                      min(len(theirs), len(names)))
+            at = next(i for i, (a, b) in enumerate(zip(theirs, names)) if a != b)
             raise LongtailError(
                 f"{blob['path']}: class_names differ from those of {first}: class {at} is "
-                f"{theirs[at] if at < len(theirs) else 'missing'!r} here, "
-                f"{names[at] if at < len(names) else 'missing'!r} there")
+                f"{theirs[at]!r} here, {names[at]!r} there")
     return names
 
 
@@ -196,7 +197,12 @@ def _group_counts(blob: dict[str, Any], num_classes: int,
     given = blob.get("group_counts")
     if given is None:
         return None
-    if tuple(given.shape) != (num_classes,) or given.is_floating_point() or (given < 0).any():
+    if tuple(given.shape) == (num_classes,) and not given.is_floating_point() and \
+            (given < 0).any():
+        at = int(torch.nonzero(given < 0)[0])
+        raise LongtailError(f"{blob['path']}: group_counts: expected counts >= 0, found "
+                            f"{int(given[at])} for class {at}")
+    if tuple(given.shape) != (num_classes,) or given.is_floating_point():
         raise LongtailError(f"{blob['path']}: group_counts: expected {num_classes} integers "
                             f">= 0 (one per class), found {given.dtype} of shape "
                             f"{tuple(given.shape)}")
@@ -282,11 +288,19 @@ def _names_as_strings(names: Any, path: Path) -> list[str]:
     if not isinstance(names, (list, tuple)):
         raise LongtailError(f"{path}: class_names: expected a list of strings, found "
                             f"{type(names).__name__}")
+    out = []
     for i, name in enumerate(names):
+        if isinstance(name, bytes):  # an array of dtype S (HDF5 and older numpy write them)
+            try:
+                name = name.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LongtailError(f"{path}: class_names: name {i} is not UTF-8 text "
+                                    f"({name[:40]!r})") from None
         if not isinstance(name, (str, int, float)) or isinstance(name, bool):
             raise LongtailError(f"{path}: class_names: expected a list of strings (or "
                                 f"numbers), found {type(name).__name__} at index {i}")
-    return [str(n) for n in names]
+        out.append(str(name))
+    return out
 
 
 def _file_sha256(path: Path) -> str:
@@ -316,7 +330,7 @@ def _read_npz(path: Path) -> dict[str, Any]:
             if key != "class_names" and value.dtype.kind not in "biuf":
                 raise LongtailError(f"{path}: {key}: expected numbers, found {value.dtype} "
                                     f"values")
-            out[key] = ([str(v) for v in value.tolist()] if key == "class_names"
+            out[key] = (value.tolist() if key == "class_names"  # str, bytes or numbers
                         else torch.from_numpy(np.ascontiguousarray(value)))
         if "features" in keys:
             mapped = _npz_memmap(path, "features")
