@@ -435,3 +435,24 @@ def test_a_ratio_the_smallest_class_cannot_meet_is_noted(tmp_path, fake_fmnist, 
         lines = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
         assert lines == (["note: imbalance ratio 60, not 100: n_max 60 / 100 = 0.6 images, and "
                           "the smallest class keeps 1; --n-min sets it"] if said else []), extra
+
+
+def test_make_split_without_val_says_what_its_command_needs(tmp_path, fake_fmnist, capsys):
+    """The bundled configs choose two taus on val: make-split --val-per-class 0 says how to
+    give its printed command a val split (or fixed taus), and both ways load."""
+    import shlex
+
+    from longtail.cli import main
+    from longtail.config import ConfigError
+
+    out = tmp_path / "split"
+    assert main(["make-split", "fmnist", "--root", str(fake_fmnist), "--out", str(out),
+                 "--val-per-class", "0", "--n-max", "60", "--n-min", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    usage = next(line for line in lines if line.startswith("use it: "))
+    assert any(line.startswith("no val.txt (--val-per-class 0)") for line in lines)
+    overrides = shlex.split(usage)[5:]  # after "use it: longtail run CONFIG"
+    with pytest.raises(ConfigError, match="stage2.tau_norm.tau: null chooses tau on the val"):
+        load_config(CONFIG, overrides)
+    load_config(CONFIG, [*overrides, "data.val_from_train=2"])
+    load_config(CONFIG, [*overrides, "stage2.tau_norm.tau=1.0", "stage2.logit_adjust.tau=1.0"])

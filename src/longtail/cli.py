@@ -820,6 +820,10 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
         if short:
             print(f"note: {short}; --n-min sets it")
     print(f"summary: {args.out / 'split.json'}\nuse it: {summary['usage']}")
+    if "val.txt" not in summary["files"]:  # --val-per-class 0: the bundled configs need val
+        print("no val.txt (--val-per-class 0): tau_norm's and logit_adjust's tau are chosen on "
+              "val, so add data.val_from_train=N (N images per class held out of train) to "
+              "that command, or fix them (stage2.tau_norm.tau=1.0 stage2.logit_adjust.tau=1.0)")
     if "test.txt" not in summary["files"]:  # --test-per-class 0
         print(f"{TEST_LIST}: your own test list ('relative/path label' lines); "
               f"--test-per-class 0 wrote no test.txt")
