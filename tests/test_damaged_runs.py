@@ -55,6 +55,29 @@ def test_rebalance_without_val_features_says_how_to_extract_them(run, capsys):
     assert main(["rebalance", str(run)]) == 0
 
 
+def test_something_in_the_way_of_the_features_is_named_and_the_hint_works(run, capsys):
+    """A file named features, or a folder named like a features file: the hint says to
+    remove it first (the --resume it suggests would fail on it), and then it works."""
+    shutil.rmtree(run / "features")
+    (run / "features").write_text("x")
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert err.endswith(f"remove {run}/features, then extract them again with: longtail run "
+                        f"--resume {run}")
+    (run / "features").unlink()
+    assert main(["run", "--resume", str(run)]) == 0
+    (run / "features" / "test.pt").unlink()
+    (run / "features" / "test.pt").mkdir()
+    err = one_line_error(["extract", str(run), "--out", str(run.parent / "x")], capsys)
+    assert f"{run}/features/test.pt: is a folder; extract reads" in err
+    assert f"remove {run}/features/test.pt, then extract them again" in err
+    (run / "features" / "test.pt").rmdir()
+    assert main(["run", "--resume", str(run)]) == 0
+    shutil.rmtree(run / "stage2")
+    (run / "stage2").write_text("x")
+    assert one_line_error(["rebalance", str(run)], capsys).endswith(
+        f"{run}/stage2: is a file, not a folder; move it away (longtail writes a folder there)")
+
+
 def test_test_features_copied_over_the_training_ones_are_not_fitted_on(run, capsys):
     before = json.loads((run / "metrics.json").read_text())
     shutil.copy(run / "features" / "test.pt", run / "features" / "train.pt")

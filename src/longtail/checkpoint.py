@@ -30,6 +30,9 @@ def make_dir(path: str | Path) -> None:
     """Create folder ``path`` (and parents); a failure names the folder and the reason."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file (or a link to one) where the folder should be
+        raise LongtailError(f"{path}: is a file, not a folder; move it away (longtail writes "
+                            f"a folder there)") from None
     except OSError as e:
         raise LongtailError(f"{path}: cannot create the folder ({e.strerror})") from None
 

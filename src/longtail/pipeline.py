@@ -48,7 +48,7 @@ from longtail.config import (
     method_settings,
 )
 from longtail.data.profiles import shot_groups
-from longtail.errors import Interrupted, LongtailError, UnreadableFile
+from longtail.errors import Interrupted, LongtailError, UnreadableFile, file_problem
 from longtail.metrics import evaluate, group_accuracies
 from longtail.report import fit_cell, format_grid, format_table, read_metrics, write_report
 from longtail.rundir import (
@@ -530,10 +530,16 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
     made = [split for split, digest in recorded.items() if digest != _EMPTY_SHA256]
     for split in made or ("train", "test"):
         path = run_dir / "features" / f"{split}.pt"
-        if not path.is_file():
-            raise LongtailError(f"{path}: not found; {command} reads the run's cached {split} "
+        problem = file_problem(path)
+        if problem:
+            # something in the way that the --resume would not replace: a file named
+            # features, or a folder (FIFO, ...) named like the features file
+            in_way = path.parent if path.parent.exists() and not path.parent.is_dir() else \
+                path if os.path.lexists(path) else None
+            fix = f"remove {in_way}, then " if in_way is not None else ""
+            raise LongtailError(f"{path}: {problem}; {command} reads the run's cached {split} "
                                 f"features (it does not run the backbone); "
-                                f"{continue_hint(run_dir, 'extract them again')}")
+                                f"{fix}{continue_hint(run_dir, 'extract them again')}")
     try:
         features = load_features(run_dir / "features")
     except UnreadableFile as e:  # a resume replaces an unreadable cache (extract_features)
