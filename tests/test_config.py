@@ -285,3 +285,32 @@ def test_yaml_sections_dotted_keys_empty_sections_and_null_overrides(tmp_path):
     with pytest.raises(ConfigError, match=r"eval.many_threshold: expected a count >= 0, "
                                           r"found -5"):
         load_config(None, ["eval.many_threshold=-5"])
+
+
+def test_data_overrides_the_dataset_does_not_read_are_noted():
+    """A data key given on the command line that this kind of data ignores (n_max with split
+    lists of its own, ...) is noted, not dropped silently; keys from the file are not."""
+    from longtail.config import ignored_overrides
+
+    def noted(*overrides: str) -> list[str]:
+        cfg = load_config(str(ROOT / "configs" / "fmnist_lt.yaml"), list(overrides))
+        return [n.split(" is ignored")[0].removeprefix("note: ")
+                for n in ignored_overrides(cfg, list(overrides))]
+
+    lists = ["data.kind=list", "data.root=/d", "data.train=t.txt", "data.test=u.txt"]
+    assert noted(*lists, "data.imbalance_ratio=10", "data.n_min=null", "data.profile=pareto",
+                 "data.val_per_class=5", "data.val_from_train=3", "data.class_order=label") == [
+        "data.imbalance_ratio", "data.profile", "data.val_per_class", "data.class_order"]
+    assert noted(*lists, "data.val=v.txt", "data.val_from_train=3") == ["data.val_from_train"]
+    # the config file's n_max, n_min, val_per_class: not noted
+    assert noted(*lists, "data.val=v.txt") == []
+    # fmnist_lt generates its split: these apply, test_per_class and val_from_train do not
+    assert noted("data.n_max=60", "data.val_per_class=5", "data.test_per_class=7",
+                 "data.val_from_train=2", "data.pareto_alpha=3") == [
+        "data.test_per_class", "data.val_from_train", "data.pareto_alpha"]
+    assert noted("data.profile=pareto", "data.pareto_alpha=3") == []
+    folder = ["data.kind=image_folder", "data.root=/d"]
+    assert noted(*folder, "data.test_per_class=7", "data.n_max=50") == []
+    assert noted(*folder, "data.train=train", "data.val=val", "data.test=test",
+                 "data.test_per_class=7", "data.n_max=50") == ["data.test_per_class",
+                                                               "data.n_max"]

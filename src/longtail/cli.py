@@ -574,7 +574,7 @@ def _config(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from longtail.config import load_config
+    from longtail.config import ignored_overrides, load_config
     from longtail.data.preflight import check_data_files
 
     if args.resume is not None and args.config is not None and "=" in args.config \
@@ -606,6 +606,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         check_run_dir(out, args.overwrite)
         _check_out_outside_image_folder(out, cfg, args.out is not None)
         check_data_files(cfg.data)
+        notes += ignored_overrides(cfg, args.overrides)
     else:
         cfg = check_resumable(args.resume, cfg)
     check_device(cfg.device)
@@ -625,6 +626,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
         LOSSES,
         SAMPLER_PRESETS,
         ConfigError,
+        ignored_overrides,
         load_config,
         parse_sampler_spec,
     )
@@ -672,6 +674,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
     check_run_dir(out, args.overwrite)
     check_data_files(cfg.data)
+    notes += ignored_overrides(cfg, args.overrides)
     check_device(cfg.device)
     _print_notes(notes)
     from longtail.pipeline import grid

@@ -1095,3 +1095,41 @@ def config_reference() -> str:
         lines.append(f"| `{name}` | {type_name(tp)} | `{default}` | "
                      f"{f.metadata.get('help', '')} |")
     return "\n".join(lines) + "\n"
+
+
+_GENERATED = ("generated splits (fmnist_lt, cifar10_lt, cifar100_lt, image_folder without "
+              "data.train)")
+
+
+def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
+    """Return a note for each command-line override of a data key that this dataset does not
+    read (``data.n_max=...`` with split lists of its own, ...): it would be ignored silently.
+    Keys set in the config file are not noted (a config serves several datasets), nor keys
+    set to null."""
+    d = cfg.data
+    generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or \
+        (d.kind == "image_folder" and d.train is None)
+    applies = {
+        "data.n_max": (generated, _GENERATED),
+        "data.n_min": (generated, _GENERATED),
+        "data.imbalance_ratio": (generated, _GENERATED),
+        "data.profile": (generated, _GENERATED),
+        "data.split_seed": (generated, _GENERATED),
+        "data.val_per_class": (generated, _GENERATED),
+        "data.pareto_alpha": (generated and d.profile == "pareto", "data.profile: pareto"),
+        "data.class_order": (generated and not d.kind.startswith("cifar"),
+                             "generated splits other than cifar's (Cao et al.'s class order)"),
+        "data.test_per_class": (d.kind == "image_folder" and d.train is None and d.test is None,
+                                "image_folder without data.train and data.test"),
+        "data.val_from_train": (not generated and d.val is None,
+                                "list, inat_json, image_folder and features without data.val"),
+    }
+    notes = []
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key in applies and not applies[key][0] and _get(cfg, key) is not None:
+            where = f"data.kind {d.kind}" + (" with data.train" if d.kind == "image_folder"
+                                             and d.train else "")
+            notes.append(f"note: {key} is ignored here ({where}): it applies to "
+                         f"{applies[key][1]}")
+    return notes
