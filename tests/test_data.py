@@ -456,3 +456,31 @@ def test_make_split_without_val_says_what_its_command_needs(tmp_path, fake_fmnis
         load_config(CONFIG, overrides)
     load_config(CONFIG, [*overrides, "data.val_from_train=2"])
     load_config(CONFIG, [*overrides, "stage2.tau_norm.tau=1.0", "stage2.logit_adjust.tau=1.0"])
+
+
+def test_make_split_overwrite_and_stop_leave_only_a_whole_split(tmp_path, fake_fmnist,
+                                                                monkeypatch, capsys):
+    """--overwrite of an earlier split removes the images it exported; a make-split stopped
+    half-way removes the folder it made (a rerun then needs no --overwrite)."""
+    from longtail.cli import main
+    from longtail.data import makesplit
+
+    out = tmp_path / "split"
+    base = ["make-split", "fmnist", "--root", str(fake_fmnist), "--out", str(out)]
+    assert main([*base, "--n-max", "60"]) == 0
+    assert main([*base, "--n-max", "20", "--n-min", "2", "--overwrite"]) == 0
+    listed = sum(len((out / f"{s}.txt").read_text().splitlines()) for s in ("train", "val",
+                                                                             "test"))
+    assert len(list((out / "images").rglob("*.png"))) == listed
+    real = makesplit._export
+
+    def stop_in_val(out_, split, *rest):
+        if split == "val":
+            raise KeyboardInterrupt
+        return real(out_, split, *rest)
+
+    monkeypatch.setattr(makesplit, "_export", stop_in_val)
+    other = tmp_path / "other"
+    assert main([*base[:-1], str(other), "--n-max", "20"]) == 130
+    assert not other.exists()
+    capsys.readouterr()

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -807,12 +808,19 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.data.makesplit import TEST_LIST, SplitRequest, make_split
     from longtail.data.profiles import DEFAULT_RATIO, ratio_shortfall
 
-    summary = make_split(SplitRequest(
-        source=args.source, root=args.root, out=args.out, list_file=args.list_file,
-        profile=args.profile, n_max=args.n_max, n_min=args.n_min, imbalance_ratio=args.ratio,
-        alpha=6.0 if args.alpha is None else args.alpha, val_per_class=args.val_per_class,
-        test_per_class=50 if args.test_per_class is None else args.test_per_class,
-        seed=args.seed, class_order=args.class_order))
+    existed = args.out.is_dir()
+    try:
+        summary = make_split(SplitRequest(
+            source=args.source, root=args.root, out=args.out, list_file=args.list_file,
+            profile=args.profile, n_max=args.n_max, n_min=args.n_min,
+            imbalance_ratio=args.ratio, alpha=6.0 if args.alpha is None else args.alpha,
+            val_per_class=args.val_per_class,
+            test_per_class=50 if args.test_per_class is None else args.test_per_class,
+            seed=args.seed, class_order=args.class_order))
+    except BaseException:  # stopped or failed: a half-written split is no use to anyone
+        if not existed:
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     for name, info in summary["files"].items():
         print(f"{args.out / name}: {info['images']} images, sha256 {info['sha256']}")
     train = summary["counts"]["train"]

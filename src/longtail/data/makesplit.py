@@ -9,9 +9,11 @@ and the SHA-256 of each list, so two users can check they hold the same split.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,7 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
                               test_per_class=test_from_pool, seed=req.seed,
                               class_order=req.class_order)
     make_dir(req.out)
+    _remove_earlier_export(req.out)
     if arrays:
         data_root = req.out
         lines = {"train": _export(req.out, "train", images, labels, split.train),
@@ -194,6 +197,20 @@ def _file_source(req: SplitRequest):
                             f"label {label_gap(present, present[-1] + 1)} (renumber the "
                             f"classes of the list from 0)")
     return pool, [str(c) for c in present]
+
+
+def _remove_earlier_export(out: Path) -> None:
+    """Remove the images an earlier make-split exported into ``out`` (its split.json names
+    ``out`` as the data root), so that an --overwrite leaves only the new split's files."""
+    earlier = out / "split.json"
+    if not earlier.is_file():
+        return
+    try:
+        data_root = json.loads(earlier.read_text()).get("data_root")
+    except (OSError, ValueError, AttributeError):
+        return
+    if data_root == os.path.abspath(out) and (out / "images").is_dir():
+        shutil.rmtree(out / "images")
 
 
 def _export(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
