@@ -102,6 +102,16 @@ def test_class_names_stored_as_bytes_read_as_text(tmp_path):
         assert read_feature_file(tmp_path / name)["class_names"] == ["cat", "chévre", "owl"]
 
 
+def test_numpy_values_in_a_pt_file_are_named_with_the_fix(tmp_path):
+    # list(np.array([...])) holds numpy strings, which the safe loader must refuse
+    torch.save({"features": torch.randn(3, 2), "labels": torch.tensor([0, 1, 2]),
+                "class_names": list(np.array(["a", "b", "c"]))}, tmp_path / "f.pt")
+    with pytest.raises(LongtailError, match=r"numpy\._core\.multiarray\.scalar\); numpy "
+                       r"values \(arrays, numpy strings or numbers\) inside: save torch "
+                       r"tensors and plain str / int instead$"):
+        read_feature_file(tmp_path / "f.pt")
+
+
 def test_class_names_of_another_kind_name_the_element(tmp_path):
     path = tmp_path / "f.pt"
     torch.save({"features": torch.randn(2, 3), "labels": torch.tensor([0, 1]),

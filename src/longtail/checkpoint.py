@@ -153,8 +153,10 @@ def torch_load_error(path: Path, error: Exception) -> str:
     refused = _weights_only_refusal(error)
     if refused is None:
         return _unreadable(path, error)
+    hint = ("; numpy values (arrays, numpy strings or numbers) inside: save torch tensors "
+            "and plain str / int instead" if "numpy" in refused else "")
     return (f"{path}: refused to load: it holds more than tensors and plain containers and "
-            f"would need full pickle, which can run arbitrary code ({refused})")
+            f"would need full pickle, which can run arbitrary code ({refused}){hint}")
 
 
 def _weights_only_refusal(error: Exception) -> str | None:
