@@ -90,7 +90,7 @@ def bare_features(model, batch: int, channels: int, side: int, steps: int) -> fl
 def longtail_features(model, batch: int, channels: int, side: int, steps: int) -> float:
     """Return images per second of extracting one split's features as ``longtail run`` does."""
     data = synthetic_data(batch, channels, side, steps)
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # as stage 1 leaves it
     view = data.eval_view(data.test)
     first = TensorImages(data.test.images[:batch], data.test.labels[:batch])
     infer(model.features, data.eval_view(first), batch_size=batch,

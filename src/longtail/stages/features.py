@@ -63,7 +63,9 @@ def extract_features(
     """
     from longtail.stages.inference import infer
 
-    model.to(device).eval()
+    # channels_last, as stage 1 leaves it: a model loaded from its checkpoint (a resume after
+    # stage 1, rebalance --online) would otherwise take the inputs' layout as a mismatch
+    model.to(device).to(memory_format=torch.channels_last).eval()
     weights = backbone_digest(model.state_dict())
     keys = feature_keys(weights, data)
     result = {}
