@@ -310,7 +310,12 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
         "data.test_per_class", "data.val_from_train", "data.pareto_alpha"]
     assert noted("data.profile=pareto", "data.pareto_alpha=3") == []
     folder = ["data.kind=image_folder", "data.root=/d"]
-    assert noted(*folder, "data.test_per_class=7", "data.n_max=50") == []
+    # a generated folder split without val_per_class holds val out of train; split_seed
+    # draws which rows: neither is ignored
+    assert noted(*folder, "data.test_per_class=7", "data.n_max=50", "data.val_per_class=0",
+                 "data.val_from_train=5", "data.split_seed=4", "stage2.tau_norm.tau=1",
+                 "stage2.logit_adjust.tau=1") == []
+    assert noted(*lists, "data.val_from_train=3", "data.split_seed=4") == []
     assert noted(*folder, "data.train=train", "data.val=val", "data.test=test",
                  "data.test_per_class=7", "data.n_max=50") == ["data.test_per_class",
                                                                "data.n_max"]

@@ -1107,29 +1107,29 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     Keys set in the config file are not noted (a config serves several datasets), nor keys
     set to null."""
     d = cfg.data
-    generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or \
-        (d.kind == "image_folder" and d.train is None)
+    arrays = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt")
+    generated = arrays or (d.kind == "image_folder" and d.train is None)
+    as_given = (f"data.kind {d.kind}" + (" with data.train" if d.kind == "image_folder" else "")
+                + f" reads its split as given; it applies to {_GENERATED}")
     applies = {
-        "data.n_max": (generated, _GENERATED),
-        "data.n_min": (generated, _GENERATED),
-        "data.imbalance_ratio": (generated, _GENERATED),
-        "data.profile": (generated, _GENERATED),
-        "data.split_seed": (generated, _GENERATED),
-        "data.val_per_class": (generated, _GENERATED),
-        "data.pareto_alpha": (generated and d.profile == "pareto", "data.profile: pareto"),
+        "data.n_max": (generated, as_given),
+        "data.n_min": (generated, as_given),
+        "data.imbalance_ratio": (generated, as_given),
+        "data.profile": (generated, as_given),
+        "data.val_per_class": (generated, as_given),
+        "data.pareto_alpha": (generated and d.profile == "pareto",
+                              "it applies to data.profile: pareto"),
         "data.class_order": (generated and not d.kind.startswith("cifar"),
-                             "generated splits other than cifar's (Cao et al.'s class order)"),
+                             "cifar's class order is Cao et al.'s" if generated else as_given),
         "data.test_per_class": (d.kind == "image_folder" and d.train is None and d.test is None,
-                                "image_folder without data.train and data.test"),
-        "data.val_from_train": (not generated and d.val is None,
-                                "list, inat_json, image_folder and features without data.val"),
+                                "it applies to image_folder without data.train and data.test"),
+        "data.val_from_train": (d.val is None and not arrays,
+                                "data.val is set" if d.val is not None else
+                                f"data.kind {d.kind} draws val itself (data.val_per_class)"),
     }
     notes = []
     for override in overrides:
         key = override.split("=", 1)[0].strip()
         if key in applies and not applies[key][0] and _get(cfg, key) is not None:
-            where = f"data.kind {d.kind}" + (" with data.train" if d.kind == "image_folder"
-                                             and d.train else "")
-            notes.append(f"note: {key} is ignored here ({where}): it applies to "
-                         f"{applies[key][1]}")
+            notes.append(f"note: {key} is ignored here: {applies[key][1]}")
     return notes
