@@ -64,6 +64,13 @@ def test_something_in_the_way_of_the_features_is_named_and_the_hint_works(run, c
     assert err.endswith(f"remove {run}/features, then extract them again with: longtail run "
                         f"--resume {run}")
     (run / "features").unlink()
+    (run / "features").symlink_to(run / "nowhere")  # a broken link is in the way as well
+    assert f"remove {run}/features, then extract" in one_line_error(["rebalance", str(run)],
+                                                                     capsys)
+    assert one_line_error(["run", "--resume", str(run)], capsys).endswith(
+        f"{run}/features: is a broken symbolic link (-> {run}/nowhere); move it away "
+        f"(longtail writes a folder there)")
+    (run / "features").unlink()
     assert main(["run", "--resume", str(run)]) == 0
     (run / "features" / "test.pt").unlink()
     (run / "features" / "test.pt").mkdir()

@@ -483,4 +483,11 @@ def test_make_split_overwrite_and_stop_leave_only_a_whole_split(tmp_path, fake_f
     other = tmp_path / "other"
     assert main([*base[:-1], str(other), "--n-max", "20"]) == 130
     assert not other.exists()
+    nested = tmp_path / "nest" / "a" / "b"  # the folders it made, from the topmost
+    assert main([*base[:-1], str(nested), "--n-max", "20"]) == 130
+    assert not (tmp_path / "nest").exists()
+    empty = tmp_path / "empty"  # a folder that was there, empty: left empty
+    empty.mkdir()
+    assert main([*base[:-1], str(empty), "--n-max", "20"]) == 130
+    assert empty.is_dir() and not any(empty.iterdir())
     capsys.readouterr()

@@ -30,9 +30,11 @@ def make_dir(path: str | Path) -> None:
     """Create folder ``path`` (and parents); a failure names the folder and the reason."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file (or a link to one) where the folder should be
-        raise LongtailError(f"{path}: is a file, not a folder; move it away (longtail writes "
-                            f"a folder there)") from None
+    except FileExistsError:  # a file, or a link to none, where the folder should be
+        what = (f"is a broken symbolic link (-> {os.readlink(path)})" if os.path.islink(path)
+                and not os.path.exists(path) else "is a file, not a folder")
+        raise LongtailError(f"{path}: {what}; move it away (longtail writes a folder "
+                            f"there)") from None
     except OSError as e:
         raise LongtailError(f"{path}: cannot create the folder ({e.strerror})") from None
 

@@ -808,7 +808,15 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.data.makesplit import TEST_LIST, SplitRequest, make_split
     from longtail.data.profiles import DEFAULT_RATIO, ratio_shortfall
 
-    existed = args.out.is_dir()
+    # What a stopped or failed make-split removes: the folders it made for --out (from the
+    # topmost), or what it wrote into an --out that was an empty folder.
+    out = Path(os.path.abspath(args.out))
+    made = None
+    if not os.path.lexists(out):
+        made = out
+        while not os.path.lexists(made.parent):
+            made = made.parent
+    was_empty = made is None and out.is_dir() and not any(out.iterdir())
     try:
         summary = make_split(SplitRequest(
             source=args.source, root=args.root, out=args.out, list_file=args.list_file,
@@ -818,8 +826,14 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
             test_per_class=50 if args.test_per_class is None else args.test_per_class,
             seed=args.seed, class_order=args.class_order))
     except BaseException:  # stopped or failed: a half-written split is no use to anyone
-        if not existed:
-            shutil.rmtree(args.out, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        elif was_empty:
+            for child in list(out.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
     for name, info in summary["files"].items():
         print(f"{args.out / name}: {info['images']} images, sha256 {info['sha256']}")

@@ -534,8 +534,8 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         if problem:
             # something in the way that the --resume would not replace: a file named
             # features, or a folder (FIFO, ...) named like the features file
-            in_way = path.parent if path.parent.exists() and not path.parent.is_dir() else \
-                path if os.path.lexists(path) else None
+            in_way = path.parent if os.path.lexists(path.parent) and not path.parent.is_dir() \
+                else path if os.path.lexists(path) else None
             fix = f"remove {in_way}, then " if in_way is not None else ""
             raise LongtailError(f"{path}: {problem}; {command} reads the run's cached {split} "
                                 f"features (it does not run the backbone); "
