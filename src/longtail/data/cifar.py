@@ -42,11 +42,11 @@ def read_batch(path: Path) -> dict:
         raise LongtailError(f"{path}: not a readable CIFAR batch ({e})") from None
 
 
-def load_cifar(root: str | Path, kind: str, download: bool = False,
-               root_key: str = "data.root") -> dict[str, object]:
-    """Return train/test images (N, 3, 32, 32) uint8, labels (N,) and class names
-    (``root_key``: what the user set root with, for the message when they are not there)."""
-    folder_name, train_files, test_files, meta, label_key, names_key, num_classes = LAYOUT[kind]
+def cifar_folder(root: str | Path, kind: str, download: bool = False,
+                 root_key: str = "data.root") -> Path:
+    """Return the folder of CIFAR's python batches under ``root``; refuse it when a file is
+    missing, saying where to get them."""
+    folder_name, train_files, test_files, meta = LAYOUT[kind][:4]
     root = Path(root)
     folder = root if (root / meta).is_file() else root / folder_name
     missing = [n for n in (*train_files, *test_files, meta) if not (folder / n).is_file()]
@@ -59,6 +59,15 @@ def load_cifar(root: str | Path, kind: str, download: bool = False,
             + ("data.download=true downloads only Fashion-MNIST (fmnist_lt); " if download
                else "")
             + f"download {URL}{tarball} and unpack it into {root_key} {root}")
+    return folder
+
+
+def load_cifar(root: str | Path, kind: str, download: bool = False,
+               root_key: str = "data.root") -> dict[str, object]:
+    """Return train/test images (N, 3, 32, 32) uint8, labels (N,) and class names
+    (``root_key``: what the user set root with, for the message when they are not there)."""
+    folder_name, train_files, test_files, meta, label_key, names_key, num_classes = LAYOUT[kind]
+    folder = cifar_folder(root, kind, download, root_key)
     out: dict[str, object] = {}
     for split, files in (("train", train_files), ("test", test_files)):
         batches = [_checked_batch(folder / name, label_key, num_classes) for name in files]

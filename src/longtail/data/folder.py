@@ -9,6 +9,16 @@ from longtail.data.listfile import FileSplit, main_process
 from longtail.errors import LongtailError
 
 
+def check_image_folder(folder: str | Path) -> Path:
+    """Return ``folder`` when it is a folder; refuse a file or a missing folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LongtailError(f"{folder}: is a file, expected a folder of class folders")
+    if not folder.is_dir():
+        raise LongtailError(f"{folder}: image folder not found")
+    return folder
+
+
 def read_image_folder(folder: str | Path,
                       classes: list[str] | None = None) -> tuple[FileSplit, list[str]]:
     """Return the images under ``folder``/CLASS/ and the class names (sorted sub-folders).
@@ -17,11 +27,7 @@ def read_image_folder(folder: str | Path,
     Names starting with '.' (.ipynb_checkpoints, .thumbs, macOS's ._x.png) are neither
     classes nor images.
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise LongtailError(f"{folder}: is a file, expected a folder of class folders")
-    if not folder.is_dir():
-        raise LongtailError(f"{folder}: image folder not found")
+    folder = check_image_folder(folder)
     # A class folder may itself be a symbolic link (e.g. to images kept elsewhere).
     with os.scandir(folder) as entries:
         found = sorted(e.name for e in entries if _is_folder(e) and not e.name.startswith("."))

@@ -224,18 +224,24 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
     return subset(split, keep)
 
 
-def read_class_names(path: str | Path, num_classes: int,
-                     labels: list[int] | None = None) -> list[str]:
-    """Return class names from a text file: ``name`` per line (line i is label i), or
-    ``label name`` per line in any order. ``labels``: the list label of each class when the
-    labels were remapped (the file names those, and may name labels no image has); None:
-    0..num_classes-1, each named, no other."""
+def check_class_name_file(path: str | Path) -> Path:
+    """Return ``path`` when it is a readable file; refuse a folder or a missing file."""
     path = Path(path)
     if path.is_dir():
         raise LongtailError(f"{path}: is a folder, expected a class-name file")
     problem = file_problem(path)
     if problem:
         raise LongtailError(f"{path}: class-name file {problem}")
+    return path
+
+
+def read_class_names(path: str | Path, num_classes: int,
+                     labels: list[int] | None = None) -> list[str]:
+    """Return class names from a text file: ``name`` per line (line i is label i), or
+    ``label name`` per line in any order. ``labels``: the list label of each class when the
+    labels were remapped (the file names those, and may name labels no image has); None:
+    0..num_classes-1, each named, no other."""
+    path = check_class_name_file(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of a name
     except UnicodeDecodeError as e:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from longtail.config import DataConfig
-from longtail.data import fmnist
-from longtail.data.listfile import parse_list_file, resolve_near_root
+from longtail.data import cifar, fmnist
+from longtail.data.folder import check_image_folder
+from longtail.data.inat import read_inat_json
+from longtail.data.listfile import check_class_name_file, parse_list_file, resolve_near_root
 from longtail.data.record import SPLITS
 from longtail.errors import LongtailError, file_problem
 
@@ -56,9 +58,20 @@ def check_data_files(cfg: DataConfig) -> None:
         for name in SPLITS:
             if getattr(cfg, name) is not None:
                 feature_file(cfg, name)
+    elif cfg.kind in ("cifar10_lt", "cifar100_lt") and cfg.root:
+        cifar.cifar_folder(cfg.root, cfg.kind, cfg.download)
     elif cfg.kind in ("list", "inat_json", "image_folder"):
         root = data_root(cfg)
-        for name in SPLITS if cfg.kind == "list" else ():
+        for name in SPLITS:
             given = getattr(cfg, name)
-            if given is not None and not resolve_near_root(given, root).exists():
-                parse_list_file(given, root)  # raises its "not found" message
+            if given is None:
+                continue
+            if cfg.kind == "image_folder":
+                check_image_folder(root / given)
+            elif not resolve_near_root(given, root).exists():  # each raises its message
+                if cfg.kind == "list":
+                    parse_list_file(given, root)
+                else:
+                    read_inat_json(given, root)
+        if cfg.kind == "list" and cfg.class_names:
+            check_class_name_file(resolve_near_root(cfg.class_names, root))
