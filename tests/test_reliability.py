@@ -173,6 +173,27 @@ def test_the_out_probe_does_not_race_between_torchruns_processes(tmp_path, monke
     assert (tmp_path / "a").is_dir() and not out.exists()  # the other's folder stays; ours not
 
 
+def test_the_stop_line_is_the_whole_answer_even_when_clean_up_complains():
+    """SIGTERM (timeout, Slurm) also kills the DataLoader workers that decode images: the
+    loader's clean-up then complained in ~20 lines after the stop line (`Exception ignored in
+    ... __del__`). A stop silences what the clean-up says afterwards. (In a process of its
+    own: pytest catches such complaints itself.)"""
+    code = ("import gc, longtail.cli\n"
+            "class Loader:  # as a DataLoader iterator whose workers were killed\n"
+            "    def __del__(self):\n"
+            "        raise RuntimeError('DataLoader worker (pid 1) is killed by signal')\n"
+            "def stopped(args, argv):\n"
+            "    loader = Loader()\n"
+            "    raise KeyboardInterrupt\n"
+            "longtail.cli._dispatch = stopped\n"
+            f"code = longtail.cli.main(['config', {CONFIG!r}])\n"
+            "gc.collect()\n"
+            "print(code)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=60)
+    assert (result.stdout, result.stderr) == ("130\n", "longtail: interrupted\n")
+
+
 def test_a_torchrun_environment_left_set_says_what_it_waits_for(fake_fmnist, tmp_path):
     # WORLD_SIZE=2 and MASTER_* left in the shell: the join waits for a second process that
     # never comes; within seconds a line says so and how to run one process

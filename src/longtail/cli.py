@@ -302,9 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Interrupted as e:
+        _quiet_teardown()
         print(f"longtail: {_stop_word()}; {e.hint}", file=sys.stderr)
         return _stop_code()
     except KeyboardInterrupt:
+        _quiet_teardown()
         print(f"longtail: {_stop_word()}", file=sys.stderr)
         return _stop_code()
     except OSError as e:  # the file system's answer on a path given (too long, a loop, full)
@@ -317,6 +319,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"longtail: error: {out_of_memory_line(e)}", file=sys.stderr)
         return 2
+
+
+def _quiet_teardown() -> None:
+    """After a stop (Ctrl-C, SIGTERM), say nothing more: DataLoader workers the same signal
+    killed make the loader's clean-up complain (``Exception ignored in ... __del__``), and
+    multiprocessing's threads may raise on their way out; the stop line is the whole answer."""
+    import threading
+
+    sys.unraisablehook = lambda *_: None
+    threading.excepthook = lambda *_: None
 
 
 # Set when SIGTERM (kill, timeout, Slurm's end of a job) stopped the command: it ends as
