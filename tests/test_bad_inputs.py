@@ -96,6 +96,8 @@ CASES = [
      ["run", CONFIG, "data.kind=list", "data.root={w}/d", "data.train=train.txt",
       "data.val=val.txt", "data.test=test.txt", "data.class_names=nope.txt"],
      "nope.txt: class-name file not found"),
+    ("fmnist data.root a file", lambda w: _write(w / "f.txt", "x"),
+     ["run", CONFIG, "data.root={w}/f.txt"], "f.txt is a file, expected a folder"),
     ("unknown key", None, ["run", CONFIG, "stage1.epoch=3"],
      "unknown config key stage1.epoch; did you mean stage1.epochs"),
     ("override without =", None, ["config", CONFIG, "stage1.epochs"],

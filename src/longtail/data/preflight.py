@@ -3,6 +3,7 @@ or feature file is answered in a fraction of a second, with the message its read
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from longtail.config import DataConfig
@@ -28,9 +29,7 @@ def data_root(cfg: DataConfig) -> Path:
 def feature_file(cfg: DataConfig, name: str) -> Path:
     """Return the file of split ``name`` (``data.<name>``) of a features dataset: as given,
     else in ``data.root``; a folder or a missing or unreadable file is refused."""
-    root = Path(cfg.root) if cfg.root else Path(".")
-    if cfg.root and not root.is_dir():
-        raise LongtailError(f"config key data.root: folder not found: {root}")
+    root = data_root(cfg) if cfg.root else Path(".")
     given = getattr(cfg, name)
     path = resolve_near_root(given, root)
     if path.is_dir():
@@ -51,6 +50,8 @@ def check_data_files(cfg: DataConfig) -> None:
     """Refuse, as its reader would, a dataset folder, list file or feature file that is not
     there. Only presence is checked here; the readers check the contents."""
     if cfg.kind == "fmnist_lt":
+        if cfg.root and os.path.exists(cfg.root) and not os.path.isdir(cfg.root):
+            data_root(cfg)  # a file: says so
         root = Path(cfg.root or fmnist.DEFAULT_ROOT)
         if not cfg.download and fmnist.find_files(root) is None:
             fmnist.load_fashion_mnist(root)  # raises its message; nothing is read
