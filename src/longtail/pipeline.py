@@ -532,11 +532,13 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         path = run_dir / "features" / f"{split}.pt"
         problem = file_problem(path)
         if problem:
-            # something in the way that the --resume would not replace: a file named
-            # features, or a folder (FIFO, ...) named like the features file
-            in_way = path.parent if os.path.lexists(path.parent) and not path.parent.is_dir() \
-                else path if os.path.lexists(path) else None
-            fix = f"remove {in_way}, then " if in_way is not None else ""
+            # something in the way that the --resume would not replace: a file (or broken
+            # link) named features, or a folder (FIFO, ...) named like the features file
+            fix = ""
+            if os.path.lexists(path.parent) and not path.parent.is_dir():
+                fix = f"remove {path.parent}, then "
+            elif os.path.lexists(path):
+                fix = f"remove {path}, then "
             raise LongtailError(f"{path}: {problem}; {command} reads the run's cached {split} "
                                 f"features (it does not run the backbone); "
                                 f"{fix}{continue_hint(run_dir, 'extract them again')}")

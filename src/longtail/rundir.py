@@ -205,21 +205,15 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     try:
-        import fcntl
-
-        fd = os.open(run_dir, os.O_RDONLY)
-    except (ImportError, OSError):
+        fd = _try_lock(run_dir)
+    except BlockingIOError:
+        raise LongtailError(f"{run_dir}: another longtail command is working in this run "
+                            f"folder; wait until it ends (or stop it) and try again") from None
+    if fd is None:  # nothing to lock with here: go on unlocked
         yield
         return
+    _LOCKED.add(real)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _LOCKED.add(real)
-        except BlockingIOError:
-            raise LongtailError(f"{run_dir}: another longtail command is working in this run "
-                                f"folder; wait until it ends (or stop it) and try again") from None
-        except OSError:  # no flock here: go on unlocked
-            pass
         yield
     finally:
         _LOCKED.discard(real)
@@ -232,21 +226,33 @@ def folder_in_use(run_dir: Path) -> bool:
     if os.path.realpath(run_dir) in _LOCKED:
         return False
     try:
+        fd = _try_lock(run_dir)
+    except BlockingIOError:
+        return True
+    if fd is not None:
+        os.close(fd)
+    return False
+
+
+def _try_lock(run_dir: Path) -> int | None:
+    """Take the exclusive flock of folder ``run_dir`` without waiting: return the descriptor
+    that holds it (closing it ends the lock), None where nothing can be locked (no fcntl, a
+    file system without flock, a folder that cannot be opened); BlockingIOError while another
+    process holds it."""
+    try:
         import fcntl
 
         fd = os.open(run_dir, os.O_RDONLY)
     except (ImportError, OSError):
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
+    except OSError as e:
         os.close(fd)
+        if isinstance(e, BlockingIOError):
+            raise
+        return None
+    return fd
 
 
 # The run folders this process holds locked: a lock taken again (the command line locks a

@@ -197,15 +197,14 @@ def _group_counts(blob: dict[str, Any], num_classes: int,
     given = blob.get("group_counts")
     if given is None:
         return None
-    if tuple(given.shape) == (num_classes,) and not given.is_floating_point() and \
-            (given < 0).any():
-        at = int(torch.nonzero(given < 0)[0])
-        raise LongtailError(f"{blob['path']}: group_counts: expected counts >= 0, found "
-                            f"{int(given[at])} for class {at}")
     if tuple(given.shape) != (num_classes,) or given.is_floating_point():
         raise LongtailError(f"{blob['path']}: group_counts: expected {num_classes} integers "
                             f">= 0 (one per class), found {given.dtype} of shape "
                             f"{tuple(given.shape)}")
+    if (given < 0).any():
+        at = int(torch.nonzero(given < 0)[0])
+        raise LongtailError(f"{blob['path']}: group_counts: expected counts >= 0, found "
+                            f"{int(given[at])} for class {at}")
     return None if torch.equal(given.long(), counts) else given.long().tolist()
 
 
