@@ -379,6 +379,12 @@ CASES = [
     ("make-split: --list with another source", None,
      ["make-split", "image_folder", "--root", "{w}", "--out", "{w}/s", "--list", "{w}/l.txt"],
      "make-split --list: expected only with the list source, found with image_folder"),
+    ("make-split image_folder: n-max above a class", lambda w: [
+        _write(w / "pool" / c / f"{i}.png", "x") for c in "ab" for i in range(6)],
+     ["make-split", "image_folder", "--root", "{w}/pool", "--out", "{w}/s", "--n-max", "50",
+      "--val-per-class", "1", "--test-per-class", "1"],
+     "make-split --n-max: expected at most 4, found 50: class a has 6 images, of which 1 val + "
+     "1 test are set aside"),
     ("make-split: test-per-class of an array source", None,
      ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--test-per-class", "10"],
      "make-split --test-per-class: expected only with the list and image_folder sources, "

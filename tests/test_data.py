@@ -461,7 +461,8 @@ def test_make_split_without_val_says_what_its_command_needs(tmp_path, fake_fmnis
 def test_make_split_overwrite_and_stop_leave_only_a_whole_split(tmp_path, fake_fmnist,
                                                                 monkeypatch, capsys):
     """--overwrite of an earlier split removes the images it exported; a make-split stopped
-    half-way removes the folder it made (a rerun then needs no --overwrite)."""
+    half-way removes the folder it made (a rerun then needs no --overwrite), or leaves the
+    split it was overwriting as it was."""
     from longtail.cli import main
     from longtail.data import makesplit
 
@@ -490,4 +491,17 @@ def test_make_split_overwrite_and_stop_leave_only_a_whole_split(tmp_path, fake_f
     empty.mkdir()
     assert main([*base[:-1], str(empty), "--n-max", "20"]) == 130
     assert empty.is_dir() and not any(empty.iterdir())
+    # a stopped --overwrite leaves the earlier split whole: its lists, its images, no others
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([*base, "--n-max", "40", "--overwrite"]) == 130
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # images/ that no earlier split exported is named, not written into
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "notes.md").write_text("x")
+    monkeypatch.setattr(makesplit, "_export", real)
+    capsys.readouterr()
+    assert main([*base[:-1], str(mine), "--n-max", "20", "--overwrite"]) == 2
+    assert "holds images/, which make-split did not export there" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["images", "notes.md"]
     capsys.readouterr()

@@ -96,25 +96,90 @@ def test_documentation_shows_commands_and_runs_most():
     assert len(COMMANDS) >= 10 and len(run) >= 5, COMMANDS
 
 
+def made_paths(command: str) -> list[str]:
+    """The paths a command writes (--out, a shell redirection), up to any shell variable:
+    a later command that names one of them uses what this one made."""
+    found = re.findall(r"(?:--out|>)\s+(\S+)", command)
+    return [path.split("$")[0] for path in found if path.split("$")[0]]
+
+
+def chains(commands: list[tuple[str, int, str, str | None]]) -> list[list[tuple]]:
+    """Group the commands to run into chains that do not use each other's files: a command
+    joins the chain of every earlier command whose made paths it names, in order."""
+    groups: list[list[tuple]] = []
+    owner: dict[str, int] = {}  # made path -> its group
+    for entry in commands:
+        command = entry[2]
+        joined = sorted({g for path, g in owner.items() if path in command})
+        target = joined[0] if joined else len(groups)
+        if not joined:
+            groups.append([])
+        for g in joined[1:]:  # names two chains' files: one chain from here on
+            groups[target].extend(groups[g])
+            groups[g] = []
+            owner.update({p: target for p, o in owner.items() if o == g})
+        groups[target].append(entry)
+        owner.update({path: target for path in made_paths(command)})
+    return [g for g in groups if g]
+
+
+def trainings(command: str) -> int:
+    """How many trainings a command runs (its loop's values, grid's samplers), to start the
+    longest chains first."""
+    loop = re.search(r"\bfor \w+ in ([^;]+);", command)
+    samplers = re.search(r"--samplers (\S+)", command)
+    return (len(re.findall(r"longtail (?:run|grid) ", command))
+            * (len(loop.group(1).split()) if loop else 1)
+            * (len(samplers.group(1).split(",")) if samplers else 1))
+
+
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_every_documented_command_runs_as_written(tmp_path):
-    """The commands of each file, in order, in one working folder (later ones use the runs
-    earlier ones made), with the repository's configs and bench folders beside them."""
-    for name in ("configs", "bench"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    env = {**os.environ, "LONGTAIL_MAX_EPOCHS": "1",
+    """Each chain of commands (those that use another's runs, in their documents' order) in
+    its own working folder with the repository's configs and bench folders beside it; two
+    chains at a time, each process on one thread, so that both cores are busy (most of a
+    command's time is Python importing torch, on one core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "LONGTAIL_MAX_EPOCHS": "1", "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT / "src")}
-    failures = []
-    for doc, line, command, expected in COMMANDS:
-        if reason_not_run(command) is not None:
-            continue
-        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=600)
-        where = f"{doc}:{line}: {command}"
-        if expected is not None:
-            if result.returncode != 2 or expected not in result.stderr:
-                failures.append(f"{where}: expected {expected!r}, got {result.stderr[-300:]!r}")
-        elif result.returncode != 0:
-            failures.append(f"{where}: exit {result.returncode}: {result.stderr[-500:]}")
+    todo = [c for c in COMMANDS if reason_not_run(c[2]) is None]
+
+    def run_chain(number: int, chain: list[tuple]) -> list[str]:
+        folder = tmp_path / f"chain{number}"
+        folder.mkdir()
+        for name in ("configs", "bench"):
+            (folder / name).symlink_to(ROOT / name)
+        failures = []
+        for doc, line, command, expected in chain:
+            result = subprocess.run(["bash", "-c", command], cwd=folder, env=env,
+                                    capture_output=True, text=True, timeout=600)
+            where = f"{doc}:{line}: {command}"
+            if expected is not None:
+                if result.returncode != 2 or expected not in result.stderr:
+                    failures.append(f"{where}: expected {expected!r}, got "
+                                    f"{result.stderr[-300:]!r}")
+            elif result.returncode != 0:
+                failures.append(f"{where}: exit {result.returncode}: {result.stderr[-500:]}")
+        return failures
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        order = sorted(chains(todo), key=lambda chain: -sum(trainings(c[2]) for c in chain))
+        results = pool.map(run_chain, *zip(*enumerate(order)))
+        failures = [f for chain in results for f in chain]
     assert not failures, "\n".join(failures)
+
+
+def test_chains_keep_a_command_with_the_runs_it_uses():
+    commands = [("a.md", 1, "longtail run c.yaml --out runs/x", None),
+                ("a.md", 2, "longtail config demo > my.yaml", None),
+                ("a.md", 3, "for s in 0 1; do longtail run c.yaml --out runs/s/seed$s; done",
+                 None),
+                ("a.md", 4, "longtail extract runs/x --out features/x", None),
+                ("a.md", 5, "longtail summarize runs/s/seed0 runs/s/seed1", None),
+                ("a.md", 6, "python - <<'EOF'\nload('features/x')\nEOF", None),
+                ("a.md", 7, "longtail run my.yaml --out runs/m", None)]
+    assert [[c[1] for c in chain] for chain in chains(commands)] == [[1, 4, 6], [2, 7], [3, 5]]
+    assert [trainings(c[2]) for c in commands] == [1, 0, 2, 0, 0, 0, 1]
+    assert trainings("longtail grid c.yaml --samplers instance,class --out g") == 2

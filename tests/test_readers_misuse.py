@@ -519,3 +519,11 @@ def test_sparse_or_overflowing_features_are_refused(tmp_path):
     with pytest.raises(LongtailError, match=r"train.pt: features: expected values of magnitude "
                                             r"at most 1e15, found 3e30 in row 4"):
         read_feature_file(folder / "train.pt")
+
+
+def test_image_extensions_are_torchvisions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from longtail.data import folder
+
+    assert folder.IMG_EXTENSIONS == IMG_EXTENSIONS

@@ -47,11 +47,14 @@ def test_sigkill_in_a_middle_epoch_then_resume_gives_the_uninterrupted_metrics(t
     root = make_fake_fmnist(tmp_path / "f", train_per_class=500, test_per_class=10)
     args = [CONFIG, f"data.root={root}", "data.n_max=480", "data.n_min=20",
             "data.val_per_class=5", *TINY, "stage1.epochs=4"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # one thread each: the uninterrupted run goes on beside the one that is killed
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "longtail", "run", *args]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run([*cmd, "--out", str(whole)], env=env, check=True, capture_output=True)
-
+    log = tmp_path / "whole.err"  # a file, not a pipe that could fill while nobody reads it
+    with log.open("w") as sink:  # the child has its own copy of the file
+        uninterrupted = subprocess.Popen([*cmd, "--out", str(whole)], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=sink)
     child = subprocess.Popen([*cmd, "--out", str(broken)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     checkpoint = broken / "stage1" / "last.pt"
@@ -63,6 +66,7 @@ def test_sigkill_in_a_middle_epoch_then_resume_gives_the_uninterrupted_metrics(t
     child.wait()
     epoch = load_checkpoint(checkpoint)["epoch"]
     assert 1 <= epoch < 4 and not (broken / "metrics.json").exists(), "not killed mid-run"
+    assert uninterrupted.wait() == 0, log.read_text()
 
     result = subprocess.run([*cmd, "--out", str(broken), "--resume", str(broken)], env=env,
                             capture_output=True, text=True)

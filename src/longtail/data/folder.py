@@ -8,6 +8,11 @@ from pathlib import Path
 from longtail.data.listfile import FileSplit, main_process
 from longtail.errors import LongtailError
 
+# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), kept
+# here because importing torchvision takes seconds that make-split's checks should not wait
+# for; a test checks that the two agree.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
 
 def check_image_folder(folder: str | Path) -> Path:
     """Return ``folder`` when it is a folder; refuse a file or a missing folder."""
@@ -49,7 +54,7 @@ def read_image_folder(folder: str | Path,
               f"{links[0]}); their images are left out (link a class folder itself instead)",
               flush=True)
     if not samples:
-        raise LongtailError(f"{folder}: no images with extensions {', '.join(_extensions())}")
+        raise LongtailError(f"{folder}: no images with extensions {', '.join(IMG_EXTENSIONS)}")
     if training:
         # A class folder without images would be a class no image trains, reported later only
         # as a val/test split lacking it; name the folder instead.
@@ -57,7 +62,7 @@ def read_image_folder(folder: str | Path,
         empty = [name for name in classes if index[name] not in present]
         if empty:
             raise LongtailError(f"{folder / empty[0]}: class folder has no images (expected "
-                                f"files with extensions {', '.join(_extensions())})"
+                                f"files with extensions {', '.join(IMG_EXTENSIONS)})"
                                 + (f"; {len(empty) - 1} more such folders" if len(empty) > 1
                                    else ""))
     paths = [Path(p) for p, _ in samples]
@@ -85,7 +90,6 @@ def _images(class_folder: Path, links: list[str]) -> list[str]:
     class's images as class_00, and a link to another class folder would mix classes too.
     Checking for loops alone would not catch the latter.
     """
-    extensions = _extensions()
     walked = []
     for dirpath, dirnames, filenames in os.walk(class_folder):  # followlinks=False
         visible = [d for d in dirnames if not d.startswith(".")]
@@ -95,12 +99,4 @@ def _images(class_folder: Path, links: list[str]) -> list[str]:
         walked.append((dirpath, filenames))
     return [os.path.join(dirpath, name) for dirpath, filenames in sorted(walked)
             for name in sorted(filenames)
-            if not name.startswith(".") and name.lower().endswith(extensions)]
-
-
-def _extensions() -> tuple[str, ...]:
-    """torchvision's image extensions, imported when needed (torchvision takes seconds to
-    import, which make-split's checks should not wait for)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return IMG_EXTENSIONS
+            if not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)]

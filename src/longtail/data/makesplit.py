@@ -122,14 +122,26 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     split = long_tailed_split(labels, profile, val_per_class=req.val_per_class,
                               test_per_class=test_from_pool, seed=req.seed,
                               class_order=req.class_order)
+    earlier = _earlier_export(req.out)
+    if arrays and earlier is None and os.path.lexists(req.out / "images"):
+        raise LongtailError(f"make-split --out {req.out}: holds images/, which make-split did "
+                            f"not export there (no split.json naming it); the split's images "
+                            f"go there: choose another --out")
     make_dir(req.out)
-    _remove_earlier_export(req.out)
+    # Array sources' images are written beside an earlier split's and swapped in only once
+    # all are written: a stopped --overwrite leaves the earlier split whole.
+    staging = req.out / ".images.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a make-split that was killed
     if arrays:
         data_root = req.out
-        lines = {"train": _export(req.out, "train", images, labels, split.train),
-                 "val": _export(req.out, "val", images, labels, split.val),
-                 "test": _export(req.out, "test", test_images, test_labels,
-                                 np.arange(len(test_labels)))}
+        try:
+            lines = {"train": _export(staging, "train", images, labels, split.train),
+                     "val": _export(staging, "val", images, labels, split.val),
+                     "test": _export(staging, "test", test_images, test_labels,
+                                     np.arange(len(test_labels)))}
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     else:
         data_root = req.root
         lines = {name: list_text([paths[i] for i in idx], labels[idx].tolist(), req.root)
@@ -145,6 +157,10 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
         "data_root": os.path.abspath(data_root),
         "counts": {}, "files": {},
     }
+    if earlier is not None:  # an --overwrite leaves only the new split's files
+        shutil.rmtree(earlier)
+    if arrays:
+        staging.rename(req.out / "images")
     for name, text in lines.items():
         if not text:  # none asked for (0 per class): an earlier split's list would mislead
             stale = req.out / f"{name}.txt"
@@ -199,29 +215,29 @@ def _file_source(req: SplitRequest):
     return pool, [str(c) for c in present]
 
 
-def _remove_earlier_export(out: Path) -> None:
-    """Remove the images an earlier make-split exported into ``out`` (its split.json names
-    ``out`` as the data root), so that an --overwrite leaves only the new split's files."""
-    earlier = out / "split.json"
-    if not earlier.is_file():
-        return
+def _earlier_export(out: Path) -> Path | None:
+    """The images/ folder an earlier make-split exported into ``out`` (its split.json names
+    ``out`` as the data root), which an --overwrite replaces; None when there is none."""
+    earlier, images = out / "split.json", out / "images"
+    if not earlier.is_file() or not images.is_dir():
+        return None
     try:
         data_root = json.loads(earlier.read_text()).get("data_root")
     except (OSError, ValueError, AttributeError):
-        return
-    if data_root == os.path.abspath(out) and (out / "images").is_dir():
-        shutil.rmtree(out / "images")
+        return None
+    return images if data_root == os.path.abspath(out) else None
 
 
-def _export(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
+def _export(folder: Path, split: str, images: np.ndarray, labels: np.ndarray,
             indices: np.ndarray) -> str:
-    """Write the chosen images as PNG files under out/images/SPLIT/CLASS/; return list lines."""
+    """Write the chosen images as PNG files under folder/SPLIT/CLASS/; return list lines, which
+    name them as images/SPLIT/CLASS/ (``folder`` becomes the split's images/)."""
     lines = []
     for i in tqdm(indices.tolist(), desc=f"writing {split} images", unit="img", leave=False,
                   disable=None):
-        rel = f"images/{split}/{int(labels[i])}/{i:06d}.png"
-        path = out / rel
+        rel = f"{split}/{int(labels[i])}/{i:06d}.png"
+        path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i]).save(path)
-        lines.append(f"{rel} {int(labels[i])}\n")
+        lines.append(f"images/{rel} {int(labels[i])}\n")
     return "".join(lines)
