@@ -180,18 +180,28 @@ def test_the_out_probe_does_not_race_between_torchruns_processes(tmp_path, monke
 def test_the_stop_line_is_the_whole_answer_even_when_clean_up_complains():
     """SIGTERM (timeout, Slurm) also kills the DataLoader workers that decode images: the
     loader's clean-up then complained in ~20 lines after the stop line (`Exception ignored in
-    ... __del__`). A stop silences what the clean-up says afterwards. (In a process of its
-    own: pytest catches such complaints itself.)"""
-    code = ("import gc, longtail.cli\n"
+    ... __del__`), and multiprocessing's resource_sharer thread, whose workers left mid-way,
+    printed a BrokenPipeError traceback through sys.excepthook. A stop silences what the
+    clean-up says afterwards. (In a process of its own: pytest catches such complaints
+    itself.)"""
+    code = ("import gc, sys, threading, longtail.cli\n"
             "class Loader:  # as a DataLoader iterator whose workers were killed\n"
             "    def __del__(self):\n"
             "        raise RuntimeError('DataLoader worker (pid 1) is killed by signal')\n"
             "def stopped(args, argv):\n"
             "    loader = Loader()\n"
             "    raise KeyboardInterrupt\n"
+            "def serve():  # as resource_sharer._serve: it reports through sys.excepthook\n"
+            "    try:\n"
+            "        raise BrokenPipeError(32, 'Broken pipe')\n"
+            "    except Exception:\n"
+            "        sys.excepthook(*sys.exc_info())\n"
             "longtail.cli._dispatch = stopped\n"
             f"code = longtail.cli.main(['config', {CONFIG!r}])\n"
             "gc.collect()\n"
+            "thread = threading.Thread(target=serve)\n"
+            "thread.start()\n"
+            "thread.join()\n"
             "print(code)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=60)
@@ -683,3 +693,33 @@ def test_rebalance_of_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch, 
     assert err == (f"longtail: error: {run}: cannot write in the run folder (Read-only file "
                    f"system); rebalance writes stage2/, metrics.json and the report there: copy "
                    f"the run folder somewhere writable\n")
+
+
+def test_the_resource_sharer_threads_connection_errors_are_dropped(monkeypatch, capsys):
+    """A DataLoader worker's resource_sharer thread reports a main process that left
+    mid-transfer through sys.excepthook (a BrokenPipeError traceback after the stop line):
+    dropped; any other error, and the same error elsewhere, still reaches the hook."""
+    import longtail.cli as cli
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    cli._quiet_fd_sharing_errors()
+    cli._quiet_fd_sharing_errors()  # once: main() may run many times in one process
+    assert sys.excepthook.longtail_quiet
+
+    def raised_in(filename: str, error: BaseException):
+        code = compile("def serve(error):\n    raise error\n", filename, "exec")
+        scope: dict = {}
+        exec(code, scope)
+        try:
+            scope["serve"](error)
+        except BaseException as e:
+            return type(e), e, e.__traceback__.tb_next  # the traceback from serve's frame
+
+    sharer = os.path.join("/usr/lib/python3.11/multiprocessing", "resource_sharer.py")
+    sys.excepthook(*raised_in(sharer, BrokenPipeError(32, "Broken pipe")))
+    sys.excepthook(*raised_in(sharer, ConnectionResetError(104, "reset by peer")))
+    assert capsys.readouterr().err == ""
+    sys.excepthook(*raised_in(sharer, ValueError("a real bug")))
+    sys.excepthook(*raised_in("/work/mine.py", BrokenPipeError(32, "Broken pipe")))
+    err = capsys.readouterr().err
+    assert "ValueError: a real bug" in err and "BrokenPipeError" in err

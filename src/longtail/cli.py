@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    _quiet_fd_sharing_errors()
     try:
         return _dispatch(args, argv)
     except LongtailError as e:
@@ -321,14 +322,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _quiet_fd_sharing_errors() -> None:
+    """Drop the connection errors of multiprocessing's resource_sharer thread. A DataLoader
+    worker hands its batches over through that thread; when the main process alone is
+    stopped mid-transfer (``kill -INT``), the worker's thread printed a BrokenPipeError
+    traceback after the stop line. Forked workers inherit the hook; other errors pass on."""
+    previous = sys.excepthook
+    if getattr(previous, "longtail_quiet", False):
+        return
+
+    def hook(kind, value, tb) -> None:
+        if issubclass(kind, (ConnectionError, EOFError)) and tb is not None and \
+                tb.tb_frame.f_code.co_filename.endswith(
+                    os.path.join("multiprocessing", "resource_sharer.py")):
+            return
+        previous(kind, value, tb)
+
+    hook.longtail_quiet = True
+    sys.excepthook = hook
+
+
 def _quiet_teardown() -> None:
     """After a stop (Ctrl-C, SIGTERM), say nothing more: DataLoader workers the same signal
     killed make the loader's clean-up complain (``Exception ignored in ... __del__``), and
-    multiprocessing's threads may raise on their way out; the stop line is the whole answer."""
+    multiprocessing's threads may raise on their way out (its resource_sharer, serving a
+    worker that left mid-way, reports a BrokenPipeError through sys.excepthook); the stop
+    line is the whole answer."""
     import threading
 
     sys.unraisablehook = lambda *_: None
     threading.excepthook = lambda *_: None
+    sys.excepthook = lambda *_: None
 
 
 # Set when SIGTERM (kill, timeout, Slurm's end of a job) stopped the command: it ends as
