@@ -97,9 +97,9 @@ def test_documentation_shows_commands_and_runs_most():
 
 
 def made_paths(command: str) -> list[str]:
-    """The paths a command writes (--out, a shell redirection), up to any shell variable:
+    """The paths a command writes (--out, --json, a shell redirection), up to any shell variable:
     a later command that names one of them uses what this one made."""
-    found = re.findall(r"(?:--out|>)\s+(\S+)", command)
+    found = re.findall(r"(?:--out|--json|>)\s+(\S+)", command)
     return [path.split("$")[0] for path in found if path.split("$")[0]]
 
 
