@@ -379,6 +379,11 @@ CASES = [
     ("make-split: --list with another source", None,
      ["make-split", "image_folder", "--root", "{w}", "--out", "{w}/s", "--list", "{w}/l.txt"],
      "make-split --list: expected only with the list source, found with image_folder"),
+    ("features run with finetune", lambda w: make_feature_world(w / "f"),
+     ["run", CONFIG, "data.kind=features", "data.root={w}/f", "data.train=train.npz",
+      "data.val=val.npz", "data.test=test.npz", "stage2.methods=[crt,finetune]"],
+     "config key stage2.methods: expected no finetune (it trains the network on images; "
+     "data.kind: features has none), found ['crt', 'finetune']"),
     ("make-split image_folder: n-max above a class", lambda w: [
         _write(w / "pool" / c / f"{i}.png", "x") for c in "ab" for i in range(6)],
      ["make-split", "image_folder", "--root", "{w}/pool", "--out", "{w}/s", "--n-max", "50",

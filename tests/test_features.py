@@ -252,6 +252,18 @@ def test_extract_then_features_run_repeats_every_stage2_number(image_run, tmp_pa
                        train["joint_weight"])
 
 
+def test_extract_overwrite_in_another_format_leaves_only_the_new_files(image_run, tmp_path):
+    """--overwrite in another format removes the earlier extract's split files (a mix of two
+    runs' features read as one dataset ran without a word); other files stay."""
+    files = tmp_path / "x"
+    assert main(["extract", str(image_run), "--out", str(files)]) == 0
+    (files / "notes.md").write_text("mine")
+    assert main(["extract", str(image_run), "--format", "pt", "--out", str(files),
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in files.iterdir()) == [
+        "config.yaml", "notes.md", "test.pt", "train.pt", "val.pt"]
+
+
 def test_features_run_without_the_joint_classifier_retrains_only_joint(image_run, tmp_path):
     """Without joint_weight in the file the joint classifier is trained on the features: NCM
     and cRT (which do not use it) still repeat the run's numbers exactly."""

@@ -438,6 +438,11 @@ def test_trained_methods_refuse_bad_hyper_parameters(method):
             ("momentum", 1.0, r"momentum: expected a number in \[0, 1\), found 1.0"),
             ("weight_decay", -1e-4, "weight_decay: expected a number >= 0, found -0.0001"),
             ("epochs", -1, "epochs: expected an int >= [01]"),
+            ("seed", -1, r"seed: expected an int in \[0, 2\^63\), found -1"),
+            ("seed", 2**70, r"seed: expected an int in \[0, 2\^63\)"),
+            ("samples_per_class", 0, "samples_per_class: expected an int >= 1, found 0"),
+            ("sampler", "foo", "sampler: expected one of .* or q in \\[0, 1\\], found 'foo'"),
+            ("sampler", [1], "sampler: expected one of .*, found \\[1\\]"),
             ("epochs", 2.5, None)]:
         if message is None:
             with pytest.raises(TypeError, match="epochs: expected an int >= [01].*, found float"):
@@ -452,6 +457,86 @@ def test_trained_methods_refuse_bad_hyper_parameters(method):
                                              r"leave the classifier at its random start\), "
                                              r"found 0"):
             make(epochs=0)
+
+
+def test_every_class_of_the_classifier_needs_training_labels():
+    """A weight with more rows than the labels' classes, a label gap, one class, or a label of
+    1e9 (which would ask for a classifier of 1e9 rows, and memory for it) are refused before
+    any work, as the command line refuses them; not rows nothing trained, predicted anyway."""
+    from longtail.stages.rebalance import BALMS, LAS, WB
+
+    x, y = clusters([20, 10, 6, 4])
+    w, b = biased_classifier()
+    wide, wide_b = torch.cat([w, torch.randn(2, 8)]), torch.cat([b, torch.zeros(2)])
+    rows = r"have no training features \(the classifier's 6 rows\)"
+    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows):
+        LWS(wide, wide_b, epochs=1).fit(x, y)
+    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows):
+        WB(wide, wide_b, epochs=1).fit(x, y)
+    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows):
+        TauNorm(wide, tau=1.0).fit(x, y)
+    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows):
+        CRT(6, epochs=1).fit(x, y)
+    gap = torch.where(y == 0, 9, y)
+    for method in (CRT(epochs=1), BALMS(epochs=1), LAS(epochs=1), NCM()):
+        with pytest.raises(ValueError, match=r"^labels: classes \[0, 4, 5, 6, 7, 8\] have no "
+                                             r"training features$"):
+            method.fit(x, gap)
+        with pytest.raises(ValueError, match=r"^labels: classes \[0, 1\] have no training"):
+            method.fit(x[y == 2], y[y == 2])
+        with pytest.raises(ValueError, match=r"^labels: expected at least 2 classes, found 1$"):
+            method.fit(x[y == 0], y[y == 0])
+        huge = y.clone()
+        huge[-1] = 10**9  # refused at once, without counting up to it
+        with pytest.raises(ValueError, match=r"^labels: expected a label of each of the "
+                                             r"1000000001 classes 0..1000000000, found 40 "
+                                             r"labels$"):
+            method.fit(x, huge)
+    assert TauNorm(w, tau=1.0).fit(x, y).tau_ == 1.0  # all four classes: as before
+
+
+def test_api_hyper_parameters_are_checked_as_the_config_checks_them():
+    import numpy as np
+
+    from longtail.stages.rebalance import WB
+
+    w, b = biased_classifier()
+    for make in (lambda **k: TauNorm(w, **k), lambda **k: LogitAdjust(w, b, **k)):
+        for tau in (math.nan, math.inf, -1, 11):
+            with pytest.raises(ValueError, match=r"^tau: expected a number in \[0, 10\] or "
+                                                 r"None, found"):
+                make(tau=tau)
+        with pytest.raises(TypeError, match=r"^tau: expected .* found str 'a'"):
+            make(tau="a")
+        with pytest.raises(TypeError, match=r"^grid: expected a list of taus, found float 1.0"):
+            make(grid=1.0)
+        with pytest.raises(TypeError, match=r"^grid: expected a list of taus, found str"):
+            make(grid="0,1")
+        with pytest.raises(ValueError, match=r"^grid: expected taus each a number in \[0, 10\], "
+                                             r"found nan"):
+            make(grid=[math.nan, 1.0])
+        with pytest.raises(ValueError, match=r"^grid: expected at least one tau"):
+            make(grid=[])
+        assert make(grid=np.linspace(0, 2, 5)).grid is not None  # NumPy's floats are numbers
+    for max_norm in (0, -1, math.nan):
+        with pytest.raises(ValueError, match=r"^max_norm: expected a number > 0 or None"):
+            WB(w, b, max_norm=max_norm)
+    with pytest.raises(TypeError, match=r"^num_classes: expected an int >= 2 or None \(CRT "
+                                        r"trains a new classifier; WB and LWS start from a "
+                                        r"weight\), found Tensor"):
+        CRT(w)
+    for bad in (0, 1, -1):
+        with pytest.raises(ValueError, match=r"^num_classes: expected an int >= 2 or None"):
+            CRT(bad)
+    with pytest.raises(TypeError, match=r"^num_classes: expected an int >= 2 or None"):
+        CRT(10.0)
+    with pytest.raises(TypeError, match=r"^center: expected True or False, found str 'no'"):
+        NCM(center="no")
+    with pytest.raises(TypeError, match=r"^scale_bias: expected True or False, found str"):
+        LWS(w, b, scale_bias="no")
+    x, y = clusters([5, 5, 5, 5])
+    with pytest.raises(ValueError, match=r"^features: expected at least one column, found none"):
+        CRT(epochs=1).fit(x[:, :0], y)
 
 
 def test_logit_adjust_counts_must_be_positive_and_one_per_class():

@@ -1063,6 +1063,10 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
              "backbone on images; data.kind: features has none)", cfg.stage2.features)
         need(cfg.stage1.mixup_alpha == 0, "stage1.mixup_alpha", "0 (mixup mixes images; "
              "data.kind: features has none)", cfg.stage1.mixup_alpha)
+        finetuned = [m for m in cfg.stage2.methods if m in FINETUNE_METHODS]
+        need(not finetuned, "stage2.methods", f"no {' or '.join(finetuned)} ("
+             f"{'they train' if len(finetuned) > 1 else 'it trains'} the network on images; "
+             f"data.kind: features has none)", cfg.stage2.methods)
     for name in ("tau_norm", "logit_adjust"):
         if name in cfg.stage2.methods and getattr(cfg.stage2, name).tau is None and not has_val:
             raise ConfigError(f"config key stage2.{name}.tau: null chooses tau on the val "

@@ -21,6 +21,7 @@ import torch
 from longtail.checkpoint import atomic_write_text, make_dir
 from longtail.config import DataConfig, ModelConfig, dump_config
 from longtail.data import write_feature_file
+from longtail.data.features import FORMATS
 from longtail.pipeline import run_inputs
 from longtail.rundir import load_run_config
 
@@ -40,6 +41,13 @@ def extract_run(run_dir: Path, fmt: str, out: Path) -> dict[str, Path]:
         files[split] = out / f"{split}.{fmt}"
         write_feature_file(files[split], feature_set.features, feature_set.labels,
                            info.class_names, **extra)
+    # An --overwrite of an earlier extract in another format, or with a split this run lacks:
+    # its files would stay beside these, and data.train=train.npz would still read them.
+    for split in ("train", "val", "test"):
+        for suffix in FORMATS:
+            stale = out / f"{split}{suffix}"
+            if stale != files.get(split) and (stale.is_file() or stale.is_symlink()):
+                stale.unlink()
     data = DataConfig(kind="features", root=str(out.resolve()), val_from_train=0,
                       **{split: path.name for split, path in files.items()})
     # model.* does not apply to features: its defaults, so the file does not suggest otherwise.

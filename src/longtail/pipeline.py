@@ -320,9 +320,6 @@ def _run_on_features(cfg: Config, data: FeatureData, info: DatasetInfo, run_dir:
     linear classifier on the training features (or the training file's own), then stage 2."""
     if not distributed.is_main():  # stage 2 runs on rank 0 only; nothing to share here
         return {}
-    if network_methods(cfg):
-        raise LongtailError(f"config key stage2.methods: {', '.join(network_methods(cfg))} "
-                            f"need the network and images; data.kind: features has none")
     from longtail.stages.linear import joint_on_features
 
     log = ScalarLog(run_dir / "logs")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.config import Stage2Config
+from longtail.config import MAX_TAU, SAMPLER_NAMES, Stage2Config, parse_sampler_spec
 from longtail.data.features import check_values
 from longtail.data.samplers import build_sampler
 from longtail.distributed import resolve_device
@@ -91,6 +91,9 @@ def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
     if fit and not len(x):
         raise ValueError(f"{name}: expected at least one row, found none (shape "
                          f"{tuple(x.shape)})")
+    if fit and not x.shape[1]:  # no feature to tell classes apart (and cRT's init divides)
+        raise ValueError(f"{name}: expected at least one column, found none (shape "
+                         f"{tuple(x.shape)})")
     _need_columns(x.shape[1], name, columns)
     original = x
     x = x.float()
@@ -126,6 +129,28 @@ def _labels(y: ArrayLike, n: int | None, name: str = "labels",
         raise ValueError(f"{name}: expected labels below the {num_classes} classes of the "
                          f"classifier, found {int(y.max())}")
     return y
+
+
+def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "labels") -> Tensor:
+    """Return the training count of each class, 0..``num_classes`` - 1 (the classifier's
+    rows; None: up to the largest label), after checking that there are at least 2 classes
+    and that each has a label: a class without one is a classifier row nothing trained (a
+    weight with more rows than the labels' classes, a gap in the labels), and a label of 1e9
+    would otherwise ask for a classifier of 1e9 rows."""
+    largest = int(y.max()) if len(y) else -1
+    c = largest + 1 if num_classes is None else num_classes
+    rows = "" if num_classes is None else f" (the classifier's {c} rows)"
+    if c < 2:
+        raise ValueError(f"{name}: expected at least 2 classes, found {max(c, 0)}{rows}")
+    if c > len(y):  # some class has no label, known without counting up to a huge label
+        raise ValueError(f"{name}: expected a label of each of the {c} classes 0..{c - 1}"
+                         f"{rows}, found {len(y)} label{'s' * (len(y) != 1)}")
+    counts = torch.bincount(y, minlength=c)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"{name}: classes {missing[:10]}{' ...' * (len(missing) > 10)} have "
+                         f"no training features{rows}")
+    return counts
 
 
 def _bias(bias: ArrayLike | None, weight: Tensor, name: str = "bias") -> Tensor | None:
@@ -164,6 +189,29 @@ def _check_number(value: Any, name: str, expected: str, ok, integer: bool = Fals
         raise TypeError(f"{name}: expected {expected}, found {type(value).__name__} {value!r}")
     if not (math.isfinite(value) and ok(value)):
         raise ValueError(f"{name}: expected {expected}, found {value!r}")
+
+
+def _check_flag(value: Any, name: str, extra: str = "") -> None:
+    """Refuse anything but True or False (a string 'no' would read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False{extra}, found {type(value).__name__} "
+                        f"{value!r}")
+
+
+def _check_tau(tau: float | None, grid: list[float] | None) -> None:
+    """Refuse a tau, or a grid of them, outside [0, MAX_TAU] (NaN, infinity, a string)."""
+    expected = f"a number in [0, {MAX_TAU:g}]"
+    if tau is not None:
+        _check_number(tau, "tau", expected + " or None", lambda v: 0 <= v <= MAX_TAU)
+    if grid is not None:
+        if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
+            raise TypeError(f"grid: expected a list of taus, found {type(grid).__name__} "
+                            f"{grid!r}")
+        values = list(grid)
+        if not values:
+            raise ValueError("grid: expected at least one tau, found an empty list")
+        for value in values:
+            _check_number(value, "grid", f"taus each {expected}", lambda v: 0 <= v <= MAX_TAU)
 
 
 def _matmul_chunked(x: Tensor, weight: Tensor, rows: int = 65536) -> Tensor:
@@ -243,6 +291,9 @@ class NCM(Rebalancer):
                  normalize: bool | None = None) -> None:
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"metric: expected 'cosine' or 'euclidean', found {metric!r}")
+        _check_flag(center, "center")
+        if normalize is not None:
+            _check_flag(normalize, "normalize", " or None")
         self.metric = metric
         self.center = center
         self.normalize = normalize
@@ -267,11 +318,8 @@ class NCM(Rebalancer):
         x = _features(given, fit=True, finite=given.dtype == torch.float64)
         y = _labels(labels, len(x))
         self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
-        num_classes = int(y.max()) + 1
-        counts = torch.bincount(y, minlength=num_classes)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()[:10]
-            raise ValueError(f"labels: classes {missing} have no training features")
+        counts = _class_counts_of(y)
+        num_classes = len(counts)
         sums = torch.zeros(num_classes, x.shape[1])
         # Prepared a block of rows at a time into one buffer small enough to stay in cache
         # (4 MiB): a normalised copy of all the features would be as large as they are and
@@ -306,6 +354,7 @@ class TauNorm(Rebalancer):
 
     def __init__(self, weight: ArrayLike, tau: float | None = None,
                  grid: list[float] | None = None) -> None:
+        _check_tau(tau, grid)
         self.weight = weight
         self.tau = tau
         self.grid = grid
@@ -324,6 +373,9 @@ class TauNorm(Rebalancer):
     def fit(self, features=None, labels=None, val_features: ArrayLike | None = None,
             val_labels: ArrayLike | None = None) -> TauNorm:
         self.weight_ = _features(self.weight, "weight", fit=True).cpu()
+        if labels is not None:  # unused, but they say which classes the weight's rows are
+            _class_counts_of(_labels(labels, None, num_classes=len(self.weight_)),
+                             len(self.weight_))
         if self.tau is not None:
             self.tau_ = float(self.tau)
             self.val_scores_ = {}
@@ -527,6 +579,7 @@ class LogitAdjust(_LinearHead):
     def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None,
                  tau: float | None = None, grid: list[float] | None = None,
                  counts: ArrayLike | None = None) -> None:
+        _check_tau(tau, grid)
         self.weight, self.bias, self.tau, self.grid, self.counts = weight, bias, tau, grid, counts
 
     def fit(self, features=None, labels: ArrayLike | None = None,
@@ -655,6 +708,15 @@ class _TrainedOnFeatures(Rebalancer):
         _check_number(weight_decay, "weight_decay", "a number >= 0", lambda v: v >= 0)
         if select not in ("last", "best_val"):
             raise ValueError(f"select: expected 'last' or 'best_val', found {select!r}")
+        _check_number(samples_per_class, "samples_per_class", "an int >= 1", lambda v: v >= 1,
+                      integer=True)
+        _check_number(seed, "seed", "an int in [0, 2^63)", lambda v: 0 <= v < 2**63,
+                      integer=True)
+        try:
+            parse_sampler_spec(sampler)
+        except (TypeError, ValueError):
+            raise ValueError(f"sampler: expected one of {', '.join(SAMPLER_NAMES)} or q in "
+                             f"[0, 1], found {sampler!r}") from None
         self.class_counts = class_counts
         self.epochs = epochs
         self.lr = lr
@@ -690,6 +752,7 @@ class _TrainedOnFeatures(Rebalancer):
             return features
         x = _features(features, fit=True, columns=columns)
         y = _labels(labels, len(x), num_classes=num_classes)
+        _class_counts_of(y, num_classes)  # before the sampler counts up to the largest label
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
@@ -816,6 +879,14 @@ class CRT(_LinearHead, _TrainedOnFeatures):
                              f"{label_smoothing!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {loss!r}")
+        if num_classes is not None and not isinstance(num_classes, numbers.Integral):
+            # CRT(W) for WB(W): the classifier's weight where its row count goes
+            raise TypeError(f"num_classes: expected an int >= 2 or None (CRT trains a new "
+                            f"classifier; WB and LWS start from a weight), found "
+                            f"{type(num_classes).__name__}")
+        if num_classes is not None:
+            _check_number(num_classes, "num_classes", "an int >= 2 or None", lambda v: v >= 2,
+                          integer=True)
         self.num_classes = num_classes
         self.loss, self.loss_tau = loss, loss_tau
         self.label_smoothing, self.las_head, self.las_tail = label_smoothing, las_head, las_tail
@@ -908,6 +979,9 @@ class WB(CRT):
         kwargs.setdefault("sampler", "instance")
         kwargs.setdefault("weight_decay", 5e-3)
         super().__init__(len(weight), **kwargs)
+        if max_norm is not None:
+            _check_number(max_norm, "max_norm", "a number > 0 or None (the joint classifier's "
+                          "mean row norm)", lambda v: v > 0)
         self.weight, self.bias, self.max_norm, self.beta = weight, bias, max_norm, beta
 
     _uses_counts = True
@@ -947,6 +1021,7 @@ class LWS(_TrainedOnFeatures):
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
                          select=select, class_counts=class_counts)
+        _check_flag(scale_bias, "scale_bias")
         self.weight = weight
         self.bias = bias
         self.scale_bias = scale_bias
