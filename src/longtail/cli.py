@@ -79,8 +79,10 @@ def resolve_config(text: str, notes: list[str] | None = None) -> Path:
     # bare name that is a folder (an earlier `--out fmnist_lt`) still means the bundled one.
     near = path.parent in (Path("."), Path("configs")) and name in bundled_configs()
     if path.is_dir() and not (near and path.suffix == ""):
+        own = path / "config.yaml"  # a run's or an extract's folder: its config is inside
         raise LongtailError(f"{text}: is a folder, not a config file (expected a YAML file, "
-                            f"e.g. configs/fmnist_lt.yaml, or a bundled config's name)")
+                            + (f"e.g. {own}, that folder's config)" if own.is_file() else
+                               "e.g. configs/fmnist_lt.yaml, or a bundled config's name)"))
     if os.path.lexists(path) and not path.is_dir():
         return path  # an unreadable file (a FIFO, a link loop) is answered when it is read
     if near:
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="YAML config file, e.g. configs/fmnist_lt.yaml, or a bundled "
                           "config's name, e.g. fmnist_lt (optional with --resume: the run's "
                           "own config.yaml)")
-    run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], help=OVERRIDES_HELP)
     run.add_argument("--out", metavar="DIR", type=_folder,
                      help="run directory (default: runs/<config name>-<timestamp>)")
     run.add_argument("--overwrite", action="store_true",
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "rows = stage-1 variant, columns = method, cells = top-1 / Few.")
     grid.add_argument("config", metavar="CONFIG",
                       help="YAML config file, or a bundled config's name, e.g. fmnist_lt")
-    grid.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    grid.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[], help=OVERRIDES_HELP)
     grid.add_argument("--samplers", default=None,
                       help="comma-separated stage-1 samplers: instance, class, sqrt, "
                            "progressive, class_aware or q in [0, 1] (default: "
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics.json and the report. Overrides may change stage2.*, eval.* and "
                     "device keys, e.g. stage2.crt.epochs=30 stage2.lws.scale_bias=true.")
     rebalance.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run's folder")
-    rebalance.add_argument("overrides", metavar="KEY=VALUE", nargs="*",
+    rebalance.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[],
                            help="stage2.*, eval.* or device overrides")
 
     extract = sub.add_parser(
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("config", metavar="CONFIG", nargs="?",
                         help="YAML config file, or a bundled config's name (its resolved copy: "
                              "longtail config fmnist_lt > my.yaml)")
-    config.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=OVERRIDES_HELP)
+    config.add_argument("overrides", metavar="KEY=VALUE", nargs="*", default=[],
+                        help=OVERRIDES_HELP)
     config.add_argument("--keys", action="store_true", help="print the key reference (Markdown)")
     return parser
 
@@ -293,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    # The last of a key given twice would win unseen, as with an option given twice.
+    keys = [o.partition("=")[0].strip() for o in getattr(args, "overrides", [])]
+    twice = next((k for i, k in enumerate(keys) if k and k in keys[:i]), None)
+    if twice:
+        given = [o for o in args.overrides if o.partition("=")[0].strip() == twice]
+        parser.error(f"config key {twice} given twice ({' '.join(given)}); give it once")
     _quiet_fd_sharing_errors()
     try:
         return _dispatch(args, argv)
@@ -680,8 +689,12 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
     if args.samplers is None:
         args.samplers = (str(cfg.stage1.sampler) if args.losses
                          else "instance,class,sqrt,progressive")
+    items = [s.strip() for s in args.samplers.split(",")]
+    if "" in items and any(items):  # 'instance,' or 'a,,b': a sampler left out by mistake?
+        raise ConfigError(f"--samplers: expected comma-separated samplers, found an empty "
+                          f"one in {args.samplers!r}")
     samplers = []
-    for item in filter(None, (s.strip() for s in args.samplers.split(","))):
+    for item in filter(None, items):
         try:
             samplers.append(parse_sampler_spec(item))
         except ValueError as e:
@@ -700,14 +713,16 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
                           f"{args.samplers!r}{why}")
     losses = None
     if args.losses is not None:
-        losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+        items = [x.strip() for x in args.losses.split(",")]
+        losses = [x for x in items if x]
         bad = [x for x in losses if x not in LOSSES]
-        if not losses:
-            raise ConfigError(f"--losses: expected one or more comma-separated losses of "
+        if not losses or "" in items:
+            raise ConfigError(f"--losses: expected comma-separated losses of "
                               f"{', '.join(LOSSES)}, found {args.losses!r}")
-        if bad or len(set(losses)) != len(losses):
-            raise ConfigError(f"--losses: expected distinct losses of {', '.join(LOSSES)}, "
-                              f"found {args.losses!r}")
+        if bad:
+            raise ConfigError(f"--losses {bad[0]}: expected one of {', '.join(LOSSES)}")
+        if len(set(losses)) != len(losses):
+            raise ConfigError(f"--losses: expected distinct losses, found {args.losses!r}")
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
     check_run_dir(out, args.overwrite)
     check_data_files(cfg.data)
@@ -899,6 +914,9 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
     # The command line first: its mistakes are answered before any run is read.
     ignore = _check_ignore(args.ignore)
     if args.json:
+        if str(args.json) == "-":  # not stdout, which has the table: a file named '-' it was
+            raise LongtailError("--json -: expected a file name for the JSON summary (the "
+                                "table goes to stdout)")
         if args.json.is_dir():
             raise LongtailError(f"--json {args.json}: expected a file name for the summary, "
                                 f"found a folder")

@@ -467,12 +467,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
             if isinstance(raw.get(section, {}), dict):
                 raw.setdefault(section, {}).setdefault("min_steps", 1)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
-        if not all(part.strip() for part in key.split(".")):
-            raise ConfigError(f"override {item!r}: expected a dotted key without empty parts, "
-                              f"e.g. stage1.epochs=10, found key {key.strip()!r}")
+        key, value = override_key(item), item.partition("=")[2]
         value = _parse_value(value, _TEXT_KEYS.get(key.strip(), False))
         if value is None and key.strip() in _SECTIONS:  # would reset the file's section
             raise ConfigError(f"override {item!r}: {key.strip()} is a section; set its keys, "
@@ -490,6 +485,18 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
     if new_run:  # not for a finished run's config.yaml: summarize needs no weights file
         _check_files(cfg)
     return _cap_epochs(cfg)
+
+
+def override_key(item: str) -> str:
+    """Return the key of a KEY=VALUE override (dotted, without spaces around it); ConfigError
+    for another shape."""
+    key, sep, _ = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. stage1.epochs=10")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected a dotted key without empty parts, "
+                          f"e.g. stage1.epochs=10, found key {key.strip()!r}")
+    return key.strip()
 
 
 class _Loader(yaml.SafeLoader):
@@ -719,6 +726,8 @@ def close_keys(key: str) -> list[str]:
     """Return up to 3 config keys or sections close to ``key``: by spelling, then those with
     the same last part (``stage1.epoch`` -> ``stage1.epochs``, ``stage2.wb.epochs``...)."""
     names = key_names()
+    if key.lower() in names:  # STAGE1.EPOCHS: keys are lower case
+        return [key.lower()]
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     leaf = key.rsplit(".", 1)[-1]
     close += [n for n in names if n.rsplit(".", 1)[-1] == leaf and n not in close]
@@ -869,6 +878,7 @@ def env_world_size() -> int:
 MAX_IMAGE_SIZE = 4096
 MAX_WIDTH = 1024
 MAX_COUNT = 2**20  # batch sizes, samples_per_class, min_steps
+MAX_EPOCHS = 100_000  # far beyond any schedule; 1e20 would be a typo that trains forever
 MAX_TAU = 10.0
 MAX_TAU_STEPS = 1000  # each value is a pass over val's logits
 # data.pareto_alpha / make-split --alpha: below, the quantiles overflow; above, they coincide
@@ -955,6 +965,8 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         cfg.model.weights is not None or cfg.model.pretrained)),
         "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
         cfg.stage1.epochs)
+    need(cfg.stage1.epochs <= MAX_EPOCHS, "stage1.epochs", f"at most {MAX_EPOCHS}",
+         cfg.stage1.epochs)
     need(cfg.stage1.warmup_epochs == 0 or 0 < cfg.stage1.warmup_epochs < cfg.stage1.epochs,
          "stage1.warmup_epochs", f"0..stage1.epochs - 1 ({cfg.stage1.epochs - 1}): the cosine "
          f"needs at least one epoch after the warm-up", cfg.stage1.warmup_epochs)
@@ -1014,6 +1026,7 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         # 0 epochs would report an untrained classifier as the method's result: cRT's random
         # one, or LWS's and WB's joint one unchanged (the Python classes allow it)
         need(value >= 1, key, "an int >= 1", value)
+        need(value <= MAX_EPOCHS, key, f"at most {MAX_EPOCHS}", value)
     for section in ("tau_norm", "logit_adjust"):
         grid = getattr(cfg.stage2, section)
         # tau beyond a few makes the weights' norms (or the prior) all that counts; an

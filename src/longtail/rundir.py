@@ -134,11 +134,11 @@ def run_paths(run_dir: Path, cfg: Config) -> Config:
 def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
     """Refuse a folder that is not a run, or overrides of keys that rebalance cannot change;
     return the run's config with the overrides (its paths as written)."""
-    from longtail.config import load_config
+    from longtail.config import load_config, override_key
 
     require_run_dir(run_dir)
     for key in overrides:
-        name = key.split("=", 1)[0].strip()
+        name = override_key(key)
         if not (name in ("stage2", "eval", "device") or name.startswith(("stage2.", "eval."))):
             raise LongtailError(f"override {key}: rebalance only changes stage2.*, eval.* and "
                                 f"device keys; start a new run for the others")
