@@ -258,8 +258,6 @@ CASES = [
      "--losses: expected distinct losses, found 'ce,ce'"),
     ("grid: a trailing comma in --samplers", None, ["grid", CONFIG, "--samplers", "instance,"],
      "--samplers: expected comma-separated samplers, found an empty one in 'instance,'"),
-    ("a config key given twice", None, ["run", CONFIG, "seed=1", "seed=2"],
-     "config key seed given twice (seed=1 seed=2); give it once"),
     ("rebalance: an override without a key", lambda w: _run_dir(w, "r", epochs=1),
      ["rebalance", "{w}/r", "=3"], "override '=3': expected KEY=VALUE, e.g. stage1.epochs=10"),
     ("summarize: --json -", lambda w: _run_dir(w, "r"), ["summarize", "{w}/r", "--json", "-"],

@@ -319,3 +319,8 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
     assert noted(*folder, "data.train=train", "data.val=val", "data.test=test",
                  "data.test_per_class=7", "data.n_max=50") == ["data.test_per_class",
                                                                "data.n_max"]
+    # a key given twice: the last one wins, and is said to
+    cfg = load_config(str(ROOT / "configs" / "fmnist_lt.yaml"), ["seed=1", "seed=2"])
+    assert cfg.seed == 2
+    assert ignored_overrides(cfg, ["seed=1", "stage1.lr=0.1", "seed=2"]) == [
+        "note: seed is given more than once (seed=1 seed=2); the last one is used"]

@@ -296,12 +296,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    # The last of a key given twice would win unseen, as with an option given twice.
-    keys = [o.partition("=")[0].strip() for o in getattr(args, "overrides", [])]
-    twice = next((k for i, k in enumerate(keys) if k and k in keys[:i]), None)
-    if twice:
-        given = [o for o in args.overrides if o.partition("=")[0].strip() == twice]
-        parser.error(f"config key {twice} given twice ({' '.join(given)}); give it once")
     _quiet_fd_sharing_errors()
     try:
         return _dispatch(args, argv)

@@ -1122,7 +1122,7 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     """Return a note for each command-line override of a data key that this dataset does not
     read (``data.n_max=...`` with split lists of its own, ...): it would be ignored silently.
     Keys set in the config file are not noted (a config serves several datasets), nor keys
-    set to null."""
+    set to null. A key given more than once is noted too."""
     d = cfg.data
     arrays = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt")
     generated = arrays or (d.kind == "image_folder" and d.train is None)
@@ -1149,4 +1149,10 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
         key = override.split("=", 1)[0].strip()
         if key in applies and not applies[key][0] and _get(cfg, key) is not None:
             notes.append(f"note: {key} is ignored here: {applies[key][1]}")
+    # A key given twice (a script's common overrides, then the run's own): the last one wins,
+    # said so, as it would otherwise go unseen.
+    keys = [o.partition("=")[0].strip() for o in overrides]
+    for key in dict.fromkeys(k for i, k in enumerate(keys) if k in keys[:i]):
+        given = " ".join(o for o, k in zip(overrides, keys) if k == key)
+        notes.append(f"note: {key} is given more than once ({given}); the last one is used")
     return notes
