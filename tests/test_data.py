@@ -505,3 +505,14 @@ def test_make_split_overwrite_and_stop_leave_only_a_whole_split(tmp_path, fake_f
     assert "holds images/, which make-split did not export there" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["images", "notes.md"]
     capsys.readouterr()
+
+
+def test_a_class_too_small_for_the_split_names_the_config_keys(tmp_path, fake_fmnist, capsys):
+    from longtail.cli import main
+
+    assert main(["run", CONFIG, f"data.root={fake_fmnist}", "data.val_per_class=100000",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(
+        " (val) + 0 (test); lower config key data.n_max or data.val_per_class"), err
+    assert not (tmp_path / "r").exists()

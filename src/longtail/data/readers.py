@@ -56,7 +56,8 @@ def read_fmnist_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
     labels = np.asarray(arrays["train_labels"], dtype=np.int64)
     profile = _profile(cfg, len(names), cfg.n_max or 1280, default_n_min=5)
     split = long_tailed_split(labels, profile, val_per_class=cfg.val_per_class,
-                              seed=split_seed, class_order=cfg.class_order)
+                              seed=split_seed, class_order=cfg.class_order,
+                              keys="config key data.n_max or data.val_per_class")
     record = _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
                            split.train, split.val, None, fmnist.MEAN, fmnist.STD, 28)
     _note_ratio_shortfall(cfg, profile, record.notes)

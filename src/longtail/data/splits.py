@@ -28,6 +28,7 @@ def long_tailed_split(
     test_per_class: int = 0,
     seed: int = 0,
     class_order: str = "random",
+    keys: str = "the profile's n_max or the val/test sizes",
 ) -> SplitIndices:
     """Return a long-tailed train split of ``labels`` plus balanced val and test splits.
 
@@ -35,6 +36,7 @@ def long_tailed_split(
     drawn from ``seed`` (``"random"``, as ImageNet-LT's tail is a random set of classes) or is
     the label order (``"label"``). Each class's images are shuffled by ``seed``: the first
     ``profile[i]`` train, the next ``val_per_class`` val, the next ``test_per_class`` test.
+    ``keys`` names what to lower when a class has too few images.
     """
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1
@@ -50,8 +52,7 @@ def long_tailed_split(
         if need > len(members):
             raise LongtailError(
                 f"class {c} has {len(members)} images, fewer than {n} (train) + "
-                f"{val_per_class} (val) + {test_per_class} (test); lower the profile's n_max "
-                f"or the val/test sizes")
+                f"{val_per_class} (val) + {test_per_class} (test); lower {keys}")
         parts["train"].append(members[:n])
         parts["val"].append(members[n : n + val_per_class])
         parts["test"].append(members[n + val_per_class : need])
