@@ -93,6 +93,28 @@ def test_freeze_trains_only_the_named_modules_and_keeps_frozen_batchnorm_still()
         model.freeze(["layer9"])
 
 
+def test_an_unknown_trainable_module_is_named_before_the_data_is_read(tmp_path, fake_fmnist,
+                                                                      monkeypatch, capsys):
+    from pathlib import Path
+
+    import longtail.data
+    from longtail.cli import main
+
+    def read(*args, **kwargs):
+        raise AssertionError("the data was read before model.trainable was checked")
+
+    monkeypatch.setattr(longtail.data, "build_data", read)
+    weights = tmp_path / "w.pt"
+    torch.save(build_model("resnet10", 10, 1, 28, width=32).state_dict(), weights)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
+    assert main(["run", config, f"data.root={fake_fmnist}", "model.trainable=[fc,layer9]",
+                 f"model.weights={weights}", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith(
+        "longtail: error: config key model.trainable: no module 'layer9'; expected names such "
+        "as backbone, fc, conv1")
+    assert not (tmp_path / "r").exists()
+
+
 def test_gpu_check_script_runs_on_cpu():
     """bench/gpu_check.py is meant for a GPU; its CPU smoke run keeps it from rotting."""
     import os

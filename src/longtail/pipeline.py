@@ -190,14 +190,23 @@ def continue_hint(run_dir: Path, what: str) -> str:
 
 
 def check_model_name(cfg: Config) -> None:
-    """Stop at once on a timm model name timm does not know, or on pretrained weights that
-    cannot be had (before the data is read)."""
-    if cfg.model.name.startswith(TIMM_PREFIX) and cfg.data.kind != "features":
+    """Stop at once on a timm model name timm does not know, on pretrained weights that
+    cannot be had, or on a model.trainable that names no module (before the data is read)."""
+    if cfg.data.kind == "features":
+        return
+    if cfg.model.name.startswith(TIMM_PREFIX):
         from longtail.models.timm_backbone import check_pretrained_available, timm_architecture
 
         arch = timm_architecture(cfg.model.name)
         if cfg.model.pretrained:
             check_pretrained_available(arch)
+    elif cfg.model.trainable is not None:  # (a timm model's names are checked once built)
+        from longtail.models import build_model
+
+        with torch.device("meta"):  # the module names only: no memory, no initialisation
+            model = build_model(cfg.model.name, 2, 3, 224, width=cfg.model.width,
+                                small_stem=cfg.model.small_stem)
+        model.freeze(cfg.model.trainable)
 
 
 def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = None, *,
