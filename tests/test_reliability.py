@@ -30,8 +30,12 @@ TINY = ["model.width=8", "stage1.batch_size=16", "stage1.lr=0.05", "stage2.batch
 
 
 def fmnist_args(root: Path, *extra: str) -> list[str]:
+    """The demo on a fake Fashion-MNIST, TINY, then ``extra`` (which replace TINY's keys: a key
+    given twice is noted)."""
+    given = {e.partition("=")[0] for e in extra}
     return [CONFIG, f"data.root={root}", "data.n_max=60", "data.n_min=2",
-            "data.val_per_class=5", *TINY, *extra]
+            "data.val_per_class=5", *(t for t in TINY if t.partition("=")[0] not in given),
+            *extra]
 
 
 def leftovers(folder: Path) -> list[str]:
