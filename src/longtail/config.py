@@ -446,7 +446,13 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
+            raw = path.read_bytes()
+            line = raw.count(b"\n", 0, e.start) + 1
+            utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff")) or \
+                raw[:200].count(b"\x00") * 3 >= len(raw[:200])
+            raise ConfigError(f"{path}:{line}: " + (
+                "looks like UTF-16 text; save the file as UTF-8" if utf16 else
+                f"not UTF-8 text (byte 0x{raw[e.start]:02x})")) from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
         try:
