@@ -516,3 +516,20 @@ def test_a_class_too_small_for_the_split_names_the_config_keys(tmp_path, fake_fm
     assert len(err.splitlines()) == 1 and err.endswith(
         " (val) + 0 (test); lower config key data.n_max or data.val_per_class"), err
     assert not (tmp_path / "r").exists()
+
+
+def test_images_upscaled_to_224_say_why_and_how_to_keep_their_size(tmp_path):
+    from longtail.config import load_config
+    from longtail.data import build_data
+    from tests.conftest import make_image_list_dataset
+
+    files = make_image_list_dataset(tmp_path / "d", counts=[6, 3, 2], size=70)
+    keys = ["data.kind=list", f"data.root={tmp_path / 'd'}", f"data.train={files['train']}",
+            f"data.val={files['val']}", f"data.test={files['test']}"]
+    data = build_data(load_config(CONFIG, keys).data, seed=0)
+    assert data.image_size == 224
+    assert ("input 224 px: the training images' median longer side is 70 px (>= 64: the "
+            "paper's 224); data.image_size=70 trains at their own size, several times "
+            "faster") in data.notes
+    own = build_data(load_config(CONFIG, [*keys, "data.image_size=70"]).data, seed=0)
+    assert own.image_size == 70 and not any("input 224" in n for n in own.notes)

@@ -294,6 +294,10 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
     side, pixels = _typical_size(splits["train"])
     # Small images are used at their own size (small-image stem), others at the paper's 224.
     image_size = cfg.image_size or (side if side < SMALL_IMAGE else 224)
+    if cfg.image_size is None and image_size == 224 and side < 224:  # upscaled: said why
+        notes.append(f"input 224 px: the training images' median longer side is {side} px "
+                     f"(>= {SMALL_IMAGE}: the paper's 224); data.image_size={side} trains at "
+                     f"their own size, several times faster")
     if image_size < 8:
         raise LongtailError(f"{splits['train'].source}: the training images are {side} px "
                             f"(median side); at least 8 px are needed, or set "

@@ -296,5 +296,7 @@ def _check_list_labels(cfg: DataConfig, splits: dict[str, FileSplit | None],
         for label, origin in zip(split.labels, split.origins):
             if label >= num_classes:
                 raise LongtailError(f"{origin}: label {label} is not below the class count "
-                                    f"{num_classes} (largest training label + 1)")
+                                    f"{num_classes} (largest training label + 1): no training "
+                                    f"image has it, so no model can learn it; remove its "
+                                    f"lines, or add training images of it")
     return present
