@@ -473,12 +473,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
             if isinstance(raw.get(section, {}), dict):
                 raw.setdefault(section, {}).setdefault("min_steps", 1)
     for item in overrides:
-        key, value = override_key(item), item.partition("=")[2]
-        value = _parse_value(value, _TEXT_KEYS.get(key.strip(), False))
-        if value is None and key.strip() in _SECTIONS:  # would reset the file's section
-            raise ConfigError(f"override {item!r}: {key.strip()} is a section; set its keys, "
-                              f"e.g. {key.strip()}.{_SECTIONS[key.strip()]}=VALUE")
-        _set_dotted(raw, key.strip(), value)
+        key = override_key(item)
+        value = _parse_value(item.partition("=")[2], _TEXT_KEYS.get(key, False))
+        if value is None and key in _SECTIONS:  # would reset the file's section
+            raise ConfigError(f"override {item!r}: {key} is a section; set its keys, "
+                              f"e.g. {key}.{_SECTIONS[key]}=VALUE")
+        _set_dotted(raw, key, value)
     try:
         cfg = _build(Config, raw, "")
         _resolve_defaults(cfg)
@@ -1150,14 +1150,11 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
                                 "data.val is set" if d.val is not None else
                                 f"data.kind {d.kind} draws val itself (data.val_per_class)"),
     }
-    notes = []
-    for override in overrides:
-        key = override.split("=", 1)[0].strip()
-        if key in applies and not applies[key][0] and _get(cfg, key) is not None:
-            notes.append(f"note: {key} is ignored here: {applies[key][1]}")
+    keys = [override_key(o) for o in overrides]
+    notes = [f"note: {key} is ignored here: {applies[key][1]}" for key in keys
+             if key in applies and not applies[key][0] and _get(cfg, key) is not None]
     # A key given twice (a script's common overrides, then the run's own): the last one wins,
     # said so, as it would otherwise go unseen.
-    keys = [o.partition("=")[0].strip() for o in overrides]
     for key in dict.fromkeys(k for i, k in enumerate(keys) if k in keys[:i]):
         given = " ".join(o for o, k in zip(overrides, keys) if k == key)
         notes.append(f"note: {key} is given more than once ({given}); the last one is used")

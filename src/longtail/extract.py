@@ -22,6 +22,7 @@ from longtail.checkpoint import atomic_write_text, make_dir
 from longtail.config import DataConfig, ModelConfig, dump_config
 from longtail.data import write_feature_file
 from longtail.data.features import FORMATS
+from longtail.data.record import SPLITS
 from longtail.pipeline import run_inputs
 from longtail.rundir import load_run_config
 
@@ -43,7 +44,7 @@ def extract_run(run_dir: Path, fmt: str, out: Path) -> dict[str, Path]:
                            info.class_names, **extra)
     # An --overwrite of an earlier extract in another format, or with a split this run lacks:
     # its files would stay beside these, and data.train=train.npz would still read them.
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         for suffix in FORMATS:
             stale = out / f"{split}{suffix}"
             if stale != files.get(split) and (stale.is_file() or stale.is_symlink()):
