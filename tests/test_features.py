@@ -173,6 +173,12 @@ def test_val_held_out_of_training_features(tmp_path):
     assert rows[2].split() == ["class", "name", "train", "listed", "group"]
     assert rows[3].split() == ["0", "0", "198", "200", "many"]
     assert rows[-1].split() == ["5", "5", "2", "4", "few"]
+    assert not any(r.startswith("note:") for r in rows)  # every group has classes
+    # thresholds that leave a group empty say which keys set them
+    rows = dataset_summary(data, 500, 3).splitlines()
+    assert rows[2] == ("note: no class in the many and few groups (accuracy shown as -); "
+                       "eval.many_threshold and eval.few_threshold set the groups (training "
+                       "counts from 4 to 200 here)")
 
 
 def test_a_split_given_the_training_file_is_warned_of(tmp_path, capsys):

@@ -727,6 +727,12 @@ def dataset_summary(data: LongTailData, many_threshold: int, few_threshold: int)
              f"shot groups by training count: many (> {many_threshold}) "
              f"{len(groups['many'])} classes, medium ({few_threshold}..{many_threshold}) "
              f"{len(groups['medium'])}, few (< {few_threshold}) {len(groups['few'])}"]
+    empty = [g for g, classes in groups.items() if not classes]
+    if empty:  # the paper's thresholds suit ImageNet-LT's counts; small sets often leave a gap
+        lines.append(f"note: no class in the {' and '.join(empty)} group{'s' * (len(empty) > 1)}"
+                     f" (accuracy shown as -); eval.many_threshold and "
+                     f"eval.few_threshold set the groups (training counts from {min(counts)} "
+                     f"to {max(counts)} here)")
     group_of = {c: g for g, classes in groups.items() for c in classes}
     order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
     # "train": what stage 1 trains on; with val held out of training, the groups follow the
