@@ -59,7 +59,7 @@ def test_resolved_config_round_trips():
     ("stage1.epochs=2.5", "config key stage1.epochs: expected int, found float 2.5"),
     ("stage1.lr=fast", "config key stage1.lr: expected float or null, found str 'fast'"),
     ("data.kind=csv", "config key data.kind: expected one of fmnist_lt, cifar10_lt"),
-    ("stage2.methods=crt", "config key stage2.methods: expected all or a list of"),
+    ("stage2.methods=crt+lws", "config key stage2.methods: expected all or a list of"),
     ("stage2.methods=[crt,lsw]", "config key stage2.methods: expected list of one of"),
     ("model.small_stem=yes please", "config key model.small_stem: expected bool or null"),
     ("stage1.sampler=balanced", "config key stage1.sampler: expected one of instance"),
@@ -266,6 +266,14 @@ def test_stage2_methods_all_means_every_method_on_features():
         cfg = load_config(None, [f"stage2.methods={value}"])
         assert cfg.stage2.methods == list(FEATURE_METHODS)
     assert "finetune" not in FEATURE_METHODS and "logit_adjust" in FEATURE_METHODS
+    # names joined by commas (as grid's --samplers takes them), or one name alone
+    for value, methods in (("crt,tau_norm", ["crt", "tau_norm"]), ("lws", ["lws"]),
+                           ("ncm_cosine, joint", ["ncm_cosine", "joint"])):
+        assert load_config(None, [f"stage2.methods={value}"]).stage2.methods == methods
+    for value in ("crt,wls", "crt,", "every"):
+        with pytest.raises(ConfigError, match=f"stage2.methods: expected all or a list of .*, "
+                                              f"found '{value}'"):
+            load_config(None, [f"stage2.methods={value}"])
 
 
 def test_yaml_sections_dotted_keys_empty_sections_and_null_overrides(tmp_path):

@@ -324,8 +324,8 @@ class FinetuneConfig:
 @dataclass
 class Stage2Config:
     methods: list[Stage2Method] = _opt(
-        list(DEFAULT_METHODS), "re-balancing methods to run, in this order, or all (every "
-        "method on features); finetune and finetune_last re-train the network (the paper's "
+        list(DEFAULT_METHODS), "re-balancing methods to run, in this order (a list, or names "
+        "joined by commas), or all (every method on features); finetune and finetune_last re-train the network (the paper's "
         "comparison), the others work on features"
     )
     batch_size: int = _opt(
@@ -767,8 +767,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if cls is Stage2Config and raw.get("methods") in ("all", ["all"]):
         raw = {**raw, "methods": list(FEATURE_METHODS)}
     elif cls is Stage2Config and isinstance(raw.get("methods"), str):
-        raise ConfigError(f"config key stage2.methods: expected all or a list of "
-                          f"{', '.join(STAGE2_METHODS)}, found {raw['methods']!r}")
+        # `stage2.methods=crt,tau_norm` on a command line: the list it can only mean
+        names = [m.strip() for m in raw["methods"].split(",")]
+        if not all(m in STAGE2_METHODS for m in names):
+            raise ConfigError(f"config key stage2.methods: expected all or a list of "
+                              f"{', '.join(STAGE2_METHODS)}, found {raw['methods']!r}")
+        raw = {**raw, "methods": names}
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
