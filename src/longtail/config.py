@@ -325,8 +325,8 @@ class FinetuneConfig:
 class Stage2Config:
     methods: list[Stage2Method] = _opt(
         list(DEFAULT_METHODS), "re-balancing methods to run, in this order (a list, or names "
-        "joined by commas), or all (every method on features); finetune and finetune_last re-train the network (the paper's "
-        "comparison), the others work on features"
+        "joined by commas), or all (every method on features); finetune and finetune_last "
+        "re-train the network (the paper's comparison), the others work on features"
     )
     batch_size: int = _opt(
         512, "features per step of the trained methods (crt, lws, balms, las, wb)")
