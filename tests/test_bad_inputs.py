@@ -34,6 +34,14 @@ def _edit_list(world: Path, split: str, change) -> None:
     path.write_text("\n".join(change(lines)) + "\n")
 
 
+def _moved_extract(folder: Path, root: Path) -> None:
+    """An extract's folder moved away from the data.root its config.yaml names."""
+    for name in ("t.npz", "u.npz"):  # only their presence is looked at before the root's
+        _write(folder / name, "")
+    _write(folder / "config.yaml", f"data: {{kind: features, root: {root}, train: t.npz, "
+                                   f"test: u.npz}}\n")
+
+
 def _run_dir(world: Path, name: str, seed: int = 0, epochs: int = 30) -> Path:
     """A finished-looking run folder: config.yaml, metrics.json and manifest.json."""
     import json
@@ -85,6 +93,9 @@ CASES = [
                                        "data.test=u.npz"],
      "t.npz: features file not found (config key data.train; looked in the working directory "
      "and in data.root, which is not set"),
+    ("extract folder moved", lambda w: _moved_extract(w / "moved", w / "gone"),
+     ["run", "{w}/moved/config.yaml"],
+     "/gone; the config's folder holds t.npz, u.npz: add data.root="),
     ("cifar data.root missing", None, ["run", str(ROOT / "configs" / "cifar10_lt_resnet32.yaml"),
                                        "data.root={w}/none"],
      "cifar10_lt: expected the python version of CIFAR in"),

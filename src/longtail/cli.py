@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longtail import __version__
 from longtail.errors import Interrupted, LongtailError, file_problem, too_long
@@ -25,6 +26,9 @@ from longtail.rundir import (
     require_run_dir,
     run_folder_lock,
 )
+
+if TYPE_CHECKING:
+    from longtail.config import Config
 
 # The shipped configs, package data (configs/ at the repository root links here): a pip install
 # has them although the working folder has no configs/.
@@ -613,9 +617,27 @@ def _config(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _check_data_files(cfg: Config, config: str | Path) -> None:
+    """Check the data's files before any work; a data.root gone while the config's own folder
+    holds the files it names (an extract's folder moved or copied) says so."""
+    from longtail.data.preflight import check_data_files
+    from longtail.data.record import SPLITS
+
+    try:
+        check_data_files(cfg.data)
+    except LongtailError as error:
+        d = cfg.data
+        here = Path(config).absolute().parent
+        given = [getattr(d, s) for s in SPLITS if getattr(d, s)]
+        if not d.root or Path(d.root).is_dir() or not given or not all(
+                not Path(g).is_absolute() and (here / g).exists() for g in given):
+            raise
+        raise LongtailError(f"{error}; the config's folder holds {', '.join(given)}: add "
+                            f"data.root={shlex.quote(str(here))}") from None
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.config import ignored_overrides, load_config
-    from longtail.data.preflight import check_data_files
 
     if args.resume is not None and args.config is not None and "=" in args.config \
             and not Path(args.config).is_file():  # `--resume D k=v`: an override
@@ -645,7 +667,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         out = out or default_run_dir(Path(args.config).stem)
         check_run_dir(out, args.overwrite)
         _check_out_outside_image_folder(out, cfg, args.out is not None)
-        check_data_files(cfg.data)
+        _check_data_files(cfg, args.config)
         notes += ignored_overrides(cfg, args.overrides)
     else:
         cfg = check_resumable(args.resume, cfg)
@@ -670,7 +692,6 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
         load_config,
         parse_sampler_spec,
     )
-    from longtail.data.preflight import check_data_files
 
     _check_grid_overrides(args)
     notes: list[str] = []
@@ -719,7 +740,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
             raise ConfigError(f"--losses: expected distinct losses, found {args.losses!r}")
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
     check_run_dir(out, args.overwrite)
-    check_data_files(cfg.data)
+    _check_data_files(cfg, args.config)
     notes += ignored_overrides(cfg, args.overrides)
     check_device(cfg.device)
     _print_notes(notes)
