@@ -19,6 +19,31 @@ def test_per_class_accuracy_and_groups():
     assert result["few"] == 25.0
 
 
+def test_evaluate_takes_numpy_and_any_integer_type_and_names_a_misfit():
+    import numpy as np
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    preds = torch.tensor([0, 0, 1, 0, 0, 0, 0, 2])
+    scores = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    expected = evaluate(preds, labels, [500, 50, 5, 200], scores=scores)
+    for convert in (lambda t: t.numpy(), lambda t: t.to(torch.uint8), lambda t: t.int(),
+                    lambda t: t.tolist()):
+        got = evaluate(convert(preds), convert(labels), np.array([500, 50, 5, 200]),
+                       scores=scores.numpy())
+        assert {k: v for k, v in got.items() if k != "per_class"} == {
+            k: v for k, v in expected.items() if k != "per_class"}
+    for args, message in (
+            ((preds, labels, [500, 50]), r"^labels: expected labels below the 2 classes of "
+                                         r"group_counts, found 2$"),
+            ((preds[:3], labels, [5] * 4), r"^predictions: expected 8 labels, found shape"),
+            ((preds, labels, []), r"^group_counts: expected one training count per class"),
+            ((preds, labels, [5] * 4, 100, 20, scores[:, :3]),
+             r"^scores: expected shape \(8, 4\) \(a score per label and class\), found "
+             r"\(8, 3\)$")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(*args)
+
+
 def test_empty_group_is_none_not_zero():
     labels = torch.tensor([0, 1])
     result = evaluate(labels, labels, group_counts=[1000, 500])

@@ -498,7 +498,7 @@ def test_every_class_of_the_classifier_needs_training_labels():
 def test_api_hyper_parameters_are_checked_as_the_config_checks_them():
     import numpy as np
 
-    from longtail.stages.rebalance import WB
+    from longtail.stages.rebalance import LAS, WB
 
     w, b = biased_classifier()
     for make in (lambda **k: TauNorm(w, **k), lambda **k: LogitAdjust(w, b, **k)):
@@ -537,6 +537,37 @@ def test_api_hyper_parameters_are_checked_as_the_config_checks_them():
     x, y = clusters([5, 5, 5, 5])
     with pytest.raises(ValueError, match=r"^features: expected at least one column, found none"):
         CRT(epochs=1).fit(x[:, :0], y)
+    # the loss's settings, bounded as stage2.crt.* and stage2.wb.* are (NaN trained to NaN
+    # weights that predicted class 0 for every row)
+    for bad in (math.nan, -0.5):
+        with pytest.raises(ValueError, match=r"^loss_tau: expected a number >= 0, found"):
+            CRT(loss="logit_adjusted", loss_tau=bad)
+    for name in ("las_head", "las_tail"):
+        for bad in (math.nan, 1.0, -0.1):
+            with pytest.raises(ValueError, match=rf"^{name}: expected a number in \[0, 1\)"):
+                LAS(**{name: bad})
+    for bad in (1.0, -1, math.nan):
+        with pytest.raises(ValueError, match=r"^beta: expected a number in \[0, 1\), found"):
+            WB(w, b, beta=bad)
+    with pytest.raises(TypeError, match=r"^beta: expected a number in \[0, 1\), found str 'x'"):
+        WB(w, b, beta="x")
+    with pytest.raises(ValueError, match=r"^min_steps: expected an int >= 1"):
+        CRT(min_steps=0)
+    # NumPy's integers are ints to every check, and to the seeded generator
+    assert CRT(4, epochs=1, seed=np.int64(3)).fit(x, y).seed == 3
+    assert WB(w, b).lr == 0.02  # stage2.wb.lr's default, not cRT's
+
+
+def test_a_diverged_fit_is_refused_and_small_sets_take_min_steps():
+    x, y = clusters([60, 30, 10, 4])
+    with pytest.raises(ValueError, match=r"^training diverged: the learned parameters hold NaN "
+                                         r"or infinity after 2 epochs; lower lr \(1e\+30\)$"):
+        CRT(4, epochs=2, lr=1e30).fit(x, y)
+    # 104 rows at the default batch of 512 would be one step an epoch; min_steps (16, as the
+    # config's) shrinks it to 104 // 16 = 6, and 1 takes it as given
+    assert len(CRT(4, epochs=1)._batches(x, y)) == 17
+    assert len(CRT(4, epochs=1, min_steps=1)._batches(x, y)) == 1
+    assert len(CRT(4, epochs=1, batch_size=4)._batches(x, y)) == 26
 
 
 def test_logit_adjust_counts_must_be_positive_and_one_per_class():

@@ -161,3 +161,16 @@ def test_parse_sampler_spec():
 def test_sampler_reads_rank_from_arguments_and_checks_them():
     with pytest.raises(ValueError, match="rank"):
         build_sampler("class", LABELS, num_replicas=2, rank=2)
+
+
+def test_bad_labels_and_sizes_are_named():
+    for labels, kwargs, message in (
+            ([0.5, 1.2], {}, r"^labels: expected integer labels, found 0.5 in row 0$"),
+            ([-1, 0], {}, r"^labels: expected labels >= 0, found -1$"),
+            ([], {}, r"^labels: expected at least one label, found none$"),
+            ([[0, 1]], {}, r"^labels: expected a 1-d array of labels, found shape \(1, 2\)$"),
+            ([0, 1], {"num_samples": 0}, r"^num_samples: expected an int >= 1 or None")):
+        with pytest.raises(ValueError, match=message):
+            build_sampler("class", labels, num_replicas=1, rank=0, **kwargs)
+    # integer-valued floats are the classes they name
+    assert sorted(build_sampler("instance", [0.0, 1.0, 1.0], num_replicas=1, rank=0)) == [0, 1, 2]

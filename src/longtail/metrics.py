@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from longtail.arrays import ArrayLike, as_tensor, class_indices
 from longtail.data.profiles import shot_groups
 
 ECE_BINS = 15
@@ -90,17 +91,32 @@ def group_accuracies(per_class: Sequence[float],
 
 
 def evaluate(
-    predictions: torch.Tensor,
-    labels: torch.Tensor,
-    group_counts: Sequence[int],
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    group_counts: ArrayLike,
     many_threshold: int = 100,
     few_threshold: int = 20,
-    scores: torch.Tensor | None = None,
+    scores: ArrayLike | None = None,
 ) -> dict[str, object]:
     """Return top1 over all images, many / medium / few (mean of per-class accuracies of each
     shot group by ``group_counts``, None when empty), balanced_accuracy (mean per-class
     accuracy over classes with test images) and per_class, all in percent (float64); with the
-    class ``scores`` (N, C) also ``ece``, ``nll`` and ``reliability`` (see ``calibration``)."""
+    class ``scores`` (N, C) also ``ece``, ``nll`` and ``reliability`` (see ``calibration``).
+    Each may be a tensor, a NumPy array or a sequence; ValueError or TypeError naming the
+    argument for one that does not fit the others."""
+    counts = as_tensor(group_counts, "group_counts", "a count per class")
+    if counts.ndim != 1 or not len(counts):
+        raise ValueError(f"group_counts: expected one training count per class, found shape "
+                         f"{tuple(counts.shape)}")
+    group_counts = counts.tolist()
+    labels = class_indices(labels, None, "labels", len(group_counts), "group_counts")
+    predictions = class_indices(predictions, len(labels), "predictions")
+    if scores is not None:
+        scores = as_tensor(scores, "scores", "numbers").cpu()
+        scores = scores if scores.is_floating_point() else scores.double()
+        if scores.shape != (len(labels), len(group_counts)):
+            raise ValueError(f"scores: expected shape ({len(labels)}, {len(group_counts)}) (a "
+                             f"score per label and class), found {tuple(scores.shape)}")
     per_class = per_class_accuracy(predictions, labels, len(group_counts))
     groups = shot_groups(group_counts, many_threshold, few_threshold)
     hits = int((predictions == labels).sum())

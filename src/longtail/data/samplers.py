@@ -25,6 +25,7 @@ per-class index arrays are computed once.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 from torch.utils.data import Sampler
 
 from longtail import distributed
+from longtail.arrays import class_indices
 from longtail.config import SAMPLER_PRESETS, parse_sampler_spec
 
 
@@ -72,9 +74,13 @@ class LongTailSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        if labels.ndim != 1 or len(labels) == 0:
-            raise ValueError("labels must be a non-empty 1-d sequence")
+        labels = class_indices(labels, None)  # 1-d integers >= 0 (0.5 is no class)
+        if not len(labels):
+            raise ValueError("labels: expected at least one label, found none")
+        if num_samples is not None and (not isinstance(num_samples, numbers.Integral)
+                                        or isinstance(num_samples, bool) or num_samples < 1):
+            raise ValueError(f"num_samples: expected an int >= 1 or None (the training set "
+                             f"size), found {num_samples!r}")
         self.labels = labels
         self.class_counts = torch.bincount(labels)
         # Dataset indices grouped by class: class j owns sorted_indices[offsets[j]:offsets[j+1]].

@@ -34,7 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.config import MAX_TAU, SAMPLER_NAMES, Stage2Config, parse_sampler_spec
+from longtail.arrays import ArrayLike, as_tensor, class_indices
+from longtail.config import (
+    MAX_TAU,
+    SAMPLER_NAMES,
+    Stage2Config,
+    parse_sampler_spec,
+    steps_batch,
+)
 from longtail.data.features import check_values
 from longtail.data.samplers import build_sampler
 from longtail.distributed import resolve_device
@@ -46,26 +53,6 @@ from longtail.losses import (
     log_prior,
 )
 from longtail.metrics import balanced_accuracy
-
-ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
-
-
-def _as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
-    """Return ``x`` as a tensor (detached: a model's own parameters, ``fc.weight``, are data
-    here, never trained through); TypeError naming ``name`` for what torch cannot convert."""
-    if isinstance(x, Tensor):
-        return x.detach()
-    try:
-        return torch.as_tensor(x).detach()
-    except (TypeError, ValueError, RuntimeError) as e:
-        first = x
-        with contextlib.suppress(Exception):  # the first element, however deeply nested
-            while not isinstance(first, (str, bytes)) and len(first):
-                first = first[0]
-        strings = (isinstance(first, (str, bytes))
-                   or getattr(getattr(x, "dtype", None), "kind", "") in ("U", "S"))
-        found = "strings" if strings else f"{type(x).__name__} ({e})"
-        raise TypeError(f"{name}: expected {expected}, found {found}") from None
 
 
 def _need_columns(found: int, name: str, columns: tuple[int, str] | None) -> None:
@@ -85,7 +72,7 @@ def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
     method fits on it, ``columns`` (D, why) when given, and with ``finite`` finite values of
     magnitude at most MAX_FEATURE (without: any value; a row is then scored as argmax scores
     its NaN or infinite logits)."""
-    x = _as_tensor(x, name, "numbers")
+    x = as_tensor(x, name, "numbers")
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d (N, D) array, found shape {tuple(x.shape)}")
     if fit and not len(x):
@@ -105,30 +92,6 @@ def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
         # numbers wherever they come from (an extracted run reproduces its metrics exactly).
         x = x.clone()
     return x
-
-
-def _labels(y: ArrayLike, n: int | None, name: str = "labels",
-            num_classes: int | None = None) -> Tensor:
-    """Return ``y`` as int64 class indices after checking them: 1-d, ``n`` of them (any number
-    when None), integers (integer-valued floats pass), >= 0, and below ``num_classes`` (the
-    classifier's rows) when given."""
-    y = _as_tensor(y, name, "integer class indices")
-    if y.ndim != 1 or (n is not None and len(y) != n):
-        expected = f"{n} labels" if n is not None else "a 1-d array of labels"
-        raise ValueError(f"{name}: expected {expected}, found shape {tuple(y.shape)}")
-    if y.is_floating_point():  # 3.0 is class 3; 3.7 is no class (.long() would make it 3)
-        bad = ~torch.isfinite(y) | (y != y.trunc())
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0])
-            raise ValueError(f"{name}: expected integer labels, found {y[row].item():g} in "
-                             f"row {row}")
-    y = y.long()
-    if len(y) and y.min() < 0:
-        raise ValueError(f"{name}: expected labels >= 0, found {int(y.min())}")
-    if num_classes is not None and len(y) and int(y.max()) >= num_classes:
-        raise ValueError(f"{name}: expected labels below the {num_classes} classes of the "
-                         f"classifier, found {int(y.max())}")
-    return y
 
 
 def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "labels") -> Tensor:
@@ -157,7 +120,7 @@ def _bias(bias: ArrayLike | None, weight: Tensor, name: str = "bias") -> Tensor 
     """Return ``bias`` as float32 (C,), one value per row of ``weight`` (C, D), or None."""
     if bias is None:
         return None
-    b = _as_tensor(bias, name, "numbers")
+    b = as_tensor(bias, name, "numbers")
     if b.shape != (len(weight),):
         raise ValueError(f"{name}: expected {len(weight)} values (one per row of the weight, "
                          f"{weight.shape[0]} x {weight.shape[1]}), found shape {tuple(b.shape)}")
@@ -169,7 +132,7 @@ def _bias(bias: ArrayLike | None, weight: Tensor, name: str = "bias") -> Tensor 
 def _class_counts(counts: ArrayLike, num_classes: int, name: str = "counts") -> Tensor:
     """Return the training class counts after checking them: one per class, each > 0 (a class
     of count 0 has log prior -inf) and finite."""
-    c = _as_tensor(counts, name, "numbers")
+    c = as_tensor(counts, name, "numbers")
     if c.shape != (num_classes,):
         raise ValueError(f"{name}: expected {num_classes} counts (one per class), found shape "
                          f"{tuple(c.shape)}")
@@ -214,6 +177,12 @@ def _check_tau(tau: float | None, grid: list[float] | None) -> None:
             _check_number(value, "grid", f"taus each {expected}", lambda v: 0 <= v <= MAX_TAU)
 
 
+def _on(x: Tensor, *tensors: Tensor | None) -> list[Tensor | None]:
+    """Return ``tensors`` (fitted state, kept on the CPU) on ``x``'s device, where the logits
+    of features are computed (no copy when already there)."""
+    return [None if t is None else t.to(x.device) for t in tensors]
+
+
 def _matmul_chunked(x: Tensor, weight: Tensor, rows: int = 65536) -> Tensor:
     """Return ``x @ weight.T`` computed in row chunks into one output (no concatenation)."""
     out = x.new_empty(len(x), len(weight))
@@ -256,8 +225,8 @@ class _LinearHead(Rebalancer):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("weight_")
-        return F.linear(_features(features, columns=_like(self.weight_)), self.weight_,
-                        self.bias_)
+        x = _features(features, columns=_like(self.weight_))
+        return F.linear(x, *_on(x, self.weight_, self.bias_))
 
     def class_weights(self) -> Tensor:
         self._check_fitted("weight_")
@@ -302,7 +271,7 @@ class NCM(Rebalancer):
         """Return x centred and normalised as the metric asks, written into ``out`` if given
         (as F.normalize does: divided by the norm, at least 1e-12)."""
         if self.center:
-            x = torch.sub(x, self.center_, out=out)
+            x = torch.sub(x, self.center_.to(x.device), out=out)
         if self.normalize or (self.normalize is None and self.metric == "cosine"):
             norms = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
             # an inf norm (values too large for float32's squares) would make its row all 0
@@ -314,9 +283,10 @@ class NCM(Rebalancer):
         # The values are checked through what they make, the class means and the rows' norms:
         # a pass of its own over all the features would cost as much as the class sums. (float64
         # is checked as given: beyond float32's range its values would read as inf.)
-        given = _as_tensor(features, "features", "numbers")
-        x = _features(given, fit=True, finite=given.dtype == torch.float64)
-        y = _labels(labels, len(x))
+        given = as_tensor(features, "features", "numbers")
+        # one pass on the CPU (features from a GPU copied), as the other fits without training
+        x = _features(given, fit=True, finite=given.dtype == torch.float64).cpu()
+        y = class_indices(labels, len(x))
         self.center_ = x.mean(0) if self.center else torch.zeros(x.shape[1])
         counts = _class_counts_of(y)
         num_classes = len(counts)
@@ -338,11 +308,12 @@ class NCM(Rebalancer):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("means_")
-        x = self._prepare(_features(features, columns=_like(self.means_,
-                                                             "the matrix of class means")))
+        x = _features(features, columns=_like(self.means_, "the matrix of class means"))
+        (means,) = _on(x, self.means_)
+        x = self._prepare(x)
         if self.metric == "cosine":
-            return x @ F.normalize(self.means_, dim=1).T
-        return -torch.cdist(x, self.means_)
+            return x @ F.normalize(means, dim=1).T
+        return -torch.cdist(x, means)
 
 
 class TauNorm(Rebalancer):
@@ -374,7 +345,7 @@ class TauNorm(Rebalancer):
             val_labels: ArrayLike | None = None) -> TauNorm:
         self.weight_ = _features(self.weight, "weight", fit=True).cpu()
         if labels is not None:  # unused, but they say which classes the weight's rows are
-            _class_counts_of(_labels(labels, None, num_classes=len(self.weight_)),
+            _class_counts_of(class_indices(labels, None, num_classes=len(self.weight_)),
                              len(self.weight_))
         if self.tau is not None:
             self.tau_ = float(self.tau)
@@ -387,8 +358,8 @@ class TauNorm(Rebalancer):
         # scores its logits (a wrong row, never a wrong tau for the others; tested), where
         # one such training row would spoil what a method learns.
         xv = _features(val_features, "val_features", fit=True, columns=_like(self.weight_),
-                       finite=False)
-        yv = _labels(val_labels, len(xv), "val_labels", len(self.weight_))
+                       finite=False).cpu()
+        yv = class_indices(val_labels, len(xv), "val_labels", len(self.weight_))
         # x (w_j / n_j^tau) = (x w_j) / n_j^tau: one product for the whole grid.
         norms = self.weight_.norm(dim=1).clamp(min=1e-12)
         self.tau_, self.val_scores_ = _choose_tau(
@@ -397,7 +368,8 @@ class TauNorm(Rebalancer):
 
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("tau_")
-        return _features(features, columns=_like(self.weight_)) @ self.class_weights().T
+        x = _features(features, columns=_like(self.weight_))
+        return x @ self.class_weights().to(x.device).T
 
     def class_weights(self) -> Tensor:
         self._check_fitted("tau_")
@@ -590,7 +562,7 @@ class LogitAdjust(_LinearHead):
         if self.counts is not None:
             counts = _class_counts(self.counts, num_classes)
         elif labels is not None:
-            y = _labels(labels, None, num_classes=num_classes)
+            y = class_indices(labels, None, num_classes=num_classes)
             counts = _class_counts(torch.bincount(y, minlength=num_classes), num_classes,
                                    "labels' class counts")
         else:
@@ -604,8 +576,8 @@ class LogitAdjust(_LinearHead):
                              "(or give a fixed tau)")
         else:
             xv = _features(val_features, "val_features", fit=True,
-                           columns=_like(joint.weight_), finite=False)  # as TauNorm's
-            yv = _labels(val_labels, len(xv), "val_labels", num_classes)
+                           columns=_like(joint.weight_), finite=False).cpu()  # as TauNorm's
+            yv = class_indices(val_labels, len(xv), "val_labels", num_classes)
             self.tau_, self.val_scores_ = _choose_tau(
                 _logit_blocks(xv, joint.weight_, joint.bias_), yv, self.grid,
                 lambda t: t * self.log_prior_, torch.sub, 0.0)
@@ -679,7 +651,10 @@ class _TrainedOnFeatures(Rebalancer):
     stage 2's frozen backbone on augmented images. With ``select="best_val"`` and val features,
     the parameters of the epoch with the best val top-1 are kept (the authors' choice).
     The loss is ``self._loss(counts)`` (cross-entropy unless a subclass says otherwise), with
-    the class counts from ``class_counts`` or else the training labels.
+    the class counts from ``class_counts`` or else the training labels. As ``stage2.min_steps``
+    does, a ``batch_size`` above the training rows / ``min_steps`` shrinks to that. Training
+    runs on ``device``; the learned state is kept on the CPU, and ``logits`` are computed on
+    the device of the features given.
     """
 
     def _loss(self, counts: Tensor | None) -> ClassifierLoss:
@@ -696,7 +671,7 @@ class _TrainedOnFeatures(Rebalancer):
     def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
                  weight_decay: float, sampler: str | float, samples_per_class: int, seed: int,
                  device: str | torch.device | None, select: str = "last",
-                 class_counts: ArrayLike | None = None) -> None:
+                 class_counts: ArrayLike | None = None, min_steps: int = 16) -> None:
         least = self._min_epochs
         _check_number(epochs, "epochs", f"an int >= {least}" + (
             " (0: the joint classifier unchanged)" if least == 0 else
@@ -712,6 +687,8 @@ class _TrainedOnFeatures(Rebalancer):
                       integer=True)
         _check_number(seed, "seed", "an int in [0, 2^63)", lambda v: 0 <= v < 2**63,
                       integer=True)
+        _check_number(min_steps, "min_steps", "an int >= 1 (1: batch_size as given)",
+                      lambda v: v >= 1, integer=True)
         try:
             parse_sampler_spec(sampler)
         except (TypeError, ValueError):
@@ -725,9 +702,10 @@ class _TrainedOnFeatures(Rebalancer):
         self.weight_decay = weight_decay
         self.sampler = sampler
         self.samples_per_class = samples_per_class
-        self.seed = seed
+        self.seed = int(seed)  # numpy's integers too: torch's generator takes only int
         self.device = device
         self.select = select
+        self.min_steps = int(min_steps)
 
     # Methods that start from the joint classifier (LWS, WB) may train 0 epochs: the joint
     # classifier unchanged; cRT's fresh classifier would stay random.
@@ -751,12 +729,15 @@ class _TrainedOnFeatures(Rebalancer):
             _need_columns(features.feature_dim, "features", columns)
             return features
         x = _features(features, fit=True, columns=columns)
-        y = _labels(labels, len(x), num_classes=num_classes)
+        y = class_indices(labels, len(x), num_classes=num_classes)
         _class_counts_of(y, num_classes)  # before the sampler counts up to the largest label
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
-        return CachedBatches(x, y, sampler, self.batch_size, self._device())
+        # as stage2.min_steps: a batch_size above rows / min_steps shrinks (2 steps an epoch
+        # of a small training set would leave the classifier near its start)
+        batch = steps_batch(self.batch_size, len(sampler), self.min_steps)
+        return CachedBatches(x, y, sampler, batch, self._device())
 
     def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
                val_labels: ArrayLike | None, step) -> None:
@@ -766,6 +747,9 @@ class _TrainedOnFeatures(Rebalancer):
             threads = threads_for(batches.batch_size * batches.feature_dim * classes)
         with threads:
             self._train_loop(params, forward, batches, val_features, val_labels, step)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise ValueError(f"training diverged: the learned parameters hold NaN or infinity "
+                             f"after {self.epochs} epochs; lower lr ({self.lr:g})")
 
     def _project(self, params: list[Tensor]) -> None:
         """Called after every step (weight balancing's MaxNorm); nothing by default."""
@@ -828,7 +812,7 @@ class _TrainedOnFeatures(Rebalancer):
         if select:
             xv = _features(val_features, "val_features", fit=True,
                            columns=(batches.feature_dim, "as the training features"))
-            yv = _labels(val_labels, len(xv), "val_labels", len(params[0]))
+            yv = class_indices(val_labels, len(xv), "val_labels", len(params[0]))
             xv, yv = xv.to(self._device()), yv.to(self._device())
         self.loss_history_, self.val_history_ = [], []
         best, done = -1.0, 0
@@ -869,11 +853,11 @@ class CRT(_LinearHead, _TrainedOnFeatures):
                  device: str | torch.device | None = None, select: str = "last",
                  class_counts: ArrayLike | None = None, loss: str = "ce", loss_tau: float = 1.0,
                  label_smoothing: str = "none", las_head: float = 0.3,
-                 las_tail: float = 0.0) -> None:
+                 las_tail: float = 0.0, min_steps: int = 16) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
-                         select=select, class_counts=class_counts)
+                         select=select, class_counts=class_counts, min_steps=min_steps)
         if label_smoothing not in ("none", "las"):
             raise ValueError(f"label_smoothing: expected 'none' or 'las', found "
                              f"{label_smoothing!r}")
@@ -887,6 +871,9 @@ class CRT(_LinearHead, _TrainedOnFeatures):
         if num_classes is not None:
             _check_number(num_classes, "num_classes", "an int >= 2 or None", lambda v: v >= 2,
                           integer=True)
+        _check_number(loss_tau, "loss_tau", "a number >= 0", lambda v: v >= 0)
+        for value, name in ((las_head, "las_head"), (las_tail, "las_tail")):
+            _check_number(value, name, "a number in [0, 1)", lambda v: 0 <= v < 1)
         self.num_classes = num_classes
         self.loss, self.loss_tau = loss, loss_tau
         self.label_smoothing, self.las_head, self.las_tail = label_smoothing, las_head, las_tail
@@ -978,7 +965,9 @@ class WB(CRT):
                  max_norm: float | None = None, beta: float = 0.9999, **kwargs: Any) -> None:
         kwargs.setdefault("sampler", "instance")
         kwargs.setdefault("weight_decay", 5e-3)
+        kwargs.setdefault("lr", 0.02)  # stage2.wb.lr's default (docs/results.md)
         super().__init__(len(weight), **kwargs)
+        _check_number(beta, "beta", "a number in [0, 1)", lambda v: 0 <= v < 1)
         if max_norm is not None:
             _check_number(max_norm, "max_norm", "a number > 0 or None (the joint classifier's "
                           "mean row norm)", lambda v: v > 0)
@@ -1016,11 +1005,11 @@ class LWS(_TrainedOnFeatures):
                  weight_decay: float = 0.0, scale_bias: bool = False,
                  sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
                  device: str | torch.device | None = None, select: str = "last",
-                 class_counts: ArrayLike | None = None) -> None:
+                 class_counts: ArrayLike | None = None, min_steps: int = 16) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
-                         select=select, class_counts=class_counts)
+                         select=select, class_counts=class_counts, min_steps=min_steps)
         _check_flag(scale_bias, "scale_bias")
         self.weight = weight
         self.bias = bias
@@ -1090,7 +1079,7 @@ class LWS(_TrainedOnFeatures):
     def logits(self, features: ArrayLike) -> Tensor:
         self._check_fitted("scales_")
         x = _features(features, columns=_like(self.weight_))
-        return self._scaled_logits(x, self.scales_, self.weight_, self.bias_)
+        return self._scaled_logits(x, *_on(x, self.scales_, self.weight_, self.bias_))
 
     def class_weights(self) -> Tensor:
         self._check_fitted("scales_")
@@ -1111,13 +1100,13 @@ def build_rebalancer(
     """Return the unfitted method ``name`` configured by the ``stage2.*`` keys.
     ``class_counts`` (the training split's) give the prior of the methods that use one, and
     the split's size for ``stage2.min_steps``; without them the methods count the training
-    labels given to ``fit``, and take ``stage2.batch_size`` as it is."""
+    labels given to ``fit``, and shrink the batch from the number of training rows."""
     # stage2.min_steps shrinks the batch of a small training split (its size: the counts')
     batch = cfg.batch_size if class_counts is None else cfg.real_batch_size(
         int(sum(class_counts)))
     trained = dict(batch_size=batch, momentum=cfg.momentum,
                    samples_per_class=cfg.samples_per_class, seed=seed, device=device,
-                   select=cfg.select, class_counts=class_counts)
+                   select=cfg.select, class_counts=class_counts, min_steps=cfg.min_steps)
     crt = dict(epochs=cfg.crt.epochs, lr=cfg.crt.lr, weight_decay=cfg.crt.weight_decay,
                las_head=cfg.crt.las_head, las_tail=cfg.crt.las_tail, **trained)
     if name == "joint":

@@ -1,0 +1,54 @@
+"""Arrays given to the Python API (NumPy, torch tensors on any device, nested sequences),
+turned into tensors and checked, with errors that name the argument."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+ArrayLike = Any  # torch.Tensor, numpy array or nested sequence
+
+
+def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
+    """Return ``x`` as a tensor (detached: a model's own parameters, ``fc.weight``, are data
+    here, never trained through); TypeError naming ``name`` for what torch cannot convert."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    try:
+        return torch.as_tensor(x).detach()
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = x
+        with contextlib.suppress(Exception):  # the first element, however deeply nested
+            while not isinstance(first, (str, bytes)) and len(first):
+                first = first[0]
+        strings = (isinstance(first, (str, bytes))
+                   or getattr(getattr(x, "dtype", None), "kind", "") in ("U", "S"))
+        found = "strings" if strings else f"{type(x).__name__} ({e})"
+        raise TypeError(f"{name}: expected {expected}, found {found}") from None
+
+
+def class_indices(y: ArrayLike, n: int | None, name: str = "labels",
+                  num_classes: int | None = None, of: str = "the classifier") -> Tensor:
+    """Return ``y`` as int64 class indices on the CPU after checking them: 1-d, ``n`` of them
+    (any number when None), integers (integer-valued floats pass), >= 0, and below
+    ``num_classes`` (the rows of the classifier, or the classes ``of`` says) when given."""
+    y = as_tensor(y, name, "integer class indices")
+    if y.ndim != 1 or (n is not None and len(y) != n):
+        expected = f"{n} labels" if n is not None else "a 1-d array of labels"
+        raise ValueError(f"{name}: expected {expected}, found shape {tuple(y.shape)}")
+    if y.is_floating_point():  # 3.0 is class 3; 3.7 is no class (.long() would make it 3)
+        bad = ~torch.isfinite(y) | (y != y.trunc())
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0])
+            raise ValueError(f"{name}: expected integer labels, found {y[row].item():g} in "
+                             f"row {row}")
+    y = y.long()
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{name}: expected labels >= 0, found {int(y.min())}")
+    if num_classes is not None and len(y) and int(y.max()) >= num_classes:
+        raise ValueError(f"{name}: expected labels below the {num_classes} classes of "
+                         f"{of}, found {int(y.max())}")
+    return y.cpu()  # small: the samplers and the fits on the CPU count them there
