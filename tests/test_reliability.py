@@ -83,9 +83,11 @@ def test_sigkill_in_a_middle_epoch_then_resume_gives_the_uninterrupted_metrics(t
     assert len(manifest["resumed"]) == 1
 
 
-def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path):
-    # kill, timeout and Slurm's end of a job send SIGTERM: one line with the command that
-    # continues, the shell's status for SIGTERM, and a run that resumes
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path, stop):
+    # kill, timeout and Slurm's end of a job send SIGTERM, a closed terminal SIGHUP: one line
+    # with the command that continues, the shell's status for the signal, and a run that
+    # resumes
     root = make_fake_fmnist(tmp_path / "f", train_per_class=500, test_per_class=10)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "run"
@@ -98,13 +100,24 @@ def test_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path):
     while not (out / "stage1" / "last.pt").exists() and child.poll() is None \
             and time.time() < deadline:
         time.sleep(0.01)
-    child.send_signal(signal.SIGTERM)
+    child.send_signal(getattr(signal, stop))
     err = child.communicate()[1]
-    assert child.returncode == 143, err
+    assert child.returncode == 128 + getattr(signal, stop), err
     assert err.strip().splitlines()[-1] == (
-        f"longtail: stopped by SIGTERM; continue with: longtail run --resume {out}"), err
+        f"longtail: stopped by {stop}; continue with: longtail run --resume {out}"), err
     assert "Traceback" not in err and not (out / "metrics.json").exists()
     assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] >= 1
+
+
+def test_nohup_keeps_sighup_ignored():
+    code = ("import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+            "from longtail.cli import install_stop_handlers, _on_stop_signal; "
+            "install_stop_handlers(); "
+            "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, "
+            "signal.getsignal(signal.SIGTERM) is _on_stop_signal)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True)
+    assert result.stdout.split() == ["True", "True"]
 
 
 def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path, capsys):

@@ -362,25 +362,41 @@ def _quiet_teardown() -> None:
     sys.excepthook = lambda *_: None
 
 
-# Set when SIGTERM (kill, timeout, Slurm's end of a job) stopped the command: it ends as
-# Ctrl-C does (what to type to continue), with the shell's status for SIGTERM.
-_terminated = False
+# The signal that stopped the command, when not Ctrl-C: SIGTERM (kill, timeout, Slurm's end of
+# a job) or SIGHUP (the terminal closed, an ssh session dropped). It ends as Ctrl-C does (the
+# folder cleaned, what to type to continue), with the shell's status for that signal.
+_stopped_by: int | None = None
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    global _terminated
-    if _terminated:  # `timeout` signals the process and then its group: one stop is enough
+def _on_stop_signal(signum: int, frame: object) -> None:
+    global _stopped_by
+    if _stopped_by is not None:  # `timeout` signals the process and then its group: one is enough
         return
-    _terminated = True
+    _stopped_by = signum
     raise KeyboardInterrupt
 
 
+def install_stop_handlers() -> None:
+    """Make SIGTERM and SIGHUP stop the command as Ctrl-C does; one set to be ignored stays
+    so (`nohup longtail run ...` outlives its terminal)."""
+    import signal
+
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)  # no SIGHUP on Windows
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, _on_stop_signal)
+
+
 def _stop_word() -> str:
-    return "stopped by SIGTERM" if _terminated else "interrupted"
+    import signal
+
+    return ("interrupted" if _stopped_by is None
+            else f"stopped by {signal.Signals(_stopped_by).name}")
 
 
 def _stop_code() -> int:
-    return 143 if _terminated else 130
+    return 130 if _stopped_by is None else 128 + _stopped_by
 
 
 def os_error_line(e: OSError) -> str:
@@ -456,7 +472,7 @@ def entry() -> None:
     import signal
     import threading
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    install_stop_handlers()
     sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     code = main()
     if "torch" not in sys.modules or multiprocessing.active_children() or any(
