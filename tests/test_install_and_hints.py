@@ -260,3 +260,25 @@ def test_the_command_skips_the_interpreters_teardown_but_not_atexit(how):
     assert out.returncode == 2 and "longtail: error:" in out.stderr, out.stderr[-2000:]
     assert "atexit" in out.stdout.split()
     assert ("teardown" in out.stdout.split()) == (how == "main")
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    import datetime
+
+    import longtail.rundir as rundir
+
+    class Frozen(datetime.datetime):  # every run starts in the same second
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 9, 55, 31)
+
+    monkeypatch.setattr(rundir, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    first = rundir.default_run_dir("demo")
+    assert first == Path("runs/demo-20261201-095531")
+    # seeds started together with `&` all chose the same free name: each claims its own
+    assert [rundir.claim_run_dir(first) for _ in range(3)] == [
+        first, Path("runs/demo-20261201-095531-2"), Path("runs/demo-20261201-095531-3")]
+    assert all(p.is_dir() for p in Path("runs").iterdir())
+    # one started after those names were taken does not choose them
+    assert rundir.default_run_dir("demo") == Path("runs/demo-20261201-095531-4")

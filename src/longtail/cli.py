@@ -694,8 +694,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     with run_folder_lock(args.resume or out):
         from longtail.pipeline import run
 
-        run(cfg, config_name=Path(args.config or "run").stem, out=out,
-            overwrite=args.overwrite, resume=args.resume, argv=argv)
+        # without --out, the default name is claimed when the folder is made (another run
+        # started the same second takes the next one)
+        run(cfg, config_name=Path(args.config or "run").stem,
+            out=args.out if args.resume is None else out, overwrite=args.overwrite,
+            resume=args.resume, argv=argv)
     return 0
 
 

@@ -54,6 +54,7 @@ from longtail.report import fit_cell, format_grid, format_table, read_metrics, w
 from longtail.rundir import (
     check_rebalance_args,
     check_run_dir,
+    claim_run_dir,
     default_run_dir,
     folder_in_use,
     run_folder_lock,
@@ -120,12 +121,16 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     make_dir(run_dir)
 
 
-def _shared_run_dir(out: Path | None, config_name: str, overwrite: bool) -> Path:
-    """Return the run directory chosen (and prepared) by rank 0, in every process."""
+def _shared_run_dir(out: Path | None, target: Path, overwrite: bool) -> Path:
+    """Return the run directory chosen (and prepared) by rank 0, in every process: ``out``,
+    or without it the default-named ``target`` (or the next free name, see ``claim_run_dir``)."""
     run_dir = None
     if distributed.is_main():
-        run_dir = out or default_run_dir(config_name)
-        prepare_run_dir(run_dir, overwrite)
+        if out is None:
+            run_dir = claim_run_dir(target)
+        else:
+            run_dir = out
+            prepare_run_dir(run_dir, overwrite)
     return Path(distributed.broadcast_object(run_dir))
 
 
@@ -156,7 +161,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
             if resume is None:
                 existed = target.is_dir()
                 fresh = not existed or not any(target.iterdir())
-                run_dir = _shared_run_dir(target, config_name, overwrite)
+                run_dir = _shared_run_dir(out, target, overwrite)
                 if not existed:
                     locks.enter_context(run_folder_lock(run_dir))
             return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)

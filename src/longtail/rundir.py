@@ -19,8 +19,34 @@ if TYPE_CHECKING:
 
 
 def default_run_dir(config_name: str) -> Path:
-    """Return ``runs/<config name>-<timestamp>``."""
-    return Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """Return ``runs/<config name>-<timestamp>``, with ``-2``, ``-3``, ... when that folder
+    exists (runs started within the same second)."""
+    base = Path("runs") / f"{config_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return next(p for p in _numbered(base) if not os.path.lexists(p))
+
+
+def _numbered(base: Path) -> Iterator[Path]:
+    yield base
+    k = 2
+    while True:
+        yield base.with_name(f"{base.name}-{k}")
+        k += 1
+
+
+def claim_run_dir(path: Path) -> Path:
+    """Create the default-named run folder ``path`` and return it; when another process made
+    it meanwhile (seeds started together with ``&``), the next free ``-2``, ``-3``, ...: each
+    run gets its own folder, never one another run is writing."""
+    for candidate in _numbered(path):
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise LongtailError(f"{candidate}: cannot create the folder ({e.strerror})") from None
+    raise AssertionError("unreachable")
 
 
 def require_run_dir(run_dir: Path, option: str = "") -> Path:
