@@ -148,6 +148,34 @@ def test_grid_runs_each_sampler_and_writes_grid_json(fake_fmnist, tmp_path, caps
     assert table[0] == "| stage-1 variant | joint | crt | tau_norm |"
     assert len(table) == 5 and " / " in table[2]
     assert "grid: top-1 / Few-shot" in capsys.readouterr().out
+    # the folder taken: overwrite or choose another (a grid has no --resume to offer)
+    assert main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"longtail: error: --out {out}: folder exists and is not empty; pass --overwrite to "
+        f"replace its files or choose another --out\n")
+
+
+def test_a_stopped_grid_says_which_rows_finished(fake_fmnist, tmp_path, capsys, monkeypatch):
+    import longtail.pipeline as pipeline
+
+    calls = []
+
+    def fake_run(cfg, data, run_dir, *args, **kwargs):  # the first row finishes, then Ctrl-C
+        calls.append(run_dir.name)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return {"methods": {"joint": {"top1": 50.0, "few": 10.0}}}
+
+    monkeypatch.setattr(pipeline, "_run", fake_run)
+    out = tmp_path / "grid"
+    code = main(["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+                 "data.n_max=60", "data.n_min=2", "data.val_per_class=5",
+                 "--samplers", "instance,class", "--out", str(out)])
+    assert code == 130 and calls == ["instance", "class"]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"longtail: interrupted; {out}/grid.json holds the finished rows (instance); the grid "
+        f"starts again with the same command and --overwrite")
+    assert list(json.loads((out / "grid.json").read_text())) == ["instance"]
 
 
 def test_grid_losses_with_mixup_and_every_method(fake_fmnist, tmp_path, capsys):

@@ -758,14 +758,14 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
         if len(set(losses)) != len(losses):
             raise ConfigError(f"--losses: expected distinct losses, found {args.losses!r}")
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
-    check_run_dir(out, args.overwrite)
+    check_run_dir(out, args.overwrite, resumable=False)
     _check_data_files(cfg, args.config)
     notes += ignored_overrides(cfg, args.overrides)
     check_device(cfg.device)
     _print_notes(notes)
     from longtail.pipeline import grid
 
-    grid(cfg, samplers, losses, config_name=Path(args.config).stem, out=out,
+    grid(cfg, samplers, losses, config_name=Path(args.config).stem, out=args.out,
          overwrite=args.overwrite, argv=argv)
     return 0
 

@@ -229,32 +229,52 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
     device = distributed.select_device(cfg.device)
     check_model_name(cfg)
     if out is not None:
-        check_run_dir(out, overwrite)  # before any work
+        check_run_dir(out, overwrite, resumable=False)  # before any work
     results: dict[str, Any] = {}
-    with distributed.session(device):
-        data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
-        grid_dir = _shared_run_dir(out, f"{config_name}-grid", overwrite)
-        for sampler in samplers:
-            for loss in losses or [None]:
-                row = str(sampler) if loss is None else f"{sampler}-{loss}"
-                _say(f"\n=== grid: stage1.sampler={sampler}"
-                     + (f" stage1.loss={loss}" if loss else "") + " ===")
-                sub = replace(cfg, stage1=replace(cfg.stage1, sampler=sampler,
-                                                  loss=loss or cfg.stage1.loss))
-                run_dir = grid_dir / row
-                if distributed.is_main():
-                    prepare_run_dir(run_dir, overwrite)
-                metrics = _run(sub, data, run_dir, device, argv or [], resumed=False)
-                if distributed.is_main():
-                    results[row] = metrics["methods"]
-                    atomic_write_json(grid_dir / "grid.json", results)
-        if distributed.is_main():
-            table = format_grid(results)
-            atomic_write_text(grid_dir / "grid.md", table + "\n")
-            print(f"\ngrid: top-1 / Few-shot accuracy (%) by stage-1 variant (rows) and "
-                  f"stage-2 method (columns)\n{table}\n\nwrote {grid_dir}/grid.json, grid.md",
-                  flush=True)
+    grid_dir = None
+    try:
+        with distributed.session(device):
+            data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            grid_dir = _shared_run_dir(out, out or default_run_dir(f"{config_name}-grid"),
+                                       overwrite)
+            _grid_rows(cfg, data, samplers, losses, grid_dir, overwrite, device, argv,
+                       results)
+    except KeyboardInterrupt:
+        if grid_dir is None:
+            raise Interrupted("nothing was written") from None
+        done = f"{grid_dir}/grid.json holds the finished rows ({', '.join(results)})" \
+            if results else "no row finished"
+        again = " and --overwrite" if out is not None else ""  # a default name is a new one
+        raise Interrupted(f"{done}; the grid starts again with the same command{again}") \
+            from None
     return results
+
+
+def _grid_rows(cfg: Config, data: LongTailData, samplers: list, losses: list[str] | None,
+               grid_dir: Path, overwrite: bool, device: torch.device, argv: list[str] | None,
+               results: dict[str, Any]) -> None:
+    """Run ``grid``'s variants into ``grid_dir``, adding each one's methods to ``results``
+    and grid.json as it finishes; then write grid.md and print the table."""
+    for sampler in samplers:
+        for loss in losses or [None]:
+            row = str(sampler) if loss is None else f"{sampler}-{loss}"
+            _say(f"\n=== grid: stage1.sampler={sampler}"
+                 + (f" stage1.loss={loss}" if loss else "") + " ===")
+            sub = replace(cfg, stage1=replace(cfg.stage1, sampler=sampler,
+                                              loss=loss or cfg.stage1.loss))
+            run_dir = grid_dir / row
+            if distributed.is_main():
+                prepare_run_dir(run_dir, overwrite)
+            metrics = _run(sub, data, run_dir, device, argv or [], resumed=False)
+            if distributed.is_main():
+                results[row] = metrics["methods"]
+                atomic_write_json(grid_dir / "grid.json", results)
+    if distributed.is_main():
+        table = format_grid(results)
+        atomic_write_text(grid_dir / "grid.md", table + "\n")
+        print(f"\ngrid: top-1 / Few-shot accuracy (%) by stage-1 variant (rows) and "
+              f"stage-2 method (columns)\n{table}\n\nwrote {grid_dir}/grid.json, grid.md",
+              flush=True)
 
 
 def _say(text: str) -> None:
