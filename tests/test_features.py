@@ -208,6 +208,28 @@ def test_val_held_out_of_a_feature_file_with_group_counts_keeps_them(tmp_path):
         assert data.train_counts == [200 - held, 30 - held, 10 - held]
 
 
+def test_a_hold_out_that_unbalances_val_says_so(tmp_path):
+    files = gaussian_features(tmp_path / "f", counts=(80, 30, 8, 1))
+    for held, notes in (
+            (2, ["val: 6 images held out of training (data.val_from_train=2)",
+                 "val is not balanced: 1 of 4 classes have 2 or fewer training images and gave "
+                 "all but one (val per class 0 to 2); a class of one image gives none"]),
+            (10, ["val: 27 images held out of training (data.val_from_train=10)",
+                  "val is not balanced: 2 of 4 classes have 10 or fewer training images and "
+                  "gave all but one (val per class 0 to 10); a class of one image gives none"])):
+        cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",
+                                 f"data.test={files['test']}", f"data.val_from_train={held}"])
+        assert build_data(cfg.data, seed=0).notes[-2:] == notes
+    files = gaussian_features(tmp_path / "g", counts=(80, 30, 8, 4))
+    cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",
+                             f"data.test={files['test']}", "data.val_from_train=5"])
+    assert build_data(cfg.data, seed=0).notes[-1].endswith(
+        "(val per class 3 to 5); data.val_from_train=3 keeps it balanced")
+    cfg = load_config(None, ["data.kind=features", f"data.train={files['train']}",
+                             f"data.test={files['test']}", "data.val_from_train=3"])
+    assert build_data(cfg.data, seed=0).notes[-1].startswith("val: 12 images held out")
+
+
 def test_extract_of_a_run_with_val_held_out_of_training_runs_again(tmp_path):
     """A class of one training row has no val row when val is held out of training: the
     extracted val file lacks it, and the extracted config still runs (and repeats the run)."""

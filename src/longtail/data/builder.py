@@ -195,6 +195,17 @@ def _hold_out_val(cfg: DataConfig, record: DataRecord, split_seed: int, take) ->
     record.splits["train"], record.splits["val"] = take(train, kept), take(train, held)
     record.notes.append(f"val: {len(held)} images held out of training "
                         f"(data.val_from_train={cfg.val_from_train})")
+    counts = np.bincount(labels, minlength=len(record.class_names))
+    given = np.bincount(labels[held], minlength=len(counts))[counts > 0]
+    short = int((given < cfg.val_from_train).sum())
+    if short:  # a class keeps one training image: val is then not balanced, and said so
+        smallest = int(counts[counts > 0].min())
+        record.notes.append(
+            f"val is not balanced: {short} of {len(given)} classes have {cfg.val_from_train} "
+            f"or fewer training images and gave all but one (val per class {int(given.min())} "
+            f"to {int(given.max())}); " + (f"data.val_from_train={smallest - 1} keeps it "
+                                           f"balanced" if smallest > 1 else
+                                           "a class of one image gives none"))
     return True
 
 
