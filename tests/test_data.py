@@ -381,6 +381,9 @@ def test_a_list_file_found_in_two_places_is_named(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().out.startswith(
         f"warning: train.txt is read from the working directory {tmp_path}; data.root holds "
         f"another root/train.txt")
+    # said once, though the file is looked up again when it is read after the checks
+    assert resolve_near_root("train.txt", "root") == Path("train.txt")
+    assert capsys.readouterr().out == ""
 
 
 def test_augmentation_seeds_of_every_allowed_run_seed_fit_torchs_generator():

@@ -35,6 +35,9 @@ def main_process() -> bool:
     return loaded is None or loaded.is_main()
 
 
+_SAID: set[tuple[str, str]] = set()  # (path, the other one in data.root), warned of
+
+
 def resolve_near_root(path: str | Path, root: str | Path) -> Path:
     """Return ``path``; a relative path that is not found from the working directory is looked
     up in ``root`` (split files often live beside the images)."""
@@ -44,7 +47,9 @@ def resolve_near_root(path: str | Path, root: str | Path) -> Path:
         return path
     if not path.exists():
         return beside
-    if not os.path.samefile(path, beside) and main_process():  # say which one is read
+    said = (os.path.abspath(path), os.path.abspath(beside))
+    if not os.path.samefile(path, beside) and main_process() and said not in _SAID:
+        _SAID.add(said)  # once: the files are checked before they are read
         print(f"warning: {path} is read from the working directory {Path.cwd()}; data.root "
               f"holds another {beside} (give an absolute path to choose)", flush=True)
     return path
