@@ -103,6 +103,11 @@ def test_copies_of_one_run_are_not_averaged():
     assert comparable_runs(["a", "b"], [a, {**a, "seed": 1}], [{}] * 2, []) is None
     assert comparable_runs(["a", "b"], [a, {**a, "stage1.epochs": 10}], [{}] * 2,
                            ["stage1.epochs"]) is None
+    # a run without config.yaml (metrics.json copied alone) is not compared: no invented
+    # difference (`None vs False`), while the others still are
+    assert comparable_runs(["x", "a", "b"], [{}, a, {**a, "seed": 1}], [{}] * 3, []) is None
+    assert comparable_runs(["x", "a", "b"], [{}, a, {**a, "seed": 1, "stage1.epochs": 9}],
+                           [{}] * 3, []).startswith("a and b differ in stage1.epochs (30 vs 9)")
 
 
 def test_fit_cell_lines_up_wide_and_combining_characters():

@@ -992,6 +992,10 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
     problem = comparable_runs(args.run_dirs, configs, splits, ignore)
     if problem:
         raise LongtailError(f"summarize: {problem}")
+    for run_dir, config in zip(args.run_dirs, configs):
+        if not config and len(configs) > 1:
+            print(f"note: {run_dir} has no config.yaml; its settings are not compared with the "
+                  f"other runs'", file=sys.stderr)
     summary = summarize(runs)
     n = len(runs)
     print(f"{n} runs: mean ± sample std of test accuracy (%); (n=K) marks a cell over fewer runs"

@@ -105,11 +105,13 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
                     f"({setting[i].get('seed')}) and config: the same run twice (a copy?), "
                     f"whose spread would be 0; average runs of different seeds")
 
-    first = configs[0]
-    for name, config in zip(names[1:], configs[1:]):
+    # A run without config.yaml (metrics.json copied alone) has no settings to compare.
+    known = [(name, config) for name, config in zip(names, configs) if config]
+    head, first = known[0] if known else (names[0], {})
+    for name, config in known[1:]:
         for key in sorted(set(first) | set(config)):
             if not free(key) and first.get(key) != config.get(key):
-                return (f"{names[0]} and {name} differ in {key} ({first.get(key)!r} vs "
+                return (f"{head} and {name} differ in {key} ({first.get(key)!r} vs "
                         f"{config.get(key)!r}); runs to average may differ only in seed, or "
                         f"pass --ignore {key}")
     # A split fixed by its lists (or by data.split_seed) must be the same file in every run;
