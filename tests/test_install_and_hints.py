@@ -262,6 +262,19 @@ def test_the_command_skips_the_interpreters_teardown_but_not_atexit(how):
     assert ("teardown" in out.stdout.split()) == (how == "main")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_stdout_full_or_closed_is_one_line_or_nothing():
+    command = f"{shlex.quote(sys.executable)} -m longtail config fmnist_lt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    full = subprocess.run(["bash", "-c", command + " > /dev/full"], capture_output=True,
+                          text=True, env=env)
+    assert full.returncode == 2
+    assert full.stderr.splitlines()[-1] == "longtail: error: stdout: No space left on device"
+    closed = subprocess.run(["bash", "-c", command + " >&-"], capture_output=True, text=True,
+                            env=env)  # its output discarded, as with > /dev/null
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr
+
+
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     import datetime
 

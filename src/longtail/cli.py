@@ -434,8 +434,10 @@ class _PipeSafe:
     that goes to /dev/null, so the work goes on and its files are written as without the pipe
     (Python would raise BrokenPipeError from the next print)."""
 
-    def __init__(self, stream) -> None:
-        self._stream = stream
+    def __init__(self, stream, name: str) -> None:
+        # a closed stream (`longtail ... >&-`): its output discarded, as with > /dev/null
+        self._stream = stream if stream is not None else open(os.devnull, "w")
+        self._name = name
 
     def write(self, text: str) -> int:
         try:
@@ -443,12 +445,18 @@ class _PipeSafe:
         except BrokenPipeError:
             self._to_devnull()
             return len(text)
+        except OSError as e:  # e.g. > /dev/full: the error line says which stream
+            e.filename = e.filename or self._name
+            raise
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             self._to_devnull()
+        except OSError as e:
+            e.filename = e.filename or self._name
+            raise
 
     def _to_devnull(self) -> None:
         try:
@@ -473,7 +481,7 @@ def entry() -> None:
     import threading
 
     install_stop_handlers()
-    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout, "stdout"), _PipeSafe(sys.stderr, "stderr")
     code = main()
     if "torch" not in sys.modules or multiprocessing.active_children() or any(
             t.is_alive() and not t.daemon for t in threading.enumerate()
