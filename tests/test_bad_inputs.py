@@ -184,6 +184,10 @@ CASES = [
     ("rebalance of no run", None, ["rebalance", "{w}"], "not a run directory (no config.yaml)"),
     ("rebalance changing stage 1", lambda w: _run_dir(w, "r"),
      ["rebalance", "{w}/r", "stage1.epochs=3"], "rebalance only changes stage2.*"),
+    ("make-split: image_folder --out inside --root", None,
+     ["make-split", "image_folder", "--root", "{w}/d/train", "--out", "{w}/d/train/splits"],
+     "make-split --out {w}/d/train/splits: inside --root {w}/d/train, where every sub-folder is "
+     "read as a class"),
     ("make-split: n-min 0", None,
      ["make-split", "fmnist", "--root", "{w}", "--out", "{w}/s", "--n-min", "0"],
      "make-split --n-min: expected an integer >= 1, found 0"),
@@ -692,7 +696,7 @@ def test_cli_mistake_is_one_line_fast_and_leaves_nothing(world, case, setup, arg
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert expected in lines[0], lines[0]
+    assert expected.replace("{w}", str(world)) in lines[0], lines[0]
     assert result.stdout == ""
     assert sorted(p.relative_to(world) for p in world.rglob("*")) == before  # nothing left
     # The work the answer took (CPU seconds: no torch import, no data read), which a busy

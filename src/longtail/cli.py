@@ -843,6 +843,12 @@ def _check_split_out(args: argparse.Namespace) -> None:
                 os.path.samefile(target, args.list_file):
             raise LongtailError(f"make-split --out {args.out}: would write {name} over the "
                                 f"--list it reads ({args.list_file}); choose another --out")
+    if args.source == "image_folder":  # its sub-folders are the classes, read again by runs
+        root, target = os.path.realpath(args.root), os.path.realpath(args.out)
+        if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+            raise LongtailError(f"make-split --out {args.out}: inside --root {args.root}, "
+                                f"where every sub-folder is read as a class (the split's "
+                                f"folder would become one); choose an --out outside it")
     held = [n for n in SPLIT_FILES if (args.out / n).exists()]
     if held and not (args.out / "split.json").is_file():
         raise LongtailError(f"make-split --out {args.out}: holds {', '.join(held)} that "
