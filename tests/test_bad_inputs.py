@@ -302,6 +302,10 @@ CASES = [
     ("--resume with a changed key", lambda w: _run_dir(w, "r"),
      ["run", "--resume", "{w}/r", "stage1.epochs=3"],
      "config differs from the run's own config.yaml (stage1.epochs: 30 -> 3)"),
+    ("--resume with a changed stage-2 key", lambda w: _run_dir(w, "r"),
+     ["run", "--resume", "{w}/r", "stage2.crt.epochs=3"],
+     "(stage2.crt.epochs: 10 -> 3); resume without changes, or start a new run; stage-2 keys "
+     "alone: longtail rebalance {w}/r KEY=VALUE ... (once stage 1 has finished)"),
     ("grid: q=1 and instance", None, ["grid", CONFIG, "--samplers", "1,instance"],
      "--samplers: expected distinct samplers, found '1,instance'; 1.0 and instance are both"),
     ("make-split: negative seed", None,

@@ -207,8 +207,13 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     changed = [k for k in ours if ours[k] != theirs.get(k) and k not in PLACE_KEYS]
     if changed:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
+        # stage-2 settings are what rebalance changes, on the run's cached features
+        other = (f"; stage-2 keys alone: longtail rebalance {shlex.quote(str(run_dir))} "
+                 f"KEY=VALUE ... (once stage 1 has finished)"
+                 if all(k.startswith("stage2.") for k in changed) else "")
         raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
-                            f"config.yaml ({diffs}); resume without changes, or start a new run")
+                            f"config.yaml ({diffs}); resume without changes, or start a new "
+                            f"run{other}")
     # a data.root given now (the data moved) is the user's, from the working directory: one
     # spelled as the run's own too, when it names a folder here
     given = cfg.data.root != theirs["data.root"] or (cfg.data.root is not None
