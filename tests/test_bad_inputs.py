@@ -34,6 +34,12 @@ def _edit_list(world: Path, split: str, change) -> None:
     path.write_text("\n".join(change(lines)) + "\n")
 
 
+def _npz(path: Path) -> None:
+    import numpy as np
+
+    np.savez(path, **{"fc.weight": np.zeros((2, 2))})
+
+
 def _moved_extract(folder: Path, root: Path) -> None:
     """An extract's folder moved away from the data.root its config.yaml names."""
     for name in ("t.npz", "u.npz"):  # only their presence is looked at before the root's
@@ -457,6 +463,15 @@ CASES = [
     ("weights file a FIFO", lambda w: os.mkfifo(w / "w.pt"), ["run", CONFIG,
                                                                "model.weights={w}/w.pt"],
      "w.pt is not a regular file (a FIFO, device or socket)"),
+    ("weights file empty", lambda w: _write(w / "e.pt", b""),
+     ["run", CONFIG, "model.weights={w}/e.pt"],
+     "config key model.weights: {w}/e.pt: not a readable PyTorch file: it is empty (0 bytes)"),
+    ("weights file of text", lambda w: _write(w / "t.pt", "weights\n"),
+     ["run", CONFIG, "model.weights={w}/t.pt"],
+     "t.pt: not a PyTorch file (torch.save writes a zip archive; this one starts with "
+     "b'weights\\n')"),
+    ("weights file an npz", lambda w: _npz(w / "w.npz"), ["run", CONFIG, "model.weights={w}/w.npz"],
+     "w.npz: not a PyTorch file: a zip archive of fc.weight.npy, not one torch.save wrote"),
     ("YAML 1.1 base-60 number", None, ["run", CONFIG, "seed=1:00"],
      "config key seed: expected int, found str '1:00'"),
     ("key with an empty part", None, ["run", CONFIG, ".seed=1"],

@@ -198,6 +198,35 @@ def _unreadable(path: Path, error: Exception) -> str:
             f"with {head!r})")
 
 
+def torch_file_problem(path: Path) -> str | None:
+    """Say, from its first bytes and without torch, why ``path`` cannot be a file torch.save
+    wrote (empty, text, a zip archive of other members such as an .npz), or None when it may
+    be one; torch's own reading says more about the rest. A .safetensors file is not looked at."""
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        return f"{path}: cannot read the file ({e.strerror})"
+    if not head:
+        return f"{path}: not a readable PyTorch file: it is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return (f"{path}: not a readable PyTorch file: truncated or corrupt (the zip "
+                    f"archive torch.save writes has no end)")
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if not any(n.endswith("data.pkl") for n in names):  # torch.save's archive holds one
+            return (f"{path}: not a PyTorch file: a zip archive of {', '.join(names[:3])}"
+                    f"{' ...' * (len(names) > 3)}, not one torch.save wrote")
+        return None
+    if head.startswith(b"\x80"):  # a pickle: torch.save's format before torch 1.6
+        return None
+    return (f"{path}: not a PyTorch file (torch.save writes a zip archive; this one starts "
+            f"with {head!r})")
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).split("WeightsUnpickler error:")[-1]  # the detail of torch's long text
     lines = text.strip().splitlines()

@@ -564,6 +564,11 @@ def _check_files(cfg: Config) -> None:
             raise ConfigError(f"config key model.weights: file not found: {weights}"
                               if problem == "not found" else
                               f"config key model.weights: {weights} {problem}")
+        from longtail.checkpoint import torch_file_problem
+
+        problem = torch_file_problem(path)
+        if problem:  # empty, text, an .npz: said before the data is read
+            raise ConfigError(f"config key model.weights: {problem}")
 
 
 # The keys that name files or folders (checked non-empty, ~ expanded).
