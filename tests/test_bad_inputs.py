@@ -472,6 +472,10 @@ CASES = [
      "b'weights\\n')"),
     ("weights file an npz", lambda w: _npz(w / "w.npz"), ["run", CONFIG, "model.weights={w}/w.npz"],
      "w.npz: not a PyTorch file: a zip archive of fc.weight.npy, not one torch.save wrote"),
+    ("mean of 3 channels for 1", None, ["run", CONFIG, "model.in_channels=1",
+                                        "data.mean=[.5,.5,.5]", "data.std=[.2,.2,.2]"],
+     "config key data.mean: expected 1 values (one per channel, model.in_channels), found "
+     "[0.5, 0.5, 0.5]"),
     ("YAML 1.1 base-60 number", None, ["run", CONFIG, "seed=1:00"],
      "config key seed: expected int, found str '1:00'"),
     ("key with an empty part", None, ["run", CONFIG, ".seed=1"],

@@ -976,6 +976,11 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
         need(d.mean is not None and d.std is not None and len(d.mean) == len(d.std),
              "data.mean", "data.mean and data.std set together, one value per channel each; "
              f"data.std is {d.std}, data.mean", d.mean)
+        if d.kind != "features":  # the images' channels are known from the config alone
+            channels = cfg.model.in_channels or (1 if d.kind == "fmnist_lt" else 3)
+            need(len(d.mean) == channels, "data.mean", f"{channels} values (one per channel"
+                 + (", model.in_channels" if cfg.model.in_channels else f" of {d.kind}")
+                 + ")", d.mean)
     need(cfg.stage1.epochs >= 1 or (cfg.stage1.epochs == 0 and (
         cfg.model.weights is not None or cfg.model.pretrained)),
         "stage1.epochs", "an int >= 1 (0 only with model.weights: stage 2 on those weights)",
