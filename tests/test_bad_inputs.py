@@ -414,6 +414,10 @@ CASES = [
                                                               "train/class_0/00001.jpg 0\n"),
      ["make-split", "list", "--root", "{w}/d", "--list", "{w}/one.txt", "--out", "{w}/s"],
      "one.txt holds 1 class; expected at least 2"),
+    ("make-split: list under another root", None,
+     ["make-split", "list", "--root", "{w}", "--list", "{w}/d/train.txt", "--out", "{w}/s"],
+     "make-split --root {w}: none of the first 12 images {w}/d/train.txt lists is there (e.g. "
+     "{w}/train/"),
     ("make-split: --root a file", None,
      ["make-split", "fmnist", "--root", "{w}/d/train.txt", "--out", "{w}/s"],
      "train.txt: is a file, expected the source's folder"),

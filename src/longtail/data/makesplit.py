@@ -207,6 +207,12 @@ def _file_source(req: SplitRequest):
     if req.list_file is None:
         raise LongtailError("make-split list: --list FILE is required (the balanced list)")
     pool = parse_list_file(req.list_file, req.root)
+    first = pool.paths[:20]
+    if first and not any(p.is_file() for p in first):  # the root, not the images, is wrong
+        raise LongtailError(f"make-split --root {req.root}: none of the first {len(first)} "
+                            f"images {pool.source} lists is there (e.g. {first[0]}); its paths "
+                            f"are relative to --root: check that it is the folder they start "
+                            f"from")
     present = sorted(set(pool.labels))
     if present != list(range(len(present))):
         raise LongtailError(f"{pool.source}: labels must be 0..C-1, each present; no image has "
