@@ -82,7 +82,8 @@ CASES = [
      "run: expected a CONFIG file first, found 'stage1.epochs=1'"),
     ("run with nothing", None, ["run"], "run: expected a CONFIG file"),
     ("unknown command", None, ["trian"], "invalid choice: 'trian'"),
-    ("unknown option", None, ["run", CONFIG, "--epochs", "3"], "unrecognized arguments: --epochs"),
+    ("unknown option", None, ["run", CONFIG, "--epochs", "3"],
+     "run: unrecognized arguments: --epochs 3; see 'longtail run --help'"),
     # the data keys' folders and files: present or not, said before torch is imported
     ("fmnist data.root missing", None, ["run", CONFIG, "data.root={w}/none"],
      "Fashion-MNIST not found in"),
@@ -242,6 +243,9 @@ CASES = [
      ["extract", "{w}/r", "--format", "csv", "--out", "{w}/x"], "invalid choice: 'csv'"),
     ("summarize: --json into a missing folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/no/s.json"], "no/s.json: folder"),
+    ("summarize: --json under a file", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["summarize", "{w}/a", "{w}/b", "--json", "{w}/d/train.txt/s.json"],
+     "--json {w}/d/train.txt/s.json: {w}/d/train.txt is a file, not a folder"),
     ("extract into the run folder", lambda w: _run_dir(w, "a"),
      ["extract", "{w}/a", "--out", "{w}/a", "--overwrite"], "inside the run folder"),
     ("features run with mixup", None,
@@ -296,6 +300,9 @@ CASES = [
      "grid: the following arguments are required: CONFIG; see 'longtail grid --help'"),
     # --- answered before torch is imported and before any data is read --------------------
     ("misspelt --version", None, ["--versoin"], "unrecognized arguments: --versoin"),
+    ("a command's option before it", None, ["--debug", "run", CONFIG],
+     "unrecognized arguments: --debug (a command's options go after it: longtail run --debug "
+     "...); see 'longtail --help'"),
     ("config file a folder", None, ["run", "{w}/d"], "d: is a folder, not a config file"),
     ("--out empty", None, ["run", CONFIG, "--out", ""],
      "argument --out: expected a folder, found ''"),

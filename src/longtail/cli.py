@@ -279,6 +279,12 @@ def _other_rank() -> bool:
     return not joined
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Return the parser of each command (run, grid, ...) by name."""
+    return next(a.choices for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -287,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in leading if a != "-h" and not (
         len(a) > 2 and any(o.startswith(a) for o in ("--help", "--version")))]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        after = argv[len(leading)] if len(argv) > len(leading) else None
+        where = (f" (a command's options go after it: longtail {after} {' '.join(unknown)} ...)"
+                 if after in _commands(parser) else "")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{where}")
     # argparse keeps the last of an option given twice: `--samplers a --samplers b` would drop a
     given = [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
     twice = next((o for i, o in enumerate(given) if o in given[:i]), None)
@@ -296,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may also come after options (`grid CONFIG --samplers a,b k=v`).
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
-    if unknown or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if unknown or (extra and not hasattr(args, "overrides")):  # said by the command's parser
+        _commands(parser)[args.command].error(
+            f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     _quiet_fd_sharing_errors()
@@ -968,6 +978,9 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
         if args.json.is_dir():
             raise LongtailError(f"--json {args.json}: expected a file name for the summary, "
                                 f"found a folder")
+        if args.json.parent.exists() and not args.json.parent.is_dir():
+            raise LongtailError(f"--json {args.json}: {args.json.parent} is a file, not a "
+                                f"folder")
         if not args.json.parent.is_dir():
             raise LongtailError(f"--json {args.json}: folder {args.json.parent} not found")
         if args.json.exists() and not args.overwrite and not _earlier_summary(args.json):
