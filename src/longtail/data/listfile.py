@@ -55,12 +55,14 @@ def resolve_near_root(path: str | Path, root: str | Path) -> Path:
     return path
 
 
-def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
+def parse_list_file(list_file: str | Path, root: str | Path,
+                    root_name: str = "data.root") -> FileSplit:
     """Return the entries of ``list_file``; paths are resolved against ``root``.
 
     A relative ``list_file`` is looked up in the working directory, then in ``root``. A line is
     ``relative/path label`` (the last whitespace-separated field is the label, so paths may
-    contain spaces); blank lines are skipped. Errors name the file and line.
+    contain spaces); blank lines are skipped. Errors name the file and line (``root_name``:
+    what the user calls ``root``, e.g. make-split's --root).
     """
     root = Path(root)
     list_file = resolve_near_root(list_file, root)
@@ -70,7 +72,7 @@ def parse_list_file(list_file: str | Path, root: str | Path) -> FileSplit:
     problem = file_problem(list_file)
     if problem == "not found":
         raise LongtailError(f"{list_file}: list file not found (looked in the working directory "
-                            f"and in data.root {root})")
+                            f"and in {root_name} {root})")
     if problem:
         raise LongtailError(f"{list_file}: list file {problem}")
     paths, labels, origins = [], [], []

@@ -206,7 +206,7 @@ def _file_source(req: SplitRequest):
         return read_image_folder(req.root)
     if req.list_file is None:
         raise LongtailError("make-split list: --list FILE is required (the balanced list)")
-    pool = parse_list_file(req.list_file, req.root)
+    pool = parse_list_file(req.list_file, req.root, "--root")
     first = pool.paths[:20]
     if first and not any(p.is_file() for p in first):  # the root, not the images, is wrong
         raise LongtailError(f"make-split --root {req.root}: none of the first {len(first)} "
