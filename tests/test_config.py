@@ -170,7 +170,7 @@ def test_a_finished_runs_config_is_read_as_it_ran(tmp_path):
     # an earlier version allowed stage2.bn=train with cached features; summarize reads it
     path = write(tmp_path, "stage2:\n  bn: train\n")
     assert load_config(path, finished=True).stage2.bn == "train"
-    with pytest.raises(ConfigError, match=r"c\.yaml: config key stage2\.bn: expected eval"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: config key stage2\.bn: expected eval"):
         load_config(path)  # a file's own mistake is named by the file
 
 

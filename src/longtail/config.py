@@ -485,12 +485,35 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         if not finished:
             _check_semantics(cfg, template)
     except ConfigError as e:
-        if path is not None and not overrides:  # all from the file: name it
+        if path is None:
+            raise
+        # a key the file gives (not an override): its file and line, else the file when
+        # every value came from it
+        named = re.search(r"config key ([\w.]+)", str(e))
+        lines = _key_lines(text)
+        if named and named[1] in lines and named[1] not in {override_key(o) for o in overrides}:
+            raise ConfigError(f"{path}:{lines[named[1]]}: {e}") from None
+        if not overrides:
             raise ConfigError(f"{path}: {e}") from None
         raise
     if new_run:  # not for a finished run's config.yaml: summarize needs no weights file
         _check_files(cfg)
     return _cap_epochs(cfg)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Return the line (1-based) of each dotted key a YAML config text gives."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines.setdefault(prefix + str(key.value), key.start_mark.line + 1)
+                    walk(value, f"{prefix}{key.value}.")
+
+    walk(yaml.compose(text, Loader=_Loader), "")
+    return lines
 
 
 def override_key(item: str) -> str:
