@@ -37,9 +37,10 @@ from longtail.stages.joint import train_joint
 
 def bare_loop(model, batch: int, channels: int, side: int, steps: int) -> float:
     """Return images per second of plain training steps on one in-memory batch."""
-    model.train().to(memory_format=torch.channels_last)
+    layout = model.layout(torch.device("cpu"))  # as longtail's stage 1 takes it
+    model.train().to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, side, side).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch,))
     for i in range(steps + 2):
         if i == 2:  # two warm-up steps
@@ -77,8 +78,9 @@ def synthetic_data(batch: int, channels: int, side: int, steps: int) -> LongTail
 
 def bare_features(model, batch: int, channels: int, side: int, steps: int) -> float:
     """Return images per second of the backbone's forward pass on one in-memory batch."""
-    model.eval().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
+    layout = model.layout(torch.device("cpu"))
+    model.eval().to(memory_format=layout)
+    x = torch.randn(batch, channels, side, side).contiguous(memory_format=layout)
     with torch.no_grad():
         for i in range(steps + 2):
             if i == 2:
@@ -90,7 +92,7 @@ def bare_features(model, batch: int, channels: int, side: int, steps: int) -> fl
 def longtail_features(model, batch: int, channels: int, side: int, steps: int) -> float:
     """Return images per second of extracting one split's features as ``longtail run`` does."""
     data = synthetic_data(batch, channels, side, steps)
-    model.eval().to(memory_format=torch.channels_last)  # as stage 1 leaves it
+    model.eval().to(memory_format=model.layout(torch.device("cpu")))  # as stage 1 leaves it
     view = data.eval_view(data.test)
     first = TensorImages(data.test.images[:batch], data.test.labels[:batch])
     infer(model.features, data.eval_view(first), batch_size=batch,

@@ -136,3 +136,30 @@ def test_config_knows_every_backbone_without_importing_torch():
     from longtail.config import BACKBONE_NAMES
 
     assert tuple(BACKBONE_NAMES) == tuple(BACKBONES)
+
+
+def test_narrow_networks_on_cpu_train_in_the_contiguous_layout():
+    """oneDNN's backward of a 1x1 stride-2 convolution of 8 channels in channels_last crashed
+    the process (torch 2.14, model.width=8 at 224 px); such networks take the contiguous
+    layout on a CPU, wider ones channels_last."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cpu = torch.device("cpu")
+    assert build_model("resnet10", 10, 3, 224, width=8).layout(cpu) == torch.contiguous_format
+    assert build_model("resnet10", 10, 3, 224, width=16).layout(cpu) == torch.channels_last
+    assert build_model("resnet10", 10, 3, 224, width=8).layout(
+        torch.device("cuda")) == torch.channels_last
+    code = ("import torch\nfrom longtail.models import build_model\n"
+            "m = build_model('resnet10', 10, 3, 224, width=8)\n"
+            "layout = m.layout(torch.device('cpu'))\nm.to(memory_format=layout)\n"
+            "for _ in range(3):\n"
+            "    m(torch.randn(2, 3, 224, 224).contiguous(memory_format=layout)).sum().backward()\n"
+            "print('ok')\n")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(root / "src"),
+                                              "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-500:]

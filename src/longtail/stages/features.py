@@ -63,9 +63,9 @@ def extract_features(
     """
     from longtail.stages.inference import infer
 
-    # channels_last, as stage 1 leaves it: a model loaded from its checkpoint (a resume after
+    # the layout stage 1 leaves it in: a model loaded from its checkpoint (a resume after
     # stage 1, rebalance --online) would otherwise take the inputs' layout as a mismatch
-    model.to(device).to(memory_format=torch.channels_last).eval()
+    model.to(device).to(memory_format=model.layout(device)).eval()
     weights = backbone_digest(model.state_dict())
     keys = feature_keys(weights, data)
     result = {}
@@ -84,7 +84,7 @@ def extract_features(
                 continue
         feats, labels = infer(model.features, data.eval_view(dataset),
                               batch_size=batch_size, device=device, num_workers=num_workers,
-                              desc=f"features {split}")
+                              desc=f"features {split}", layout=model.layout(device))
         result[split] = FeatureSet(feats, labels, keys[split], weights)
         if distributed.is_main():
             save_checkpoint({"features": feats, "labels": labels, "key": keys[split],

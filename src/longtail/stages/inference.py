@@ -22,12 +22,14 @@ def infer(
     device: torch.device,
     num_workers: int = 0,
     desc: str | None = None,
+    layout: torch.memory_format = torch.channels_last,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (outputs of ``fn`` on every image, labels), on the CPU, in dataset order.
 
     Each process handles indices ``rank::world_size``; the results are gathered in every process.
     ``desc`` names the work in a progress bar and in a warning about images left out
     (data.on_bad_image=skip); without it (the val check of every epoch) both stay silent.
+    ``layout``: the memory format of the images, the model's (``Classifier.layout``).
     """
     world, rank = distributed.world_size(), distributed.rank()
     n = len(dataset)
@@ -42,7 +44,7 @@ def infer(
     for images, targets in bar:
         if not len(targets):  # every image of the batch was undecodable (and skipped)
             continue
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
         outputs.append(fn(images).float())
         labels.append(targets.to(device))
     if not outputs:

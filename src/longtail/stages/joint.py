@@ -91,7 +91,8 @@ def train_joint(
     and augmentation depend only on (seed, epoch, position), the continued run computes what
     an uninterrupted one would have.
     """
-    model.to(device).to(memory_format=torch.channels_last)
+    layout = model.layout(device)
+    model.to(device).to(memory_format=layout)
     sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
                             samples_per_class=cfg.samples_per_class)
     draws = SeededDraws(sampler, seed)  # augmentation seeded per draw: resumable, worker-proof
@@ -176,8 +177,7 @@ def train_joint(
                     torch.tensor([float(short)], device=device)).item())
             if short:
                 continue
-            images = images.to(device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
             labels = labels.to(device, non_blocking=True)
             if cfg.mixup_alpha > 0:
                 images, perm, lam = mixup(images, cfg.mixup_alpha,
@@ -243,7 +243,7 @@ def accuracy(model: Classifier, dataset, device: torch.device, batch_size: int,
     was_training = model.training
     model.eval()
     logits, labels = infer(model, dataset, batch_size=batch_size, device=device,
-                           num_workers=num_workers)
+                           num_workers=num_workers, layout=model.layout(device))
     model.train(was_training)
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 

@@ -42,6 +42,7 @@ class OnlineBatches:
     def __init__(self, model: Classifier, data: LongTailData, sampler, batch_size: int, *,
                  bn: str, seed: int, device: torch.device, num_workers: int) -> None:
         self.model, self.bn, self.device = model, bn, device
+        self.layout = model.layout(device)
         self.draws = SeededDraws(sampler, seed)
         view, collate = data.training_view()
         self.loader = DataLoader(view, batch_size=min(batch_size, len(sampler)),
@@ -64,7 +65,7 @@ class OnlineBatches:
         for images, labels in self.loader:
             if len(labels) < least:
                 continue
-            images = images.to(self.device).contiguous(memory_format=torch.channels_last)
+            images = images.to(self.device).contiguous(memory_format=self.layout)
             with torch.no_grad():
                 features = self.model.features(images)
             yield features, labels.to(self.device)
@@ -99,7 +100,8 @@ class NetworkStage2:
         dataset = self.data.eval_view(self.data.splits()[split])
         model.eval()
         feats, _ = infer(model.features, dataset, batch_size=self.cfg.eval.batch_size,
-                         device=self.device, num_workers=self.data.num_workers)
+                         device=self.device, num_workers=self.data.num_workers,
+                         layout=model.layout(self.device))
         return feats
 
     def finetune(self, name: str) -> Classifier:
