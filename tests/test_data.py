@@ -231,6 +231,20 @@ def test_list_files_with_a_bom_and_crlf_line_ends(image_lists):
     assert data.class_names == ["cat", "dog", "bird", "fish"]
 
 
+def test_list_files_with_comments(image_lists):
+    """'#' lines are comments, or lines commented out; a path that starts with '#' and is
+    there is still an image."""
+    root, files = image_lists
+    lines = files["train"].read_text().splitlines()
+    files["train"].write_text("\n".join(["# ImageNet-LT style list", "# version 2",
+                                          "#" + lines[0], *lines[1:]]) + "\n")
+    data = build_data(list_cfg(root, files).data, seed=0)
+    assert data.train_counts == [29, 12, 6, 3]
+    (root / "#odd.png").write_bytes((root / lines[0].split()[0]).read_bytes())
+    files["train"].write_text("\n".join([*lines, "#odd.png 0"]) + "\n")
+    assert build_data(list_cfg(root, files).data, seed=0).train_counts == [31, 12, 6, 3]
+
+
 @pytest.mark.parametrize("names,message", [
     ("a\nb\nc\nd\ne\nf\n", r"names\.txt: expected 4 class names .*, found 6; no class has "
                            r"label 4, 5"),

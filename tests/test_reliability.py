@@ -537,7 +537,10 @@ def test_undecodable_images_can_be_skipped_and_counted(tmp_path, capsys):
     assert main(["run", *list_args(root, files, "data.on_bad_image=skip",
                                    "data.in_memory=true"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "skipped 1 image(s) that could not be decoded" in printed
+    skipped = next(line for line in printed.splitlines() if "could not be decoded" in line)
+    first = files["train"].read_text().split()[0]  # the broken one, named by its list line
+    assert skipped == (f"note: {files['train']}: skipped 1 image(s) that could not be decoded "
+                       f"(data.on_bad_image=skip): line 1 ({root / first})"), skipped
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"]["train_counts"] == [11, 6]
     # ... and when decoded on the fly, each epoch counts what it skipped.

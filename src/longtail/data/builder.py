@@ -432,16 +432,19 @@ def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int
     # Decode every image once (in parallel) and keep the tensors; skipped ones are dropped.
     loader = DataLoader(files, batch_size=None, num_workers=min(workers or 2, usable_cpus()),
                         collate_fn=lambda item: item)
-    images, labels = [], []
-    for item in tqdm(loader, desc=f"decoding {split.source.name}", unit="img", leave=False,
-                     disable=None):
+    images, labels, bad = [], [], []
+    for i, item in enumerate(tqdm(loader, desc=f"decoding {split.source.name}", unit="img",
+                                  leave=False, disable=None)):  # in list order
         if item is not None:
             images.append(item[0])
             labels.append(item[1])
-    skipped = len(split.paths) - len(images)
-    if skipped:
-        notes.append(f"{split.source}: skipped {skipped} image(s) that could not be decoded "
-                     f"(data.on_bad_image=skip)")
+        else:
+            bad.append(i)
+    if bad:  # which ones: the first few, by list line
+        named = ", ".join(f"line {split.origins[i].rsplit(':', 1)[-1]} ({split.paths[i]})"
+                          for i in bad[:3])
+        notes.append(f"{split.source}: skipped {len(bad)} image(s) that could not be decoded "
+                     f"(data.on_bad_image=skip): {named}{' ...' * (len(bad) > 3)}")
     if not images:
         raise LongtailError(f"{split.source}: no image could be decoded")
     if all(im.shape == images[0].shape for im in images):

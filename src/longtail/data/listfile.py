@@ -61,8 +61,8 @@ def parse_list_file(list_file: str | Path, root: str | Path,
 
     A relative ``list_file`` is looked up in the working directory, then in ``root``. A line is
     ``relative/path label`` (the last whitespace-separated field is the label, so paths may
-    contain spaces); blank lines are skipped. Errors name the file and line (``root_name``:
-    what the user calls ``root``, e.g. make-split's --root).
+    contain spaces); blank lines and lines starting with '#' are skipped. Errors name the file
+    and line (``root_name``: what the user calls ``root``, e.g. make-split's --root).
     """
     root = Path(root)
     list_file = resolve_near_root(list_file, root)
@@ -98,6 +98,9 @@ def parse_list_file(list_file: str | Path, root: str | Path,
             raise LongtailError(f"{list_file}:{number}: not UTF-8 text (byte {e.start} of "
                                 f"the line is 0x{raw[e.start]:02x})") from None
         if not text:
+            continue
+        # '# ...': a comment or a line commented out (unless it names an image that is there)
+        if text.startswith("#") and not (root / text.rsplit(maxsplit=1)[0]).is_file():
             continue
         parts = text.rsplit(maxsplit=1)
         if len(parts) != 2:
