@@ -27,6 +27,7 @@ from longtail.data.datasets import (
     RawBatches,
     RawDraws,
     TensorImages,
+    bad_image_line,
     collate_skipping,
     decode_image,
 )
@@ -367,7 +368,7 @@ def _check_decodable(split: FileSplit, channels: int, skip_bad: bool) -> None:
             return
         except (OSError, ValueError) as e:
             if not skip_bad:
-                raise LongtailError(f"{origin}: cannot decode image {path} ({e})") from None
+                raise LongtailError(bad_image_line(origin, path, e)) from None
     raise LongtailError(f"{split.source}: no image could be decoded")
 
 

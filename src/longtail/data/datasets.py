@@ -44,6 +44,24 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
         raise ValueError(str(e)) from None
 
 
+def bad_image_line(origin: str, path: Path, error: Exception) -> str:
+    """Return the one line that names an image ``decode_image`` refused (``origin``: its list
+    line) and why: empty, not an image (its first bytes), or what Pillow said."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        head = None
+    if head == b"":
+        why = "an empty file (0 bytes)"
+    elif isinstance(error, Image.UnidentifiedImageError):
+        why = f"not an image Pillow reads (it starts with {head!r})"
+    else:
+        why = str(error).replace(f" '{path}'", "").replace(str(path), "the file")
+    return (f"{origin}: cannot decode image {path} ({why}); data.on_bad_image=skip skips such "
+            f"images")
+
+
 def _shape_in_alpha(img: Image.Image) -> Image.Image:
     """Return an image of one colour whose shape is all in its alpha channel (a glyph or icon
     on a transparent background) drawn over a contrasting background: dropping the alpha, as
@@ -148,9 +166,8 @@ class ImageFiles(LabelledImages):
         except (OSError, ValueError) as e:
             if self.skip_bad:
                 return None
-            raise LongtailError(f"{self.origins[index]}: cannot decode image "
-                                f"{self.paths[index]} ({e}); data.on_bad_image=skip skips such "
-                                f"images") from None
+            raise LongtailError(bad_image_line(self.origins[index], self.paths[index], e)
+                                ) from None
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
