@@ -319,6 +319,11 @@ CASES = [
     ("--resume with a changed key", lambda w: _run_dir(w, "r"),
      ["run", "--resume", "{w}/r", "stage1.epochs=3"],
      "config differs from the run's own config.yaml (stage1.epochs: 30 -> 3)"),
+    ("--resume with another process count", lambda w: (_run_dir(w, "r"), _write(
+        w / "r" / "manifest.json", '{"split_sha256": {}, "world_size": 2}')),
+     ["run", "--resume", "{w}/r"],
+     "--resume {w}/r: the run started on 2 processes, this is 1; continue it with the same "
+     "count: torchrun --nproc-per-node 2 -m longtail run --resume {w}/r"),
     ("--resume with a changed stage-2 key", lambda w: _run_dir(w, "r"),
      ["run", "--resume", "{w}/r", "stage2.crt.epochs=3"],
      "(stage2.crt.epochs: 10 -> 3); resume without changes, or start a new run; stage-2 keys "

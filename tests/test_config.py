@@ -147,16 +147,29 @@ def test_rebase_paths_takes_relative_paths_from_where_the_run_started(tmp_path):
 
 
 def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, capsys):
-    """Every process parses the same command line: only rank 0 says what is wrong."""
+    """Every process parses the same command line: only rank 0 says what is wrong; the others
+    wait before they exit (torchrun would stop the first one before it has said it)."""
+    import time
+
+    import longtail.cli
     from longtail.cli import main
 
+    monkeypatch.setattr(longtail.cli, "OTHER_RANK_WAIT", 0.2)
     for rank, said in (("1", 0), ("0", 1)):  # each node's first process speaks
         torchrun_env(monkeypatch, local_rank=rank)
+        start = time.perf_counter()
         assert main(["run", "configs/fmnist_lt.yaml", "stage1.epochz=3"]) == 2
         with pytest.raises(SystemExit):
             main(["run", "configs/fmnist_lt.yaml", "--bogus"])
+        assert (time.perf_counter() - start >= 0.4) == (rank == "1")
         err = capsys.readouterr().err
         assert err.count("longtail: error:") == 2 * said, err
+    # rebalance and extract do one process's work: refused under torchrun, before any work
+    for command in (["rebalance", "runs/r"], ["extract", "runs/r", "--out", "x"]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == (
+            f"longtail: error: {command[0]} works in one process (stage 2 and files on "
+            f"features); run 'longtail {command[0]} ...' without torchrun\n")
 
 
 def test_yaml_merge_keys_still_work(tmp_path):
@@ -332,3 +345,24 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
     assert cfg.seed == 2
     assert ignored_overrides(cfg, ["seed=1", "stage1.lr=0.1", "seed=2"]) == [
         "note: seed is given more than once (seed=1 seed=2); the last one is used"]
+
+
+def test_a_process_that_follows_another_ones_failure_says_so_in_one_line(monkeypatch, capsys):
+    """When one torchrun process fails (and says why), the others' collectives fail with
+    Gloo's 'Connection closed by peer': one line instead of its 50-line traceback."""
+    import longtail.cli
+    import longtail.distributed
+    from longtail.cli import main
+
+    def lost(args, argv):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:1234")
+
+    monkeypatch.setattr(longtail.cli, "_dispatch", lost)
+    monkeypatch.setattr(longtail.distributed, "joined", True)
+    assert main(["config", "fmnist_lt"]) == 2
+    assert capsys.readouterr().err == ("longtail: error: another process of this run ended "
+                                       "(its message is above); this one stopped with it\n")
+    monkeypatch.setattr(longtail.distributed, "joined", False)  # not in a group: a bug, shown
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(["config", "fmnist_lt"])

@@ -279,7 +279,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     model.eval()
     test = torch.load(out / "features" / "test.pt", weights_only=True)
     again, _ = infer(model.features, data.test.with_transform(data.transform(train=False)),
-                     batch_size=256, device=torch.device("cpu"))
+                     batch_size=256, device=torch.device("cpu"),
+                     layout=model.layout(torch.device("cpu")))
     torch.testing.assert_close(test["features"], again, rtol=1e-4, atol=1e-5)
     # The same global batch in one process: the same method, up to BatchNorm statistics being
     # per process (16 images each instead of 32; SyncBatchNorm is GPU-only). On this tiny data

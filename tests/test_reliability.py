@@ -241,12 +241,18 @@ def test_a_torchrun_environment_left_set_says_what_it_waits_for(fake_fmnist, tmp
                              stderr=subprocess.PIPE, text=True)
     try:
         line = child.stderr.readline()  # blocks until the note (or the end)
+        # a stop is heard while it waits (the join blocks in C++, where it once went unheard)
+        child.send_signal(signal.SIGTERM)
+        rest = child.communicate(timeout=30)[1]
     finally:
         child.kill()
         child.wait()
     assert line.strip() == (f"note: waiting for all 2 processes (WORLD_SIZE) to join at "
                             f"127.0.0.1:{port}, this one rank 0; started by hand? unset "
                             f"WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT to run one process")
+    assert child.returncode == 143 and rest == ("longtail: stopped by SIGTERM; nothing was "
+                                                "written\n"), rest
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_reader_that_leaves_the_pipe_does_not_stop_the_work(fake_fmnist, tmp_path):

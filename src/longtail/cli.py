@@ -45,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         command = self.prog.removeprefix("longtail").strip()  # a sub-command's parser
         if _other_rank():
+            _leave_the_word_to_the_first()
             sys.exit(2)
         print(f"longtail: error: {command + ': ' if command else ''}{message}; see "
               f"'{self.prog} --help'", file=sys.stderr)
@@ -279,6 +280,18 @@ def _other_rank() -> bool:
     return not joined
 
 
+# How long a torchrun process that found the same mistake as its node's first process waits
+# before it exits: torchrun stops the others (SIGTERM) as soon as one ends, which cut off the
+# first one's error line in 4 of 10 tries.
+OTHER_RANK_WAIT = 3.0
+
+
+def _leave_the_word_to_the_first() -> None:
+    import time
+
+    time.sleep(OTHER_RANK_WAIT)
+
+
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """Return the parser of each command (run, grid, ...) by name."""
     return next(a.choices for a in parser._actions
@@ -318,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if not _other_rank():
             print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
+        else:
+            _leave_the_word_to_the_first()
         return 2
     except Interrupted as e:
         _quiet_teardown()
@@ -333,10 +348,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"longtail: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
-        if getattr(args, "debug", False) or not is_out_of_memory(e):
+        if getattr(args, "debug", False):
+            raise
+        if _peer_lost(e):  # the process that failed said why; this one only followed it
+            print("longtail: error: another process of this run ended (its message is "
+                  "above); this one stopped with it", file=sys.stderr)
+            return 2
+        if not is_out_of_memory(e):
             raise
         print(f"longtail: error: {out_of_memory_line(e)}", file=sys.stderr)
         return 2
+
+
+# What Gloo and NCCL say in the processes of a run when another one has ended.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "communicator was aborted", "NCCL communicator", "Socket Timeout")
+
+
+def _peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` is a collective of a joined torchrun group failing because another
+    process of the run ended (its own error, a stop, a kill)."""
+    joined = getattr(sys.modules.get("longtail.distributed"), "joined", False)
+    return joined and any(text in str(error) for text in PEER_LOST)
 
 
 def _quiet_fd_sharing_errors() -> None:
@@ -788,7 +821,18 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _one_process(command: str) -> None:
+    """Refuse ``command`` under torchrun: its work is one process's (each process would do
+    all of it and write the same files)."""
+    from longtail.config import env_world_size
+
+    if env_world_size() > 1:
+        raise LongtailError(f"{command} works in one process (stage 2 and files on features); "
+                            f"run 'longtail {command} ...' without torchrun")
+
+
 def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
+    _one_process("rebalance")
     # before torch is imported
     check_device(check_rebalance_args(args.run_dir, args.overrides).device)
     with run_folder_lock(args.run_dir):  # not while the run (or another rebalance) writes
@@ -803,6 +847,7 @@ def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _extract(args: argparse.Namespace, argv: list[str]) -> int:
+    _one_process("extract")
     require_run_dir(args.run_dir)
     out = args.out
     if out.exists() and not out.is_dir():

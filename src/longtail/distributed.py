@@ -80,6 +80,27 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
 JOIN_NOTE_AFTER_S = 3.0
 
 
+def _join_stoppably(backend: str) -> None:
+    """``dist.init_process_group(backend)``, waited for from the main thread: the join blocks
+    in C++, where Python runs no signal handler, so Ctrl-C and SIGTERM went unheard until the
+    other processes came (never, for a WORLD_SIZE left set by hand). A stop now ends the wait;
+    the thread left waiting is a daemon, which does not hold the exit."""
+    failed: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            dist.init_process_group(backend)
+        except BaseException as e:  # raised again in the main thread
+            failed.append(e)
+
+    waiter = threading.Thread(target=join, name="longtail-join", daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        waiter.join(0.2)
+    if failed:
+        raise failed[0]
+
+
 @contextmanager
 def session(device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the duration (when WORLD_SIZE > 1 and not joined yet):
@@ -98,7 +119,7 @@ def session(device: torch.device) -> Iterator[None]:
         note.daemon = True
         note.start()
         try:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            _join_stoppably("nccl" if device.type == "cuda" else "gloo")
         finally:
             note.cancel()
         global joined

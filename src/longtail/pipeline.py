@@ -181,8 +181,13 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
 
 def resume_command(run_dir: Path) -> str:
     """Return the command that continues the run in ``run_dir``, quoted for a shell: a hint is
-    pasted, and a folder may hold spaces or quotes."""
-    return f"longtail run --resume {shlex.quote(str(run_dir))}"
+    pasted, and a folder may hold spaces or quotes. Under torchrun, with the same process
+    count (a resume must keep it)."""
+    launcher = "longtail"
+    if distributed.world_size() > 1:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE") or distributed.world_size()
+        launcher = f"torchrun --nproc-per-node {per_node} -m longtail"
+    return f"{launcher} run --resume {shlex.quote(str(run_dir))}"
 
 
 def continue_hint(run_dir: Path, what: str) -> str:

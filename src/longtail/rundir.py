@@ -201,6 +201,8 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
 
     written = load_config(require_run_dir(run_dir, "--resume"), run=True)
     saved = run_paths(run_dir, written)
+    if written.data.kind != "features":  # a features run's work is all on rank 0
+        _check_same_processes(run_dir)
     if cfg is None:
         return saved
     ours, theirs = flatten(cfg), flatten(written)  # as written: as the user gives it
@@ -221,6 +223,28 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     root = cfg.data.root if given else saved.data.root
     return replace(saved, device=cfg.device,
                    data=replace(saved.data, root=root, num_workers=cfg.data.num_workers))
+
+
+def _check_same_processes(run_dir: Path) -> None:
+    """Refuse to continue a run with another process count than it started with: each process
+    draws its shard of the sampler stream and BatchNorm sees its own part of a batch, so the
+    continued stage 1 would not compute what the uninterrupted one does."""
+    import json
+
+    from longtail.config import env_world_size
+
+    try:
+        started = json.loads((run_dir / "manifest.json").read_text()).get("world_size", 1)
+    except (OSError, ValueError, AttributeError):  # the manifest's own reader says what is wrong
+        return
+    now = env_world_size()
+    if isinstance(started, int) and started != now:
+        again = (f"torchrun --nproc-per-node {started} -m longtail run --resume "
+                 f"{shlex.quote(str(run_dir))}" if started > 1 else
+                 f"longtail run --resume {shlex.quote(str(run_dir))} (without torchrun)")
+        raise LongtailError(f"--resume {run_dir}: the run started on {started} "
+                            f"process{'es' * (started > 1)}, this is {now}; continue it with "
+                            f"the same count: {again}")
 
 
 @contextmanager
