@@ -336,11 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Interrupted as e:
         _quiet_teardown()
-        print(f"longtail: {_stop_word()}; {e.hint}", file=sys.stderr)
+        if not _follower():
+            print(f"longtail: {_stop_word()}; {e.hint}", file=sys.stderr)
         return _stop_code()
     except KeyboardInterrupt:
         _quiet_teardown()
-        print(f"longtail: {_stop_word()}", file=sys.stderr)
+        if not _follower():
+            print(f"longtail: {_stop_word()}", file=sys.stderr)
         return _stop_code()
     except OSError as e:  # the file system's answer on a path given (too long, a loop, full)
         if getattr(args, "debug", False):
@@ -351,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         if _peer_lost(e):  # the process that failed said why; this one only followed it
-            print("longtail: error: another process of this run ended (its message is "
-                  "above); this one stopped with it", file=sys.stderr)
+            print(f"longtail: error: another process of this run ended (its message, if any, "
+                  f"is above); this one stopped with it{_continue_hint()}", file=sys.stderr)
             return 2
         if not is_out_of_memory(e):
             raise
@@ -370,6 +372,23 @@ def _peer_lost(error: BaseException) -> bool:
     process of the run ended (its own error, a stop, a kill)."""
     joined = getattr(sys.modules.get("longtail.distributed"), "joined", False)
     return joined and any(text in str(error) for text in PEER_LOST)
+
+
+def _follower() -> bool:
+    """True in a torchrun process other than rank 0 once the group was joined: a stop reaches
+    every process, and rank 0 says it (with what a follower may not know, e.g. grid's rows)."""
+    loaded = sys.modules.get("longtail.distributed")
+    return bool(getattr(loaded, "joined", False) and getattr(loaded, "joined_rank", 0))
+
+
+def _continue_hint() -> str:
+    """Return "; continue with: <resume command>" for the run this process worked on when it
+    has a stage-1 checkpoint to continue from (a process killed alone, say), else ""."""
+    pipeline = sys.modules.get("longtail.pipeline")
+    run_dir = getattr(pipeline, "active_run", None)
+    if run_dir is None or not (run_dir / "stage1" / "last.pt").is_file():
+        return ""
+    return f"; continue with: {pipeline.resume_command(run_dir)}"
 
 
 def _quiet_fd_sharing_errors() -> None:

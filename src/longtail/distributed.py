@@ -22,6 +22,7 @@ from longtail.errors import LongtailError
 # Set once this process has joined torchrun's group: errors before that come from the command
 # line, config or environment, the same in every process (the CLI reports them on rank 0 only).
 joined = False
+joined_rank = 0  # this process's rank in it (kept after the group ends, for the last words)
 
 
 def world_size() -> int:
@@ -122,8 +123,8 @@ def session(device: torch.device) -> Iterator[None]:
             _join_stoppably("nccl" if device.type == "cuda" else "gloo")
         finally:
             note.cancel()
-        global joined
-        joined = True
+        global joined, joined_rank
+        joined, joined_rank = True, dist.get_rank()
     try:
         yield
     finally:

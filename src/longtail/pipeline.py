@@ -44,6 +44,7 @@ from longtail.config import (
     TRAINED_METHODS,
     Config,
     dump_config,
+    env_world_size,
     load_config,
     method_settings,
 )
@@ -164,6 +165,8 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                 run_dir = _shared_run_dir(out, target, overwrite)
                 if not existed:
                     locks.enter_context(run_folder_lock(run_dir))
+            global active_run
+            active_run = run_dir  # for the last words of a process whose peer ended (cli)
             return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
     except KeyboardInterrupt:
         if run_dir is None:
@@ -179,13 +182,16 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         raise
 
 
+active_run: Path | None = None  # the folder ``run`` works in, once it has one
+
+
 def resume_command(run_dir: Path) -> str:
     """Return the command that continues the run in ``run_dir``, quoted for a shell: a hint is
     pasted, and a folder may hold spaces or quotes. Under torchrun, with the same process
     count (a resume must keep it)."""
-    launcher = "longtail"
-    if distributed.world_size() > 1:
-        per_node = os.environ.get("LOCAL_WORLD_SIZE") or distributed.world_size()
+    launcher, world = "longtail", env_world_size()  # (the group may have ended by now)
+    if world > 1:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE") or world
         launcher = f"torchrun --nproc-per-node {per_node} -m longtail"
     return f"{launcher} run --resume {shlex.quote(str(run_dir))}"
 
