@@ -102,8 +102,9 @@ def torchrun_env(monkeypatch, world: str = "2", local_rank: str = "0") -> None:
 def test_batch_split_over_torchrun_processes(monkeypatch):
     torchrun_env(monkeypatch)
     assert load_config(None, ["stage1.batch_size=32"]).stage1.batch_size == 32
-    with pytest.raises(ConfigError, match="stage1.batch_size: expected a multiple of the 2 "
-                                          "processes"):
+    with pytest.raises(ConfigError, match=r"stage1.batch_size: expected a multiple of the 2 "
+                                          r"processes \(WORLD_SIZE\), e.g. "
+                                          r"stage1.batch_size=32 on the command line, found 33"):
         load_config(None, ["stage1.batch_size=33"])
     with pytest.raises(ConfigError, match="at least 2 images per process"):
         load_config(None, ["stage1.batch_size=2"])

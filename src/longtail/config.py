@@ -1059,8 +1059,9 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     finetuned = any(m in cfg.stage2.methods for m in FINETUNE_METHODS)
     for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
         value = _get(cfg, key)
-        need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE)",
-             value)
+        fit = max(world, value // world * world)  # the nearest one below, e.g. 126 for 128 / 3
+        need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE), "
+             f"e.g. {key}={fit} on the command line", value)
         need(value // world >= 2, key, "at least 2 images per process (BatchNorm in training "
              + (f"needs two; {world} processes)" if world > 1 else "needs two)"), value)
     for key in ("stage2.crt.epochs", "stage2.lws.epochs", "stage2.wb.epochs",
