@@ -34,6 +34,18 @@ def _edit_list(world: Path, split: str, change) -> None:
     path.write_text("\n".join(change(lines)) + "\n")
 
 
+def _damaged_zip(path: Path) -> None:
+    """A torch.save file whose central directory entry is overwritten: is_zipfile still
+    finds the archive's end, ZipFile refuses it."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    path.write_bytes(buffer.getvalue().replace(b"PK\x01\x02", b"PK\x09\x09", 1))
+
+
 def _npz(path: Path) -> None:
     import numpy as np
 
@@ -490,6 +502,10 @@ CASES = [
      ["run", CONFIG, "model.weights={w}/t.pt"],
      "t.pt: not a PyTorch file (torch.save writes a zip archive; this one starts with "
      "b'weights\\n')"),
+    ("weights file a damaged zip", lambda w: _damaged_zip(w / "z.pt"),
+     ["run", CONFIG, "model.weights={w}/z.pt"],
+     "z.pt: not a readable PyTorch file: truncated or corrupt (the zip archive torch.save "
+     "writes has no end)"),
     ("weights file an npz", lambda w: _npz(w / "w.npz"), ["run", CONFIG, "model.weights={w}/w.npz"],
      "w.npz: not a PyTorch file: a zip archive of fc.weight.npy, not one torch.save wrote"),
     ("mean of 3 channels for 1", None, ["run", CONFIG, "model.in_channels=1",

@@ -295,3 +295,48 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
     assert all(p.is_dir() for p in Path("runs").iterdir())
     # one started after those names were taken does not choose them
     assert rundir.default_run_dir("demo") == Path("runs/demo-20261201-095531-4")
+
+
+def test_a_claimed_default_folder_is_locked_and_cleaned_as_its_own(tmp_path, monkeypatch,
+                                                                   fake_fmnist):
+    """Another run takes the default name while this one reads its data: this one claims
+    -2, locks it, and removes it when it fails before its first checkpoint."""
+    import datetime
+    import os
+
+    import longtail.data
+    import longtail.pipeline as pipeline
+    import longtail.rundir as rundir
+    from longtail.config import load_config
+    from longtail.errors import LongtailError
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 9, 55, 31)
+
+    monkeypatch.setattr(rundir, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    other = Path("runs/demo-20261201-095531")
+    real_build = longtail.data.build_data
+
+    def build(*args, **kwargs):  # the other run makes its folder meanwhile
+        other.mkdir(parents=True)
+        (other / "config.yaml").write_text("seed: 1\n")
+        return real_build(*args, **kwargs)
+
+    seen = []
+
+    def fail(cfg, data, run_dir, *args, **kwargs):
+        seen.append((run_dir, os.path.realpath(run_dir) in rundir._LOCKED))
+        raise LongtailError("stopped before the first checkpoint")
+
+    monkeypatch.setattr(longtail.data, "build_data", build)
+    monkeypatch.setattr(pipeline, "_run", fail)
+    cfg = load_config(ROOT / "configs" / "fmnist_lt.yaml", [f"data.root={fake_fmnist}",
+                                                           "data.n_max=40", "data.val_per_class=5"])
+    with pytest.raises(LongtailError, match="stopped before the first checkpoint"):
+        pipeline.run(cfg, config_name="demo")
+    assert seen == [(Path("runs/demo-20261201-095531-2"), True)]
+    assert not Path("runs/demo-20261201-095531-2").exists()  # its own, removed
+    assert (other / "config.yaml").read_text() == "seed: 1\n"  # the other's, untouched

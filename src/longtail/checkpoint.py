@@ -177,46 +177,44 @@ def _weights_only_refusal(error: Exception) -> str | None:
 
 def _unreadable(path: Path, error: Exception) -> str:
     """Say why torch cannot read ``path``, from the file's first bytes and ``error``."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:  # e.g. no permission to read it
-        return f"{path}: cannot read the file ({e.strerror})"
     hint = "was writing or copying it interrupted?"
-    if not head:
-        return f"{path}: not a readable PyTorch file: it is empty (0 bytes; {hint})"
-    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
-        if not zipfile.is_zipfile(path):
-            return (f"{path}: not a readable PyTorch file: truncated or corrupt (the zip "
-                    f"archive torch.save writes has no end; {hint})")
+    problem = torch_file_problem(path, hint)
+    if problem:
+        return problem
+    if path.suffix != ".safetensors" and _head(path).startswith(b"PK\x03\x04"):
         return (f"{path}: not a readable PyTorch file: a zip archive, but not one torch.save "
                 f"wrote, or a corrupt one ({_first_line(error)})")
-    if head.startswith(b"\x80"):  # a pickle: torch.save's format before torch 1.6
-        return (f"{path}: not a readable PyTorch file: truncated or corrupt, or a pickle "
-                f"torch.save did not write ({type(error).__name__}: {_first_line(error)})")
-    return (f"{path}: not a PyTorch file (torch.save writes a zip archive; this one starts "
-            f"with {head!r})")
+    return (f"{path}: not a readable PyTorch file: truncated or corrupt, or a pickle "
+            f"torch.save did not write ({type(error).__name__}: {_first_line(error)})")
 
 
-def torch_file_problem(path: Path) -> str | None:
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
+def torch_file_problem(path: Path, hint: str = "") -> str | None:
     """Say, from its first bytes and without torch, why ``path`` cannot be a file torch.save
-    wrote (empty, text, a zip archive of other members such as an .npz), or None when it may
-    be one; torch's own reading says more about the rest. A .safetensors file is not looked at."""
+    wrote (unreadable, empty, text, a zip archive of other members such as an .npz, a
+    truncated archive), or None when it may be one; torch's own reading says more about the
+    rest. ``hint`` is added where a file may have been cut short. A .safetensors file is not
+    looked at."""
     if path.suffix == ".safetensors":
         return None
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
+        head = _head(path)
+    except OSError as e:  # e.g. no permission to read it
         return f"{path}: cannot read the file ({e.strerror})"
+    more = f"; {hint}" if hint else ""
     if not head:
-        return f"{path}: not a readable PyTorch file: it is empty (0 bytes)"
-    if head.startswith(b"PK\x03\x04"):
-        if not zipfile.is_zipfile(path):
+        return f"{path}: not a readable PyTorch file: it is empty (0 bytes{more})"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
             return (f"{path}: not a readable PyTorch file: truncated or corrupt (the zip "
-                    f"archive torch.save writes has no end)")
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+                    f"archive torch.save writes has no end{more})")
         if not any(n.endswith("data.pkl") for n in names):  # torch.save's archive holds one
             return (f"{path}: not a PyTorch file: a zip archive of {', '.join(names[:3])}"
                     f"{' ...' * (len(names) > 3)}, not one torch.save wrote")

@@ -160,7 +160,8 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         with locks, distributed.session(device):
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
             if resume is None:
-                existed = target.is_dir()
+                # a default name is claimed new (maybe as -2: another run took it meanwhile)
+                existed = out is not None and target.is_dir()
                 fresh = not existed or not any(target.iterdir())
                 run_dir = _shared_run_dir(out, target, overwrite)
                 if not existed:
