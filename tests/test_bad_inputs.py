@@ -334,8 +334,9 @@ CASES = [
     ("--resume with another process count", lambda w: (_run_dir(w, "r"), _write(
         w / "r" / "manifest.json", '{"split_sha256": {}, "world_size": 2}')),
      ["run", "--resume", "{w}/r"],
-     "--resume {w}/r: the run started on 2 processes, this is 1; continue it with the same "
-     "count: torchrun --nproc-per-node 2 -m longtail run --resume {w}/r"),
+     "--resume {w}/r: the run's stage 1 started on 2 processes, this is 1; continue it with "
+     "the same count: torchrun with 2 processes in all (on one machine: torchrun "
+     "--nproc-per-node 2 -m longtail run --resume {w}/r)"),
     ("--resume with a changed stage-2 key", lambda w: _run_dir(w, "r"),
      ["run", "--resume", "{w}/r", "stage2.crt.epochs=3"],
      "(stage2.crt.epochs: 10 -> 3); resume without changes, or start a new run; stage-2 keys "
@@ -1068,3 +1069,19 @@ def test_quick_device_check_says_what_torch_would(monkeypatch):
         with pytest.raises(LongtailError) as quick:
             cli.check_device(device)
         assert str(quick.value) == str(slow.value)
+
+
+def test_resume_points_to_rebalance_only_for_what_rebalance_takes(tmp_path):
+    from longtail.config import load_config
+    from longtail.errors import LongtailError
+    from longtail.rundir import check_resumable
+
+    run = _run_dir(tmp_path, "r")
+    for change, offered in (("stage2.crt.epochs=3", True), ("stage2.lws.lr=0.1", True),
+                            ("stage2.finetune.epochs=3", False),
+                            ("stage2.methods=[crt,finetune]", False),
+                            ("stage2.features=online", False)):
+        with pytest.raises(LongtailError) as error:
+            check_resumable(run, load_config(run / "config.yaml", [change], run=True))
+        assert ("longtail rebalance" in str(error.value)) == offered, (change, error.value)
+        assert "resume without changes, or start a new run" in str(error.value)

@@ -162,7 +162,8 @@ def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, cap
         assert main(["run", "configs/fmnist_lt.yaml", "stage1.epochz=3"]) == 2
         with pytest.raises(SystemExit):
             main(["run", "configs/fmnist_lt.yaml", "--bogus"])
-        assert (time.perf_counter() - start >= 0.4) == (rank == "1")
+        if rank == "1":  # it waited for the first to speak
+            assert time.perf_counter() - start >= 0.4
         err = capsys.readouterr().err
         assert err.count("longtail: error:") == 2 * said, err
     # rebalance and extract do one process's work: refused under torchrun, before any work
@@ -365,6 +366,8 @@ def test_a_process_that_follows_another_ones_failure_says_so_in_one_line(monkeyp
     assert capsys.readouterr().err == ("longtail: error: another process of this run ended "
                                        "(its message, if any, is above); this one stopped "
                                        "with it\n")
+    monkeypatch.setattr(longtail.distributed, "joined_rank", 1)  # rank 0 says it, once
+    assert main(["config", "fmnist_lt"]) == 2 and capsys.readouterr().err == ""
     monkeypatch.setattr(longtail.distributed, "joined", False)  # not in a group: a bug, shown
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         main(["config", "fmnist_lt"])

@@ -546,7 +546,7 @@ def test_undecodable_images_can_be_skipped_and_counted(tmp_path, capsys):
     skipped = next(line for line in printed.splitlines() if "could not be decoded" in line)
     first = files["train"].read_text().split()[0]  # the broken one, named by its list line
     assert skipped == (f"note: {files['train']}: skipped 1 image(s) that could not be decoded "
-                       f"(data.on_bad_image=skip): line 1 ({root / first})"), skipped
+                       f"(data.on_bad_image=skip): {files['train']}:1 ({root / first})"), skipped
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"]["train_counts"] == [11, 6]
     # ... and when decoded on the fly, each epoch counts what it skipped.

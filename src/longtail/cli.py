@@ -337,12 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         _quiet_teardown()
         if not _follower():
-            print(f"longtail: {_stop_word()}; {e.hint}", file=sys.stderr)
+            _last_words(f"longtail: {_stop_word()}; {e.hint}")
         return _stop_code()
     except KeyboardInterrupt:
         _quiet_teardown()
         if not _follower():
-            print(f"longtail: {_stop_word()}", file=sys.stderr)
+            _last_words(f"longtail: {_stop_word()}")
         return _stop_code()
     except OSError as e:  # the file system's answer on a path given (too long, a loop, full)
         if getattr(args, "debug", False):
@@ -353,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         if _peer_lost(e):  # the process that failed said why; this one only followed it
-            print(f"longtail: error: another process of this run ended (its message, if any, "
-                  f"is above); this one stopped with it{_continue_hint()}", file=sys.stderr)
+            if not _follower():  # once, by rank 0 (unless it was the one that ended)
+                print(f"longtail: error: another process of this run ended (its message, if "
+                      f"any, is above); this one stopped with it{_continue_hint()}",
+                      file=sys.stderr)
             return 2
         if not is_out_of_memory(e):
             raise
@@ -363,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # What Gloo and NCCL say in the processes of a run when another one has ended.
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-             "communicator was aborted", "NCCL communicator", "Socket Timeout")
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer",
+             "communicator was aborted")
 
 
 def _peer_lost(error: BaseException) -> bool:
@@ -372,6 +374,15 @@ def _peer_lost(error: BaseException) -> bool:
     process of the run ended (its own error, a stop, a kill)."""
     joined = getattr(sys.modules.get("longtail.distributed"), "joined", False)
     return joined and any(text in str(error) for text in PEER_LOST)
+
+
+def _last_words(line: str) -> None:
+    """Print the stop line; a terminal that is gone (SIGHUP) cannot take it (EIO), which
+    must not turn the stop's exit status into a failure's."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _follower() -> bool:

@@ -1059,7 +1059,7 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     finetuned = any(m in cfg.stage2.methods for m in FINETUNE_METHODS)
     for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
         value = _get(cfg, key)
-        fit = max(world, value // world * world)  # the nearest one below, e.g. 126 for 128 / 3
+        fit = max(2 * world, value // world * world)  # the nearest below: 126 for 128 on 3
         need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE), "
              f"e.g. {key}={fit} on the command line", value)
         need(value // world >= 2, key, "at least 2 images per process (BatchNorm in training "

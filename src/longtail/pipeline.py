@@ -192,8 +192,9 @@ def resume_command(run_dir: Path) -> str:
     count (a resume must keep it)."""
     launcher, world = "longtail", env_world_size()  # (the group may have ended by now)
     if world > 1:
-        per_node = os.environ.get("LOCAL_WORLD_SIZE") or world
-        launcher = f"torchrun --nproc-per-node {per_node} -m longtail"
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+        nodes = f"--nnodes {world // per_node} " if per_node < world else ""
+        launcher = f"torchrun {nodes}--nproc-per-node {per_node} -m longtail"
     return f"{launcher} run --resume {shlex.quote(str(run_dir))}"
 
 

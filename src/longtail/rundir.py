@@ -201,7 +201,10 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
 
     written = load_config(require_run_dir(run_dir, "--resume"), run=True)
     saved = run_paths(run_dir, written)
-    if written.data.kind != "features":  # a features run's work is all on rank 0
+    # a features run's work is all rank 0's, and so is what is left once stage 1 has ended
+    # (its features cached, or no epoch to train)
+    if written.data.kind != "features" and written.stage1.epochs > 0 and \
+            not (run_dir / "features" / "train.pt").is_file():
         _check_same_processes(run_dir)
     if cfg is None:
         return saved
@@ -210,9 +213,15 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
     if changed:
         diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed[:5])
         # stage-2 settings are what rebalance changes, on the run's cached features
+        from longtail.config import FINETUNE_METHODS
+
+        # (not those rebalance refuses: the network on images, fine-tuning)
         other = (f"; stage-2 keys alone: longtail rebalance {shlex.quote(str(run_dir))} "
                  f"KEY=VALUE ... (once stage 1 has finished)"
-                 if all(k.startswith("stage2.") for k in changed) else "")
+                 if all(k.startswith("stage2.") and not k.startswith(
+                     ("stage2.finetune", "stage2.features", "stage2.bn")) for k in changed)
+                 and not set(ours.get("stage2.methods") or []) & set(FINETUNE_METHODS)
+                 else "")
         raise LongtailError(f"--resume {run_dir}: the config differs from the run's own "
                             f"config.yaml ({diffs}); resume without changes, or start a new "
                             f"run{other}")
@@ -239,10 +248,11 @@ def _check_same_processes(run_dir: Path) -> None:
         return
     now = env_world_size()
     if isinstance(started, int) and started != now:
-        again = (f"torchrun --nproc-per-node {started} -m longtail run --resume "
-                 f"{shlex.quote(str(run_dir))}" if started > 1 else
+        again = (f"torchrun with {started} processes in all (on one machine: torchrun "
+                 f"--nproc-per-node {started} -m longtail run --resume "
+                 f"{shlex.quote(str(run_dir))})" if started > 1 else
                  f"longtail run --resume {shlex.quote(str(run_dir))} (without torchrun)")
-        raise LongtailError(f"--resume {run_dir}: the run started on {started} "
+        raise LongtailError(f"--resume {run_dir}: the run's stage 1 started on {started} "
                             f"process{'es' * (started > 1)}, this is {now}; continue it with "
                             f"the same count: {again}")
 

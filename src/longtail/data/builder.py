@@ -165,10 +165,7 @@ def build_data(cfg: DataConfig, seed: int,
         data = _array_data(cfg, record, channels)
     else:
         data = _file_data(cfg, record, split_seed, channels or 3)
-    if cfg.mean is not None:
-        if len(cfg.mean) != data.channels:
-            raise LongtailError(f"config key data.mean: expected {data.channels} values (one per "
-                                f"channel), found {len(cfg.mean)}")
+    if cfg.mean is not None:  # (its length, one per channel, checked with the config)
         data.mean, data.std = tuple(cfg.mean), tuple(cfg.std)
     data.hflip = cfg.hflip if cfg.hflip is not None else data.image_size >= SMALL_IMAGE
     return data
@@ -442,8 +439,8 @@ def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int
         else:
             bad.append(i)
     if bad:  # which ones: the first few, by list line
-        named = ", ".join(f"line {split.origins[i].rsplit(':', 1)[-1]} ({split.paths[i]})"
-                          for i in bad[:3])
+        named = ", ".join(split.origins[i] if split.origins[i] == str(split.paths[i])
+                          else f"{split.origins[i]} ({split.paths[i]})" for i in bad[:3])
         notes.append(f"{split.source}: skipped {len(bad)} image(s) that could not be decoded "
                      f"(data.on_bad_image=skip): {named}{' ...' * (len(bad) > 3)}")
     if not images:
