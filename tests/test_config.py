@@ -265,7 +265,9 @@ def test_linear_lr_scaling():
     # images a process (BatchNorm); lr follows the real batch
     assert cfg.stage1.real_batch_size(100_000) == 128
     assert cfg.stage1.real_batch_size(1000) == 62
-    assert cfg.stage1.real_batch_size(1001, world=2) == 62  # 501 // 16 = 31 per process
+    assert cfg.stage1.real_batch_size(1001, world=2) == 62  # as one process takes it
+    # 210 images: 13 in one process; on more, the nearest multiple of their count below
+    assert [cfg.stage1.real_batch_size(210, world=w) for w in (1, 2, 3, 4)] == [13, 12, 12, 12]
     assert cfg.stage1.real_batch_size(20) == 2
     assert cfg.stage1.resolved_lr(62) == pytest.approx(0.1 * 62 / 256)
     one = load_config(ROOT / "configs" / "imagenet_lt_resnext50.yaml",

@@ -240,10 +240,11 @@ class Stage1Config:
 
     def real_batch_size(self, train_size: int, world: int = 1) -> int:
         """Return the global batch training really takes: ``batch_size``, but small enough for
-        ``min_steps`` steps an epoch (each process draws ceil(train_size / world) images; at
-        least 2 a step, for BatchNorm)."""
-        return steps_batch(self.batch_size // world, math.ceil(train_size / world),
-                           self.min_steps) * world
+        ``min_steps`` steps an epoch, as one process would take it (so 1 and N processes
+        train with the same batch), then a multiple of the ``world`` processes (at least 2
+        images each, for BatchNorm)."""
+        batch = steps_batch(self.batch_size, train_size, self.min_steps)
+        return max(2 * world, batch // world * world)
 
     def resolved_lr(self, batch_size: int | None = None) -> float:
         """Return ``lr``, or ``base_lr`` scaled linearly to the global batch size: the one
