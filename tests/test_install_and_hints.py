@@ -17,7 +17,8 @@ import pytest
 import longtail
 from longtail.cli import BUNDLED_CONFIGS, bundled_configs, main
 from longtail.config import load_config
-from longtail.pipeline import git_commit, resume_command
+from longtail.pipeline import git_commit
+from longtail.rundir import resume_command
 from tests.conftest import make_fake_fmnist, make_image_list_dataset
 from tests.test_end_to_end import ROOT, TINY
 

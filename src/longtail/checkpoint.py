@@ -177,15 +177,10 @@ def _weights_only_refusal(error: Exception) -> str | None:
 
 def _unreadable(path: Path, error: Exception) -> str:
     """Say why torch cannot read ``path``, from the file's first bytes and ``error``."""
-    hint = "was writing or copying it interrupted?"
-    problem = torch_file_problem(path, hint)
-    if problem:
-        return problem
-    if path.suffix != ".safetensors" and _head(path).startswith(b"PK\x03\x04"):
-        return (f"{path}: not a readable PyTorch file: a zip archive, but not one torch.save "
-                f"wrote, or a corrupt one ({_first_line(error)})")
-    return (f"{path}: not a readable PyTorch file: truncated or corrupt, or a pickle "
-            f"torch.save did not write ({type(error).__name__}: {_first_line(error)})")
+    problem = torch_file_problem(path, "was writing or copying it interrupted?")
+    # else its first bytes are torch.save's (a zip archive with data.pkl, or a pickle)
+    return problem or (f"{path}: not a readable PyTorch file: truncated or corrupt, or not "
+                       f"written by torch.save ({type(error).__name__}: {_first_line(error)})")
 
 
 def _head(path: Path) -> bytes:

@@ -24,6 +24,7 @@ from longtail.rundir import (
     check_run_dir,
     default_run_dir,
     require_run_dir,
+    resume_command,
     run_folder_lock,
 )
 
@@ -399,7 +400,7 @@ def _continue_hint() -> str:
     run_dir = getattr(pipeline, "active_run", None)
     if run_dir is None or not (run_dir / "stage1" / "last.pt").is_file():
         return ""
-    return f"; continue with: {pipeline.resume_command(run_dir)}"
+    return f"; continue with: {resume_command(run_dir)}"
 
 
 def _quiet_fd_sharing_errors() -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,6 @@ from longtail.config import (
     TRAINED_METHODS,
     Config,
     dump_config,
-    env_world_size,
     load_config,
     method_settings,
 )
@@ -58,6 +56,7 @@ from longtail.rundir import (
     claim_run_dir,
     default_run_dir,
     folder_in_use,
+    resume_command,
     run_folder_lock,
     run_paths,
 )
@@ -184,18 +183,6 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
 
 
 active_run: Path | None = None  # the folder ``run`` works in, once it has one
-
-
-def resume_command(run_dir: Path) -> str:
-    """Return the command that continues the run in ``run_dir``, quoted for a shell: a hint is
-    pasted, and a folder may hold spaces or quotes. Under torchrun, with the same process
-    count (a resume must keep it)."""
-    launcher, world = "longtail", env_world_size()  # (the group may have ended by now)
-    if world > 1:
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
-        nodes = f"--nnodes {world // per_node} " if per_node < world else ""
-        launcher = f"torchrun {nodes}--nproc-per-node {per_node} -m longtail"
-    return f"{launcher} run --resume {shlex.quote(str(run_dir))}"
 
 
 def continue_hint(run_dir: Path, what: str) -> str:

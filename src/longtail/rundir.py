@@ -234,6 +234,20 @@ def check_resumable(run_dir: Path, cfg: Config | None) -> Config:
                    data=replace(saved.data, root=root, num_workers=cfg.data.num_workers))
 
 
+def resume_command(run_dir: Path, processes: int | None = None) -> str:
+    """Return the command that continues the run in ``run_dir``, quoted for a shell (a hint is
+    pasted, and a folder may hold spaces or quotes): under torchrun, with this launch's
+    process count (a resume must keep it), or with ``processes`` on one machine when given."""
+    from longtail.config import env_world_size
+
+    world = processes or env_world_size()  # from torchrun's environment: the group may be gone
+    per_node = world if processes else int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+    nodes = f"--nnodes {world // per_node} " if per_node < world else ""
+    launcher = f"torchrun {nodes}--nproc-per-node {per_node} -m longtail" if world > 1 \
+        else "longtail"
+    return f"{launcher} run --resume {shlex.quote(str(run_dir))}"
+
+
 def _check_same_processes(run_dir: Path) -> None:
     """Refuse to continue a run with another process count than it started with: each process
     draws its shard of the sampler stream and BatchNorm sees its own part of a batch, so the
@@ -248,10 +262,9 @@ def _check_same_processes(run_dir: Path) -> None:
         return
     now = env_world_size()
     if isinstance(started, int) and started != now:
-        again = (f"torchrun with {started} processes in all (on one machine: torchrun "
-                 f"--nproc-per-node {started} -m longtail run --resume "
-                 f"{shlex.quote(str(run_dir))})" if started > 1 else
-                 f"longtail run --resume {shlex.quote(str(run_dir))} (without torchrun)")
+        again = (f"torchrun with {started} processes in all (on one machine: "
+                 f"{resume_command(run_dir, started)})" if started > 1 else
+                 f"{resume_command(run_dir, 1)} (without torchrun)")
         raise LongtailError(f"--resume {run_dir}: the run's stage 1 started on {started} "
                             f"process{'es' * (started > 1)}, this is {now}; continue it with "
                             f"the same count: {again}")

@@ -54,6 +54,10 @@ from longtail.losses import (
 )
 from longtail.metrics import balanced_accuracy
 
+# The config's stage-2 defaults, which the classes' own defaults follow where they are not
+# the paper's (stage2.min_steps, weight balancing's lr and weight decay).
+_DEFAULTS = Stage2Config()
+
 
 def _need_columns(found: int, name: str, columns: tuple[int, str] | None) -> None:
     """Refuse ``found`` columns unless ``columns`` is None or (expected count, why)."""
@@ -671,7 +675,8 @@ class _TrainedOnFeatures(Rebalancer):
     def __init__(self, *, epochs: int, lr: float, batch_size: int, momentum: float,
                  weight_decay: float, sampler: str | float, samples_per_class: int, seed: int,
                  device: str | torch.device | None, select: str = "last",
-                 class_counts: ArrayLike | None = None, min_steps: int = 16) -> None:
+                 class_counts: ArrayLike | None = None,
+                 min_steps: int = _DEFAULTS.min_steps) -> None:
         least = self._min_epochs
         _check_number(epochs, "epochs", f"an int >= {least}" + (
             " (0: the joint classifier unchanged)" if least == 0 else
@@ -853,7 +858,7 @@ class CRT(_LinearHead, _TrainedOnFeatures):
                  device: str | torch.device | None = None, select: str = "last",
                  class_counts: ArrayLike | None = None, loss: str = "ce", loss_tau: float = 1.0,
                  label_smoothing: str = "none", las_head: float = 0.3,
-                 las_tail: float = 0.0, min_steps: int = 16) -> None:
+                 las_tail: float = 0.0, min_steps: int = _DEFAULTS.min_steps) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
@@ -964,8 +969,8 @@ class WB(CRT):
     def __init__(self, weight: ArrayLike, bias: ArrayLike | None = None,
                  max_norm: float | None = None, beta: float = 0.9999, **kwargs: Any) -> None:
         kwargs.setdefault("sampler", "instance")
-        kwargs.setdefault("weight_decay", 5e-3)
-        kwargs.setdefault("lr", 0.02)  # stage2.wb.lr's default (docs/results.md)
+        kwargs.setdefault("weight_decay", _DEFAULTS.wb.weight_decay)  # the config's, whose
+        kwargs.setdefault("lr", _DEFAULTS.wb.lr)  # choice docs/results.md gives
         super().__init__(len(weight), **kwargs)
         _check_number(beta, "beta", "a number in [0, 1)", lambda v: 0 <= v < 1)
         if max_norm is not None:
@@ -1005,7 +1010,8 @@ class LWS(_TrainedOnFeatures):
                  weight_decay: float = 0.0, scale_bias: bool = False,
                  sampler: str | float = "class", samples_per_class: int = 4, seed: int = 0,
                  device: str | torch.device | None = None, select: str = "last",
-                 class_counts: ArrayLike | None = None, min_steps: int = 16) -> None:
+                 class_counts: ArrayLike | None = None,
+                 min_steps: int = _DEFAULTS.min_steps) -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, sampler=sampler,
                          samples_per_class=samples_per_class, seed=seed, device=device,
