@@ -5,8 +5,8 @@
 Writes JPEGs of ImageNet's typical size (500 x 375, quality 90, smooth content plus noise) to
 a temporary folder, lists them like ImageNet-LT, and times longtail's training pipeline
 (decode with Pillow, RandomResizedCrop 224, flip, ColorJitter 0.4, normalise, per-draw seeded
-augmentation, DataLoader with persistent workers) for each worker count. The first batches
-(worker start-up) are not timed.
+augmentation, DataLoader with persistent workers) for each worker count. A first epoch
+(worker start-up) is not timed.
 """
 
 from __future__ import annotations
@@ -41,18 +41,21 @@ def write_jpegs(folder: Path, count: int, classes: int = 10) -> tuple[list[Path]
     return paths, labels
 
 
-def images_per_second(paths, labels, workers: int, batch: int) -> float:
+def images_per_second(paths, labels, workers: int, batch: int, epochs: int = 1) -> float:
+    """Return the images per second of ``epochs`` whole epochs, timed after one untimed epoch
+    that starts the workers. Whole epochs, not batches after a warm-up: workers prefetch two
+    batches each, so with many workers a warm-up's batches would already hold the rest."""
     files = ImageFiles(paths, labels, channels=3)
     transform = build_transform(224, True, IMAGENET_MEAN, IMAGENET_STD)
     draws = SeededDraws(build_sampler("instance", labels, seed=0), seed=0)
     loader = DataLoader(Augmented(files, transform), batch_size=batch, sampler=draws,
                         num_workers=workers, persistent_workers=workers > 0, drop_last=True)
-    warmup = 2
-    seen, start = 0, None
-    for i, (images, _) in enumerate(loader):
-        if i == warmup:
-            start = time.perf_counter()
-        elif i > warmup:
+    for _ in loader:  # worker start-up
+        pass
+    seen, start = 0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        draws.set_epoch(epoch)
+        for images, _ in loader:
             seen += len(images)
     return seen / (time.perf_counter() - start)
 

@@ -49,22 +49,31 @@ def synthetic_features(counts: torch.Tensor, dim: int, seed: int, centres: torch
     return features.relu(), labels  # non-negative, like pooled ReLU features
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that a time covers it (nothing to wait for on a CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _best_of(fn, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
 
 def bounds(cfg, train_x, train_y, val_x, num_classes) -> dict[str, float]:
     """Return the seconds of the products each method cannot avoid (see the docstring)."""
-    dim, batch = train_x.shape[1], cfg.batch_size
-    weight = torch.randn(num_classes, dim)
-    grad = torch.randn(batch, num_classes)
+    dim, batch, on = train_x.shape[1], cfg.batch_size, {"device": train_x.device}
+    weight = torch.randn(num_classes, dim, **on)
+    grad = torch.randn(batch, num_classes, **on)
     steps = len(train_x) // batch
-    logits, weight_grad = torch.empty(batch, num_classes), torch.empty(num_classes, dim)
+    logits, weight_grad = (torch.empty(batch, num_classes, **on),
+                           torch.empty(num_classes, dim, **on))
 
     def crt_epoch() -> None:
         for b in range(steps):
@@ -73,10 +82,10 @@ def bounds(cfg, train_x, train_y, val_x, num_classes) -> dict[str, float]:
             torch.mm(grad.T, x, out=weight_grad)
 
     def product(x: torch.Tensor):
-        out = torch.empty(len(x), num_classes)
+        out = torch.empty(len(x), num_classes, **on)
         return lambda: torch.mm(x, weight.T, out=out)
 
-    means, norms = torch.zeros(num_classes, dim), torch.empty(len(train_x))
+    means, norms = torch.zeros(num_classes, dim, **on), torch.empty(len(train_x), **on)
     epoch = _best_of(crt_epoch)
     sums = _best_of(lambda: means.zero_().index_add_(0, train_y, train_x))
     return {
@@ -89,10 +98,10 @@ def bounds(cfg, train_x, train_y, val_x, num_classes) -> dict[str, float]:
     }
 
 
-def softmax_steps(cfg, train_size: int, num_classes: int) -> dict[str, float]:
+def softmax_steps(cfg, train_size: int, num_classes: int, device) -> dict[str, float]:
     """Return the seconds of the softmax of every training step's logits (batch x classes),
     for cRT's and LWS's epochs: work each step needs that the bounds above leave out."""
-    logits = torch.randn(cfg.batch_size, num_classes)
+    logits = torch.randn(cfg.batch_size, num_classes, device=device)
     out = torch.empty_like(logits)
     steps = train_size // cfg.batch_size
 
@@ -108,10 +117,11 @@ def bare_steps(cfg, train_x, train_y, weight, bias) -> dict[str, float]:
     """Return the seconds of a bare loop of cRT's and LWS's step operations (see the module
     docstring): what a step costs in torch operations, without longtail around them."""
     (n, dim), classes, batch = train_x.shape, len(weight), cfg.batch_size
-    order = torch.randint(0, n, (n,), generator=torch.Generator().manual_seed(0))
-    rows, labels = torch.empty(batch, dim), torch.empty(batch, dtype=torch.long)
-    z, minus_one = torch.empty(batch, classes), torch.full((batch, 1), -1.0)
-    w, b = torch.zeros(classes, dim), torch.zeros(classes)
+    on = {"device": train_x.device}
+    order = torch.randint(0, n, (n,), generator=torch.Generator().manual_seed(0)).to(**on)
+    rows, labels = torch.empty(batch, dim, **on), torch.empty(batch, dtype=torch.long, **on)
+    z, minus_one = torch.empty(batch, classes, **on), torch.full((batch, 1), -1.0, **on)
+    w, b = torch.zeros(classes, dim, **on), torch.zeros(classes, **on)
     w_m, b_m = torch.zeros_like(w), torch.zeros_like(b)
 
     def crt_epoch() -> None:
@@ -126,7 +136,8 @@ def bare_steps(cfg, train_x, train_y, weight, bias) -> dict[str, float]:
             w.add_(w_m, alpha=-0.01)
             b.add_(b_m, alpha=-0.01)
 
-    raw, scales, s_m = torch.empty(batch, classes), torch.ones(classes), torch.zeros(classes)
+    raw, scales, s_m = (torch.empty(batch, classes, **on), torch.ones(classes, **on),
+                        torch.zeros(classes, **on))
 
     def lws_fit() -> None:  # the logits product too (allocating its output, as a fit must)
         logits = torch.mm(train_x, weight.T)
@@ -166,6 +177,9 @@ def main() -> None:
     # A joint-like classifier: class directions with norms growing with class size.
     weight = torch.nn.functional.normalize(centres, dim=1) * (counts.float() ** 0.3).unsqueeze(1)
     bias = 0.1 * counts.float().log()
+    # everything on the device, so that fits, bounds and bare loops are timed on the same one
+    train_x, train_y, val_x, val_y, test_x, test_y, weight, bias = (t.to(device) for t in (
+        train_x, train_y, val_x, val_y, test_x, test_y, weight, bias))
 
     print(f"synthetic ImageNet-LT-shaped features: train {tuple(train_x.shape)} "
           f"(counts {int(counts.max())}..{int(counts.min())}), val {tuple(val_x.shape)}, "
@@ -179,14 +193,17 @@ def main() -> None:
     for name in cfg.methods:
         method = build_rebalancer(name, cfg, joint_weight=weight, joint_bias=bias,
                                   num_classes=args.classes, seed=0, device=device)
+        _sync()
         start = time.perf_counter()
         method.fit(train_x, train_y, val_x, val_y)
+        _sync()
         fit_s = time.perf_counter() - start
         if fit_s < 5:  # short fits: best of 3, as the bounds are (cRT's 10 epochs: once)
             again = lambda m=method: m.fit(train_x, train_y, val_x, val_y)  # noqa: E731
             fit_s = min(fit_s, _best_of(again, 2))
         start = time.perf_counter()
         logits = method.logits(test_x)
+        _sync()
         predict_s = time.perf_counter() - start
         acc = 100 * balanced_accuracy(logits.argmax(1) == test_y, test_y).item()
         limit = bound.get(name)
@@ -199,7 +216,7 @@ def main() -> None:
               flush=True)
     total = sum(r["fit_s"] for r in results.values())
     print(f"all methods: {total:.2f} s; bound of cRT + 3 s: {bound['crt'] + 3:.2f} s")
-    softmax = softmax_steps(cfg, len(train_x), args.classes)
+    softmax = softmax_steps(cfg, len(train_x), args.classes, device)
     print("not in the bounds, the softmax of every step: "
           + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in softmax.items()))
     bare = bare_steps(cfg, train_x, train_y, weight, bias)

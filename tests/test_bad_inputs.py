@@ -572,6 +572,11 @@ DATA_CASES = [
         "images/" + line for line in x]),
      "nor any of the next listed images; list paths are relative to data.root: check that "
      "it is the folder they start from"),
+    ("absolute list paths elsewhere", lambda w: _edit_list(w, "train", lambda x: [
+        "/nowhere/" + line for line in x]),
+     "train.txt:1: image not found: /nowhere/train/class_0/00000.png, nor any of the next listed "
+     "images; absolute list paths are used as written: check that the images are at these "
+     "paths"),
     ("Windows separators in a path", lambda w: _edit_list(w, "train", lambda x: [
         x[0].replace("/", "\\"), *x[1:]]),
      "(data.on_bad_image=skip leaves missing images out; the path has Windows separators (\\): "

@@ -99,6 +99,17 @@ def torchrun_env(monkeypatch, world: str = "2", local_rank: str = "0") -> None:
         monkeypatch.setenv(key, value)
 
 
+def test_one_named_gpu_is_refused_under_torchrun(monkeypatch):
+    assert load_config(None, ["device=cuda:1"]).device == "cuda:1"  # one process: that GPU
+    torchrun_env(monkeypatch)
+    for device in ("cuda", "auto", "cpu"):
+        assert load_config(None, [f"device={device}"]).device == device
+    with pytest.raises(ConfigError, match=r"config key device: expected cuda or auto under "
+                                          r"torchrun \(2 processes: each takes GPU LOCAL_RANK; "
+                                          r"CUDA_VISIBLE_DEVICES picks which\), found 'cuda:0'"):
+        load_config(None, ["device=cuda:0"])
+
+
 def test_batch_split_over_torchrun_processes(monkeypatch):
     torchrun_env(monkeypatch)
     assert load_config(None, ["stage1.batch_size=32"]).stage1.batch_size == 32
@@ -356,6 +367,7 @@ def test_a_process_that_follows_another_ones_failure_says_so_in_one_line(monkeyp
     Gloo's 'Connection closed by peer': one line instead of its 50-line traceback."""
     import longtail.cli
     import longtail.distributed
+    import longtail.pipeline
     from longtail.cli import main
 
     def lost(args, argv):
@@ -364,6 +376,7 @@ def test_a_process_that_follows_another_ones_failure_says_so_in_one_line(monkeyp
 
     monkeypatch.setattr(longtail.cli, "_dispatch", lost)
     monkeypatch.setattr(longtail.distributed, "joined", True)
+    monkeypatch.setattr(longtail.pipeline, "active_run", None)  # no run of an earlier test
     assert main(["config", "fmnist_lt"]) == 2
     assert capsys.readouterr().err == ("longtail: error: another process of this run ended "
                                        "(its message, if any, is above); this one stopped "

@@ -43,6 +43,18 @@ def test_logit_adjusted_loss_at_tau_zero_is_cross_entropy():
     torch.testing.assert_close(loss(logits, labels), F.cross_entropy(logits, labels))
 
 
+def test_bfloat16_logits_get_the_offset_in_float32():
+    # Under autocast the logits are bfloat16; the prior offset (log n, up to ~6 here) must not
+    # be rounded to bfloat16 before it is added.
+    logits, labels = _batch(3)
+    low = logits.bfloat16()
+    counts = [5003, 1201, 407, 93, 31, 7]
+    loss = ClassifierLoss.build(counts, "balanced_softmax")(low, labels)
+    exact = F.cross_entropy(low.float() + torch.tensor(counts).double().log().float(), labels)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, exact, rtol=1e-6, atol=1e-6)
+
+
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="expected one of ce, logit_adjusted"):
         ClassifierLoss.build([1, 2], "focal")

@@ -215,6 +215,20 @@ def test_malformed_cifar_batch_is_named(tmp_path, edit, expected):
         data_of("data.kind=cifar10_lt", f"data.root={root}")
 
 
+@pytest.mark.parametrize("content,expected", [
+    (b"\x19garbage" * 100, r"not a readable CIFAR batch \(not a Python pickle, as the python "
+                            r"version of CIFAR's batches are\)"),
+    (b"", r"not a readable CIFAR batch \(the file ends early: truncated\? extract the archive "
+          r"again\)"),
+    (pickle.dumps(print), r"not a readable CIFAR batch \(refused to load builtins\.print"),
+], ids=["not a pickle", "empty", "code"])
+def test_unreadable_cifar_batch_says_why_in_words(tmp_path, content, expected):
+    root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=60)
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(content)
+    with pytest.raises(LongtailError, match=rf"cifar-10-batches-py/data_batch_2: {expected}"):
+        data_of("data.kind=cifar10_lt", f"data.root={root}")
+
+
 def test_cifar100_label_out_of_range(tmp_path):
     root = make_fake_cifar(tmp_path, "cifar100_lt", train_per_class=2, test_per_class=1)
     _rewrite_batch(root / "cifar-100-python" / "test", lambda b: b[b"fine_labels"].__setitem__(

@@ -217,7 +217,8 @@ class Stage1Config:
         16, "steps an epoch takes at least: a batch_size above training images / min_steps "
         "shrinks to that (small datasets: one step an epoch barely trains; docs/results.md); "
         "1: batch_size as given")
-    amp: bool = _opt(True, "bfloat16 autocast on CUDA (ignored on other devices)")
+    amp: bool = _opt(True, "bfloat16 autocast on CUDA (ignored on other devices and on GPUs "
+                           "without native bfloat16, before Ampere)")
     compile: bool = _opt(False, "train through torch.compile (bench/gpu_check.py measures it)")
     eval_every: int = _opt(1, "val top-1 every N epochs (and after the last); 0: only after the "
                               "last. select=best_val chooses among the epochs evaluated")
@@ -1057,6 +1058,10 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     # Training BatchNorm needs two images per step and process (one gives no variance: torch
     # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.
     world = env_world_size()
+    # cuda:N would put every process on that one GPU (NCCL: "Duplicate GPU detected")
+    need(world == 1 or not cfg.device.startswith("cuda:"), "device", f"cuda or auto under "
+         f"torchrun ({world} processes: each takes GPU LOCAL_RANK; CUDA_VISIBLE_DEVICES picks "
+         f"which)", cfg.device)
     finetuned = any(m in cfg.stage2.methods for m in FINETUNE_METHODS)
     for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
         value = _get(cfg, key)

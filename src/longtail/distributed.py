@@ -45,11 +45,9 @@ def select_device(preference: str) -> torch.device:
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        preference = "cuda"  # GPU LOCAL_RANK, which must exist
     try:
         return resolve_device(preference, local_rank)
     except ValueError as e:
@@ -130,11 +128,6 @@ def session(device: torch.device) -> Iterator[None]:
     finally:
         if start:
             dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,8 @@ class ClassifierLoss:
         if self.is_plain:
             return F.cross_entropy(logits, labels)
         if self.offset is not None:
+            if logits.dtype in (torch.bfloat16, torch.float16):  # autocast's logits: the offset
+                logits = logits.float()  # (log p, about -10) would lose 0.03 in bfloat16
             logits = logits + self.offset.to(logits.dtype)
         log_probs = torch.log_softmax(logits, dim=1)
         if self.smoothing is None:

@@ -167,7 +167,9 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                     locks.enter_context(run_folder_lock(run_dir))
             global active_run
             active_run = run_dir  # for the last words of a process whose peer ended (cli)
-            return _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
+            metrics = _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
+            active_run = None
+            return metrics
     except KeyboardInterrupt:
         if run_dir is None:
             raise Interrupted("nothing was written") from None
@@ -344,7 +346,8 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
         metrics = rebalance_and_report(cfg, info, weight, bias, features, run_dir, device, log,
                                        prefit)
     log.close()
-    distributed.barrier()
+    # No barrier here: the other processes leave while rank 0 re-balances (torchrun waits for
+    # it); waiting in one would meet NCCL's 10-minute timeout on a long stage 2.
     return metrics
 
 

@@ -291,7 +291,8 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
                 _check_inside_root(split, root)
     for name, split in splits.items():
         if split is not None:
-            splits[name] = check_files_exist(split, skip_missing=cfg.on_bad_image == "skip")
+            splits[name] = check_files_exist(split, skip_missing=cfg.on_bad_image == "skip",
+                                             root=root)
             if len(splits[name].paths) < len(split.paths):
                 notes.append(f"{name}: {len(split.paths) - len(splits[name].paths)} listed "
                              f"images are missing and left out (data.on_bad_image=skip)")

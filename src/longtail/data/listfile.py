@@ -197,9 +197,11 @@ def list_text(paths: list[Path], labels: list[int], root: Path) -> str:
     return "".join(lines)
 
 
-def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit:
+def check_files_exist(split: FileSplit, skip_missing: bool = False,
+                      root: Path | None = None) -> FileSplit:
     """Return ``split``; a listed image that does not exist is a LongtailError naming it, or,
-    with ``skip_missing``, is left out of the returned split."""
+    with ``skip_missing``, is left out of the returned split. ``root`` (data.root) tells
+    absolute list paths, used as written, from relative ones in the message."""
     keep = []
     for i, (path, origin) in enumerate(zip(split.paths, split.origins)):
         try:
@@ -222,9 +224,12 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False) -> FileSplit
                     str(path) and os.sep == "/" else "")
             if not keep and not hint and not any(p.is_file() for p in split.paths[i : i + 20]):
                 # nothing found from the start: the root, not the images, is likely wrong
+                where = ("absolute list paths are used as written: check that the images "
+                         "are at these paths" if root is not None and not path.is_relative_to(
+                             root) else "list paths are relative to data.root: check that it "
+                         "is the folder they start from")
                 raise LongtailError(f"{origin}: image not found: {path}, nor any of the next "
-                                    f"listed images; list paths are relative to data.root: "
-                                    f"check that it is the folder they start from")
+                                    f"listed images; {where}")
             raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
                                 f"leaves missing images out{hint})")
     if len(keep) == len(split.paths):

@@ -144,7 +144,7 @@ def train_joint(
         load_model_state(model, state["model"], checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())  # map_location moved it to device
         history, best = state["history"], state["best"]
         if cfg.select == "best_val" and best_path.is_file():
             best_state = load_checkpoint(best_path, map_location=device)["model"]
@@ -154,7 +154,13 @@ def train_joint(
     elif resume and distributed.is_main():  # stopped within the first epoch
         print(f"resuming stage 1 from its start: no epoch had finished ({checkpoint_path} "
               f"not written yet)", flush=True)
-    amp = cfg.amp and device.type == "cuda"
+    # bfloat16 autocast where the GPU has it natively (Ampere on); emulated, it is slower
+    amp = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported(
+        including_emulation=False)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: choose kernels once
+    # A finiteness check is a host sync on a GPU: there, every 10 steps (with the loss shown).
+    check_every = 10 if device.type == "cuda" else 1
     loss_fn = ClassifierLoss.build(data.train_counts, cfg.loss, cfg.loss_tau).to(device)
     val_set = data.eval_view(data.val) if data.val else None
     main = distributed.is_main()
@@ -187,7 +193,9 @@ def train_joint(
                 loss = loss_fn(logits, labels)
                 if cfg.mixup_alpha > 0:
                     loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
-            if not torch.isfinite(loss):
+            totals[0] += loss.detach() * len(labels)
+            totals[1] += len(labels)
+            if step % check_every == 0 and not torch.isfinite(totals[0]):
                 last = (f"the last good checkpoint is {checkpoint_path} (epoch {len(history)})"
                         if history else "no checkpoint was written yet")
                 raise LongtailError(
@@ -197,8 +205,6 @@ def train_joint(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            totals[0] += loss.detach() * len(labels)
-            totals[1] += len(labels)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - start

@@ -145,7 +145,7 @@ def _class_counts(counts: ArrayLike, num_classes: int, name: str = "counts") -> 
         j = int(bad.nonzero()[0])
         raise ValueError(f"{name}: expected a count > 0 for every class (the log prior of a "
                          f"count of 0 is -inf), found {c[j].item():g} for class {j}")
-    return c
+    return c.cpu()  # the priors meet CPU-held state (bias, logit blocks)
 
 
 def _check_number(value: Any, name: str, expected: str, ok, integer: bool = False) -> None:
