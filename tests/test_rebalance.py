@@ -693,3 +693,18 @@ def test_string_labels_are_refused():
             NCM().fit(x, labels)
     with pytest.raises(TypeError, match=message):
         CRT(epochs=1).fit(x, [b"a"] * len(y))
+
+
+def test_balms_takes_its_own_learning_rate_or_crts():
+    from longtail.config import load_config
+    from longtail.stages.rebalance import build_rebalancer
+
+    def lr_of(*overrides: str) -> float:
+        cfg = load_config(None, list(overrides)).stage2
+        return build_rebalancer("balms", cfg, joint_weight=torch.zeros(3, 4), joint_bias=None,
+                                num_classes=3, seed=0).lr
+
+    assert lr_of("stage2.crt.lr=0.3") == 0.3  # null: cRT's
+    assert lr_of("stage2.crt.lr=0.3", "stage2.balms.lr=0.05") == 0.05
+    demo = Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml"
+    assert load_config(str(demo)).stage2.balms.lr == 0.05  # the demo's, measured

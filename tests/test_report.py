@@ -101,6 +101,12 @@ def test_copies_of_one_run_are_not_averaged():
     problem = comparable_runs(["a", "b", "c"], [a, {**a, "seed": 1}, copy], [{}] * 3, [])
     assert problem.startswith("a and c have the same seed (0) and config: the same run twice")
     assert comparable_runs(["a", "b"], [a, {**a, "seed": 1}], [{}] * 2, []) is None
+    # other data under the same list names and seed: another split, not a copy
+    lists = {**a, "data.kind": "list"}
+    assert comparable_runs(["a", "c"], [lists, {**lists, "data.root": "/b"}],
+                           [{"train": "aa"}, {"train": "bb"}], []) == (
+        "a and c have different train splits (SHA-256 aa... vs bb...); pass --ignore data to "
+        "average them anyway")
     assert comparable_runs(["a", "b"], [a, {**a, "stage1.epochs": 10}], [{}] * 2,
                            ["stage1.epochs"]) is None
     # a run without config.yaml (metrics.json copied alone) is not compared: no invented

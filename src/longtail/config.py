@@ -260,7 +260,8 @@ class CRTConfig:
     """cRT's settings, which balms and las take too."""
 
     epochs: int = _opt(10, "epochs of classifier re-training (crt; balms and las take it too)")
-    lr: float = _opt(0.2, "initial learning rate, cosine to 0 (crt, balms, las)")
+    lr: float = _opt(0.2, "initial learning rate, cosine to 0 (crt, las; balms when "
+                          "stage2.balms.lr is null)")
     weight_decay: float = _opt(5e-4, "weight decay of the new classifier (crt, balms, las)")
     sampler: str | float = _opt("class", "sampler over training features, see stage1.sampler "
                                          "(crt, las; balms draws instances)")
@@ -272,6 +273,13 @@ class CRTConfig:
     )
     las_head: float = _opt(0.3, "label smoothing of the largest class (crt with las, and las)")
     las_tail: float = _opt(0.0, "label smoothing of the smallest class (crt with las, and las)")
+
+
+@dataclass
+class BALMSConfig:
+    lr: float | None = _opt(
+        None, "initial learning rate of balms (cosine to 0); null: stage2.crt.lr. Instance "
+        "draws show a tail class rarely: on small data it needs a larger rate than cRT")
 
 
 @dataclass
@@ -355,6 +363,7 @@ class Stage2Config:
     tau_norm: TauGridConfig = field(default_factory=TauGridConfig)
     logit_adjust: TauGridConfig = field(default_factory=TauGridConfig)
     wb: WBConfig = field(default_factory=WBConfig)
+    balms: BALMSConfig = field(default_factory=BALMSConfig)
     ncm: NCMConfig = field(default_factory=NCMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -369,7 +378,7 @@ class Stage2Config:
 _CRT_SHARED = ("crt.epochs", "crt.lr", "crt.weight_decay")
 _METHOD_SECTIONS = {"joint": (), "ncm_cosine": ("ncm",), "ncm_euclidean": ("ncm",),
                     "crt": ("crt",), "tau_norm": ("tau_norm",), "lws": ("lws",),
-                    "logit_adjust": ("logit_adjust",), "balms": _CRT_SHARED,
+                    "logit_adjust": ("logit_adjust",), "balms": (*_CRT_SHARED, "balms"),
                     "las": (*_CRT_SHARED, "crt.sampler", "crt.las_head", "crt.las_tail"),
                     "wb": ("wb",), "finetune": ("finetune",), "finetune_last": ("finetune",)}
 # ... and the keys shared by the methods that train with a sampler (fine-tuning: some).
@@ -1015,13 +1024,14 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     need(cfg.stage1.warmup_epochs == 0 or 0 < cfg.stage1.warmup_epochs < cfg.stage1.epochs,
          "stage1.warmup_epochs", f"0..stage1.epochs - 1 ({cfg.stage1.epochs - 1}): the cosine "
          f"needs at least one epoch after the warm-up", cfg.stage1.warmup_epochs)
+    nullable = ("stage1.lr", "stage1.classifier_lr", "stage2.wb.max_norm", "stage2.balms.lr")
     for key in ("stage1.lr", "stage1.base_lr", "stage1.classifier_lr", "stage2.crt.lr",
-                "stage2.lws.lr", "stage2.wb.lr", "stage2.finetune.lr", "stage2.wb.max_norm"):
+                "stage2.lws.lr", "stage2.wb.lr", "stage2.finetune.lr", "stage2.wb.max_norm",
+                "stage2.balms.lr"):
         value = _get(cfg, key)
         need(value is None or (value > 0 and math.isfinite(value)), key,
              ("a number > 0" if key.endswith("max_norm") else "a learning rate > 0")
-             + (" or null" if key in ("stage1.lr", "stage1.classifier_lr", "stage2.wb.max_norm")
-                else ""), value)
+             + (" or null" if key in nullable else ""), value)
     for key in ("stage1.weight_decay", "stage2.crt.weight_decay", "stage2.lws.weight_decay",
                 "stage2.wb.weight_decay", "stage2.finetune.weight_decay", "stage1.loss_tau",
                 "stage2.crt.loss_tau", "stage1.mixup_alpha"):

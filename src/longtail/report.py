@@ -95,12 +95,13 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
     def free(key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in (*_FREE_KEYS, *ignore))
 
-    # Same seed and same setting (where it ran aside): one run twice, e.g. a copied folder;
-    # averaging it would show a spread of 0 that measures nothing.
+    # Same seed, same setting (where it ran aside) and same split files: one run twice, e.g. a
+    # copied folder; averaging it would show a spread of 0 that measures nothing. (Other
+    # data under the same list names is another split, said below.)
     where = [k for k in _FREE_KEYS if k != "seed"]
     setting = [{k: v for k, v in c.items() if k not in where} for c in configs]
     for i, j in itertools.combinations(range(len(configs)), 2):
-        if setting[i] and setting[i] == setting[j]:
+        if setting[i] and setting[i] == setting[j] and splits[i] == splits[j]:
             return (f"{names[i]} and {names[j]} have the same seed "
                     f"({setting[i].get('seed')}) and config: the same run twice (a copy?), "
                     f"whose spread would be 0; average runs of different seeds")

@@ -1132,7 +1132,8 @@ def build_rebalancer(
         return CRT(num_classes, sampler=cfg.crt.sampler, loss=cfg.crt.loss,
                    loss_tau=cfg.crt.loss_tau, label_smoothing=cfg.crt.label_smoothing, **crt)
     if name == "balms":
-        return BALMS(num_classes, **crt)
+        return BALMS(num_classes, **{**crt, "lr": cfg.crt.lr if cfg.balms.lr is None
+                                     else cfg.balms.lr})
     if name == "las":
         return LAS(num_classes, sampler=cfg.crt.sampler, **crt)
     if name == "wb":
