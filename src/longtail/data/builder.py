@@ -422,6 +422,16 @@ def _num_workers(cfg: DataConfig, in_memory: bool) -> int:
     return 0 if in_memory else min(8, usable_cpus())
 
 
+# Images a decoding worker hands over at once, as NumPy arrays: they cross the pipe by value,
+# where each tensor would cost a shared-memory file handshake (1 ms an image: 6 of the 8 s
+# that 5,500 small PNGs took to load).
+DECODE_BATCH = 64
+
+
+def _as_arrays(items: list) -> list:
+    return [None if item is None else (item[0].numpy(), item[1]) for item in items]
+
+
 def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int,
                   on_bad_image: str, notes: list[str]) -> LabelledImages:
     files = ImageFiles(split.paths, split.labels, channels, split.origins,
@@ -429,16 +439,19 @@ def _file_dataset(split: FileSplit, channels: int, in_memory: bool, workers: int
     if not in_memory:
         return files
     # Decode every image once (in parallel) and keep the tensors; skipped ones are dropped.
-    loader = DataLoader(files, batch_size=None, num_workers=min(workers or 2, usable_cpus()),
-                        collate_fn=lambda item: item)
+    loader = DataLoader(files, batch_size=DECODE_BATCH, collate_fn=_as_arrays,
+                        num_workers=min(workers or 2, usable_cpus()))
     images, labels, bad = [], [], []
-    for i, item in enumerate(tqdm(loader, desc=f"decoding {split.source.name}", unit="img",
-                                  leave=False, disable=None)):  # in list order
-        if item is not None:
-            images.append(item[0])
-            labels.append(item[1])
-        else:
-            bad.append(i)
+    with tqdm(total=len(files), desc=f"decoding {split.source.name}", unit="img", leave=False,
+              disable=None) as bar:
+        for batch in loader:  # in list order
+            for item in batch:
+                if item is not None:
+                    images.append(torch.from_numpy(item[0]))
+                    labels.append(item[1])
+                else:
+                    bad.append(len(images) + len(bad))
+            bar.update(len(batch))
     if bad:  # which ones: the first few, by list line
         named = ", ".join(split.origins[i] if split.origins[i] == str(split.paths[i])
                           else f"{split.origins[i]} ({split.paths[i]})" for i in bad[:3])
