@@ -62,6 +62,14 @@ def test_tiny_fmnist_run_writes_valid_metrics(fake_fmnist, tmp_path, capsys):
     assert manifest["input"] == {"image_size": 28, "channels": 1, "hflip": False,
                                  "mean": [0.2860], "std": [0.3530], "in_memory": True,
                                  "num_workers": 0}
+    # how long each part took, said on the last line and kept
+    seconds = manifest["seconds"]
+    assert list(seconds) == ["data", "stage_1", "features", "stage_2_and_report", "total"]
+    assert all(v >= 0 for v in seconds.values())
+    assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 0.05
+    assert re.fullmatch(r"done in [\d.]+ s \(data [\d.]+ s, stage 1 [\d.]+ s, features "
+                        r"[\d.]+ s, stage 2 and report [\d.]+ s\)",
+                        printed.rstrip().splitlines()[-1])
     metrics = check_metrics(out, 10)
     assert sorted(metrics["dataset"]["train_counts"], reverse=True)[0] == 60
     # An existing run directory is never overwritten unless asked.

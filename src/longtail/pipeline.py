@@ -155,9 +155,11 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     # overwritten), once made otherwise.
     locks = contextlib.ExitStack()
     locks.enter_context(run_folder_lock(resume or target))
+    started = time.perf_counter()
     try:
         with locks, distributed.session(device):
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            seconds = {"data": time.perf_counter() - started}
             if resume is None:
                 # a default name is claimed new (maybe as -2: another run took it meanwhile)
                 existed = out is not None and target.is_dir()
@@ -167,8 +169,11 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                     locks.enter_context(run_folder_lock(run_dir))
             global active_run
             active_run = run_dir  # for the last words of a process whose peer ended (cli)
-            metrics = _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None)
+            metrics = _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None,
+                           seconds=seconds)
             active_run = None
+            if distributed.is_main():
+                _record_seconds(run_dir, seconds, time.perf_counter() - started)
             return metrics
     except KeyboardInterrupt:
         if run_dir is None:
@@ -284,8 +289,23 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
+def _record_seconds(run_dir: Path, seconds: dict[str, float], total: float) -> None:
+    """Say how long the run took, by part, and keep it in manifest.json ("seconds", of this
+    invocation: a resumed run's count only what it did)."""
+    seconds = {**seconds, "total": total}
+    parts = ", ".join(f"{name.replace('_', ' ')} {value:.1f} s" for name, value in
+                      seconds.items() if name != "total")
+    print(f"done in {total:.1f} s ({parts})", flush=True)
+    path = run_dir / "manifest.json"
+    manifest = read_json(path) if path.is_file() else {}
+    manifest["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
+    atomic_write_json(path, manifest)
+
+
 def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, argv: list[str],
-         resumed: bool) -> dict[str, Any]:
+         resumed: bool, seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """The run after its data is read; ``seconds`` (when given) gets each part's time."""
+    seconds = {} if seconds is None else seconds
     main = distributed.is_main()
     info = DatasetInfo(data.name, data.num_classes, data.class_names, data.train_counts,
                        data.group_counts)
@@ -304,7 +324,10 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     from longtail.data import FeatureData
 
     if isinstance(data, FeatureData):
-        return _run_on_features(cfg, data, info, run_dir, device)
+        start = time.perf_counter()
+        metrics = _run_on_features(cfg, data, info, run_dir, device)
+        seconds["stage_2_and_report"] = time.perf_counter() - start
+        return metrics
     from longtail.models import build_model
     from longtail.stages.joint import train_joint
 
@@ -332,19 +355,23 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
     train_joint(model, data, cfg.stage1, seed=cfg.seed, device=device,
                 num_workers=data.num_workers, eval_batch_size=cfg.eval.batch_size,
                 checkpoint_path=run_dir / "stage1" / "last.pt", log=log, resume=resumed)
-    _say(f"stage 1 done in {time.perf_counter() - start:.0f} s")
+    seconds["stage_1"] = time.perf_counter() - start
+    _say(f"stage 1 done in {seconds['stage_1']:.0f} s")
 
     start = time.perf_counter()
     features = extract_features(model, data, device=device, batch_size=cfg.eval.batch_size,
                                 num_workers=data.num_workers, out_dir=run_dir / "features")
-    _say(f"features of every split in {time.perf_counter() - start:.0f} s: "
+    seconds["features"] = time.perf_counter() - start
+    _say(f"features of every split in {seconds['features']:.0f} s: "
          + ", ".join(f"{k} {tuple(v.features.shape)}" for k, v in features.items()))
+    start = time.perf_counter()
     weight, bias = model.fc.weight.detach().cpu(), model.fc.bias.detach().cpu()
     prefit = _fit_network_methods(cfg, model, data, features, weight, bias, run_dir, device, log)
     metrics: dict[str, Any] = {}
     if main:
         metrics = rebalance_and_report(cfg, info, weight, bias, features, run_dir, device, log,
                                        prefit)
+    seconds["stage_2_and_report"] = time.perf_counter() - start
     log.close()
     # No barrier here: the other processes leave while rank 0 re-balances (torchrun waits for
     # it); waiting in one would meet NCCL's 10-minute timeout on a long stage 2.
