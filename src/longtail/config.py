@@ -152,8 +152,11 @@ class DataConfig:
         "px and more (the paper's), off for smaller ones, where mirrored characters or icons "
         "change class (docs/results.md)"
     )
-    mean: list[float] | None = _opt(None, "normalisation mean per channel; null: the dataset's")
-    std: list[float] | None = _opt(None, "normalisation std per channel; null: the dataset's")
+    mean: list[float] | None = _opt(
+        None, "normalisation mean per channel; null: the dataset's (Fashion-MNIST, CIFAR), "
+        "ImageNet's for image files (its channel average for one channel)")
+    std: list[float] | None = _opt(
+        None, "normalisation std per channel; null: as data.mean")
     in_memory: bool | Literal["auto"] = _opt(
         "auto", "decode images once and keep them as tensors (auto: when under 2 GiB)"
     )

@@ -544,9 +544,10 @@ def _stale_kept(before: Config, cfg: Config, earlier: dict[str, Any]) -> list[st
                                 f"rebalance cannot fit {name} again (it trains on images); "
                                 f"use 'longtail run'")
         if changed:
-            stale[name] = changed
-    for name, changed in stale.items():
-        _say(f"note: {name}: made with {', '.join(changed[:3])} as they were; fitted again")
+            stale[name] = ", ".join(f"{k}={then[k]!r} (now {now[k]!r})" for k in changed[:3])
+    for name, changes in stale.items():
+        _say(f"note: {name} is fitted again too: its result in metrics.json was made with "
+             f"{changes}")
     return list(stale)
 
 
