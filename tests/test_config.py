@@ -105,9 +105,12 @@ def test_one_named_gpu_is_refused_under_torchrun(monkeypatch):
     for device in ("cuda", "auto", "cpu"):
         assert load_config(None, [f"device={device}"]).device == device
     with pytest.raises(ConfigError, match=r"config key device: expected cuda or auto under "
-                                          r"torchrun \(2 processes: each takes GPU LOCAL_RANK; "
-                                          r"CUDA_VISIBLE_DEVICES picks which\), found 'cuda:0'"):
+                                          r"torchrun \(2 processes on this machine: each "
+                                          r"takes GPU LOCAL_RANK; CUDA_VISIBLE_DEVICES picks "
+                                          r"which\), found 'cuda:0'"):
         load_config(None, ["device=cuda:0"])
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process on each of 2 machines
+    assert load_config(None, ["device=cuda:1"]).device == "cuda:1"
 
 
 def test_batch_split_over_torchrun_processes(monkeypatch):

@@ -152,6 +152,8 @@ def test_grid_runs_each_sampler_and_writes_grid_json(fake_fmnist, tmp_path, caps
     for sampler in grid:
         assert yaml.safe_load((out / sampler / "config.yaml").read_text())["stage1"][
             "sampler"] in ("instance", "class", 0.5)
+        seconds = json.loads((out / sampler / "manifest.json").read_text())["seconds"]
+        assert list(seconds) == ["stage_1", "features", "stage_2_and_report", "total"]
     table = (out / "grid.md").read_text().splitlines()
     assert table[0] == "| stage-1 variant | joint | crt | tau_norm |"
     assert len(table) == 5 and " / " in table[2]

@@ -221,10 +221,14 @@ def test_malformed_cifar_batch_is_named(tmp_path, edit, expected):
     (b"", r"not a readable CIFAR batch \(the file ends early: truncated\? extract the archive "
           r"again\)"),
     (pickle.dumps(print), r"not a readable CIFAR batch \(refused to load builtins\.print"),
-], ids=["not a pickle", "empty", "code"])
+    (None, r"not a readable CIFAR batch \(the file ends early: truncated\? extract the archive "
+           r"again\)"),
+], ids=["not a pickle", "empty", "code", "cut in half"])
 def test_unreadable_cifar_batch_says_why_in_words(tmp_path, content, expected):
     root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=60)
-    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(content)
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[: len(batch.read_bytes()) // 2] if content is None
+                      else content)
     with pytest.raises(LongtailError, match=rf"cifar-10-batches-py/data_batch_2: {expected}"):
         data_of("data.kind=cifar10_lt", f"data.root={root}")
 

@@ -609,6 +609,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fake_fmnist, tmp_path
     assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] == 2
     assert not (out / "metrics.json").exists()
 
+    # as on a GPU, checked every 10 steps: the NaN of a step between checks is still found
+    # before the epoch's checkpoint, which stays the last good one
+    import longtail.stages.joint
+
+    monkeypatch.setattr(longtail.stages.joint, "NAN_CHECK_EVERY", {"cpu": 10})
+    calls["n"] = 0
+    code, err = run_cli(["run", *fmnist_args(fake_fmnist, "stage1.epochs=3",
+                                             "stage1.batch_size=64"), "--out", str(out),
+                         "--overwrite"], capsys)
+    assert code == 2
+    assert ("loss is nan by epoch 3, step 2 (checked every 10 steps)" in err
+            and "last.pt (epoch 2)" in err)
+    assert load_checkpoint(out / "stage1" / "last.pt")["epoch"] == 2
+
 
 def test_manifest_records_what_reproduces_the_run(fake_fmnist, tmp_path):
     out = tmp_path / "run"

@@ -101,6 +101,11 @@ def test_copies_of_one_run_are_not_averaged():
     problem = comparable_runs(["a", "b", "c"], [a, {**a, "seed": 1}, copy], [{}] * 3, [])
     assert problem.startswith("a and c have the same seed (0) and config: the same run twice")
     assert comparable_runs(["a", "b"], [a, {**a, "seed": 1}], [{}] * 2, []) is None
+    # a copy whose manifest recorded one split more (or none) is still a copy
+    assert comparable_runs(["a", "c"], [a, copy], [{"train": "aa"}, {"train": "aa", "val": "v"}],
+                           []).startswith("a and c have the same seed (0) and config")
+    assert comparable_runs(["a", "c"], [a, copy], [{"train": "aa"}, {}],
+                           []).startswith("a and c have the same seed (0) and config")
     # other data under the same list names and seed: another split, not a copy
     lists = {**a, "data.kind": "list"}
     assert comparable_runs(["a", "c"], [lists, {**lists, "data.root": "/b"}],

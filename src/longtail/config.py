@@ -403,6 +403,8 @@ def method_settings(name: str, stage2: Stage2Config) -> dict[str, Any]:
         section, _, key = part.partition(".")
         values = dataclasses.asdict(getattr(stage2, section))
         out.update({f"stage2.{section}.{k}": v for k, v in values.items() if k == key or not key})
+    if name == "balms":  # one learning rate: its own, else cRT's (as before the key existed)
+        del out["stage2.crt.lr" if stage2.balms.lr is not None else "stage2.balms.lr"]
     return out
 
 
@@ -624,7 +626,7 @@ def rebase_paths(cfg: Config, origin: str | Path) -> Config:
     if root and not Path(root).is_absolute() and (origin / root).exists():
         cfg.data.root = root = str(origin / root)
     for key in PATH_KEYS:
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         if key == "data.root" or not value or Path(value).is_absolute():
             continue
         for candidate in (origin / value, *([Path(root) / value] if root else [])):
@@ -640,10 +642,10 @@ def _resolve_defaults(cfg: Config) -> None:
     d = cfg.data
     # A shell leaves the ~ of `data.root=~/data` as it is; config.yaml records the expansion.
     for key in PATH_KEYS:
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         if isinstance(value, str) and value.startswith("~"):
             section, name = key.rsplit(".", 1)
-            setattr(_get(cfg, section), name, os.path.expanduser(value))
+            setattr(get_key(cfg, section), name, os.path.expanduser(value))
     if d.val_from_train is None:
         # Feature files often come as train and test only; a val split held out of training
         # lets tau-norm choose tau (one row per class, as the iNaturalist configs do).
@@ -965,12 +967,12 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     need(not (cfg.model.pretrained and cfg.model.weights), "model.pretrained",
          "false when model.weights names a file (one source of weights)", cfg.model.pretrained)
     for key in PATH_KEYS:
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         need(value is None or value.strip() != "", key, "a path or null", value)
     need(cfg.model.trainable is None or len(cfg.model.trainable) >= 1, "model.trainable",
          "module names to train, e.g. [layer4, fc], or null (all)", cfg.model.trainable)
     for key in ("eval.many_threshold", "eval.few_threshold"):
-        need(_get(cfg, key) >= 0, key, "a count >= 0", _get(cfg, key))
+        need(get_key(cfg, key) >= 0, key, "a count >= 0", get_key(cfg, key))
     need(cfg.eval.few_threshold <= cfg.eval.many_threshold + 1, "eval.few_threshold",
          f"at most eval.many_threshold + 1 ({cfg.eval.many_threshold + 1})",
          cfg.eval.few_threshold)
@@ -1031,18 +1033,18 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     for key in ("stage1.lr", "stage1.base_lr", "stage1.classifier_lr", "stage2.crt.lr",
                 "stage2.lws.lr", "stage2.wb.lr", "stage2.finetune.lr", "stage2.wb.max_norm",
                 "stage2.balms.lr"):
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         need(value is None or (value > 0 and math.isfinite(value)), key,
              ("a number > 0" if key.endswith("max_norm") else "a learning rate > 0")
              + (" or null" if key in nullable else ""), value)
     for key in ("stage1.weight_decay", "stage2.crt.weight_decay", "stage2.lws.weight_decay",
                 "stage2.wb.weight_decay", "stage2.finetune.weight_decay", "stage1.loss_tau",
                 "stage2.crt.loss_tau", "stage1.mixup_alpha"):
-        need(_get(cfg, key) >= 0 and math.isfinite(_get(cfg, key)), key, "a number >= 0",
-             _get(cfg, key))
+        need(get_key(cfg, key) >= 0 and math.isfinite(get_key(cfg, key)), key, "a number >= 0",
+             get_key(cfg, key))
     for key in ("stage1.momentum", "stage2.momentum", "stage2.wb.beta", "stage2.crt.las_head",
                 "stage2.crt.las_tail"):
-        need(0 <= _get(cfg, key) < 1, key, "a number in [0, 1)", _get(cfg, key))
+        need(0 <= get_key(cfg, key) < 1, key, "a number in [0, 1)", get_key(cfg, key))
     need(d.num_workers is None or d.num_workers >= 0, "data.num_workers", "an int >= 0 or null",
          d.num_workers)
     need(d.std is None or all(0 < v < math.inf for v in d.std), "data.std", "finite values > 0 "
@@ -1067,17 +1069,21 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
                 "stage1.samples_per_class", "model.width", "stage1.base_batch_size",
                 "stage2.samples_per_class", "stage2.finetune.batch_size", "stage1.min_steps",
                 "stage2.min_steps"):
-        need(1 <= _get(cfg, key) <= MAX_COUNT, key, f"an int in [1, {MAX_COUNT}]", _get(cfg, key))
+        value = get_key(cfg, key)
+        need(1 <= value <= MAX_COUNT, key, f"an int in [1, {MAX_COUNT}]", value)
     # Training BatchNorm needs two images per step and process (one gives no variance: torch
     # stops with "Expected more than 1 value per channel"); torchrun's processes split a batch.
     world = env_world_size()
-    # cuda:N would put every process on that one GPU (NCCL: "Duplicate GPU detected")
-    need(world == 1 or not cfg.device.startswith("cuda:"), "device", f"cuda or auto under "
-         f"torchrun ({world} processes: each takes GPU LOCAL_RANK; CUDA_VISIBLE_DEVICES picks "
-         f"which)", cfg.device)
+    # cuda:N would put every process of a machine on that one GPU (NCCL: "Duplicate GPU
+    # detected"); one process per machine may name its GPU
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    local = int(local) if local.isdecimal() else world
+    need(local == 1 or not cfg.device.startswith("cuda:"), "device", f"cuda or auto under "
+         f"torchrun ({local} processes on this machine: each takes GPU LOCAL_RANK; "
+         f"CUDA_VISIBLE_DEVICES picks which)", cfg.device)
     finetuned = any(m in cfg.stage2.methods for m in FINETUNE_METHODS)
     for key in ("stage1.batch_size", *(["stage2.finetune.batch_size"] if finetuned else [])):
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         fit = max(2 * world, value // world * world)  # the nearest below: 126 for 128 on 3
         need(value % world == 0, key, f"a multiple of the {world} processes (WORLD_SIZE), "
              f"e.g. {key}={fit} on the command line", value)
@@ -1156,7 +1162,7 @@ def template_gaps(cfg: Config) -> list[str]:
     return _check_semantics(cfg, template=True)
 
 
-def _get(cfg: Config, key: str) -> Any:
+def get_key(cfg: Config, key: str) -> Any:
     value: Any = cfg
     for part in key.split("."):
         value = getattr(value, part)
@@ -1209,7 +1215,7 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     }
     keys = [override_key(o) for o in overrides]
     notes = [f"note: {key} is ignored here: {applies[key][1]}" for key in keys
-             if key in applies and not applies[key][0] and _get(cfg, key) is not None]
+             if key in applies and not applies[key][0] and get_key(cfg, key) is not None]
     # A key given twice (a script's common overrides, then the run's own): the last one wins,
     # said so, as it would otherwise go unseen.
     for key in dict.fromkeys(k for i, k in enumerate(keys) if k in keys[:i]):

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -76,6 +77,11 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
     return device
 
 
+# How long a collective may wait: the other processes wait in one while rank 0 alone fits
+# stage 2 and writes the report (hours for iNaturalist's features on a CPU), where NCCL's
+# default would abort them after 10 minutes, Gloo's after 30. A process that dies is
+# torchrun's to notice: it stops the others.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 JOIN_NOTE_AFTER_S = 3.0
 
 
@@ -88,7 +94,7 @@ def _join_stoppably(backend: str) -> None:
 
     def join() -> None:
         try:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
         except BaseException as e:  # raised again in the main thread
             failed.append(e)
 
@@ -128,6 +134,11 @@ def session(device: torch.device) -> Iterator[None]:
     finally:
         if start:
             dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

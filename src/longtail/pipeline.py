@@ -43,6 +43,7 @@ from longtail.config import (
     TRAINED_METHODS,
     Config,
     dump_config,
+    get_key,
     load_config,
     method_settings,
 )
@@ -155,9 +156,9 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     # overwritten), once made otherwise.
     locks = contextlib.ExitStack()
     locks.enter_context(run_folder_lock(resume or target))
-    started = time.perf_counter()
     try:
         with locks, distributed.session(device):
+            started = time.perf_counter()  # after torchrun's processes joined
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
             seconds = {"data": time.perf_counter() - started}
             if resume is None:
@@ -272,8 +273,11 @@ def _grid_rows(cfg: Config, data: LongTailData, samplers: list, losses: list[str
             run_dir = grid_dir / row
             if distributed.is_main():
                 prepare_run_dir(run_dir, overwrite)
-            metrics = _run(sub, data, run_dir, device, argv or [], resumed=False)
+            started, seconds = time.perf_counter(), {}
+            metrics = _run(sub, data, run_dir, device, argv or [], resumed=False,
+                           seconds=seconds)
             if distributed.is_main():
+                _record_seconds(run_dir, seconds, time.perf_counter() - started)
                 results[row] = metrics["methods"]
                 atomic_write_json(grid_dir / "grid.json", results)
     if distributed.is_main():
@@ -373,8 +377,9 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
                                        prefit)
     seconds["stage_2_and_report"] = time.perf_counter() - start
     log.close()
-    # No barrier here: the other processes leave while rank 0 re-balances (torchrun waits for
-    # it); waiting in one would meet NCCL's 10-minute timeout on a long stage 2.
+    # The others wait for rank 0's stage 2 (a grid's next row would too): a shutdown or a
+    # next row together (distributed.COLLECTIVE_TIMEOUT allows a long stage 2)
+    distributed.barrier()
     return metrics
 
 
@@ -536,8 +541,12 @@ def _stale_kept(before: Config, cfg: Config, earlier: dict[str, Any]) -> list[st
     on_images = network_methods(replace(cfg, stage2=replace(cfg.stage2, methods=kept)))
     stale = {}
     for name in kept:
-        then, now = method_settings(name, before.stage2), method_settings(name, cfg.stage2)
-        changed = [k for k in now if now[k] != then[k]]
+        # keys either config makes the method depend on (min_steps 1 and balms' null lr
+        # leave theirs out), compared by value
+        keys = sorted(method_settings(name, before.stage2).keys()
+                      | method_settings(name, cfg.stage2).keys())
+        then, now = ({k: get_key(c, k) for k in keys} for c in (before, cfg))
+        changed = [k for k in keys if now[k] != then[k]]
         if changed and name in on_images:
             raise LongtailError(f"override {changed[0]}: {name}'s result in metrics.json was "
                                 f"made with {changed[0]}={then[changed[0]]!r}, and "
@@ -763,6 +772,8 @@ def _stage2_key(name: str, cfg: Config, features: dict[str, FeatureSet], weight:
         settings = asdict(replace(cfg.stage2, methods=[]))
         if settings["min_steps"] == 1:
             del settings["min_steps"]
+        if settings["balms"]["lr"] is None:  # as before the key existed
+            del settings["balms"]
     else:
         settings = method_settings(name, cfg.stage2)
     parts = [name, str(cfg.seed), json.dumps(settings, sort_keys=True),

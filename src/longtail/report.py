@@ -101,7 +101,8 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
     where = [k for k in _FREE_KEYS if k != "seed"]
     setting = [{k: v for k, v in c.items() if k not in where} for c in configs]
     for i, j in itertools.combinations(range(len(configs)), 2):
-        if setting[i] and setting[i] == setting[j] and splits[i] == splits[j]:
+        if setting[i] and setting[i] == setting[j] and all(
+                splits[i][p] == splits[j][p] for p in splits[i].keys() & splits[j].keys()):
             return (f"{names[i]} and {names[j]} have the same seed "
                     f"({setting[i].get('seed')}) and config: the same run twice (a copy?), "
                     f"whose spread would be 0; average runs of different seeds")

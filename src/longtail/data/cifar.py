@@ -38,13 +38,13 @@ def read_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return _SafeUnpickler(f, encoding="bytes").load()
-    except EOFError:
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "truncated" not in str(e):
+            why = str(e) if str(e).startswith("refused") else (
+                "not a Python pickle, as the python version of CIFAR's batches are")
+            raise LongtailError(f"{path}: not a readable CIFAR batch ({why})") from None
         raise LongtailError(f"{path}: not a readable CIFAR batch (the file ends early: "
                             f"truncated? extract the archive again)") from None
-    except pickle.UnpicklingError as e:
-        why = str(e) if str(e).startswith("refused") else (
-            "not a Python pickle, as the python version of CIFAR's batches are")
-        raise LongtailError(f"{path}: not a readable CIFAR batch ({why})") from None
     except (OSError, ValueError) as e:
         raise LongtailError(f"{path}: not a readable CIFAR batch ({e})") from None
 

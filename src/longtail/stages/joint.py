@@ -60,6 +60,11 @@ def mixup(images: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, 
     return images.mul(lam).add_(images[perm], alpha=1 - lam), perm, lam
 
 
+# Steps between checks of the loss for NaN or infinity, by device type (1 elsewhere): on a
+# GPU each check waits for the queued work.
+NAN_CHECK_EVERY = {"cuda": 10}
+
+
 def train_joint(
     model: Classifier,
     data: LongTailData,
@@ -159,8 +164,18 @@ def train_joint(
         including_emulation=False)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: choose kernels once
-    # A finiteness check is a host sync on a GPU: there, every 10 steps (with the loss shown).
-    check_every = 10 if device.type == "cuda" else 1
+    # A finiteness check is a host sync on a GPU: there, every 10 steps and at the end of
+    # each epoch, before its checkpoint; on a CPU, every step before the backward pass.
+    check_every = NAN_CHECK_EVERY.get(device.type, 1)
+
+    def diverged(epoch: int, step: int) -> LongtailError:
+        last = (f"the last good checkpoint is {checkpoint_path} (epoch {len(history)})"
+                if history else "no checkpoint was written yet")
+        where = (f"at epoch {epoch + 1}, step {step + 1}" if check_every == 1 else
+                 f"by epoch {epoch + 1}, step {step + 1} (checked every {check_every} steps)")
+        return LongtailError(f"{stage_name}: loss is {totals[0].item()} {where}; lower the "
+                             f"learning rate (now {lr:g}); {last}")
+
     loss_fn = ClassifierLoss.build(data.train_counts, cfg.loss, cfg.loss_tau).to(device)
     val_set = data.eval_view(data.val) if data.val else None
     main = distributed.is_main()
@@ -196,17 +211,15 @@ def train_joint(
             totals[0] += loss.detach() * len(labels)
             totals[1] += len(labels)
             if step % check_every == 0 and not torch.isfinite(totals[0]):
-                last = (f"the last good checkpoint is {checkpoint_path} (epoch {len(history)})"
-                        if history else "no checkpoint was written yet")
-                raise LongtailError(
-                    f"{stage_name}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower the learning rate (now {lr:g}); {last}")
+                raise diverged(epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        if check_every > 1 and not torch.isfinite(totals[0]):  # before the checkpoint
+            raise diverged(epoch, steps_per_epoch - 1)
         elapsed = time.perf_counter() - start
         distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics everywhere
         totals = distributed.all_reduce_sum(totals)
