@@ -201,6 +201,12 @@ def test_a_finished_runs_config_is_read_as_it_ran(tmp_path):
     assert load_config(path, finished=True).stage2.bn == "train"
     with pytest.raises(ConfigError, match=r"c\.yaml:2: config key stage2\.bn: expected eval"):
         load_config(path)  # a file's own mistake is named by the file
+    # ... but not a value the command line gave, as a key or as its section's mapping
+    path = write(tmp_path, "stage2:\n  crt:\n    epochs: 10\n")
+    for override in ("stage2.crt.epochs=0", "stage2.crt={epochs: 0}"):
+        with pytest.raises(ConfigError) as info:
+            load_config(path, [override])
+        assert str(info.value) == "config key stage2.crt.epochs: expected an int >= 1, found 0"
 
 
 def test_text_keys_keep_their_text():

@@ -81,6 +81,8 @@ def test_sigkill_in_a_middle_epoch_then_resume_gives_the_uninterrupted_metrics(t
     assert a == b
     manifest = json.loads((broken / "manifest.json").read_text())
     assert len(manifest["resumed"]) == 1
+    # the resume's seconds go with its entry; the killed first part recorded none
+    assert "seconds" not in manifest and manifest["resumed"][0]["seconds"]["total"] > 0
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])

@@ -1054,6 +1054,9 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
         if args.json.is_dir():
             raise LongtailError(f"--json {args.json}: expected a file name for the summary, "
                                 f"found a folder")
+        if args.json.exists() and not args.json.is_file():  # /dev/full, /dev/stdout, a FIFO
+            raise LongtailError(f"--json {args.json}: expected a file name for the summary, "
+                                f"found a device, FIFO or socket (the table goes to stdout)")
         if args.json.parent.exists() and not args.json.parent.is_dir():
             raise LongtailError(f"--json {args.json}: {args.json.parent} is a file, not a "
                                 f"folder")

@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import sys
 import types
 import typing
@@ -507,7 +508,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         # every value came from it
         named = re.search(r"config key ([\w.]+)", str(e))
         lines = _key_lines(text)
-        if named and named[1] in lines and named[1] not in {override_key(o) for o in overrides}:
+        given = {override_key(o) for o in overrides}  # a key, or its section as a mapping
+        if named and named[1] in lines and not any(
+                named[1] == k or named[1].startswith(k + ".") for k in given):
             raise ConfigError(f"{path}:{lines[named[1]]}: {e}") from None
         if not overrides:
             raise ConfigError(f"{path}: {e}") from None
@@ -790,13 +793,24 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key {key}{hint}")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 2, 6, 6
+_SHORT.maxstring = _SHORT.maxother = 200
+
+
+def shown(value: Any) -> str:
+    """Return ``repr(value)`` for a message, a list or mapping cut short: a YAML alias bomb
+    of 600 bytes expands to a list whose full repr is hundreds of MB."""
+    return _SHORT.repr(value) if isinstance(value, (list, tuple, dict, set)) else repr(value)
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None and prefix:  # `stage1:` with nothing (or only comments) under it
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(
             f"config key {prefix.rstrip('.')}: expected a section (mapping), "
-            f"found {type(raw).__name__} {raw!r}"
+            f"found {type(raw).__name__} {shown(raw)}"
         )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -815,7 +829,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         names = [m.strip() for m in raw["methods"].split(",")]
         if not all(m in STAGE2_METHODS for m in names):
             raise ConfigError(f"config key stage2.methods: expected all or a list of "
-                              f"{', '.join(STAGE2_METHODS)}, found {raw['methods']!r}")
+                              f"{', '.join(STAGE2_METHODS)}, found {shown(raw['methods'])}")
         raw = {**raw, "methods": names}
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -849,7 +863,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     try:
         return _coerce_inner(value, tp)
     except _Mismatch:
-        found = "null" if value is None else f"{type(value).__name__} {value!r}"
+        found = "null" if value is None else f"{type(value).__name__} {shown(value)}"
         raise ConfigError(f"config key {key}: expected {type_name(tp)}, found {found}") from None
 
 
@@ -944,7 +958,7 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     paths to the user's data and weights may still be empty: return those messages instead."""
     def need(cond: bool, key: str, expected: str, found: Any) -> None:
         if not cond:
-            raise ConfigError(f"config key {key}: expected {expected}, found {found!r}")
+            raise ConfigError(f"config key {key}: expected {expected}, found {shown(found)}")
 
     gaps: list[str] = []
 
@@ -1045,8 +1059,10 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     for key in ("stage1.momentum", "stage2.momentum", "stage2.wb.beta", "stage2.crt.las_head",
                 "stage2.crt.las_tail"):
         need(0 <= get_key(cfg, key) < 1, key, "a number in [0, 1)", get_key(cfg, key))
-    need(d.num_workers is None or d.num_workers >= 0, "data.num_workers", "an int >= 0 or null",
-         d.num_workers)
+    # each worker is a process with its own copy of the pipeline: thousands exhaust memory
+    most_workers = max(8, 4 * (os.cpu_count() or 1))
+    need(d.num_workers is None or 0 <= d.num_workers <= most_workers, "data.num_workers",
+         f"an int in [0, {most_workers}] ({os.cpu_count()} CPUs here) or null", d.num_workers)
     need(d.std is None or all(0 < v < math.inf for v in d.std), "data.std", "finite values > 0 "
          "(images are divided by them)", d.std)
     need(d.mean is None or all(math.isfinite(v) for v in d.mean), "data.mean",

@@ -174,7 +174,8 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                            seconds=seconds)
             active_run = None
             if distributed.is_main():
-                _record_seconds(run_dir, seconds, time.perf_counter() - started)
+                _record_seconds(run_dir, seconds, time.perf_counter() - started,
+                                resumed=resume is not None)
             return metrics
     except KeyboardInterrupt:
         if run_dir is None:
@@ -293,16 +294,21 @@ def _say(text: str) -> None:
         print(text, flush=True)
 
 
-def _record_seconds(run_dir: Path, seconds: dict[str, float], total: float) -> None:
-    """Say how long the run took, by part, and keep it in manifest.json ("seconds", of this
-    invocation: a resumed run's count only what it did)."""
+def _record_seconds(run_dir: Path, seconds: dict[str, float], total: float,
+                    resumed: bool = False) -> None:
+    """Say how long the run took, by part, and keep it in manifest.json: "seconds", or for
+    a resumed run (which counts only what it did) its entry in "resumed"."""
     seconds = {**seconds, "total": total}
     parts = ", ".join(f"{name.replace('_', ' ')} {value:.1f} s" for name, value in
                       seconds.items() if name != "total")
     print(f"done in {total:.1f} s ({parts})", flush=True)
     path = run_dir / "manifest.json"
     manifest = read_json(path) if path.is_file() else {}
-    manifest["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
+    rounded = {name: round(value, 2) for name, value in seconds.items()}
+    if resumed and manifest.get("resumed"):
+        manifest["resumed"][-1]["seconds"] = rounded
+    else:
+        manifest["seconds"] = rounded
     atomic_write_json(path, manifest)
 
 
