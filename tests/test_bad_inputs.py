@@ -867,6 +867,24 @@ def test_failure_after_the_run_folder_exists_removes_it(tmp_path, capsys, monkey
     assert not out.exists()
 
 
+def test_a_full_disk_after_stage_1_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    from longtail.errors import LongtailError
+
+    def full(*args, out_dir, **kwargs):
+        raise LongtailError(f"{out_dir}/test.pt: cannot write (No space left on device)")
+
+    monkeypatch.setattr("longtail.pipeline.extract_features", full)
+    root = make_fake_fmnist(tmp_path / "f")
+    out = tmp_path / "run"
+    code = main(["run", CONFIG, f"data.root={root}", "data.n_max=40", "data.n_min=4",
+                 "data.val_per_class=4", "stage1.epochs=1", "--out", str(out)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"longtail: error: {out}/features/test.pt: cannot write (No space left on device); "
+        f"once there is room, continue with: longtail run --resume {out}\n")
+    assert (out / "stage1" / "last.pt").is_file()
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

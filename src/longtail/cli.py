@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         if not _other_rank():
-            print(f"longtail: error: {one_line(str(e))}", file=sys.stderr)
+            print(f"longtail: error: {one_line(str(e))}{_full_disk_hint(str(e))}",
+                  file=sys.stderr)
         else:
             _leave_the_word_to_the_first()
         return 2
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the file system's answer on a path given (too long, a loop, full)
         if getattr(args, "debug", False):
             raise
-        print(f"longtail: error: {os_error_line(e)}", file=sys.stderr)
+        print(f"longtail: error: {os_error_line(e)}{_full_disk_hint(str(e))}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         if getattr(args, "debug", False):
@@ -391,6 +392,13 @@ def _follower() -> bool:
     every process, and rank 0 says it (with what a follower may not know, e.g. grid's rows)."""
     loaded = sys.modules.get("longtail.distributed")
     return bool(getattr(loaded, "joined", False) and getattr(loaded, "joined_rank", 0))
+
+
+def _full_disk_hint(message: str) -> str:
+    """Return how to continue a run stopped by a full disk, once there is room (when it has a
+    stage-1 checkpoint to continue from), else ""."""
+    hint = _continue_hint() if "No space left on device" in message else ""
+    return hint and hint.replace("; continue with:", "; once there is room, continue with:")
 
 
 def _continue_hint() -> str:
