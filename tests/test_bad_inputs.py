@@ -374,6 +374,10 @@ CASES = [
      ["rebalance", "{w}/r", "stage2.features=online"],
      "override stage2.features=online: rebalance fits stage 2 on the run's cached features "
      "and never runs the network"),
+    ("rebalance: per_class.csv a folder",
+     lambda w: (_run_dir(w, "r"), (w / "r" / "per_class.csv").mkdir()),
+     ["rebalance", "{w}/r"], "{w}/r/per_class.csv: a folder where rebalance writes the file; "
+                             "move it away"),
     ("rebalance: a section set to null", lambda w: _run_dir(w, "r"),
      ["rebalance", "{w}/r", "stage2=null"], "override 'stage2=null': stage2 is a section; set "
                                             "its keys"),

@@ -181,6 +181,10 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
         if name in FINETUNE_METHODS and not (run_dir / "stage2" / f"{name}.pt").is_file():
             raise LongtailError(f"stage2.methods: {name} re-runs the network on images, which "
                                 f"'rebalance' does not; use 'longtail run'")
+    for name in ("metrics.json", "per_class.csv", "report.md", "config.yaml"):
+        if (run_dir / name).is_dir():  # to be replaced after the fits: said now
+            raise LongtailError(f"{run_dir / name}: a folder where rebalance writes the file; "
+                                f"move it away")
     try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
         _probe_write(run_dir)
     except OSError as e:
