@@ -1,8 +1,8 @@
 """Build Rotated-FMNIST-LT: a 100-class long-tailed list dataset (28x28 gray PNGs).
 
-A third dataset on which longtail's stage-2 defaults are checked (docs/results.md), shaped
+A fourth dataset on which longtail's stage-2 defaults are checked (docs/results.md), shaped
 like a small user dataset in ImageNet-LT's list format: class 10 k + c is Fashion-MNIST class
-c rotated by k x 36 degrees (every training image used once), so that 100 classes are
+c rotated by k x 36 degrees (no training image in two classes), so that 100 classes are
 learnable from 10. ``longtail make-split`` then draws a long-tailed train list (100 down to 2
 images, exponential) and balanced val (10) and test (20) lists from the balanced folder; with
 these counts no class has over 100 training images, so the Many-shot group is empty:
@@ -49,8 +49,7 @@ def main() -> int:
             for i, index in enumerate(chosen[k * args.per_class : (k + 1) * args.per_class]):
                 Image.fromarray(images[index]).rotate(36 * k).save(target / f"{i:04d}.png")
     print(f"wrote 100 classes x {args.per_class} images into {folder}")
-    longtail = Path(sys.executable).parent / "longtail"
-    return subprocess.call([str(longtail), "make-split", "image_folder", "--root", str(folder),
+    return subprocess.call([sys.executable, "-m", "longtail", "make-split", "image_folder", "--root", str(folder),
                             "--out", str(args.out / "split"), "--n-max", "100", "--n-min", "2",
                             "--val-per-class", "10", "--test-per-class", "20", "--seed",
                             str(args.seed), "--overwrite"])
