@@ -49,7 +49,8 @@ def main() -> int:
             for i, index in enumerate(chosen[k * args.per_class : (k + 1) * args.per_class]):
                 Image.fromarray(images[index]).rotate(36 * k).save(target / f"{i:04d}.png")
     print(f"wrote 100 classes x {args.per_class} images into {folder}")
-    return subprocess.call([sys.executable, "-m", "longtail", "make-split", "image_folder", "--root", str(folder),
+    return subprocess.call([sys.executable, "-m", "longtail", "make-split", "image_folder",
+                            "--root", str(folder),
                             "--out", str(args.out / "split"), "--n-max", "100", "--n-min", "2",
                             "--val-per-class", "10", "--test-per-class", "20", "--seed",
                             str(args.seed), "--overwrite"])
