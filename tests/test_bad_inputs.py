@@ -227,6 +227,9 @@ CASES = [
     ("make-split: missing root", None,
      ["make-split", "fmnist", "--root", "{w}/none", "--out", "{w}/s"], "folder not found"),
     ("summarize: missing run", None, ["summarize", "{w}/none"], "metrics.json: not found"),
+    ("summarize: a folder of runs", lambda w: (_run_dir(w, "g/a"), _run_dir(w, "g/b", 1)),
+     ["summarize", "{w}/g"], "{w}/g/metrics.json: not found; {w}/g holds runs in its folders: "
+                             "summarize them, e.g. longtail summarize {w}/g/a {w}/g/b"),
     ("summarize: a run twice", lambda w: _run_dir(w, "a"), ["summarize", "{w}/a", "{w}/a/"],
      "is given twice"),
     ("summarize: runs of other settings", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1, 10)),

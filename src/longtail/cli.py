@@ -1097,6 +1097,13 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
         path = run_dir / "metrics.json"
         problem = file_problem(path)
         if problem:
+            inner = sorted(p.parent for p in run_dir.glob("*/metrics.json")) if \
+                run_dir.is_dir() else []
+            if problem == "not found" and inner:  # a grid's folder, or a folder of runs
+                shown = " ".join(shlex.quote(str(p)) for p in inner[:4])
+                raise LongtailError(f"{path}: not found; {run_dir} holds runs in its folders: "
+                                    f"summarize them, e.g. longtail summarize {shown}"
+                                    + (" ..." if len(inner) > 4 else ""))
             raise LongtailError(f"{path}: {problem} (is {run_dir} a finished run?)")
         runs.append(read_metrics(path))
         manifest = run_dir / "manifest.json"
