@@ -151,6 +151,11 @@ def test_truncated_stage1_checkpoint_on_resume_is_called_truncated(run, capsys):
     assert "stage1/last.pt: not a readable PyTorch file: truncated or corrupt" in err
     assert err.endswith("delete it and --resume trains stage 1 again from the start")
     assert "refused" not in err
+    # rebalance takes the joint classifier from it: the same advice, as a command
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert "stage1/last.pt: not a readable PyTorch file: truncated or corrupt" in err
+    assert err.endswith(f"the joint classifier is in it: delete it and longtail run --resume "
+                        f"{run} trains stage 1 again")
 
 
 def _saved(obj, **kwargs) -> bytes:

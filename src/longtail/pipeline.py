@@ -601,7 +601,11 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
     stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
     if not stage1.is_file():
         raise LongtailError(f"{stage1}: not found; {continue_hint(run_dir, 'finish stage 1')}")
-    state = load_checkpoint(stage1)["model"]
+    try:
+        state = load_checkpoint(stage1)["model"]
+    except UnreadableFile as e:  # written atomically, so damaged after the fact
+        raise LongtailError(f"{e}; the joint classifier is in it: delete it and "
+                            f"{resume_command(run_dir)} trains stage 1 again") from None
     # Every split the run was made with (the manifest's), e.g. val, which tau_norm needs; not
     # the empty val that manifests of runs without one recorded before (no features of it).
     made = [split for split, digest in recorded.items() if digest != _EMPTY_SHA256]
