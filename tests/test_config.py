@@ -307,10 +307,16 @@ def test_stage2_methods_all_means_every_method_on_features():
     for value, methods in (("crt,tau_norm", ["crt", "tau_norm"]), ("lws", ["lws"]),
                            ("ncm_cosine, joint", ["ncm_cosine", "joint"])):
         assert load_config(None, [f"stage2.methods={value}"]).stage2.methods == methods
-    for value in ("crt,wls", "crt,", "every"):
+    for value in ("crt,wls", "every"):
         with pytest.raises(ConfigError, match=f"stage2.methods: expected all or a list of .*, "
                                               f"found '{value}'"):
             load_config(None, [f"stage2.methods={value}"])
+    for value in ("crt,", "crt,,lws", ",lws"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"stage2.methods={value}"])
+        assert str(info.value) == (f"config key stage2.methods: an empty name in '{value}' (a "
+                                   f"comma at an end, or two in a row); expected names joined "
+                                   f"by commas, e.g. crt,tau_norm")
 
 
 def test_yaml_sections_dotted_keys_empty_sections_and_null_overrides(tmp_path):

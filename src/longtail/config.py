@@ -827,6 +827,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     elif cls is Stage2Config and isinstance(raw.get("methods"), str):
         # `stage2.methods=crt,tau_norm` on a command line: the list it can only mean
         names = [m.strip() for m in raw["methods"].split(",")]
+        if len(names) > 1 and not all(names):
+            raise ConfigError(f"config key stage2.methods: an empty name in "
+                              f"{raw['methods']!r} (a comma at an end, or two in a row); "
+                              f"expected names joined by commas, e.g. crt,tau_norm")
         if not all(m in STAGE2_METHODS for m in names):
             raise ConfigError(f"config key stage2.methods: expected all or a list of "
                               f"{', '.join(STAGE2_METHODS)}, found {shown(raw['methods'])}")
