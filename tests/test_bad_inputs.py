@@ -73,6 +73,12 @@ def _run_dir(world: Path, name: str, seed: int = 0, epochs: int = 30) -> Path:
     return folder
 
 
+def _two_runs(world: Path) -> None:
+    """Two finished-looking runs that differ only in their seed: a and b."""
+    _run_dir(world, "a")
+    _run_dir(world, "b", 1)
+
+
 LIST = ["data.kind=list", "data.root={w}/d", "data.train={w}/d/train.txt",
         "data.val={w}/d/val.txt", "data.test={w}/d/test.txt"]
 
@@ -262,13 +268,13 @@ CASES = [
      "/full: folder exists and is not empty; pass --overwrite"),
     ("extract: unknown format", lambda w: _run_dir(w, "r"),
      ["extract", "{w}/r", "--format", "csv", "--out", "{w}/x"], "invalid choice: 'csv'"),
-    ("summarize: --json into a missing folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("summarize: --json into a missing folder", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/no/s.json"], "no/s.json: folder"),
-    ("summarize: --json a device", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("summarize: --json a device", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--json", "/dev/full"],
      "--json /dev/full: expected a file name for the summary, found a device, FIFO or socket "
      "(the table goes to stdout)"),
-    ("summarize: --json under a file", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("summarize: --json under a file", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/d/train.txt/s.json"],
      "--json {w}/d/train.txt/s.json: {w}/d/train.txt is a file, not a folder"),
     ("extract into the run folder", lambda w: _run_dir(w, "a"),
@@ -390,10 +396,10 @@ CASES = [
     ("rebalance: an extract folder", lambda w: (_run_dir(w, "r"), (w / "r/manifest.json").unlink()),
      ["rebalance", "{w}/r"], "r: not a run directory (config.yaml but no manifest.json; a "
                              "folder written by extract?"),
-    ("summarize: --json over a run's own file", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("summarize: --json over a run's own file", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/a/metrics.json", "--overwrite"],
      "a/metrics.json: inside the run folder"),
-    ("extract: --out another run", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("extract: --out another run", _two_runs,
      ["extract", "{w}/a", "--out", "{w}/b", "--overwrite"],
      "b: a run folder (it holds manifest.json), whose config.yaml extract would replace"),
     ("summarize: --json empty", lambda w: _run_dir(w, "a"), ["summarize", "{w}/a", "--json", ""],
@@ -413,10 +419,10 @@ CASES = [
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/my_config.yaml"],
      '/my_config.yaml: expected a new file or a summary written by summarize before (JSON of '
      '"runs" and "methods"), found another file; pass --overwrite to replace it'),
-    ("summarize: --json a folder", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("summarize: --json a folder", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/a"],
      "/a: expected a file name for the summary, found a folder"),
-    ("summarize: --ignore of an unknown key", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+    ("summarize: --ignore of an unknown key", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--ignore", "data,stage1.epoch"],
      "summarize --ignore: expected config keys or sections, found unknown key stage1.epoch; "
      "did you mean stage1.epochs"),

@@ -397,18 +397,18 @@ def _follower() -> bool:
 def _full_disk_hint(message: str) -> str:
     """Return how to continue a run stopped by a full disk, once there is room (when it has a
     stage-1 checkpoint to continue from), else ""."""
-    hint = _continue_hint() if "No space left on device" in message else ""
-    return hint and hint.replace("; continue with:", "; once there is room, continue with:")
+    full = "No space left on device" in message
+    return _continue_hint("once there is room, continue with") if full else ""
 
 
-def _continue_hint() -> str:
-    """Return "; continue with: <resume command>" for the run this process worked on when it
-    has a stage-1 checkpoint to continue from (a process killed alone, say), else ""."""
+def _continue_hint(lead: str = "continue with") -> str:
+    """Return "; <lead>: <resume command>" for the run this process worked on when it has a
+    stage-1 checkpoint to continue from (a process killed alone, say), else ""."""
     pipeline = sys.modules.get("longtail.pipeline")
     run_dir = getattr(pipeline, "active_run", None)
     if run_dir is None or not (run_dir / "stage1" / "last.pt").is_file():
         return ""
-    return f"; continue with: {resume_command(run_dir)}"
+    return f"; {lead}: {resume_command(run_dir)}"
 
 
 def _quiet_fd_sharing_errors() -> None:

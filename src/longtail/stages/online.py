@@ -45,7 +45,7 @@ class OnlineBatches:
         self.layout = model.layout(device)
         self.draws = SeededDraws(sampler, seed)
         view, collate = data.training_view()
-        self.loader = DataLoader(view, batch_size=min(batch_size, len(sampler)),
+        self.loader = DataLoader(view, batch_size=batch_size,
                                  sampler=self.draws, drop_last=True, num_workers=num_workers,
                                  collate_fn=collate)
         self.feature_dim = model.backbone.feature_dim
@@ -90,8 +90,8 @@ class NetworkStage2:
                                 total_epochs=max(method.epochs, 1),
                                 samples_per_class=method.samples_per_class, num_replicas=1,
                                 rank=0)
-        batches = OnlineBatches(model, self.data, sampler, method.batch_size, bn=self.cfg.stage2.bn,
-                                seed=self.cfg.seed, device=self.device,
+        batches = OnlineBatches(model, self.data, sampler, method.batch_for(len(sampler)),
+                                bn=self.cfg.stage2.bn, seed=self.cfg.seed, device=self.device,
                                 num_workers=self.data.num_workers)
         return batches, model
 

@@ -723,6 +723,12 @@ class _TrainedOnFeatures(Rebalancer):
         except ValueError as e:
             raise ValueError(f"device: {e}") from None
 
+    def batch_for(self, draws: int) -> int:
+        """Return the rows of a step over ``draws`` an epoch: as stage2.min_steps, a
+        batch_size above draws / min_steps shrinks (2 steps an epoch of a small training set
+        would leave the classifier near its start)."""
+        return min(steps_batch(self.batch_size, draws, self.min_steps), draws)
+
     def _batches(self, features: ArrayLike, labels: ArrayLike | None,
                  num_classes: int | None = None, weight: Tensor | None = None):
         """Return the batch source of ``fit``'s input (see the class docstring); labels must
@@ -739,10 +745,7 @@ class _TrainedOnFeatures(Rebalancer):
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
-        # as stage2.min_steps: a batch_size above rows / min_steps shrinks (2 steps an epoch
-        # of a small training set would leave the classifier near its start)
-        batch = steps_batch(self.batch_size, len(sampler), self.min_steps)
-        return CachedBatches(x, y, sampler, batch, self._device())
+        return CachedBatches(x, y, sampler, self.batch_for(len(sampler)), self._device())
 
     def _train(self, params: list[Tensor], forward, batches, val_features: ArrayLike | None,
                val_labels: ArrayLike | None, step) -> None:
@@ -1104,13 +1107,10 @@ def build_rebalancer(
     device: torch.device | None = None,
 ) -> Rebalancer:
     """Return the unfitted method ``name`` configured by the ``stage2.*`` keys.
-    ``class_counts`` (the training split's) give the prior of the methods that use one, and
-    the split's size for ``stage2.min_steps``; without them the methods count the training
-    labels given to ``fit``, and shrink the batch from the number of training rows."""
-    # stage2.min_steps shrinks the batch of a small training split (its size: the counts')
-    batch = cfg.batch_size if class_counts is None else cfg.real_batch_size(
-        int(sum(class_counts)))
-    trained = dict(batch_size=batch, momentum=cfg.momentum,
+    ``class_counts`` (the training split's) give the prior of the methods that use one;
+    without them the methods count the training labels given to ``fit``. The trained methods
+    shrink the batch of a small training split themselves (``stage2.min_steps``)."""
+    trained = dict(batch_size=cfg.batch_size, momentum=cfg.momentum,
                    samples_per_class=cfg.samples_per_class, seed=seed, device=device,
                    select=cfg.select, class_counts=class_counts, min_steps=cfg.min_steps)
     crt = dict(epochs=cfg.crt.epochs, lr=cfg.crt.lr, weight_decay=cfg.crt.weight_decay,
