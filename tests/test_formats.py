@@ -66,6 +66,17 @@ def test_cifar_step_profile_and_cifar100(tmp_path):
     assert data.val is None and data.num_classes == 100 and data.class_names[3] == "class3"
 
 
+def test_cifar_classes_truncated_to_nothing_keep_one_image(tmp_path):
+    # int(10 / 100 ** (i / 9)) is 0 for classes 5..9: Cao et al.'s code would train on
+    # classes without an image, and a run used to fail after stage 1.
+    root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=20)
+    data = data_of("data.kind=cifar10_lt", f"data.root={root}", "data.n_max=10",
+                   "data.val_per_class=2")
+    assert min(data.group_counts) == 1 and len(data.group_counts) == 10
+    assert data.group_counts[:5] == cifar_lt_profile(10, 10, 100)[:5]
+    assert any("5 classes (" in note and "each keeps 1" in note for note in data.notes)
+
+
 def test_cifar_pickles_cannot_run_code(tmp_path):
     root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=10)
 

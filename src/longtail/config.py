@@ -952,6 +952,8 @@ MAX_WIDTH = 1024
 MAX_COUNT = 2**20  # batch sizes, samples_per_class, min_steps
 MAX_EPOCHS = 100_000  # far beyond any schedule; 1e20 would be a typo that trains forever
 MAX_TAU = 10.0
+MAX_RATE = 1000.0  # learning rates, weight decays, mixup's alpha: far beyond any that trains
+MIN_STD = 1e-3  # data.std: a smaller one multiplies pixel noise by over 1,000
 MAX_TAU_STEPS = 1000  # each value is a pass over val's logits
 # data.pareto_alpha / make-split --alpha: below, the quantiles overflow; above, they coincide
 PARETO_ALPHA = (0.1, 1000.0)
@@ -1052,13 +1054,17 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
                 "stage2.lws.lr", "stage2.wb.lr", "stage2.finetune.lr", "stage2.wb.max_norm",
                 "stage2.balms.lr"):
         value = get_key(cfg, key)
-        need(value is None or (value > 0 and math.isfinite(value)), key,
-             ("a number > 0" if key.endswith("max_norm") else "a learning rate > 0")
+        # beyond MAX_RATE a step overflows float32 (a torch error, not a divergence message)
+        need(value is None or 0 < value <= MAX_RATE, key,
+             (f"a number in (0, {MAX_RATE:g}]" if key.endswith("max_norm")
+              else f"a learning rate in (0, {MAX_RATE:g}]")
              + (" or null" if key in nullable else ""), value)
     for key in ("stage1.weight_decay", "stage2.crt.weight_decay", "stage2.lws.weight_decay",
-                "stage2.wb.weight_decay", "stage2.finetune.weight_decay", "stage1.loss_tau",
-                "stage2.crt.loss_tau", "stage1.mixup_alpha"):
-        need(get_key(cfg, key) >= 0 and math.isfinite(get_key(cfg, key)), key, "a number >= 0",
+                "stage2.wb.weight_decay", "stage2.finetune.weight_decay", "stage1.mixup_alpha"):
+        need(0 <= get_key(cfg, key) <= MAX_RATE, key, f"a number in [0, {MAX_RATE:g}]",
+             get_key(cfg, key))
+    for key in ("stage1.loss_tau", "stage2.crt.loss_tau"):  # scales log-prior offsets
+        need(0 <= get_key(cfg, key) <= MAX_TAU, key, f"a number in [0, {MAX_TAU:g}]",
              get_key(cfg, key))
     for key in ("stage1.momentum", "stage2.momentum", "stage2.wb.beta", "stage2.crt.las_head",
                 "stage2.crt.las_tail"):
@@ -1067,10 +1073,13 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
     most_workers = max(8, 4 * (os.cpu_count() or 1))
     need(d.num_workers is None or 0 <= d.num_workers <= most_workers, "data.num_workers",
          f"an int in [0, {most_workers}] ({os.cpu_count()} CPUs here) or null", d.num_workers)
-    need(d.std is None or all(0 < v < math.inf for v in d.std), "data.std", "finite values > 0 "
-         "(images are divided by them)", d.std)
-    need(d.mean is None or all(math.isfinite(v) for v in d.mean), "data.mean",
-         "finite values (subtracted from images)", d.mean)
+    # Images are scaled to [0, 1] before normalizing: values of the 0-255 scale (ImageNet's
+    # 123.7 and 58.4) would feed the model inputs near -2 or +100, and tiny stds overflow.
+    scale = "; values of the 0-255 scale divided by 255"
+    need(d.std is None or all(MIN_STD <= v <= 1 for v in d.std), "data.std", f"values in "
+         f"[{MIN_STD:g}, 1] (images scaled to [0, 1] are divided by them{scale})", d.std)
+    need(d.mean is None or all(0 <= v <= 1 for v in d.mean), "data.mean",
+         f"values in [0, 1] (subtracted from images scaled to [0, 1]{scale})", d.mean)
     need(d.image_size is None or 8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size",
          f"an int in [8, {MAX_IMAGE_SIZE}] or null", d.image_size)
     need(cfg.model.in_channels in (None, 1, 3), "model.in_channels", "1, 3 or null",

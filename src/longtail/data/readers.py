@@ -77,9 +77,14 @@ def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
     n_max = cfg.n_max or per_class
     ratio = cfg.imbalance_ratio or (n_max / cfg.n_min if cfg.n_min else 100.0)
     if cfg.profile == "pareto":
-        profile = pareto_profile(num_classes, n_max, round(n_max / ratio), cfg.pareto_alpha)
+        profile = pareto_profile(num_classes, n_max, max(1, round(n_max / ratio)),
+                                 cfg.pareto_alpha)
     else:
         profile = cifar_lt_profile(num_classes, n_max, ratio, cfg.profile)
+    # Cao et al.'s truncation leaves a class empty when n_max / ratio < 1, which their code
+    # does not survive either: such classes keep one image (said in the notes).
+    empty = [names[c] for c, n in enumerate(profile) if n < 1]
+    profile = [max(1, n) for n in profile]
     train = cifar.cao_selection(labels, profile)
     # The balanced val split takes images the long-tailed train split left unused; a class
     # with too few of them (the head class uses all its images) gives the rest out of its
@@ -97,9 +102,15 @@ def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
         val.append(spare)
     if taken:
         train = np.setdiff1d(train, np.concatenate(taken))
-    return _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
-                         np.sort(train), np.sort(np.concatenate(val)).astype(np.int64),
-                         before if taken else None, cifar.MEAN, cifar.STD, 32)
+    record = _array_record(cfg, names, images, labels, test_images, arrays["test_labels"],
+                           np.sort(train), np.sort(np.concatenate(val)).astype(np.int64),
+                           before if taken else None, cifar.MEAN, cifar.STD, 32)
+    if empty:
+        record.notes.append(
+            f"{len(empty)} classes ({', '.join(empty[:4])}{', ...' * (len(empty) > 4)}) would keep no training image (n_max "
+            f"{n_max} / imbalance ratio {ratio:g} = {n_max / ratio:.3g}): each keeps 1; a larger "
+            f"data.n_max or a smaller data.imbalance_ratio gives them more")
+    return record
 
 
 def _array_record(cfg: DataConfig, names: list[str], images: torch.Tensor, labels: np.ndarray,

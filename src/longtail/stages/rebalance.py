@@ -36,6 +36,7 @@ from torch import Tensor
 
 from longtail.arrays import ArrayLike, as_tensor, class_indices
 from longtail.config import (
+    MAX_RATE,
     MAX_TAU,
     SAMPLER_NAMES,
     Stage2Config,
@@ -682,10 +683,12 @@ class _TrainedOnFeatures(Rebalancer):
             " (0: the joint classifier unchanged)" if least == 0 else
             " (0 epochs would leave the classifier at its random start)"),
             lambda v: v >= least, integer=True)
-        _check_number(lr, "lr", "a learning rate > 0", lambda v: v > 0)
+        _check_number(lr, "lr", f"a learning rate in (0, {MAX_RATE:g}]",
+                      lambda v: 0 < v <= MAX_RATE)
         _check_number(batch_size, "batch_size", "an int >= 1", lambda v: v >= 1, integer=True)
         _check_number(momentum, "momentum", "a number in [0, 1)", lambda v: 0 <= v < 1)
-        _check_number(weight_decay, "weight_decay", "a number >= 0", lambda v: v >= 0)
+        _check_number(weight_decay, "weight_decay", f"a number in [0, {MAX_RATE:g}]",
+                      lambda v: 0 <= v <= MAX_RATE)
         if select not in ("last", "best_val"):
             raise ValueError(f"select: expected 'last' or 'best_val', found {select!r}")
         _check_number(samples_per_class, "samples_per_class", "an int >= 1", lambda v: v >= 1,
@@ -879,7 +882,8 @@ class CRT(_LinearHead, _TrainedOnFeatures):
         if num_classes is not None:
             _check_number(num_classes, "num_classes", "an int >= 2 or None", lambda v: v >= 2,
                           integer=True)
-        _check_number(loss_tau, "loss_tau", "a number >= 0", lambda v: v >= 0)
+        _check_number(loss_tau, "loss_tau", f"a number in [0, {MAX_TAU:g}]",
+                      lambda v: 0 <= v <= MAX_TAU)
         for value, name in ((las_head, "las_head"), (las_tail, "las_tail")):
             _check_number(value, name, "a number in [0, 1)", lambda v: 0 <= v < 1)
         self.num_classes = num_classes
@@ -977,8 +981,8 @@ class WB(CRT):
         super().__init__(len(weight), **kwargs)
         _check_number(beta, "beta", "a number in [0, 1)", lambda v: 0 <= v < 1)
         if max_norm is not None:
-            _check_number(max_norm, "max_norm", "a number > 0 or None (the joint classifier's "
-                          "mean row norm)", lambda v: v > 0)
+            _check_number(max_norm, "max_norm", f"a number in (0, {MAX_RATE:g}] or None (the "
+                          "joint classifier's mean row norm)", lambda v: 0 < v <= MAX_RATE)
         self.weight, self.bias, self.max_norm, self.beta = weight, bias, max_norm, beta
 
     _uses_counts = True
