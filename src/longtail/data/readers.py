@@ -106,9 +106,10 @@ def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
                            np.sort(train), np.sort(np.concatenate(val)).astype(np.int64),
                            before if taken else None, cifar.MEAN, cifar.STD, 32)
     if empty:
+        named = ", ".join(empty[:4]) + ", ..." * (len(empty) > 4)
         record.notes.append(
-            f"{len(empty)} classes ({', '.join(empty[:4])}{', ...' * (len(empty) > 4)}) would keep no training image (n_max "
-            f"{n_max} / imbalance ratio {ratio:g} = {n_max / ratio:.3g}): each keeps 1; a larger "
+            f"{len(empty)} classes ({named}) would keep no training image (n_max {n_max} / "
+            f"imbalance ratio {ratio:g} = {n_max / ratio:.3g}): each keeps 1; a larger "
             f"data.n_max or a smaller data.imbalance_ratio gives them more")
     return record
 
