@@ -437,7 +437,7 @@ def test_trained_methods_refuse_bad_hyper_parameters(method):
             ("batch_size", 0, "batch_size: expected an int >= 1, found 0"),
             ("momentum", -0.5, r"momentum: expected a number in \[0, 1\), found -0.5"),
             ("momentum", 1.0, r"momentum: expected a number in \[0, 1\), found 1.0"),
-            ("weight_decay", -1e-4, r"weight_decay: expected a number in \[0, 1000\], found -1"),
+            ("weight_decay", -1e-4, r"weight_decay: expected a number in \[0, 1000\], found -0"),
             ("weight_decay", 1e39, r"weight_decay: expected a number in \[0, 1000\], found 1e"),
             ("epochs", -1, "epochs: expected an int >= [01]"),
             ("seed", -1, r"seed: expected an int in \[0, 2\^63\), found -1"),
