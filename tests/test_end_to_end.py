@@ -306,6 +306,26 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
         assert min(one[method]["top1"], two[method]["top1"]) > 30, method
 
 
+def test_torchrun_says_a_config_mistake_once_without_tracebacks(tmp_path):
+    """The other process waits in silence and ends quietly on torchrun's SIGTERM (it used to
+    print a KeyboardInterrupt traceback and 'stopped by SIGTERM')."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "longtail", "run", str(ROOT / "configs" / "fmnist_lt.yaml"), "stage1.epoch=3",
+         "--out", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("longtail: error: unknown config key stage1.epoch;"), lines[:3]
+    assert result.stderr.count("longtail:") == 1, result.stderr
+    assert "KeyboardInterrupt" not in result.stderr and "longtail/cli.py" not in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_torchrun_with_undecodable_images_skipped_keeps_the_ranks_in_step(tmp_path):
     """data.on_bad_image=skip: a batch left with under two images is skipped by every rank
     together (once a collective mismatch: gloo aborted, or NCCL hung)."""

@@ -288,8 +288,18 @@ OTHER_RANK_WAIT = 3.0
 
 
 def _leave_the_word_to_the_first() -> None:
+    """Wait OTHER_RANK_WAIT seconds in silence; torchrun's SIGTERM, sent once the first
+    process has said the mistake and ended, ends this one quietly (as a KeyboardInterrupt it
+    printed tracebacks and a 'stopped by SIGTERM' line from every other process)."""
+    import signal
     import time
 
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in (*STOP_SIGNALS, "SIGINT"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, lambda *_: os._exit(2))
     time.sleep(OTHER_RANK_WAIT)
 
 
