@@ -139,6 +139,28 @@ def test_batch_split_over_torchrun_processes(monkeypatch):
     with pytest.raises(LongtailError, match="WORLD_SIZE: 2 processes, but MASTER_PORT is not "
                                             "set; start several processes with torchrun"):
         load_config(None)
+    # set by hand with values torch would fail on with a traceback, or wait on forever
+    for key, value, message in [
+            ("MASTER_PORT", "abc", r"MASTER_PORT: expected a port number in \[1, 65535\]"),
+            ("MASTER_PORT", "99999", r"MASTER_PORT: expected .*found '99999'"),
+            ("RANK", "2", r"RANK: expected an index below WORLD_SIZE \(2\), found 2")]:
+        torchrun_env(monkeypatch)
+        monkeypatch.setenv(key, value)
+        with pytest.raises(LongtailError, match=message):
+            load_config(None)
+
+
+def test_a_master_addr_that_does_not_resolve_is_one_line(monkeypatch):
+    import torch
+
+    from longtail import distributed
+
+    torchrun_env(monkeypatch)
+    monkeypatch.setenv("MASTER_ADDR", "no.such.host.invalid")
+    with pytest.raises(LongtailError, match=r"MASTER_ADDR: cannot find the host "
+                                            r"'no.such.host.invalid'"):
+        with distributed.session(torch.device("cpu")):
+            pass
 
 
 def test_rebase_paths_takes_relative_paths_from_where_the_run_started(tmp_path):

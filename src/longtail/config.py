@@ -942,7 +942,17 @@ def env_world_size() -> int:
                             f"{'is' if len(missing) == 1 else 'are'} not set; start several "
                             f"processes with torchrun (torchrun --nproc-per-node {text} -m "
                             f"longtail run CONFIG)")
-    return int(text)
+    world = int(text)
+    if world > 1:  # set by hand: torch would fail with a traceback, or wait forever
+        rank = int(os.environ["RANK"])
+        if rank >= world:
+            raise LongtailError(f"RANK: expected an index below WORLD_SIZE ({world}), found "
+                                f"{rank}; torchrun sets both")
+        port = os.environ["MASTER_PORT"].strip()
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise LongtailError(f"MASTER_PORT: expected a port number in [1, 65535] (torchrun "
+                                f"sets it), found {os.environ['MASTER_PORT']!r}")
+    return world
 
 
 # Upper bounds of sizes, far above any real use, below what could not be allocated: a

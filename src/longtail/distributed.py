@@ -106,12 +106,27 @@ def _join_stoppably(backend: str) -> None:
         raise failed[0]
 
 
+def _check_master_addr() -> None:
+    """Refuse a MASTER_ADDR that does not resolve: torch would retry it forever, printing a
+    warning line every few seconds."""
+    import socket
+
+    addr = os.environ["MASTER_ADDR"].strip()
+    try:
+        socket.getaddrinfo(addr, None)
+    except (OSError, UnicodeError) as e:
+        raise LongtailError(f"MASTER_ADDR: cannot find the host {addr!r} "
+                            f"({getattr(e, 'strerror', None) or e}); torchrun sets it to the "
+                            f"first machine's address") from None
+
+
 @contextmanager
 def session(device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the duration (when WORLD_SIZE > 1 and not joined yet):
     NCCL on GPUs, Gloo on CPUs."""
     start = env_world_size() > 1 and not dist.is_initialized()
     if start:
+        _check_master_addr()
         if device.type == "cuda":
             torch.cuda.set_device(device)
         # Joining waits, silently, until every process has come: say so when it takes a
