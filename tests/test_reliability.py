@@ -765,3 +765,38 @@ def test_the_resource_sharer_threads_connection_errors_are_dropped(monkeypatch, 
     sys.excepthook(*raised_in("/work/mine.py", BrokenPipeError(32, "Broken pipe")))
     err = capsys.readouterr().err
     assert "ValueError: a real bug" in err and "BrokenPipeError" in err
+
+
+def test_a_torch_compile_failure_is_one_line_naming_stage1_compile():
+    """stage1.compile=true without a C++ compiler (CPU) or Triton (GPU): torch's 159-line
+    traceback becomes one line; another error of the step passes through as it is."""
+    import torch
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    from longtail.errors import LongtailError
+    from longtail.stages.joint import _compile_failure
+
+    said = _compile_failure(InvalidCxxCompiler(), torch.device("cpu"))
+    assert isinstance(said, LongtailError)
+    assert str(said) == ("stage1.compile=true: torch.compile failed on cpu (No working C++ "
+                         "compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')); set "
+                         "stage1.compile=false to train without it")
+    other = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    assert _compile_failure(other, torch.device("cpu")) is other
+
+
+def test_a_home_that_cannot_be_written_leaves_the_report_quiet():
+    """matplotlib warned in two lines on every run and rebalance that it could not make its
+    cache folder under HOME (a service account's /nonexistent, a read-only HOME)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME",
+                                                             "XDG_CACHE_HOME")}
+    env.update(HOME="/dev/null", PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run(
+        [sys.executable, "-c", "from longtail.report import plot_png\n"
+         "assert plot_png(lambda ax: ax.plot([1, 2])).startswith(b'\\x89PNG')"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

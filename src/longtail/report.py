@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+import logging
 import math
 import unicodedata
 from collections.abc import Callable
@@ -221,6 +222,9 @@ def plot_png(draw: Callable[[Any], None], panels: int | None = None) -> bytes:
 
     matplotlib's Figure without pyplot (no global figure state to import or clean up), and
     fixed margins instead of tight_layout, which took a third of the report's time."""
+    # A HOME that cannot be written (a service account's) has matplotlib warn in two lines
+    # on import that it caches in a temporary folder instead, which serves a report as well.
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     from matplotlib.figure import Figure
 
     if panels is None:

@@ -8,6 +8,7 @@ loss, val accuracy and images per second logged, a checkpoint written after ever
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -123,6 +124,8 @@ def train_joint(
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
+        # its import says "No CUDA runtime is found" on every CPU machine: not news here
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         net = torch.compile(net)
     lr = cfg.resolved_lr(global_batch)
     head = [p for p in model.fc.parameters() if p.requires_grad]
@@ -204,7 +207,10 @@ def train_joint(
                 images, perm, lam = mixup(images, cfg.mixup_alpha,
                                           seed * 1_000_003 + epoch * 100_003 + step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(images)
+                try:
+                    logits = net(images)
+                except RuntimeError as e:  # torch.compile's own failure: one line
+                    raise _compile_failure(e, device) if cfg.compile else e
                 loss = loss_fn(logits, labels)
                 if cfg.mixup_alpha > 0:
                     loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
@@ -254,6 +260,18 @@ def train_joint(
                   f"{best['val_top1']:.1f}%) are the result of {stage_name}", flush=True)
     model.eval()
     return history
+
+
+def _compile_failure(error: RuntimeError, device: torch.device) -> Exception:
+    """Return a LongtailError for a failure of torch.compile's compilers (no C++ compiler
+    on a CPU machine, no Triton on a GPU one), else ``error`` itself."""
+    if not type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        return error
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    why = next((line for line in lines if "Error" in line or "Compiler" in line), lines[0]
+               if lines else type(error).__name__)
+    return LongtailError(f"stage1.compile=true: torch.compile failed on {device.type} ({why}); "
+                         f"set stage1.compile=false to train without it")
 
 
 def accuracy(model: Classifier, dataset, device: torch.device, batch_size: int,
