@@ -210,7 +210,10 @@ def train_joint(
                 try:
                     logits = net(images)
                 except RuntimeError as e:  # torch.compile's own failure: one line
-                    raise _compile_failure(e, device) if cfg.compile else e
+                    failure = _compile_failure(e, device) if cfg.compile else None
+                    if failure is None:
+                        raise
+                    raise failure from None
                 loss = loss_fn(logits, labels)
                 if cfg.mixup_alpha > 0:
                     loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
@@ -262,11 +265,11 @@ def train_joint(
     return history
 
 
-def _compile_failure(error: RuntimeError, device: torch.device) -> Exception:
+def _compile_failure(error: RuntimeError, device: torch.device) -> LongtailError | None:
     """Return a LongtailError for a failure of torch.compile's compilers (no C++ compiler
-    on a CPU machine, no Triton on a GPU one), else ``error`` itself."""
+    on a CPU machine, no Triton on a GPU one), else None."""
     if not type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
-        return error
+        return None
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     why = next((line for line in lines if "Error" in line or "Compiler" in line), lines[0]
                if lines else type(error).__name__)
