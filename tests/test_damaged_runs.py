@@ -218,3 +218,42 @@ def test_new_shot_thresholds_regroup_the_cached_fits_as_a_fresh_fit_would(run, c
     assert regrouped == fresh
     groups = fresh["dataset"]["shot_groups"]
     assert groups["few"] and groups["many"]  # the new thresholds split the classes three ways
+
+
+def test_run_files_of_the_wrong_shape_are_one_line_or_redone(run, capsys):
+    """Files that load but hold something else (a list saved over last.pt, a tensor over a
+    stage-2 result, hand-edited JSON): one line naming the file and field, where each was a
+    TypeError, KeyError or AttributeError traceback (the manifest's after metrics.json had
+    been rewritten)."""
+    last = run / "stage1" / "last.pt"
+    saved = last.read_bytes()
+    for content, found in (([1, 2], "found a list"), ({"epoch": 1}, "found one without 'model'")):
+        torch.save(content, last)
+        err = one_line_error(["rebalance", str(run)], capsys)
+        assert f"{last}: not a checkpoint longtail wrote (expected a mapping of 'model', " \
+               f"{found})" in err and "trains stage 1 again" in err, err
+    torch.save([1, 2], last)
+    err = one_line_error(["run", "--resume", str(run)], capsys)
+    assert f"{last}: not a checkpoint longtail wrote" in err, err
+    last.write_bytes(saved)
+    # a stage-2 result is a cache: fitted again
+    torch.save(torch.zeros(3), run / "stage2" / "crt.pt")
+    assert main(["rebalance", str(run), "stage2.methods=[crt]"]) == 0
+    assert isinstance(load_checkpoint(run / "stage2" / "crt.pt"), dict)
+    dataset = run / "dataset.json"
+    info = json.loads(dataset.read_text())
+    for key, value, message in (
+            ("train_counts", "abc", '"train_counts": expected 10 counts >= 0 (num_classes), '
+                                    "found 'abc'"),
+            ("num_classes", 5, '"class_names": expected 5 names (num_classes), found'),
+            ("num_classes", "10", "\"num_classes\": expected an int >= 2, found '10'")):
+        dataset.write_text(json.dumps({**info, key: value}))
+        assert f"{dataset}: {message}" in one_line_error(["rebalance", str(run)], capsys)
+    dataset.write_text(json.dumps(info))
+    manifest = run / "manifest.json"
+    entries = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**entries, "rebalanced": 5}))
+    metrics = (run / "metrics.json").read_bytes()
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert f'{manifest}: "rebalanced": expected a list of entries, found 5' in err
+    assert (run / "metrics.json").read_bytes() == metrics  # refused before anything is written

@@ -116,6 +116,22 @@ def read_json(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     return obj
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Return a run's manifest.json ({} when there is none); its history lists and split
+    digests are checked, so that a hand-edited one is refused before anything is written."""
+    manifest = read_json(path) if path.is_file() else {}
+    for key, kind, expected in (("resumed", list, "a list of entries"),
+                                ("rebalanced", list, "a list of entries"),
+                                ("split_sha256", dict, "a mapping of split to SHA-256")):
+        value = manifest.get(key, kind())
+        if not isinstance(value, kind) or (kind is list and not all(
+                isinstance(entry, dict) for entry in value)):
+            text = json.dumps(value)
+            raise LongtailError(f"{path}: \"{key}\": expected {expected}, found "
+                                f"{text if len(text) <= 60 else text[:60] + '...'}")
+    return manifest
+
+
 def save_checkpoint(obj: Any, path: str | Path) -> None:
     """Save tensors/containers with ``torch.save`` atomically."""
     import torch
@@ -125,11 +141,13 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    keys: tuple[str, ...] | None = None) -> Any:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code.
 
     A file that would need full pickle is refused (LongtailError); one torch cannot read at
-    all (truncated, corrupt, another format) raises UnreadableFile, which says which it is.
+    all (truncated, corrupt, another format), or, with ``keys``, one that is not a mapping
+    holding them (a list or a tensor saved over it), raises UnreadableFile saying which.
     """
     import torch
 
@@ -140,13 +158,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if problem:
         raise LongtailError(f"{path}: checkpoint {problem}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
         raise
     except Exception as e:  # UnpicklingError, RuntimeError, OSError, EOFError, KeyError, ...
         if _weights_only_refusal(e) is None:
             raise UnreadableFile(torch_load_error(path, e), path) from None
         raise LongtailError(torch_load_error(path, e)) from None
+    if keys is not None:
+        missing = [k for k in keys if k not in obj] if isinstance(obj, dict) else keys
+        if missing:
+            found = (f"one without {', '.join(map(repr, missing))}" if isinstance(obj, dict)
+                     else f"a {type(obj).__name__}")
+            raise UnreadableFile(f"{path}: not a checkpoint longtail wrote (expected a mapping "
+                                 f"of {', '.join(map(repr, keys))}, found {found})", path)
+    return obj
 
 
 def torch_load_error(path: Path, error: Exception) -> str:

@@ -1059,7 +1059,7 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
-    from longtail.checkpoint import atomic_write_json, read_json
+    from longtail.checkpoint import atomic_write_json, read_manifest
     from longtail.config import flatten, load_config
     from longtail.report import comparable_runs, format_summary, read_metrics, summarize
 
@@ -1117,7 +1117,7 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
             raise LongtailError(f"{path}: {problem} (is {run_dir} a finished run?)")
         runs.append(read_metrics(path))
         manifest = run_dir / "manifest.json"
-        splits.append(read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {})
+        splits.append(read_manifest(manifest).get("split_sha256", {}))
         configs.append(flatten(load_config(run_dir / "config.yaml", finished=True, run=True))
                        if (run_dir / "config.yaml").is_file() else {})
     problem = comparable_runs(args.run_dirs, configs, splits, ignore)

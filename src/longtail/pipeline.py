@@ -33,6 +33,7 @@ from longtail.checkpoint import (
     load_checkpoint,
     make_dir,
     read_json,
+    read_manifest,
     save_checkpoint,
     state_digest,
 )
@@ -46,6 +47,7 @@ from longtail.config import (
     get_key,
     load_config,
     method_settings,
+    shown,
 )
 from longtail.data.profiles import shot_groups
 from longtail.errors import Interrupted, LongtailError, UnreadableFile, file_problem
@@ -303,7 +305,7 @@ def _record_seconds(run_dir: Path, seconds: dict[str, float], total: float,
                       seconds.items() if name != "total")
     print(f"done in {total:.1f} s ({parts})", flush=True)
     path = run_dir / "manifest.json"
-    manifest = read_json(path) if path.is_file() else {}
+    manifest = read_manifest(path)
     rounded = {name: round(value, 2) for name, value in seconds.items()}
     if resumed and manifest.get("resumed"):
         manifest["resumed"][-1]["seconds"] = rounded
@@ -470,7 +472,7 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
     if not path.is_file():
         return None, key
     try:
-        cached = load_checkpoint(path)
+        cached = load_checkpoint(path, keys=("key", "result", "weight_norms"))
     except LongtailError:  # only a cache: one that cannot be read is fitted again
         return None, key
     if cached.get("key") == key:
@@ -482,10 +484,21 @@ def _cached_result(run_dir: Path, name: str, cfg: Config, features: dict[str, Fe
     return (cached if cached.get("key") == older else None), key
 
 
+def _saved_norms(path: Path) -> Any:
+    """Return the class-weight norms a stage-2 result file keeps, or None when there are none
+    to read (they only add the method to the norms plot)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_checkpoint(path, keys=("weight_norms",))["weight_norms"]
+    except LongtailError:
+        return None
+
+
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
     """Check that the data is the run's own and note the resume in manifest.json."""
     path = run_dir / "manifest.json"
-    manifest = read_json(path) if path.is_file() else {}
+    manifest = read_manifest(path)
     recorded = manifest.get("split_sha256", {})
     for split, digest in data.split_sha256.items():
         if recorded.get(split, digest) != digest:
@@ -508,7 +521,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     # The run's small files first: a damaged one is answered before the features are read.
     metrics_path, manifest_path = run_dir / "metrics.json", run_dir / "manifest.json"
     earlier = read_metrics(metrics_path)["methods"] if metrics_path.is_file() else {}
-    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+    manifest = read_manifest(manifest_path)
     info, weight, bias, features = run_inputs(run_dir, cfg)
     asked = list(cfg.stage2.methods)
     # config.yaml as it is describes how every result in metrics.json was made
@@ -579,7 +592,7 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
     """
     info = _dataset_info(run_dir / "dataset.json")
     manifest = run_dir / "manifest.json"
-    recorded = read_json(manifest).get("split_sha256", {}) if manifest.is_file() else {}
+    recorded = read_manifest(manifest).get("split_sha256", {})
     if cfg.data.kind == "features":
         from longtail.data import build_data
 
@@ -602,7 +615,7 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
     if not stage1.is_file():
         raise LongtailError(f"{stage1}: not found; {continue_hint(run_dir, 'finish stage 1')}")
     try:
-        state = load_checkpoint(stage1)["model"]
+        state = load_checkpoint(stage1, keys=("model",))["model"]
     except UnreadableFile as e:  # written atomically, so damaged after the fact
         raise LongtailError(f"{e}; the joint classifier is in it: delete it and "
                             f"{resume_command(run_dir)} trains stage 1 again") from None
@@ -641,9 +654,29 @@ def _dataset_info(path: Path) -> DatasetInfo:
     """Return a run's dataset.json; one that does not hold DatasetInfo's fields is refused."""
     fields = read_json(path, ("name", "num_classes", "class_names", "train_counts"))
     try:
-        return DatasetInfo(**fields)
+        info = DatasetInfo(**fields)
     except TypeError as e:  # a key DatasetInfo does not have
         raise LongtailError(f"{path}: not a run's dataset.json ({e})") from None
+
+    def counts(value: Any) -> bool:
+        return (isinstance(value, list) and len(value) == info.num_classes
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                        for n in value))
+
+    # edited or damaged by hand: each field checked, where it would fail deep in stage 2
+    n = info.num_classes
+    for key, ok, expected in (
+            ("num_classes", isinstance(n, int) and not isinstance(n, bool) and n >= 2,
+             "an int >= 2"),
+            ("class_names", isinstance(info.class_names, list) and len(info.class_names) == n
+             and all(isinstance(c, str) for c in info.class_names), f"{n} names (num_classes)"),
+            ("train_counts", counts(info.train_counts), f"{n} counts >= 0 (num_classes)"),
+            ("group_counts", info.group_counts is None or counts(info.group_counts),
+             f"null or {n} counts >= 0 (num_classes)")):
+        if not ok:
+            raise LongtailError(f"{path}: \"{key}\": expected {expected}, found "
+                                f"{shown(fields.get(key))}")
+    return info
 
 
 def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
@@ -681,8 +714,7 @@ def rebalance_and_report(cfg: Config, info: DatasetInfo, weight: torch.Tensor,
             continue
         # Regroup with the current thresholds: per-class accuracies do not depend on them.
         methods[name] = {**result, **group_accuracies(result["per_class"], groups)}
-        path = run_dir / "stage2" / f"{name}.pt"
-        norms = load_checkpoint(path).get("weight_norms") if path.is_file() else None
+        norms = _saved_norms(run_dir / "stage2" / f"{name}.pt")
         if norms is not None:
             weight_norms[name] = norms
     # in the order of the method list, wherever each was fitted

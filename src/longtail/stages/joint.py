@@ -145,7 +145,8 @@ def train_joint(
     best_state: dict[str, torch.Tensor] | None = None
     if resume and checkpoint_path.is_file():
         try:
-            state = load_checkpoint(checkpoint_path, map_location=device)
+            state = load_checkpoint(checkpoint_path, map_location=device, keys=(
+                "model", "optimizer", "scheduler", "epoch", "history", "best", "rng"))
         except UnreadableFile as e:  # written atomically, so damaged after the fact
             raise LongtailError(f"{e}; delete it and --resume trains stage 1 again from "
                                 f"the start") from None
