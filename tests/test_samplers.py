@@ -141,14 +141,6 @@ def test_class_aware_yields_runs_of_k_equal_labels_over_cycled_classes():
         assert len(set(members[start : start + n5])) == n5
 
 
-def test_class_aware_runs_longer_than_the_epoch_are_the_epoch():
-    # samples_per_class far above the epoch once built runs of that length (and hung)
-    huge = ClassAwareSampler(LABELS, samples_per_class=10**30, seed=3).indices()
-    whole = ClassAwareSampler(LABELS, samples_per_class=len(LABELS), seed=3).indices()
-    assert torch.equal(huge, whole) and len(huge) == len(LABELS)
-    assert (LABELS[huge] == LABELS[huge[0]]).all()  # one class's run fills the epoch
-
-
 def test_parse_sampler_spec():
     assert parse_sampler_spec("sqrt") == "sqrt"
     assert parse_sampler_spec(0.3) == 0.3
@@ -174,3 +166,32 @@ def test_bad_labels_and_sizes_are_named():
             build_sampler("class", labels, num_replicas=1, rank=0, **kwargs)
     # integer-valued floats are the classes they name
     assert sorted(build_sampler("instance", [0.0, 1.0, 1.0], num_replicas=1, rank=0)) == [0, 1, 2]
+
+
+def test_class_aware_runs_longer_than_an_epoch_allows_are_refused(tmp_path, capsys):
+    """samples_per_class so long that an epoch visits only some classes (one, at 2^20): the
+    run trained on one class an epoch and ended at chance, without a word."""
+    from pathlib import Path
+
+    from longtail.cli import main
+    from tests.conftest import make_fake_fmnist
+
+    labels = torch.arange(10).repeat_interleave(10)  # 100 draws an epoch, 10 classes
+    assert ClassAwareSampler(labels, samples_per_class=10).samples_per_class == 10
+    with pytest.raises(ValueError, match=r"^samples_per_class: expected at most 10 \(an epoch "
+                                         r"of 100 draws, 11 of a class at a time, would visit "
+                                         r"9 of the 10 classes\), found 11$"):
+        ClassAwareSampler(labels, samples_per_class=11)
+    with pytest.raises(ValueError, match="would visit 1 of the 10 classes"):  # once it hung
+        ClassAwareSampler(labels, samples_per_class=10**30)
+    root = make_fake_fmnist(tmp_path / "f")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
+    capsys.readouterr()
+    assert main(["run", config, f"data.root={root}", "data.n_max=60", "data.n_min=2",
+                 "stage1.sampler=class_aware", "stage1.samples_per_class=1048576",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("longtail: error: config key stage1.samples_per_class: expected at "
+                          "most ") and len(err.splitlines()) == 1, err
+    assert "would visit 1 of the 10 classes), found 1048576" in err
+    assert not (tmp_path / "r").exists()

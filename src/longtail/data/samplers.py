@@ -177,6 +177,13 @@ class ClassAwareSampler(LongTailSampler):
         super().__init__(labels, **kwargs)
         if samples_per_class < 1:
             raise ValueError(f"samples_per_class must be >= 1, found {samples_per_class}")
+        classes = int((self.class_counts > 0).sum())
+        if samples_per_class * classes > self.num_samples:  # runs so long an epoch skips classes
+            raise ValueError(
+                f"samples_per_class: expected at most {max(self.num_samples // classes, 1)} (an "
+                f"epoch of {self.num_samples} draws, {samples_per_class} of a class at a time, "
+                f"would visit {max(self.num_samples // samples_per_class, 1)} of the {classes} "
+                f"classes), found {samples_per_class}")
         self.samples_per_class = samples_per_class
 
     def class_probabilities(self) -> torch.Tensor:

@@ -99,8 +99,11 @@ def train_joint(
     """
     layout = model.layout(device)
     model.to(device).to(memory_format=layout)
-    sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
-                            samples_per_class=cfg.samples_per_class)
+    try:
+        sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed,
+                                total_epochs=cfg.epochs, samples_per_class=cfg.samples_per_class)
+    except ValueError as e:  # samples_per_class too long for the epoch
+        raise LongtailError(f"config key {config_keys[0].rsplit('.', 1)[0]}.{e}") from None
     draws = SeededDraws(sampler, seed)  # augmentation seeded per draw: resumable, worker-proof
     world = distributed.world_size()  # the config check made the batch a multiple of it
     global_batch = cfg.real_batch_size(len(data.train.labels), world)
