@@ -100,6 +100,9 @@ CASES = [
      ["run", "{w}/u.yaml"], "u.yaml:1: not UTF-8 text (byte 0xff)"),
     ("config file in UTF-16", lambda w: _write(w / "u16.yaml", "seed: 1\n".encode("utf-16")),
      ["run", "{w}/u16.yaml"], "u16.yaml:1: looks like UTF-16 text; save the file as UTF-8"),
+    ("config file ending in NUL bytes", lambda w: _write(w / "z.yaml", b"seed: 1\n" + bytes(64)),
+     ["run", "{w}/z.yaml"], "z.yaml:2: not valid YAML (holds the control character 0x00, as a "
+     "file damaged in a crash does)"),
     ("run with overrides only", None, ["run", "stage1.epochs=1"],
      "run: expected a CONFIG file first, found 'stage1.epochs=1'"),
     ("run with nothing", None, ["run"], "run: expected a CONFIG file"),

@@ -426,6 +426,10 @@ def test_list_lines_no_file_system_takes_are_named(tmp_path):
         (good + "train/x\x00y.png 1\n", r"train.txt:14: holds a NUL byte"),
         (good.encode("utf-16"), r"train.txt:1: looks like UTF-16 text; save the file as UTF-8"),
         (good.encode("utf-16-le"), r"train.txt:1: looks like UTF-16 text"),
+        # a crash during a write leaves NULs at the end: not UTF-16, as it was called
+        (good.encode() + bytes(4096), r"train.txt:14: holds a NUL byte, which no file name "
+                                      r"can contain \(a run of them, as a crash during a write "
+                                      r"leaves: the file is damaged from here\)$"),
     ]:
         files["train"].write_bytes(text if isinstance(text, bytes) else text.encode())
         with pytest.raises(LongtailError, match=message):

@@ -474,6 +474,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
             raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
         try:
             loaded = yaml.load(text, Loader=_UniqueKeyLoader)
+        except yaml.reader.ReaderError as e:  # a control character: it has no line mark
+            line = text.count("\n", 0, e.position) + 1
+            damaged = ", as a file damaged in a crash does" if e.character == 0 else ""
+            raise ConfigError(f"{path}:{line}: not valid YAML (holds the control character "
+                              f"0x{e.character:02x}{damaged})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -85,11 +85,14 @@ def parse_list_file(list_file: str | Path, root: str | Path,
     # \n, \r\n, and the lone \r of old Mac editors (bytes.splitlines splits on these only)
     for number, raw in enumerate(content.splitlines(), start=1):
         if b"\x00" in raw:  # UTF-16 has one in every other byte of ASCII text
-            utf16 = raw.count(b"\x00") * 3 >= len(raw) or raw.startswith((b"\xff\xfe",
-                                                                        b"\xfe\xff"))
+            nuls = raw.count(b"\x00")
+            utf16 = len(raw) < 3 * nuls < 2 * len(raw) or raw.startswith((b"\xff\xfe",
+                                                                         b"\xfe\xff"))
             raise LongtailError(f"{list_file}:{number}: " + (
                 "looks like UTF-16 text; save the file as UTF-8" if utf16 else
-                "holds a NUL byte, which no file name can contain"))
+                "holds a NUL byte, which no file name can contain" + (
+                    " (a run of them, as a crash during a write leaves: the file is damaged "
+                    "from here)" if nuls > 16 and b"\x00" * 16 in raw else "")))
         try:
             # utf-8-sig on the first line: editors on Windows start files with a BOM, which
             # would otherwise become part of the first path.
