@@ -550,3 +550,23 @@ def test_images_upscaled_to_224_say_why_and_how_to_keep_their_size(tmp_path):
             "faster") in data.notes
     own = build_data(load_config(CONFIG, [*keys, "data.image_size=70"]).data, seed=0)
     assert own.image_size == 70 and not any("input 224" in n for n in own.notes)
+
+
+def test_a_very_long_image_is_cut_to_its_middle_before_the_resize():
+    """A 1 x 400,000 px strip resized to a 28 px short side was 11 M px long: GBs for one
+    image. The middle part (8 times as long as wide) is resized instead; an image of normal
+    shape comes out exactly as through Resize + CenterCrop alone."""
+    from torchvision.transforms import v2
+
+    from longtail.data.transforms import build_transform, central_part
+
+    strip = torch.zeros(3, 1, 400_000, dtype=torch.uint8)
+    strip[..., 200_000 - 4 : 200_000 + 4] = 255  # its middle 8 px: all the crop may keep
+    assert central_part(strip).shape == (3, 1, 8) and bool((central_part(strip) == 255).all())
+    assert central_part(strip.transpose(1, 2)).shape == (3, 8, 1)
+    for size in (28, 224):
+        out = build_transform(size, False, (0.0,) * 3, (1.0,) * 3)(strip)
+        assert out.shape == (3, size, size) and bool((out > 0.9).all())
+    image = torch.randint(0, 255, (3, 40, 100), dtype=torch.uint8)
+    plain = v2.Compose([v2.Resize(28), v2.CenterCrop(28), v2.ToDtype(torch.float32, scale=True)])
+    assert torch.equal(build_transform(28, False, (0.0,) * 3, (1.0,) * 3)(image), plain(image))

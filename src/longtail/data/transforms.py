@@ -13,6 +13,23 @@ if TYPE_CHECKING:  # imported where a transform is built: runs on features never
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_IMAGE = 64  # below this side length: used at its own size, crop-with-padding augmentation
+# Images longer than this many times their width (or wider) are cut to their centre before a
+# resize: a 1 x 400,000 px strip resized to a 28 px short side is 11 M px long (GBs), while
+# the centre crop that follows keeps only the middle square anyway.
+MAX_ASPECT = 8
+
+
+def central_part(image: torch.Tensor) -> torch.Tensor:
+    """Return the middle of a CHW ``image`` at most MAX_ASPECT times as long as it is wide
+    (the image itself when it is not longer)."""
+    h, w = image.shape[-2:]
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        return image[..., left : left + MAX_ASPECT * h]
+    if h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        return image[..., top : top + MAX_ASPECT * w, :]
+    return image
 
 
 def build_transform(
@@ -31,8 +48,9 @@ def build_transform(
     """
     from torchvision.transforms import v2
 
+    middle = v2.Lambda(central_part, torch.Tensor)  # before resizes whose centre is kept
     if image_size < SMALL_IMAGE:
-        steps: list[v2.Transform] = [v2.Resize(image_size), v2.CenterCrop(image_size)]
+        steps: list[v2.Transform] = [middle, v2.Resize(image_size), v2.CenterCrop(image_size)]
         if train:
             steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8))]
             steps += [v2.RandomHorizontalFlip()] if hflip else []
@@ -41,7 +59,7 @@ def build_transform(
         steps += [v2.RandomHorizontalFlip()] if hflip else []
         steps += [v2.ColorJitter(0.4, 0.4, 0.4)]
     else:
-        steps = [v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size)]
+        steps = [middle, v2.Resize(round(image_size * 256 / 224)), v2.CenterCrop(image_size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
