@@ -800,3 +800,38 @@ def test_a_home_that_cannot_be_written_leaves_the_report_quiet():
          "assert plot_png(lambda ax: ax.plot([1, 2])).startswith(b'\\x89PNG')"],
         env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_full_disk_under_extract_or_make_split_names_the_folder_and_leaves_nothing(
+        tmp_path, capsys, monkeypatch):
+    """A write that fails without a file name (a full disk) said only 'No space left on
+    device', and extract left its empty --out folder behind."""
+    import errno
+
+    import longtail.data.makesplit
+    import longtail.extract
+    from longtail.cli import main
+    from tests.conftest import make_fake_fmnist, tiny_fmnist_run
+
+    def full(*args, **kwargs):
+        out = Path(args[2]) if len(args) > 2 else Path(args[0].out)
+        (out / "part").mkdir(parents=True)
+        (out / "part" / "x.png").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    run = tiny_fmnist_run(tmp_path / "r", "stage2.methods=[joint]")
+    monkeypatch.setattr(longtail.extract, "extract_run", full)
+    capsys.readouterr()
+    assert main(["extract", str(run), "--out", str(tmp_path / "a" / "b")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"longtail: error: extract --out {tmp_path / 'a' / 'b'}: cannot write the files (No "
+        f"space left on device)")
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setattr(longtail.data.makesplit, "make_split", full)
+    (tmp_path / "empty").mkdir()
+    assert main(["make-split", "fmnist", "--root", str(make_fake_fmnist(tmp_path / "f")),
+                 "--out", str(tmp_path / "empty"), "--n-max", "20", "--n-min", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"longtail: error: make-split --out {tmp_path / 'empty'}: cannot write the split (No "
+        f"space left on device)")
+    assert list((tmp_path / "empty").iterdir()) == []  # an empty folder given stays, empty

@@ -910,7 +910,15 @@ def _extract(args: argparse.Namespace, argv: list[str]) -> int:
     check_run_dir(out, args.overwrite, resumable=False)
     from longtail.extract import extract_run
 
-    files = extract_run(args.run_dir, args.format, out)
+    undo = _undo_out(out)
+    try:
+        files = extract_run(args.run_dir, args.format, out)
+    except BaseException as e:  # stopped or failed: half the files are no use to anyone
+        undo()
+        if isinstance(e, OSError) and e.filename is None:  # a write: say where it went
+            raise LongtailError(f"extract --out {out}: cannot write the files "
+                                f"({e.strerror or e})") from None
+        raise
     for path in files.values():
         print(f"wrote {path}")
     # quoted: the command is pasted into a shell, and --out may hold spaces
@@ -958,6 +966,30 @@ def _check_split_out(args: argparse.Namespace) -> None:
         raise LongtailError(f"make-split --out {args.out}: holds {', '.join(held)} that "
                             f"make-split did not write (no split.json), which it would "
                             f"replace; choose another --out")
+
+
+def _undo_out(out: Path):
+    """Return a function that removes what a command that failed or was stopped wrote for
+    ``out``: the folders it made (from the topmost), or what it put into an ``out`` that was
+    an empty folder; nothing of a folder that held files before."""
+    out = Path(os.path.abspath(out))
+    made = None
+    if not os.path.lexists(out):
+        made = out
+        while not os.path.lexists(made.parent):
+            made = made.parent
+    was_empty = made is None and out.is_dir() and not any(out.iterdir())
+
+    def undo() -> None:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        elif was_empty:
+            for child in list(out.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    return undo
 
 
 def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1011,15 +1043,7 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.data.makesplit import TEST_LIST, SplitRequest, make_split
     from longtail.data.profiles import DEFAULT_RATIO, ratio_shortfall
 
-    # What a stopped or failed make-split removes: the folders it made for --out (from the
-    # topmost), or what it wrote into an --out that was an empty folder.
-    out = Path(os.path.abspath(args.out))
-    made = None
-    if not os.path.lexists(out):
-        made = out
-        while not os.path.lexists(made.parent):
-            made = made.parent
-    was_empty = made is None and out.is_dir() and not any(out.iterdir())
+    undo = _undo_out(args.out)
     try:
         summary = make_split(SplitRequest(
             source=args.source, root=args.root, out=args.out, list_file=args.list_file,
@@ -1028,15 +1052,11 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
             val_per_class=args.val_per_class,
             test_per_class=50 if args.test_per_class is None else args.test_per_class,
             seed=args.seed, class_order=args.class_order))
-    except BaseException:  # stopped or failed: a half-written split is no use to anyone
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
-        elif was_empty:
-            for child in list(out.iterdir()):
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+    except BaseException as e:  # stopped or failed: a half-written split is no use to anyone
+        undo()
+        if isinstance(e, OSError) and e.filename is None:  # a write: say where it went
+            raise LongtailError(f"make-split --out {args.out}: cannot write the split "
+                                f"({e.strerror or e})") from None
         raise
     for name, info in summary["files"].items():
         print(f"{args.out / name}: {info['images']} images, sha256 {info['sha256']}")
