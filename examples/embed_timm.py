@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, required=True, help="folder for the feature files")
     args = parser.parse_args(argv)
+    if args.weights is not None and not args.weights.is_file():  # timm: an empty traceback
+        parser.error(f"--weights {args.weights}: file not found")
     try:
         model = build_model(args.model, args.weights)
         lists = {s: parse_list_file(getattr(args, s), args.root)

@@ -248,6 +248,10 @@ CASES = [
     ("make-split: missing root", None,
      ["make-split", "fmnist", "--root", "{w}/none", "--out", "{w}/s"], "folder not found"),
     ("summarize: missing run", None, ["summarize", "{w}/none"], "metrics.json: not found"),
+    ("summarize: a run of no method", lambda w: _write(w / "e" / "metrics.json",
+                                                        '{"dataset": {}, "methods": {}}'),
+     ["summarize", "{w}/e"], '{w}/e/metrics.json: expected "methods" to map each method to '
+                             'an object of its results, found none'),
     ("summarize: a folder of runs", lambda w: (_run_dir(w, "g/a"), _run_dir(w, "g/b", 1)),
      ["summarize", "{w}/g"], "{w}/g/metrics.json: not found; {w}/g holds runs in its folders: "
                              "summarize them, e.g. longtail summarize {w}/g/a {w}/g/b"),

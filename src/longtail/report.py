@@ -140,9 +140,9 @@ def read_metrics(path: Path) -> dict[str, Any]:
     bad = (json_type(methods) if not isinstance(methods, dict) else next(
         (f"{json.dumps(name)}: {json_type(m)}" for name, m in methods.items()
          if not isinstance(m, dict)), None))
-    if bad:
+    if bad or not methods:
         raise LongtailError(f'{path}: expected "methods" to map each method to an object of '
-                            f'its results, found {bad}')
+                            f'its results, found {bad or "none"}')
     for name, results in methods.items():
         for column in (*COLUMNS, "tau"):
             value = results.get(column)

@@ -99,7 +99,8 @@ def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
     return x
 
 
-def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "labels") -> Tensor:
+def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "labels",
+                     transposable: bool = False) -> Tensor:
     """Return the training count of each class, 0..``num_classes`` - 1 (the classifier's
     rows; None: up to the largest label), after checking that there are at least 2 classes
     and that each has a label: a class without one is a classifier row nothing trained (a
@@ -116,8 +117,11 @@ def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "lab
     counts = torch.bincount(y, minlength=c)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
+        # a weight of shape (D, C) where (C, D) belongs has D rows and labels only up to C
+        transposed = (f"; the labels stop at {largest}: is the weight transposed? expected "
+                      f"(classes, features)" if transposable and largest + 1 < c else "")
         raise ValueError(f"{name}: classes {missing[:10]}{' ...' * (len(missing) > 10)} have "
-                         f"no training features{rows}")
+                         f"no training features{rows}{transposed}")
     return counts
 
 
@@ -351,7 +355,7 @@ class TauNorm(Rebalancer):
         self.weight_ = _features(self.weight, "weight", fit=True).cpu()
         if labels is not None:  # unused, but they say which classes the weight's rows are
             _class_counts_of(class_indices(labels, None, num_classes=len(self.weight_)),
-                             len(self.weight_))
+                             len(self.weight_), transposable=True)
         if self.tau is not None:
             self.tau_ = float(self.tau)
             self.val_scores_ = {}
@@ -744,7 +748,8 @@ class _TrainedOnFeatures(Rebalancer):
             return features
         x = _features(features, fit=True, columns=columns)
         y = class_indices(labels, len(x), num_classes=num_classes)
-        _class_counts_of(y, num_classes)  # before the sampler counts up to the largest label
+        # before the sampler counts up to the largest label
+        _class_counts_of(y, num_classes, transposable=weight is not None)
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
