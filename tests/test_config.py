@@ -240,6 +240,9 @@ def test_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
     # YAML 1.1 (PyYAML) reads 1:00 as 60 (base 60) and 010 as 8 (octal): silently wrong
     assert load_config(None, ["seed=010", "stage1.epochs=0x10"]).seed == 10
     assert load_config(None, ["stage1.epochs=0x10"]).stage1.epochs == 16
+    # ... and 08 or 09 as text, which an int key then refused
+    assert load_config(None, ["seed=08", "stage1.epochs=09"]).seed == 8
+    assert load_config(None, ["stage1.epochs=09"]).stage1.epochs == 9
     (tmp_path / "c.yaml").write_text("seed: 0_10\nstage1:\n  lr: 1:30.5\n")
     with pytest.raises(ConfigError, match=r"stage1.lr: expected float or null, found str "
                                           r"'1:30.5'"):
