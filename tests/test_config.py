@@ -151,14 +151,28 @@ def test_batch_split_over_torchrun_processes(monkeypatch):
 
 
 def test_a_master_addr_that_does_not_resolve_is_one_line(monkeypatch):
+    import socket
+
     import torch
 
     from longtail import distributed
 
     torchrun_env(monkeypatch)
     monkeypatch.setenv("MASTER_ADDR", "no.such.host.invalid")
+
+    def unknown(host, *args, **kwargs):  # as a DNS server answers (none may be reachable)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
     with pytest.raises(LongtailError, match=r"MASTER_ADDR: cannot find the host "
-                                            r"'no.such.host.invalid'"):
+                                            r"'no.such.host.invalid' \(Name or service not "
+                                            r"known\)"):
+        with distributed.session(torch.device("cpu")):
+            pass
+    monkeypatch.setattr(socket, "getaddrinfo", real)
+    monkeypatch.setenv("MASTER_ADDR", "a..b")  # no DNS asked: refused by its form
+    with pytest.raises(LongtailError, match=r"MASTER_ADDR: not a host name: 'a..b'"):
         with distributed.session(torch.device("cpu")):
             pass
 

@@ -257,3 +257,13 @@ def test_run_files_of_the_wrong_shape_are_one_line_or_redone(run, capsys):
     err = one_line_error(["rebalance", str(run)], capsys)
     assert f'{manifest}: "rebalanced": expected a list of entries, found 5' in err
     assert (run / "metrics.json").read_bytes() == metrics  # refused before anything is written
+
+
+def test_feature_caches_of_the_wrong_shape_are_redone_or_named(run, capsys):
+    """A list saved over features/train.pt was an AttributeError traceback in rebalance."""
+    torch.save([1, 2], run / "features" / "train.pt")
+    err = one_line_error(["rebalance", str(run)], capsys)
+    assert f"{run}/features/train.pt: not a checkpoint longtail wrote (expected a mapping of " \
+           f"'features', 'labels', found a list)" in err, err
+    assert main(["run", "--resume", str(run)]) == 0  # extracted again
+    assert main(["rebalance", str(run)]) == 0

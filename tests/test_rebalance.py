@@ -475,10 +475,14 @@ def test_every_class_of_the_classifier_needs_training_labels():
         LWS(wide, wide_b, epochs=1).fit(x, y)
     with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows):
         WB(wide, wide_b, epochs=1).fit(x, y)
-    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows + r"; the labels "
+    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows + "$"):
+        TauNorm(wide, tau=1.0).fit(x, y)
+    # given transposed, (features, classes): 8 rows, and the labels stop at column 4
+    with pytest.raises(ValueError, match=r"^labels: classes \[4, 5, 6, 7\] have no training "
+                                         r"features \(the classifier's 8 rows\); the labels "
                                          r"stop at 3: is the weight transposed\? expected "
                                          r"\(classes, features\)$"):
-        TauNorm(wide, tau=1.0).fit(x, y)
+        TauNorm(w.T, tau=1.0).fit(x, y)
     with pytest.raises(ValueError, match=r"^labels: classes \[4, 5\] " + rows + "$"):
         CRT(6, epochs=1).fit(x, y)  # no weight given: none to be transposed
     gap = torch.where(y == 0, 9, y)

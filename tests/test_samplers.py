@@ -169,29 +169,42 @@ def test_bad_labels_and_sizes_are_named():
 
 
 def test_class_aware_runs_longer_than_an_epoch_allows_are_refused(tmp_path, capsys):
-    """samples_per_class so long that an epoch visits only some classes (one, at 2^20): the
-    run trained on one class an epoch and ended at chance, without a word."""
+    """samples_per_class so long that an epoch visits under half the classes (one, at 2^20):
+    a run trained on one class an epoch and ended at chance, without a word. Refused once
+    the data is read, for stage 1 and for the stage-2 methods that draw class_aware, before
+    any training."""
     from pathlib import Path
 
     from longtail.cli import main
+    from longtail.data.samplers import class_aware_problem
     from tests.conftest import make_fake_fmnist
 
-    labels = torch.arange(10).repeat_interleave(10)  # 100 draws an epoch, 10 classes
-    assert ClassAwareSampler(labels, samples_per_class=10).samples_per_class == 10
-    with pytest.raises(ValueError, match=r"^samples_per_class: expected at most 10 \(an epoch "
-                                         r"of 100 draws, 11 of a class at a time, would visit "
-                                         r"9 of the 10 classes\), found 11$"):
-        ClassAwareSampler(labels, samples_per_class=11)
-    with pytest.raises(ValueError, match="would visit 1 of the 10 classes"):  # once it hung
-        ClassAwareSampler(labels, samples_per_class=10**30)
+    counts = [10] * 10  # 100 draws an epoch
+    assert class_aware_problem(20, counts) is None  # 5 classes an epoch: half of them
+    assert class_aware_problem(21, counts) == (
+        "expected at most 20, so that an epoch of 100 draws visits at least half of the 10 "
+        "classes (21 of a class at a time visit 4), found 21")
+    assert class_aware_problem(4, [3] * 200) is None  # 150 of 200 classes an epoch
     root = make_fake_fmnist(tmp_path / "f")
     config = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
-    capsys.readouterr()
-    assert main(["run", config, f"data.root={root}", "data.n_max=60", "data.n_min=2",
-                 "stage1.sampler=class_aware", "stage1.samples_per_class=1048576",
-                 "--out", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("longtail: error: config key stage1.samples_per_class: expected at "
-                          "most ") and len(err.splitlines()) == 1, err
-    assert "would visit 1 of the 10 classes), found 1048576" in err
-    assert not (tmp_path / "r").exists()
+    data = [f"data.root={root}", "data.n_max=60", "data.n_min=2"]
+    for extra, key in ((["stage1.sampler=class_aware", "stage1.samples_per_class=1048576"],
+                        "stage1.samples_per_class"),
+                       (["stage2.crt.sampler=class_aware", "stage2.samples_per_class=1048576"],
+                        "stage2.samples_per_class")):
+        capsys.readouterr()
+        assert main(["run", config, *data, *extra, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"longtail: error: config key {key}: expected at most ") \
+            and len(err.splitlines()) == 1, err
+        assert "visit 1), found 1048576" in err and "of the 10 classes" in err
+        assert not (tmp_path / "r").exists()
+    # the stage-2 key alone is refused by rebalance too, before any fit (no stage 1 there)
+    from longtail.config import load_config
+    from longtail.pipeline import check_class_aware
+
+    cfg = load_config(None, ["stage2.lws.sampler=class_aware", "stage2.samples_per_class=50",
+                             "stage1.sampler=class_aware", "stage1.samples_per_class=50"])
+    with pytest.raises(Exception, match="config key stage2.samples_per_class: expected at "
+                                        "most 20"):
+        check_class_aware(cfg, counts, stage1=False)

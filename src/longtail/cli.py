@@ -296,11 +296,14 @@ def _leave_the_word_to_the_first() -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
+    before = {}
     for name in (*STOP_SIGNALS, "SIGINT"):
         number = getattr(signal, name, None)
         if number is not None:
-            signal.signal(number, lambda *_: os._exit(2))
+            before[number] = signal.signal(number, lambda *_: os._exit(2))
     time.sleep(OTHER_RANK_WAIT)
+    for number, handler in before.items():  # for a program that called main() in-process
+        signal.signal(number, handler)
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -944,7 +944,7 @@ def env_world_size() -> int:
         raise LongtailError(f"WORLD_SIZE: expected the number of processes (torchrun sets it), "
                             f"found {os.environ['WORLD_SIZE']!r}")
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")
-               if int(text) > 1 and not os.environ.get(k)]
+               if int(text) > 1 and not os.environ.get(k, "").strip()]
     if missing:  # set by hand, not by torchrun: torch's rendezvous would fail with a traceback
         raise LongtailError(f"WORLD_SIZE: {text} processes, but {', '.join(missing)} "
                             f"{'is' if len(missing) == 1 else 'are'} not set; start several "

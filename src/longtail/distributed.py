@@ -114,10 +114,13 @@ def _check_master_addr() -> None:
     addr = os.environ["MASTER_ADDR"].strip()
     try:
         socket.getaddrinfo(addr, None)
-    except (OSError, UnicodeError) as e:
-        raise LongtailError(f"MASTER_ADDR: cannot find the host {addr!r} "
-                            f"({getattr(e, 'strerror', None) or e}); torchrun sets it to the "
-                            f"first machine's address") from None
+    except socket.gaierror as e:
+        if e.errno != socket.EAI_NONAME:  # a DNS server slow to answer: torch retries
+            return
+        raise LongtailError(f"MASTER_ADDR: cannot find the host {addr!r} ({e.strerror}); "
+                            f"torchrun sets it to the first machine's address") from None
+    except UnicodeError as e:  # a name IDNA cannot encode (an empty label, 64+ characters)
+        raise LongtailError(f"MASTER_ADDR: not a host name: {addr!r} ({e})") from None
 
 
 @contextmanager

@@ -50,6 +50,7 @@ from longtail.config import (
     shown,
 )
 from longtail.data.profiles import shot_groups
+from longtail.data.samplers import class_aware_problem
 from longtail.errors import Interrupted, LongtailError, UnreadableFile, file_problem
 from longtail.metrics import evaluate, group_accuracies
 from longtail.report import fit_cell, format_grid, format_table, read_metrics, write_report
@@ -162,6 +163,9 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         with locks, distributed.session(device):
             started = time.perf_counter()  # after torchrun's processes joined
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            # stage 1 trains unless feature files bring the joint classifier
+            check_class_aware(cfg, data.train_counts,
+                              stage1=getattr(data.train, "joint_weight", None) is None)
             seconds = {"data": time.perf_counter() - started}
             if resume is None:
                 # a default name is claimed new (maybe as -2: another run took it meanwhile)
@@ -246,6 +250,7 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
     try:
         with distributed.session(device):
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            check_class_aware(cfg, data.train_counts, stage1_samplers=samplers)
             grid_dir = _shared_run_dir(out, out or default_run_dir(f"{config_name}-grid"),
                                        overwrite)
             _grid_rows(cfg, data, samplers, losses, grid_dir, overwrite, device, argv,
@@ -495,6 +500,27 @@ def _saved_norms(path: Path) -> Any:
         return None
 
 
+def check_class_aware(cfg: Config, counts: list[int], stage1_samplers: list | None = None,
+                      stage1: bool = True) -> None:
+    """Refuse, before any training, a samples_per_class too long for an epoch over the
+    training split (class ``counts``) for each class_aware sampler the run uses: stage 1's
+    (``stage1_samplers``: a grid's; ``stage1``: whether stage 1 trains at all) and the
+    stage-2 methods' (one key, stage2.samples_per_class, for all of them)."""
+    s2 = cfg.stage2
+    sampler_of = {"crt": s2.crt.sampler, "las": s2.crt.sampler, "lws": s2.lws.sampler,
+                  "wb": s2.wb.sampler, "finetune": s2.finetune.sampler,
+                  "finetune_last": s2.finetune.sampler}
+    uses = []
+    if stage1 and "class_aware" in (stage1_samplers or [cfg.stage1.sampler]):
+        uses.append(("stage1.samples_per_class", cfg.stage1.samples_per_class))
+    if any(sampler_of.get(m) == "class_aware" for m in s2.methods):
+        uses.append(("stage2.samples_per_class", s2.samples_per_class))
+    for key, value in uses:
+        problem = class_aware_problem(value, counts)
+        if problem:
+            raise LongtailError(f"config key {key}: {problem}")
+
+
 def _record_resume(run_dir: Path, data: LongTailData, argv: list[str]) -> None:
     """Check that the data is the run's own and note the resume in manifest.json."""
     path = run_dir / "manifest.json"
@@ -523,6 +549,7 @@ def rebalance_run(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     earlier = read_metrics(metrics_path)["methods"] if metrics_path.is_file() else {}
     manifest = read_manifest(manifest_path)
     info, weight, bias, features = run_inputs(run_dir, cfg)
+    check_class_aware(cfg, info.train_counts, stage1=False)
     asked = list(cfg.stage2.methods)
     # config.yaml as it is describes how every result in metrics.json was made
     stale = _stale_kept(load_config(run_dir / "config.yaml", finished=True, run=True), cfg, earlier)
@@ -609,7 +636,7 @@ def run_inputs(run_dir: Path, cfg: Config, command: str = "rebalance",
         if not joint.is_file():
             raise LongtailError(f"{joint}: not found; "
                                 f"{continue_hint(run_dir, 'train the joint classifier')}")
-        state = load_checkpoint(joint)
+        state = load_checkpoint(joint, keys=("fc.weight", "fc.bias"))
         return info, state["fc.weight"], state["fc.bias"], feature_sets(data)
     stage1 = run_dir / "stage1" / ("best.pt" if cfg.stage1.select == "best_val" else "last.pt")
     if not stage1.is_file():

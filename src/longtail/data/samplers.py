@@ -177,13 +177,6 @@ class ClassAwareSampler(LongTailSampler):
         super().__init__(labels, **kwargs)
         if samples_per_class < 1:
             raise ValueError(f"samples_per_class must be >= 1, found {samples_per_class}")
-        classes = int((self.class_counts > 0).sum())
-        if samples_per_class * classes > self.num_samples:  # runs so long an epoch skips classes
-            raise ValueError(
-                f"samples_per_class: expected at most {max(self.num_samples // classes, 1)} (an "
-                f"epoch of {self.num_samples} draws, {samples_per_class} of a class at a time, "
-                f"would visit {max(self.num_samples // samples_per_class, 1)} of the {classes} "
-                f"classes), found {samples_per_class}")
         self.samples_per_class = samples_per_class
 
     def class_probabilities(self) -> torch.Tensor:
@@ -212,6 +205,19 @@ class ClassAwareSampler(LongTailSampler):
         runs = torch.empty(picks, k, dtype=torch.long)
         runs[order] = torch.cat(chunks)
         return runs.flatten()[:size]
+
+
+def class_aware_problem(samples_per_class: int, counts: Sequence[int]) -> str | None:
+    """Return why runs of ``samples_per_class`` images are too long for an epoch over a
+    split of class ``counts`` (one draw per image), or None: an epoch that cannot visit half
+    the classes trains on a few of them at a time (at 2^20, one class an epoch)."""
+    draws, classes = sum(counts), sum(1 for n in counts if n > 0)
+    most = max(1, 2 * draws // max(classes, 1))
+    if samples_per_class <= most:
+        return None
+    return (f"expected at most {most}, so that an epoch of {draws} draws visits at least half "
+            f"of the {classes} classes ({samples_per_class} of a class at a time visit "
+            f"{max(draws // samples_per_class, 1)}), found {samples_per_class}")
 
 
 def build_sampler(

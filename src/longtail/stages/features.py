@@ -73,7 +73,7 @@ def extract_features(
         path = out_dir / f"{split}.pt"
         if path.is_file():
             try:
-                cached = load_checkpoint(path)
+                cached = load_checkpoint(path, keys=("features", "labels", "key"))
             except UnreadableFile as e:  # only a cache: a miss, extracted again and replaced
                 cached = {}
                 if distributed.is_main():
@@ -97,7 +97,7 @@ def load_features(out_dir: Path) -> dict[str, FeatureSet]:
     another split than its name says (test.pt copied over train.pt) is an UnreadableFile."""
     result = {}
     for path in sorted(out_dir.glob("*.pt")):
-        blob = load_checkpoint(path)
+        blob = load_checkpoint(path, keys=("features", "labels"))
         if blob.get("split", path.stem) != path.stem:  # (files of older runs do not say)
             raise UnreadableFile(f"{path}: holds the {blob['split']} split's features, not "
                                  f"{path.stem}'s (copied over it?)", path)

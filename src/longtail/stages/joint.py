@@ -99,11 +99,8 @@ def train_joint(
     """
     layout = model.layout(device)
     model.to(device).to(memory_format=layout)
-    try:
-        sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed,
-                                total_epochs=cfg.epochs, samples_per_class=cfg.samples_per_class)
-    except ValueError as e:  # samples_per_class too long for the epoch
-        raise LongtailError(f"config key {config_keys[0].rsplit('.', 1)[0]}.{e}") from None
+    sampler = build_sampler(cfg.sampler, data.train.labels, seed=seed, total_epochs=cfg.epochs,
+                            samples_per_class=cfg.samples_per_class)
     draws = SeededDraws(sampler, seed)  # augmentation seeded per draw: resumable, worker-proof
     world = distributed.world_size()  # the config check made the batch a multiple of it
     global_batch = cfg.real_batch_size(len(data.train.labels), world)
@@ -159,7 +156,8 @@ def train_joint(
         torch.set_rng_state(state["rng"]["torch"].cpu())  # map_location moved it to device
         history, best = state["history"], state["best"]
         if cfg.select == "best_val" and best_path.is_file():
-            best_state = load_checkpoint(best_path, map_location=device)["model"]
+            best_state = load_checkpoint(best_path, map_location=device, keys=("model",)
+                                         )["model"]
         if distributed.is_main():
             print(f"resuming stage 1 after epoch {state['epoch']} of {cfg.epochs} "
                   f"({checkpoint_path})", flush=True)

@@ -21,7 +21,7 @@ import torch
 from longtail.checkpoint import load_checkpoint, save_checkpoint
 from longtail.config import Stage1Config
 from longtail.data import FeatureData
-from longtail.errors import LongtailError
+from longtail.errors import LongtailError, UnreadableFile
 from longtail.stages.rebalance import CRT
 
 
@@ -45,7 +45,10 @@ def joint_on_features(data: FeatureData, cfg: Stage1Config, seed: int, device: t
         return train.joint_weight, train.joint_bias, f"from {train.source}"
     key = joint_key(data, cfg, seed)
     if path.is_file():
-        saved = load_checkpoint(path)
+        try:  # only a cache: one that cannot be read is trained again
+            saved = load_checkpoint(path, keys=("key", "fc.weight", "fc.bias"))
+        except UnreadableFile:
+            saved = {}
         if saved.get("key") == key:
             return saved["fc.weight"], saved["fc.bias"], f"reused {path}"
     if cfg.epochs < 1:

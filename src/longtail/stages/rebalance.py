@@ -100,12 +100,13 @@ def _features(x: ArrayLike, name: str = "features", *, fit: bool = False,
 
 
 def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "labels",
-                     transposable: bool = False) -> Tensor:
+                     transposable: int | None = None) -> Tensor:
     """Return the training count of each class, 0..``num_classes`` - 1 (the classifier's
     rows; None: up to the largest label), after checking that there are at least 2 classes
     and that each has a label: a class without one is a classifier row nothing trained (a
     weight with more rows than the labels' classes, a gap in the labels), and a label of 1e9
-    would otherwise ask for a classifier of 1e9 rows."""
+    would otherwise ask for a classifier of 1e9 rows. ``transposable``: the weight's column
+    count, when its rows are the classes (a hint for a weight given transposed)."""
     largest = int(y.max()) if len(y) else -1
     c = largest + 1 if num_classes is None else num_classes
     rows = "" if num_classes is None else f" (the classifier's {c} rows)"
@@ -117,9 +118,9 @@ def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "lab
     counts = torch.bincount(y, minlength=c)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
-        # a weight of shape (D, C) where (C, D) belongs has D rows and labels only up to C
+        # a weight of shape (D, C) where (C, D) belongs: D rows, and labels only up to C
         transposed = (f"; the labels stop at {largest}: is the weight transposed? expected "
-                      f"(classes, features)" if transposable and largest + 1 < c else "")
+                      f"(classes, features)" if transposable == largest + 1 else "")
         raise ValueError(f"{name}: classes {missing[:10]}{' ...' * (len(missing) > 10)} have "
                          f"no training features{rows}{transposed}")
     return counts
@@ -355,7 +356,7 @@ class TauNorm(Rebalancer):
         self.weight_ = _features(self.weight, "weight", fit=True).cpu()
         if labels is not None:  # unused, but they say which classes the weight's rows are
             _class_counts_of(class_indices(labels, None, num_classes=len(self.weight_)),
-                             len(self.weight_), transposable=True)
+                             len(self.weight_), transposable=self.weight_.shape[1])
         if self.tau is not None:
             self.tau_ = float(self.tau)
             self.val_scores_ = {}
@@ -748,8 +749,7 @@ class _TrainedOnFeatures(Rebalancer):
             return features
         x = _features(features, fit=True, columns=columns)
         y = class_indices(labels, len(x), num_classes=num_classes)
-        # before the sampler counts up to the largest label
-        _class_counts_of(y, num_classes, transposable=weight is not None)
+        _class_counts_of(y, num_classes)  # before the sampler counts up to the largest label
         sampler = build_sampler(self.sampler, y, seed=self.seed, total_epochs=max(self.epochs, 1),
                                 samples_per_class=self.samples_per_class, num_replicas=1,
                                 rank=0)
