@@ -741,7 +741,14 @@ FEATURE_CASES = [
      "f/train.npz: class_names: name 1 is not UTF-8 text (b'\\xff')"),
     ("negative group count", lambda w: _features(
         w, "train", group_counts=__import__("numpy").array([30, -10, 3])),
-     "f/train.npz: group_counts: expected counts >= 0, found -10 for class 1"),
+     "f/train.npz: group_counts: expected counts at least the training rows of each class "
+     "(they count a class's images before val was taken out of them), found -10 for class 1, "
+     "which has 4 training rows"),
+    ("group counts below the training rows", lambda w: _features(
+        w, "train", group_counts=__import__("numpy").array([6, 1, 2])),
+     "f/train.npz: group_counts: expected counts at least the training rows of each class "
+     "(they count a class's images before val was taken out of them), found 1 for class 1, "
+     "which has 4 training rows"),
     ("training labels with a gap", lambda w: _features(w, "train", lambda a: a.update(
         labels=a["labels"] * (a["labels"] != 1))),
      "f/train.npz: no training row has label 1; labels must be 0..C-1 (C = 3), each used "
@@ -1034,6 +1041,33 @@ def test_make_split_n_min_and_ratio_fix_n_max(tmp_path, capsys):
         "images, of which 2 val + 2 test are set aside)")
     assert main([*base, "--out", str(tmp_path / "w"), "--n-min", "1", "--ratio", "1e308"]) == 2
     assert "found 1e+308: class" in capsys.readouterr().err  # not 309 digits
+
+
+def test_make_split_refuses_names_with_line_breaks_before_writing(tmp_path, capsys):
+    """A file or class folder whose name holds a newline split its list line in two: an
+    IndexError traceback, and under --overwrite half the files new, half the old split's."""
+    import shutil
+
+    root, out = _pool(tmp_path, per_class=12), tmp_path / "s"
+    base = ["make-split", "image_folder", "--root", str(root), "--out", str(out),
+            "--val-per-class", "2", "--test-per-class", "2", "--n-min", "1"]
+    assert main(base) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    first = sorted((root / "class_00").iterdir())[0]
+    odd = first.with_name("a\nb.png")
+    shutil.copy(first, odd)
+    capsys.readouterr()
+    assert main([*base, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"longtail: error: {str(odd)!r}: a name with a line break cannot go in a "
+                   f"list file of 'path label' lines; rename it")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    odd.unlink()
+    (root / "class_00").rename(root / "class\n00")
+    assert main([*base, "--overwrite"]) == 2
+    assert "class 'class\\n00': a name with a line break cannot go in classes.txt" in \
+        capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def test_make_split_paths_in_its_command_work_from_any_folder(tmp_path, capsys, monkeypatch):

@@ -137,6 +137,19 @@ def test_inat_json_errors_name_the_annotation(tmp_path):
                                             r"twice \(first in annotations\[0\]\); expected one "
                                             r"annotation per image$"):
         data_of(*args)
+    # one file under two image ids: trained on (and counted) twice, as a list refuses
+    bad = json.loads(json.dumps(train))
+    bad["images"][4]["file_name"] = "./" + bad["images"][0]["file_name"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LongtailError, match=r"bad\.json: annotations\[4\]: image '\./.*' is "
+                                            r"annotated twice, under two image ids \(first in "
+                                            r"annotations\[0\]\)"):
+        data_of(*args)
+    # arrays nested thousands deep: one line, not a RecursionError traceback
+    (tmp_path / "bad.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LongtailError, match=r"bad\.json: not a readable JSON file \(nested too "
+                                            r"deeply\)$"):
+        data_of(*args)
     # a category named null is named by its id, not 'None'
     bad = json.loads(json.dumps(train))
     bad["categories"][1]["name"] = None

@@ -716,3 +716,39 @@ def test_balms_takes_its_own_learning_rate_or_crts():
     assert lr_of("stage2.crt.lr=0.3", "stage2.balms.lr=0.05") == 0.05
     demo = Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml"
     assert load_config(str(demo)).stage2.balms.lr == 0.05  # the demo's, measured
+
+
+def test_a_fitted_method_keeps_its_own_copy_of_the_weights_it_was_given():
+    """TauNorm(fc.weight) shared fc's storage: training fc on afterwards changed the fitted
+    method (its tau chosen for the old weights). Joint, LogitAdjust and LWS did the same."""
+    x, y = clusters([20, 10, 6, 4])
+    fc = torch.nn.Linear(8, 4)
+    methods = [TauNorm(fc.weight, tau=1.0), Joint(fc.weight, fc.bias),
+               LogitAdjust(fc.weight, fc.bias, tau=1.0), LWS(fc.weight, fc.bias, epochs=1)]
+    for method in methods:
+        method.fit(x, y)
+    before = [method.logits(x) for method in methods]
+    with torch.no_grad():
+        fc.weight.mul_(-1)
+        fc.bias.add_(1)
+    for method, logits in zip(methods, before):
+        assert torch.equal(method.logits(x), logits), type(method).__name__
+
+
+def test_a_read_only_array_is_taken_quietly_and_wb_checks_its_weight_first():
+    """A memory-mapped (read-only) NumPy array printed torch's 'not writable' warning; WB(None)
+    was len()'s TypeError and WB('abc') a message about labels."""
+    import warnings
+
+    x, y = clusters([20, 10, 6, 4])
+    frozen = x.numpy().copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert NCM().fit(frozen, y).predict(frozen).shape == (40,)
+    from longtail.stages.rebalance import WB
+
+    for weight, message in ((None, r"^weight: expected numbers, found NoneType"),
+                            ("abc", r"^weight: expected numbers, found strings$")):
+        with pytest.raises(TypeError, match=message):
+            WB(weight, epochs=1)

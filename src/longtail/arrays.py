@@ -4,6 +4,7 @@ turned into tensors and checked, with errors that name the argument."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
@@ -18,7 +19,9 @@ def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
     if isinstance(x, Tensor):
         return x.detach()
     try:
-        return torch.as_tensor(x).detach()
+        with warnings.catch_warnings():  # a read-only (memory-mapped) array: never written
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.as_tensor(x).detach()
     except (TypeError, ValueError, RuntimeError) as e:
         first = x
         with contextlib.suppress(Exception):  # the first element, however deeply nested

@@ -107,6 +107,8 @@ def read_json(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise LongtailError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise LongtailError(f"{path}: not valid JSON for longtail (nested too deeply)") from None
     missing = [k for k in keys if k not in obj] if isinstance(obj, dict) else keys
     if not isinstance(obj, dict) or missing:
         wanted = "a JSON object" + (f" with {', '.join(map(json.dumps, keys))}" if keys else "")

@@ -201,10 +201,14 @@ def _group_counts(blob: dict[str, Any], num_classes: int,
         raise LongtailError(f"{blob['path']}: group_counts: expected {num_classes} integers "
                             f">= 0 (one per class), found {given.dtype} of shape "
                             f"{tuple(given.shape)}")
-    if (given < 0).any():
-        at = int(torch.nonzero(given < 0)[0])
-        raise LongtailError(f"{blob['path']}: group_counts: expected counts >= 0, found "
-                            f"{int(given[at])} for class {at}")
+    # counts before a val split was taken out of training: at least the training rows
+    below = given.long() < counts
+    if below.any():
+        at = int(torch.nonzero(below)[0])
+        raise LongtailError(f"{blob['path']}: group_counts: expected counts at least the "
+                            f"training rows of each class (they count a class's images before "
+                            f"val was taken out of them), found {int(given[at])} for class {at}"
+                            f", which has {int(counts[at])} training rows")
     return None if torch.equal(given.long(), counts) else given.long().tolist()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def read_inat_json(json_file: str | Path, root: str | Path,
         raise LongtailError(f"{json_file}: annotation file not found") from None
     except (OSError, ValueError) as e:
         raise LongtailError(f"{json_file}: not a readable JSON file ({e})") from None
+    except RecursionError:  # arrays nested thousands deep: no annotation file is
+        raise LongtailError(f"{json_file}: not a readable JSON file (nested too deeply)") from None
     if not isinstance(data, dict):  # never print the file itself: it can be hundreds of MB
         raise LongtailError(f"{json_file}: expected a JSON object with images, annotations, "
                             f"categories, found {json_type(data)}")
@@ -72,10 +75,18 @@ def read_inat_json(json_file: str | Path, root: str | Path,
     names = [name if isinstance(name := category_name.get(cid), str) and name.strip()
              else str(cid) for cid in category_ids]
     paths, labels, origins = [], [], []
+    first_file: dict[str, int] = {}
     for n, ann in enumerate(annotations):
         where = f"{json_file}: annotations[{n}]"
         if ann["image_id"] not in file_of:
             raise LongtailError(f"{where}: image_id {ann['image_id']!r} is not in 'images'")
+        # one file under two image ids would be trained on (and counted) twice
+        name = os.path.normpath(file_of[ann["image_id"]])
+        if name in first_file:
+            raise LongtailError(f"{where}: image {file_of[ann['image_id']]!r} is annotated "
+                                f"twice, under two image ids (first in annotations"
+                                f"[{first_file[name]}]); expected one annotation per image")
+        first_file[name] = n
         if ann["category_id"] not in label_of:
             raise LongtailError(f"{where}: category_id {ann['category_id']!r} is not a "
                                 f"training category")

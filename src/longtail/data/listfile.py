@@ -189,13 +189,17 @@ def _refuse_binary(list_file: Path, content: bytes) -> None:
 
 
 def list_text(paths: list[Path], labels: list[int], root: Path) -> str:
-    """Return ``relative/path label`` lines (paths relative to ``root`` where they can be)."""
+    """Return ``relative/path label`` lines (paths relative to ``root`` where they can be);
+    a path with a line break, which would split its line in two, is a LongtailError."""
     lines = []
     for path, label in zip(paths, labels):
         try:
             rel = path.relative_to(root).as_posix()
         except ValueError:
             rel = path.as_posix()
+        if "\n" in rel or "\r" in rel:
+            raise LongtailError(f"{str(path)!r}: a name with a line break cannot go in a list file "
+                                f"of 'path label' lines; rename it")
         lines.append(f"{rel} {int(label)}\n")
     return "".join(lines)
 

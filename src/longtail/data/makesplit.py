@@ -122,6 +122,10 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     split = long_tailed_split(labels, profile, val_per_class=req.val_per_class,
                               test_per_class=test_from_pool, seed=req.seed,
                               class_order=req.class_order)
+    broken = next((n for n in names if "\n" in n or "\r" in n), None)
+    if broken is not None:  # classes.txt holds one 'label name' line per class
+        raise LongtailError(f"make-split: class {broken!r}: a name with a line break cannot go "
+                            f"in classes.txt; rename it")
     earlier = _earlier_export(req.out)
     if arrays and earlier is None and os.path.lexists(req.out / "images"):
         raise LongtailError(f"make-split --out {req.out}: holds images/, which make-split did "

@@ -126,6 +126,13 @@ def _class_counts_of(y: Tensor, num_classes: int | None = None, name: str = "lab
     return counts
 
 
+def _owned(t: Tensor | None) -> Tensor | None:
+    """Return a CPU copy of ``t`` (None stays None): a fitted method keeps state of its own,
+    so that training on the layer a weight came from (``TauNorm(fc.weight)``) leaves it as
+    fitted."""
+    return None if t is None else t.detach().cpu().clone()
+
+
 def _bias(bias: ArrayLike | None, weight: Tensor, name: str = "bias") -> Tensor | None:
     """Return ``bias`` as float32 (C,), one value per row of ``weight`` (C, D), or None."""
     if bias is None:
@@ -251,8 +258,8 @@ class Joint(_LinearHead):
         self.bias = bias
 
     def fit(self, features=None, labels=None, val_features=None, val_labels=None) -> Joint:
-        self.weight_ = _features(self.weight, "weight", fit=True).cpu()
-        self.bias_ = _bias(self.bias, self.weight_)
+        self.weight_ = _owned(_features(self.weight, "weight", fit=True))
+        self.bias_ = _owned(_bias(self.bias, self.weight_))
         return self
 
 
@@ -353,7 +360,7 @@ class TauNorm(Rebalancer):
 
     def fit(self, features=None, labels=None, val_features: ArrayLike | None = None,
             val_labels: ArrayLike | None = None) -> TauNorm:
-        self.weight_ = _features(self.weight, "weight", fit=True).cpu()
+        self.weight_ = _owned(_features(self.weight, "weight", fit=True))
         if labels is not None:  # unused, but they say which classes the weight's rows are
             _class_counts_of(class_indices(labels, None, num_classes=len(self.weight_)),
                              len(self.weight_), transposable=self.weight_.shape[1])
@@ -983,7 +990,8 @@ class WB(CRT):
         kwargs.setdefault("sampler", "instance")
         kwargs.setdefault("weight_decay", _DEFAULTS.wb.weight_decay)  # the config's, whose
         kwargs.setdefault("lr", _DEFAULTS.wb.lr)  # choice docs/results.md gives
-        super().__init__(len(weight), **kwargs)
+        # its rows are the classes: checked first (len() of None or a string said nothing)
+        super().__init__(len(_features(weight, "weight", fit=True)), **kwargs)
         _check_number(beta, "beta", "a number in [0, 1)", lambda v: 0 <= v < 1)
         if max_norm is not None:
             _check_number(max_norm, "max_norm", f"a number in (0, {MAX_RATE:g}] or None (the "
@@ -1090,8 +1098,7 @@ class LWS(_TrainedOnFeatures):
             step = self._sgd_step([scales], forward, ClassifierLoss())  # backbone: autograd
         self._train([scales], forward, batches, val_features, val_labels, step)
         self.scales_ = scales.detach().cpu()
-        self.weight_ = weight.cpu()
-        self.bias_ = None if bias is None else bias.cpu()
+        self.weight_, self.bias_ = _owned(weight), _owned(bias)
         return self
 
     def logits(self, features: ArrayLike) -> Tensor:
