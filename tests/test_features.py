@@ -324,3 +324,18 @@ def test_no_joint_classifier_and_no_stage1_epochs_is_one_config_error(tmp_path):
                                             r"classifier .* expected an int >= 1, found 0"):
         joint_on_features(data, replace(cfg.stage1, epochs=0), 0, torch.device("cpu"),
                           tmp_path / "joint.pt")
+
+
+def test_keys_read_nowhere_are_named_in_the_notes(tmp_path):
+    """A misspelt group_count, or joint_weight put in the val file, was ignored without a
+    word: the run's notes name each."""
+    files = gaussian_features(tmp_path, counts=(20, 10, 5))
+    for split, extra in (("train", {"group_count": np.array([20, 10, 5])}),
+                         ("val", {"joint_weight": np.zeros((3, 16), np.float32)})):
+        with np.load(files[split]) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        np.savez(files[split], **arrays, **extra)
+    notes = build_data(load_config(None, features_args(tmp_path)).data, seed=0).notes
+    assert (f"{files['train']}: group_count ignored (a feature file's keys: features, labels, "
+            f"class_names, joint_weight, joint_bias, group_counts)") in notes
+    assert f"{files['val']}: joint_weight ignored (read from the training file only)" in notes

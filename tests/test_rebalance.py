@@ -752,3 +752,18 @@ def test_a_read_only_array_is_taken_quietly_and_wb_checks_its_weight_first():
                             ("abc", r"^weight: expected numbers, found strings$")):
         with pytest.raises(TypeError, match=message):
             WB(weight, epochs=1)
+
+
+def test_sparse_and_meta_tensors_and_devices_are_named():
+    """A sparse or meta tensor failed deep inside torch ('Cannot access data pointer',
+    'aminmax ... SparseCPU', '.item() cannot be called on meta tensors')."""
+    x, y = clusters([20, 10, 6, 4])
+    with pytest.raises(TypeError, match=r"^features: expected a dense tensor, found layout "
+                                        r"torch.sparse_coo \(pass x.to_dense\(\)\)$"):
+        NCM().fit(x.to_sparse(), y)
+    with pytest.raises(TypeError, match=r"^features: expected a tensor with data, found one "
+                                        r"on the meta device$"):
+        CRT(epochs=1).fit(x.to("meta"), y)
+    with pytest.raises(ValueError, match=r"^device: expected cpu, cuda, cuda:N or mps, found "
+                                         r"'meta'$"):
+        CRT(epochs=1, device="meta").fit(x, y)

@@ -17,6 +17,12 @@ def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
     """Return ``x`` as a tensor (detached: a model's own parameters, ``fc.weight``, are data
     here, never trained through); TypeError naming ``name`` for what torch cannot convert."""
     if isinstance(x, Tensor):
+        if x.layout != torch.strided:  # sparse: most operations fail deep inside torch
+            raise TypeError(f"{name}: expected a dense tensor, found layout {x.layout} (pass "
+                            f"x.to_dense())")
+        if x.is_meta:  # shapes without data
+            raise TypeError(f"{name}: expected a tensor with data, found one on the meta "
+                            f"device")
         return x.detach()
     try:
         with warnings.catch_warnings():  # a read-only (memory-mapped) array: never written

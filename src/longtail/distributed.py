@@ -63,6 +63,8 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ValueError(f"expected cpu, cuda, cuda:N or mps, found {name!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, ...: nothing is tested there
+        raise ValueError(f"expected cpu, cuda, cuda:N or mps, found {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(missing_device_message(str(device)))

@@ -141,6 +141,14 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
              f"rows, from {', '.join(str(b['path']) for b in blobs.values())}"]
     if joint[0] is not None:
         notes.append(f"joint: the classifier in {train_path} (joint_weight, joint_bias)")
+    for split, blob in blobs.items():  # keys read nowhere: a misspelling, or the wrong file
+        if blob["unknown"]:
+            notes.append(f"{blob['path']}: {', '.join(blob['unknown'])} ignored (a feature "
+                         f"file's keys: features, labels, {', '.join(OPTIONAL_KEYS)})")
+        misplaced = [k for k in OPTIONAL_KEYS[1:] if k in blob] if split != "train" else []
+        if misplaced:
+            notes.append(f"{blob['path']}: {', '.join(misplaced)} ignored (read from the "
+                         f"training file only)")
     name = Path(cfg.root).resolve().name if cfg.root else train_path.resolve().parent.name
     return DataRecord(name=name, class_names=names or [str(c) for c in range(num_classes)],
                       splits=splits, split_sha256={k: s.sha256 for k, s in splits.items() if s},
@@ -237,6 +245,7 @@ def read_feature_file(path: Path) -> dict[str, Any]:
         raise LongtailError(f"{path}: cannot be read as a {suffix} feature file "
                             f"({reason[:200] or type(e).__name__})") from None
     found = blob.pop("keys")
+    blob["unknown"] = sorted(set(found) - {"features", "labels", *OPTIONAL_KEYS})
     for key in ("features", "labels", "joint_weight", "joint_bias", "group_counts"):
         if key in blob and not isinstance(blob[key], torch.Tensor):
             raise LongtailError(f"{path}: {key}: expected an array (tensor), found "
