@@ -247,6 +247,10 @@ CASES = [
      ["make-split", "list", "--root", "{w}", "--out", "{w}/s"], "expected --list FILE"),
     ("make-split: missing root", None,
      ["make-split", "fmnist", "--root", "{w}/none", "--out", "{w}/s"], "folder not found"),
+    ("rebalance of two runs", lambda w: (_run_dir(w, "a"), _run_dir(w, "b", 1)),
+     ["rebalance", "{w}/a", "{w}/b"], "rebalance: expected one run folder, found a second: "
+                                      "{w}/b (rebalance each on its own: longtail rebalance "
+                                      "{w}/b)"),
     ("summarize: missing run", None, ["summarize", "{w}/none"], "metrics.json: not found"),
     ("summarize: a run of no method", lambda w: _write(w / "e" / "metrics.json",
                                                         '{"dataset": {}, "methods": {}}'),

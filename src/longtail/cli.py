@@ -885,6 +885,11 @@ def _one_process(command: str) -> None:
 
 def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
     _one_process("rebalance")
+    more = next((o for o in args.overrides if "=" not in o and Path(o).is_dir()), None)
+    if more is not None:  # `rebalance RUN1 RUN2`: said better than "expected KEY=VALUE"
+        raise LongtailError(f"rebalance: expected one run folder, found a second: {more} "
+                            f"(rebalance each on its own: longtail rebalance "
+                            f"{shlex.quote(more)})")
     # before torch is imported
     check_device(check_rebalance_args(args.run_dir, args.overrides).device)
     with run_folder_lock(args.run_dir):  # not while the run (or another rebalance) writes
