@@ -409,6 +409,14 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
     assert noted(*folder, "data.train=train", "data.val=val", "data.test=test",
                  "data.test_per_class=7", "data.n_max=50") == ["data.test_per_class",
                                                                "data.n_max"]
+    # a key of another setting of a key than the one given: ignored, so said
+    assert noted("stage1.loss_tau=2", "stage1.samples_per_class=8", "stage2.crt.loss_tau=.5",
+                 "stage2.samples_per_class=3") == [
+        "stage1.loss_tau", "stage1.samples_per_class", "stage2.crt.loss_tau",
+        "stage2.samples_per_class"]
+    assert noted("stage1.loss=logit_adjusted", "stage1.loss_tau=2", "stage2.lws.sampler="
+                 "class_aware", "stage2.samples_per_class=3", "stage1.sampler=class_aware",
+                 "stage1.samples_per_class=8") == []
     # a key given twice: the last one wins, and is said to
     cfg = load_config(str(ROOT / "configs" / "fmnist_lt.yaml"), ["seed=1", "seed=2"])
     assert cfg.seed == 2

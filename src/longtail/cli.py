@@ -863,7 +863,13 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
     check_run_dir(out, args.overwrite, resumable=False)
     _check_data_files(cfg, args.config)
-    notes += ignored_overrides(cfg, args.overrides)
+    from dataclasses import replace
+
+    # the grid's rows set stage1.sampler and stage1.loss: a key of one of theirs is used
+    rows = replace(cfg, stage1=replace(
+        cfg.stage1, sampler="class_aware" if "class_aware" in samplers else cfg.stage1.sampler,
+        loss="logit_adjusted" if "logit_adjusted" in (losses or []) else cfg.stage1.loss))
+    notes += ignored_overrides(rows, args.overrides)
     check_device(cfg.device)
     _print_notes(notes)
     from longtail.pipeline import grid

@@ -1236,7 +1236,9 @@ _GENERATED = ("generated splits (fmnist_lt, cifar10_lt, cifar100_lt, image_folde
 
 def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     """Return a note for each command-line override of a data key that this dataset does not
-    read (``data.n_max=...`` with split lists of its own, ...): it would be ignored silently.
+    read (``data.n_max=...`` with split lists of its own, ...), or of a key that applies to
+    another setting of a key than the one given (``stage1.loss_tau`` with ``loss: ce``): it
+    would be ignored silently.
     Keys set in the config file are not noted (a config serves several datasets), nor keys
     set to null. A key given more than once is noted too."""
     d = cfg.data
@@ -1259,6 +1261,17 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
         "data.val_from_train": (d.val is None and not arrays,
                                 "data.val is set" if d.val is not None else
                                 f"data.kind {d.kind} draws val itself (data.val_per_class)"),
+        # keys of one setting of another key
+        "stage1.loss_tau": (cfg.stage1.loss == "logit_adjusted",
+                            "it applies to stage1.loss: logit_adjusted"),
+        "stage2.crt.loss_tau": (cfg.stage2.crt.loss == "logit_adjusted",
+                                "it applies to stage2.crt.loss: logit_adjusted"),
+        "stage1.samples_per_class": (cfg.stage1.sampler == "class_aware",
+                                     "it applies to stage1.sampler: class_aware"),
+        "stage2.samples_per_class": (
+            "class_aware" in (cfg.stage2.crt.sampler, cfg.stage2.lws.sampler,
+                              cfg.stage2.wb.sampler, cfg.stage2.finetune.sampler),
+            "it applies to the class_aware sampler of stage2.crt, lws, wb or finetune"),
     }
     keys = [override_key(o) for o in overrides]
     notes = [f"note: {key} is ignored here: {applies[key][1]}" for key in keys
