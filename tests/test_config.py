@@ -424,6 +424,25 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
         "note: seed is given more than once (seed=1 seed=2); the last one is used"]
 
 
+def test_a_stop_before_joining_is_said_by_each_nodes_first_process_only(monkeypatch, capsys):
+    """torchrun's SIGTERM after the first process said a mistake can reach another before it
+    has found the mistake itself: that one printed 'longtail: stopped by SIGTERM' (a run that
+    seemed resumable) under the error line."""
+    import longtail.cli
+    from longtail.cli import main
+
+    def stopped(args, argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(longtail.cli, "_dispatch", stopped)
+    torchrun_env(monkeypatch, local_rank="1")
+    main(["config", "fmnist_lt"])
+    assert capsys.readouterr().err == ""
+    torchrun_env(monkeypatch, local_rank="0")  # the node's first process says it
+    main(["config", "fmnist_lt"])
+    assert capsys.readouterr().err == "longtail: interrupted\n"
+
+
 def test_a_process_that_follows_another_ones_failure_says_so_in_one_line(monkeypatch, capsys):
     """When one torchrun process fails (and says why), the others' collectives fail with
     Gloo's 'Connection closed by peer': one line instead of its 50-line traceback."""

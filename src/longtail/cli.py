@@ -349,14 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _leave_the_word_to_the_first()
         return 2
+    # A stop reaches every process: said once, by rank 0 once joined, before that by each
+    # node's first process (torchrun's SIGTERM after a mistake can reach the others before
+    # they have found it themselves).
     except Interrupted as e:
         _quiet_teardown()
-        if not _follower():
+        if not (_follower() or _other_rank()):
             _last_words(f"longtail: {_stop_word()}; {e.hint}")
         return _stop_code()
     except KeyboardInterrupt:
         _quiet_teardown()
-        if not _follower():
+        if not (_follower() or _other_rank()):
             _last_words(f"longtail: {_stop_word()}")
         return _stop_code()
     except OSError as e:  # the file system's answer on a path given (too long, a loop, full)
