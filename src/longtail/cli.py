@@ -471,6 +471,10 @@ def _on_stop_signal(signum: int, frame: object) -> None:
     global _stopped_by
     if _stopped_by is not None:  # `timeout` signals the process and then its group: one is enough
         return
+    if _other_rank():  # before joining, nothing of this process's to clean up or to say
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
     _stopped_by = signum
     raise KeyboardInterrupt
 
