@@ -385,6 +385,18 @@ _METHOD_SECTIONS = {"joint": (), "ncm_cosine": ("ncm",), "ncm_euclidean": ("ncm"
                     "logit_adjust": ("logit_adjust",), "balms": (*_CRT_SHARED, "balms"),
                     "las": (*_CRT_SHARED, "crt.sampler", "crt.las_head", "crt.las_tail"),
                     "wb": ("wb",), "finetune": ("finetune",), "finetune_last": ("finetune",)}
+# The section whose sampler each stage-2 method that trains with one draws by (las: cRT's).
+_SAMPLER_SECTIONS = {"crt": "crt", "las": "crt", "lws": "lws", "wb": "wb",
+                     "finetune": "finetune", "finetune_last": "finetune"}
+
+
+def stage2_sampler(stage2: Stage2Config, method: str) -> str | float | None:
+    """Return the sampler stage-2 ``method`` trains with, None for one that draws by none of
+    the stage2.*.sampler keys."""
+    section = _SAMPLER_SECTIONS.get(method)
+    return None if section is None else getattr(stage2, section).sampler
+
+
 # ... and the keys shared by the methods that train with a sampler (fine-tuning: some).
 _TRAINED_KEYS = ("batch_size", "min_steps", "momentum", "samples_per_class", "select",
                  "features", "bn")
@@ -1269,8 +1281,7 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
         "stage1.samples_per_class": (cfg.stage1.sampler == "class_aware",
                                      "it applies to stage1.sampler: class_aware"),
         "stage2.samples_per_class": (
-            "class_aware" in (cfg.stage2.crt.sampler, cfg.stage2.lws.sampler,
-                              cfg.stage2.wb.sampler, cfg.stage2.finetune.sampler),
+            any(stage2_sampler(cfg.stage2, m) == "class_aware" for m in cfg.stage2.methods),
             "it applies to the class_aware sampler of stage2.crt, lws, wb or finetune"),
     }
     keys = [override_key(o) for o in overrides]

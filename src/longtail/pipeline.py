@@ -48,6 +48,7 @@ from longtail.config import (
     load_config,
     method_settings,
     shown,
+    stage2_sampler,
 )
 from longtail.data.profiles import shot_groups
 from longtail.data.samplers import class_aware_problem
@@ -507,13 +508,10 @@ def check_class_aware(cfg: Config, counts: list[int], stage1_samplers: list | No
     (``stage1_samplers``: a grid's; ``stage1``: whether stage 1 trains at all) and the
     stage-2 methods' (one key, stage2.samples_per_class, for all of them)."""
     s2 = cfg.stage2
-    sampler_of = {"crt": s2.crt.sampler, "las": s2.crt.sampler, "lws": s2.lws.sampler,
-                  "wb": s2.wb.sampler, "finetune": s2.finetune.sampler,
-                  "finetune_last": s2.finetune.sampler}
     uses = []
     if stage1 and "class_aware" in (stage1_samplers or [cfg.stage1.sampler]):
         uses.append(("stage1.samples_per_class", cfg.stage1.samples_per_class))
-    if any(sampler_of.get(m) == "class_aware" for m in s2.methods):
+    if any(stage2_sampler(s2, m) == "class_aware" for m in s2.methods):
         uses.append(("stage2.samples_per_class", s2.samples_per_class))
     for key, value in uses:
         problem = class_aware_problem(value, counts)

@@ -145,7 +145,8 @@ def read_features(cfg: DataConfig, split_seed: int) -> DataRecord:
         if blob["unknown"]:
             notes.append(f"{blob['path']}: {', '.join(blob['unknown'])} ignored (a feature "
                          f"file's keys: features, labels, {', '.join(OPTIONAL_KEYS)})")
-        misplaced = [k for k in OPTIONAL_KEYS[1:] if k in blob] if split != "train" else []
+        misplaced = [k for k in ("joint_weight", "joint_bias", "group_counts") if k in blob
+                     ] if split != "train" else []
         if misplaced:
             notes.append(f"{blob['path']}: {', '.join(misplaced)} ignored (read from the "
                          f"training file only)")
