@@ -1074,6 +1074,24 @@ def test_make_split_refuses_names_with_line_breaks_before_writing(tmp_path, caps
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_make_split_of_a_list_refuses_a_missing_image_it_would_choose(tmp_path, capsys):
+    """A listed image that is not there failed only at `longtail run` of the split."""
+    root, out = _pool(tmp_path, per_class=6), tmp_path / "s"
+    images = sorted(root.rglob("*.png"))
+    pool = tmp_path / "pool.txt"
+    pool.write_text("".join(f"{p.relative_to(root)} {int(p.parent.name[-2:])}\n"
+                            for p in images))
+    images[7].unlink()
+    images[20].unlink()
+    args = ["make-split", "list", "--list", str(pool), "--root", str(root), "--out", str(out),
+            "--val-per-class", "1", "--test-per-class", "1", "--n-min", "1"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"longtail: error: {pool}:8: image not found: {images[7]} (1 more of the chosen "
+        f"images too); the split would list it: fix or remove the line")
+    assert not out.exists()
+
+
 def test_make_split_paths_in_its_command_work_from_any_folder(tmp_path, capsys, monkeypatch):
     import json
 

@@ -315,6 +315,22 @@ def test_empty_class_folder_is_named(tmp_path, generated):
         data_of("data.kind=image_folder", f"data.root={tmp_path}", *args)
 
 
+def test_images_outside_class_folders_are_said_to_be_left_out(tmp_path, capsys):
+    from longtail.data.folder import read_image_folder
+
+    root = make_image_folder(tmp_path / "train", per_class=[3, 2])
+    (root / "class_00" / "00000.png").rename(root / "stray.png")
+    (root / "notes.txt").write_text("not an image")
+    split, classes = read_image_folder(root)
+    assert classes == ["class_00", "class_01"] and len(split.paths) == 4
+    assert capsys.readouterr().out.strip() == (
+        f"warning: {root}: 1 image (e.g. stray.png) directly in the folder, in no class "
+        f"folder, is left out")
+    (root / "stray.png").unlink()
+    read_image_folder(root)
+    assert capsys.readouterr().out == ""
+
+
 def test_folder_and_file_mixed_up(tmp_path):
     root = make_image_folder(tmp_path / "train", per_class=[3, 3])
     (tmp_path / "test").write_text("x")

@@ -554,6 +554,8 @@ def test_api_hyper_parameters_are_checked_as_the_config_checks_them():
         for bad in (math.nan, 1.0, -0.1):
             with pytest.raises(ValueError, match=rf"^{name}: expected a number in \[0, 1\)"):
                 LAS(**{name: bad})
+    with pytest.raises(TypeError, match=r"^LAS sets label_smoothing itself .* CRT\("):
+        LAS(label_smoothing=0.1)
     for bad in (1.0, -1, math.nan):
         with pytest.raises(ValueError, match=r"^beta: expected a number in \[0, 1\), found"):
             WB(w, b, beta=bad)

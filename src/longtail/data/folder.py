@@ -35,7 +35,10 @@ def read_image_folder(folder: str | Path,
     folder = check_image_folder(folder)
     # A class folder may itself be a symbolic link (e.g. to images kept elsewhere).
     with os.scandir(folder) as entries:
-        found = sorted(e.name for e in entries if _is_folder(e) and not e.name.startswith("."))
+        kinds = {e.name: _is_folder(e) for e in entries if not e.name.startswith(".")}
+    found = sorted(name for name, is_folder in kinds.items() if is_folder)
+    loose = sorted(name for name, is_folder in kinds.items()
+                   if not is_folder and name.lower().endswith(IMG_EXTENSIONS))
     if not found:
         raise LongtailError(f"{folder}: expected one sub-folder per class, found none")
     training = not classes  # the class folders found are the classes
@@ -48,6 +51,10 @@ def read_image_folder(folder: str | Path,
     links: list[str] = []
     for name in found:
         samples.extend((path, index[name]) for path in _images(folder / name, links))
+    if loose and found and main_process():  # with no class folder at all: the error below
+        print(f"warning: {folder}: {len(loose)} image{'s' if len(loose) > 1 else ''} (e.g. "
+              f"{loose[0]}) directly in the folder, in no class folder, {'are' if len(loose) > 1 else 'is'} left out",
+              flush=True)
     if links and main_process():
         print(f"warning: {folder}: not following {len(links)} symbolic "
               f"link{'s' if len(links) > 1 else ''} to a folder inside a class folder (e.g. "

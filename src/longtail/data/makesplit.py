@@ -126,6 +126,15 @@ def make_split(req: SplitRequest) -> dict[str, Any]:
     if broken is not None:  # classes.txt holds one 'label name' line per class
         raise LongtailError(f"make-split: class {broken!r}: a name with a line break cannot go "
                             f"in classes.txt; rename it")
+    if req.source == "list":  # else the missing image surfaces only when the split is run
+        chosen = sorted(int(i) for part in (split.train, split.val, split.test) for i in part)
+        missing = [i for i in chosen if not paths[i].is_file()]
+        if missing:
+            more = f" ({len(missing) - 1} more of the chosen images too)" if len(missing) > 1 \
+                else ""
+            raise LongtailError(f"{pool.origins[missing[0]]}: image not found: "
+                                f"{paths[missing[0]]}{more}; the split would list it: fix or "
+                                f"remove the line")
     earlier = _earlier_export(req.out)
     if arrays and earlier is None and os.path.lexists(req.out / "images"):
         raise LongtailError(f"make-split --out {req.out}: holds images/, which make-split did "

@@ -972,6 +972,9 @@ class LAS(CRT):
     ``stage2.bn: train``; its mixup is ``stage1.mixup_alpha``."""
 
     def __init__(self, num_classes: int | None = None, **kwargs: Any) -> None:
+        if "label_smoothing" in kwargs:  # else Python's error names CRT.__init__
+            raise TypeError("LAS sets label_smoothing itself (label-aware); for a fixed "
+                            "smoothing use CRT(label_smoothing=...)")
         super().__init__(num_classes, label_smoothing="las", **kwargs)
 
 
