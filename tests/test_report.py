@@ -119,6 +119,18 @@ def test_copies_of_one_run_are_not_averaged():
     assert comparable_runs(["x", "a", "b"], [{}, a, {**a, "seed": 1}], [{}] * 3, []) is None
     assert comparable_runs(["x", "a", "b"], [{}, a, {**a, "seed": 1, "stage1.epochs": 9}],
                            [{}] * 3, []).startswith("a and b differ in stage1.epochs (30 vs 9)")
+    # every differing key in one message, so that one --ignore is enough
+    other = {**a, "seed": 1, "stage1.epochs": 9, "stage1.lr": 0.1, "data.train": "t"}
+    assert comparable_runs(["a", "b"], [a, other], [{}] * 2, []) == (
+        "a and b differ in data.train (None vs 't') and 2 more (stage1.epochs, stage1.lr); "
+        "runs to average may differ only in seed, or pass --ignore data.train,stage1.epochs,"
+        "stage1.lr")
+    assert comparable_runs(["a", "b"], [a, other], [{}] * 2,
+                           ["data.train,stage1.epochs,stage1.lr"][0].split(",")) is None
+    many = {**other, "stage1.momentum": 0.5, "stage2.crt.lr": 1.0}
+    assert comparable_runs(["a", "b"], [a, many], [{}] * 2, []).endswith(
+        "and 4 more (stage1.epochs, stage1.lr, stage1.momentum, ...); runs to average may "
+        "differ only in seed, or pass --ignore data,stage1,stage2")
 
 
 def test_fit_cell_lines_up_wide_and_combining_characters():

@@ -112,11 +112,18 @@ def comparable_runs(names: list[Any], configs: list[dict[str, Any]],
     known = [(name, config) for name, config in zip(names, configs) if config]
     head, first = known[0] if known else (names[0], {})
     for name, config in known[1:]:
-        for key in sorted(set(first) | set(config)):
-            if not free(key) and first.get(key) != config.get(key):
-                return (f"{head} and {name} differ in {key} ({first.get(key)!r} vs "
-                        f"{config.get(key)!r}); runs to average may differ only in seed, or "
-                        f"pass --ignore {key}")
+        keys = [key for key in sorted(set(first) | set(config))
+                if not free(key) and first.get(key) != config.get(key)]
+        if keys:  # all of them at once: one --ignore per try would take as many tries
+            key = keys[0]
+            listed = ", ".join(keys[1:4]) + ", ..." * (len(keys) > 4)
+            more = f" and {len(keys) - 1} more ({listed})" if len(keys) > 1 else ""
+            # many keys: their sections, a shorter --ignore
+            ignore = ",".join(keys) if len(keys) <= 4 else ",".join(
+                sorted({k.split(".")[0] for k in keys}))
+            return (f"{head} and {name} differ in {key} ({first.get(key)!r} vs "
+                    f"{config.get(key)!r}){more}; runs to average may differ only in seed, "
+                    f"or pass --ignore {ignore}")
     # A split fixed by its lists (or by data.split_seed) must be the same file in every run;
     # a split drawn from the seed differs with it, and its config was compared above.
     seeded = first.get("data.split_seed") is None and (

@@ -52,8 +52,9 @@ def read_image_folder(folder: str | Path,
     for name in found:
         samples.extend((path, index[name]) for path in _images(folder / name, links))
     if loose and found and main_process():  # with no class folder at all: the error below
-        print(f"warning: {folder}: {len(loose)} image{'s' if len(loose) > 1 else ''} (e.g. "
-              f"{loose[0]}) directly in the folder, in no class folder, {'are' if len(loose) > 1 else 'is'} left out",
+        many = len(loose) > 1
+        print(f"warning: {folder}: {len(loose)} image{'s' * many} (e.g. {loose[0]}) directly "
+              f"in the folder, in no class folder, {'are' if many else 'is'} left out",
               flush=True)
     if links and main_process():
         print(f"warning: {folder}: not following {len(links)} symbolic "
