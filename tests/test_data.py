@@ -319,6 +319,32 @@ def test_a_photos_exif_orientation_is_applied(tmp_path):
     assert decode_image(tmp_path / "plain.jpg", 3).shape == (3, 10, 40)
 
 
+def test_pillows_warnings_about_what_it_reads_past_are_not_printed(tmp_path):
+    """Corrupt EXIF or a palette's transparency given as bytes: Pillow decodes the image and
+    warned in two lines per image, epoch and worker (50 lines for 5 images and 3 epochs)."""
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    from longtail.data.datasets import decode_image
+
+    palette = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16) % 4, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    palette.save(tmp_path / "palette.png", transparency=bytes([0, 255, 128, 255]))
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 40  # ImageDescription, then cut short: corrupt
+    Image.new("RGB", (16, 16)).save(tmp_path / "exif.jpg", exif=exif.tobytes()[:-20])
+    for name in ("palette.png", "exif.jpg"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow's own warning would fail here
+            assert decode_image(tmp_path / name, 3).shape == (3, 16, 16)
+        with warnings.catch_warnings(record=True) as caught:  # and they are Pillow's
+            warnings.simplefilter("always")
+            Image.open(tmp_path / name).convert("RGB").getexif()
+            ImageOps.exif_transpose(Image.open(tmp_path / name))
+        assert caught and all(issubclass(w.category, UserWarning) for w in caught)
+
+
 def test_images_above_pillows_pixel_limit_are_said_once_in_one_line(tmp_path, monkeypatch,
                                                                     capsys):
     """Pillow warns in two lines from its own source, per image and per worker: the data

@@ -35,11 +35,14 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
             # Pillow's two lines about images above MAX_IMAGE_PIXELS (it refuses at twice
             # that) would come from every worker: the data builder says it once instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Nor its UserWarnings about what it reads past (corrupt EXIF, a palette's
+            # transparency given as bytes): two lines per image, epoch and worker.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             img = Image.open(path)
-        with img:
-            ImageOps.exif_transpose(img, in_place=True)
-            img = _shape_in_alpha(_to_8_bits(img))
-            return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
+            with img:
+                ImageOps.exif_transpose(img, in_place=True)
+                img = _shape_in_alpha(_to_8_bits(img))
+                return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except Image.DecompressionBombError as e:
         raise ValueError(str(e)) from None
 
