@@ -145,6 +145,13 @@ CASES = [
      ["run", CONFIG, "data.root={w}/f.txt"], "f.txt is a file, expected a folder"),
     ("unknown key", None, ["run", CONFIG, "stage1.epoch=3"],
      "unknown config key stage1.epoch; did you mean stage1.epochs"),
+    # the file's key 'seed' starts 'seed-x': the error was blamed on the file's line 6
+    ("override key with a non-key character", None, ["config", CONFIG, "seed-x=1"],
+     "error: unknown config key seed-x; did you mean seed?"),
+    ("override key with a character that does not show", None,
+     ["config", CONFIG, "seed\u200b=1"],
+     "error: unknown config key 'seed\\u200b' (it holds a character that does not show); did "
+     "you mean seed?"),
     ("override without =", None, ["config", CONFIG, "stage1.epochs"],
      "override 'stage1.epochs': expected KEY=VALUE"),
     ("wrong type", None, ["run", CONFIG, "stage1.epochs=ten"],

@@ -526,7 +526,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         named = re.search(r"config key ([\w.]+)", str(e))
         lines = _key_lines(text)
         given = {override_key(o) for o in overrides}  # a key, or its section as a mapping
-        if named and named[1] in lines and not any(
+        # an override's key as a whole ('seed-x', not the file's 'seed' it starts with)
+        overridden = any(re.search(rf"config key {re.escape(k)}(?![\w.])", str(e))
+                         for k in given)
+        if named and named[1] in lines and not overridden and not any(
                 named[1] == k or named[1].startswith(k + ".") for k in given):
             raise ConfigError(f"{path}:{lines[named[1]]}: {e}") from None
         if not overrides:
@@ -810,6 +813,9 @@ def close_keys(key: str) -> list[str]:
 def _unknown_key(key: str) -> ConfigError:
     close = close_keys(key)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
+    if not key.isprintable():  # a zero-width space or escape would look like the right key
+        return ConfigError(f"unknown config key {ascii(key)} (it holds a character that does "
+                           f"not show){hint}")
     return ConfigError(f"unknown config key {key}{hint}")
 
 
