@@ -267,3 +267,19 @@ def test_feature_caches_of_the_wrong_shape_are_redone_or_named(run, capsys):
            f"'features', 'labels', found a list)" in err, err
     assert main(["run", "--resume", str(run)]) == 0  # extracted again
     assert main(["rebalance", str(run)]) == 0
+
+
+def test_an_integer_beyond_pythons_digit_limit_is_one_line(tmp_path):
+    """int() refuses more than 4300 digits: a hand-edited metrics.json (summarize) or
+    dataset.json (rebalance), or a class-name file, ended in a ValueError traceback."""
+    from longtail.checkpoint import read_json
+    from longtail.data.listfile import read_class_names
+
+    (tmp_path / "metrics.json").write_text('{"methods": {"crt": {"top1": ' + "1" * 5000 + "}}}")
+    with pytest.raises(LongtailError, match=r"metrics\.json: not valid JSON for longtail \(an "
+                                            r"integer of more than 4300 digits\)$"):
+        read_json(tmp_path / "metrics.json")
+    (tmp_path / "names.txt").write_text("0 cat\n" + "1" * 5000 + " dog\n")
+    with pytest.raises(LongtailError, match=r"names\.txt:2: expected 'label name' with a label "
+                                            r">= 0, found a label of 5000 digits$"):
+        read_class_names(tmp_path / "names.txt", 2)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -107,6 +108,9 @@ def read_json(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise LongtailError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except ValueError:  # the one other: an integer beyond Python's 4300-digit limit
+        raise LongtailError(f"{path}: not valid JSON for longtail (an integer of more than "
+                            f"{sys.get_int_max_str_digits()} digits)") from None
     except RecursionError:  # arrays nested thousands deep
         raise LongtailError(f"{path}: not valid JSON for longtail (nested too deeply)") from None
     missing = [k for k in keys if k not in obj] if isinstance(obj, dict) else keys

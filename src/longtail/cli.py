@@ -657,7 +657,7 @@ def _check_grid_overrides(args: argparse.Namespace) -> None:
         elif key == "stage1":  # the whole section, e.g. stage1={epochs: 3, sampler: sqrt}
             try:
                 section = yaml.safe_load(value)
-            except yaml.YAMLError:
+            except (yaml.YAMLError, RecursionError):
                 section = None  # load_config names the mistake
             if isinstance(section, dict):
                 found = {n: section[n] for n in ("sampler", "loss") if n in section}

@@ -485,6 +485,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
         except OSError as e:
             raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
         try:
+            if _nested_too_deeply(text):
+                raise RecursionError
             loaded = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.reader.ReaderError as e:  # a control character: it has no line mark
             line = text.count("\n", 0, e.position) + 1
@@ -495,6 +497,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (),
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        except RecursionError:  # lists nested thousands deep: no config is
+            raise ConfigError(f"{path}: not valid YAML for longtail (nested too deeply)") from None
         if loaded is None:
             raise ConfigError(f"{path}: the config file is empty; expected a mapping of keys "
                               f"such as 'data:' and 'stage1:' ('longtail config fmnist_lt > "
@@ -577,6 +581,8 @@ class _Loader(yaml.SafeLoader):
         if ":" in text:
             return text
         digits = text.replace("_", "").lstrip("+-")
+        if len(digits) > 1000:  # int() refuses past 4300 digits (a traceback): left as text,
+            return text  # which the key's check refuses, shortened
         if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
             return int(text.replace("_", ""), 10)
         return super().construct_yaml_int(node)
@@ -715,12 +721,31 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def _nested_too_deeply(text: str, limit: int = 64) -> bool:
+    """True when ``[`` and ``{`` nest more than ``limit`` deep (brackets in quotes count too:
+    no config comes near): PyYAML's scanner takes time quadratic in the depth (2 s at 500),
+    then Python's recursion limit stops it."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
 def _parse_value(text: str, text_key: bool = False) -> Any:
     """Return an override's value as YAML reads it; for a key that holds text (``text_key``),
     YAML's mapping or list is the text itself (``device=cuda:`` is a typo, not a mapping)."""
     try:
+        if _nested_too_deeply(text):
+            raise RecursionError
         value = yaml.load(text, Loader=_Loader) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # text, which the key's check refuses, shortened
         return text
     # (a folder named 2024 is text too; a bool stays a bool, for its type error)
     keep = (dict, list, int, float) if text_key else ()

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from longtail.errors import LongtailError, file_problem
 
+# A label longer than this is no class index (int() refuses 4300 digits with a traceback).
+MAX_LABEL_DIGITS = 1000
+
 
 @dataclass
 class FileSplit:
@@ -117,6 +120,9 @@ def parse_list_file(list_file: str | Path, root: str | Path,
         if not (digits.isascii() and digits.isdigit()):
             raise LongtailError(f"{list_file}:{number}: expected an integer label, "
                                 f"found {label_text!r}")
+        if len(digits) > MAX_LABEL_DIGITS:  # int() refuses past 4300 digits, with a traceback
+            raise LongtailError(f"{list_file}:{number}: expected an integer label, found a "
+                                f"number of {len(digits)} digits")
         label = int(label_text)
         if label < 0:
             raise LongtailError(f"{list_file}:{number}: expected a label >= 0, found {label}")
@@ -273,6 +279,11 @@ def read_class_names(path: str | Path, num_classes: int,
     pairs = [line.split(maxsplit=1) for line in lines]
     # isdecimal, not isdigit: '²' is a digit that int() refuses.
     has_label = [len(p) == 2 and p[0].isascii() and p[0].isdecimal() for p in pairs]
+    huge = next((i for i, (p, h) in enumerate(zip(pairs, has_label))
+                 if h and len(p[0]) > MAX_LABEL_DIGITS), None)
+    if huge is not None:
+        raise LongtailError(f"{path}:{huge + 1}: expected 'label name' with a label >= 0, found "
+                            f"a label of {len(pairs[huge][0])} digits")
     keyed = all(has_label)
     if has_label and has_label[0] and not keyed:  # 'label name' lines with one that is not
         number = has_label.index(False)
