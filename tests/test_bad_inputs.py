@@ -240,6 +240,13 @@ CASES = [
     ("--out not writable", None, ["run", CONFIG, "--out", "/proc/1/run"],
      "cannot write in /proc/1"),
     ("--resume of no run", None, ["run", "--resume", "{w}/nothing"], "not a run directory"),
+    ("--resume of a run's file", lambda w: _run_dir(w, "r"),
+     ["run", "--resume", "{w}/r/config.yaml"],
+     "--resume {w}/r/config.yaml: is a file, expected a run folder (the folder that holds "
+     "config.yaml)"),
+    ("--resume with --overwrite", lambda w: _run_dir(w, "r"),
+     ["run", "--resume", "{w}/r", "--overwrite"],
+     "--resume continues a run and --overwrite replaces one; give one of them"),
     ("--out and --resume differ", lambda w: _run_dir(w, "r"),
      ["run", "--resume", "{w}/r", "--out", "{w}/other"], "--out and --resume name different"),
     ("rebalance of no run", None, ["rebalance", "{w}"], "not a run directory (no config.yaml)"),
@@ -580,6 +587,9 @@ CASES = [
      "config key model.width: expected an int in [8, 1024]"),
     ("batch size beyond any memory", None, ["run", CONFIG, "eval.batch_size=" + "9" * 23],
      "config key eval.batch_size: expected an int in [1, 1048576]"),
+    ("tau grid step beyond its end", None, ["run", CONFIG, "stage2.tau_norm.grid_step=1000"],
+     "config key stage2.tau_norm.grid_step: expected at most grid_max (2): a larger step "
+     "leaves tau 0 alone in the grid, found 1000.0"),
     ("tau grid too fine", None, ["run", CONFIG, "stage2.tau_norm.grid_step=1e-12"],
      "config key stage2.tau_norm.grid_step: expected > 0 and at least grid_max / 1000"),
     ("tau infinite", None, ["run", CONFIG, "stage2.logit_adjust.tau=inf"],

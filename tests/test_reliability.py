@@ -122,6 +122,75 @@ def test_nohup_keeps_sighup_ignored():
     assert result.stdout.split() == ["True", "True"]
 
 
+def test_two_runs_started_together_into_one_new_out_are_not_mixed(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Neither of two runs into a new --out could lock it at its start; the second, with
+    --overwrite, took the first's folder without the lock, removed its files and both wrote
+    there (two runs' curves in one logs/, the first's results lost). Here the first makes
+    the folder and holds it while the second reads its data: the second is refused and the
+    first's files stay."""
+    import longtail.data
+
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=60, test_per_class=5)
+    out = tmp_path / "run"
+    build = longtail.data.build_data
+    holder = []
+
+    def first_run_meanwhile(*args, **kwargs):
+        data = build(*args, **kwargs)
+        out.mkdir()
+        (out / "manifest.json").write_text("{}")  # the first run's files
+        holder.append(subprocess.Popen([sys.executable, "-c", (
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"),
+            str(out)], stdout=subprocess.PIPE, text=True))
+        assert holder[0].stdout.readline() == "locked\n"
+        return data
+
+    monkeypatch.setattr(longtail.data, "build_data", first_run_meanwhile)
+    try:
+        assert main(["run", CONFIG, f"data.root={root}", "data.n_max=50", "data.n_min=5",
+                     "data.val_per_class=2", *TINY, "--out", str(out), "--overwrite"]) == 2
+    finally:
+        for child in holder:
+            child.kill()
+            child.wait()
+    assert capsys.readouterr().err.strip() == (
+        f"longtail: error: {out}: another longtail command is working in this run folder; "
+        f"wait until it ends (or stop it) and try again")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_out_removed_by_another_commands_probe_is_probed_again(tmp_path, monkeypatch):
+    """Two runs started at the same instant into one new --out: each makes the folder to
+    probe it and removes it again; the one whose folder vanished said 'cannot write in
+    .../out (No such file or directory)'."""
+    from longtail import rundir
+
+    probe, calls, out = rundir._probe_write, [], tmp_path / "new" / "out"
+
+    def raced(folder):
+        calls.append(folder)
+        if len(calls) == 1:  # the other command's clean-up, between our mkdir and probe
+            out.rmdir()
+            out.parent.rmdir()
+            raise FileNotFoundError(2, "No such file or directory")
+        probe(folder)
+
+    mkdir = Path.mkdir
+
+    def made_first_by_the_other(folder, *args, **kwargs):
+        if not calls:  # the other command's probe folders, made just before ours
+            mkdir(folder, *args, **kwargs)
+            raise FileExistsError(17, "File exists")
+        mkdir(folder, *args, **kwargs)
+
+    monkeypatch.setattr(rundir, "_probe_write", raced)
+    monkeypatch.setattr(Path, "mkdir", made_first_by_the_other)
+    rundir.check_out_creatable(out)
+    assert len(calls) == 2 and not (tmp_path / "new").exists()  # probed, nothing left
+
+
 def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path, capsys):
     root = make_fake_fmnist(tmp_path / "f", train_per_class=500, test_per_class=10)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -774,6 +774,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         raise LongtailError("run: expected a CONFIG file (e.g. configs/fmnist_lt.yaml), or "
                             "--resume DIR")
     if args.resume is not None:
+        if args.overwrite:
+            raise LongtailError("--resume continues a run and --overwrite replaces one; give "
+                                "one of them")
         require_run_dir(args.resume, "--resume")
         if args.out is not None and args.out != args.resume:
             raise LongtailError("--out and --resume name different folders; --resume "

@@ -126,16 +126,23 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     make_dir(run_dir)
 
 
-def _shared_run_dir(out: Path | None, target: Path, overwrite: bool) -> Path:
+def _shared_run_dir(out: Path | None, target: Path, overwrite: bool,
+                    locks: contextlib.ExitStack) -> Path:
     """Return the run directory chosen (and prepared) by rank 0, in every process: ``out``,
-    or without it the default-named ``target`` (or the next free name, see ``claim_run_dir``)."""
+    or without it the default-named ``target`` (or the next free name, see ``claim_run_dir``).
+    Rank 0 locks it (into ``locks``) before it removes an earlier run's files: two runs
+    started together into one new --out (which neither could lock at their start) are one
+    refused, not two mixed, one of them undoing the other's files."""
     run_dir = None
     if distributed.is_main():
         if out is None:
             run_dir = claim_run_dir(target)
         else:
+            check_run_dir(out, overwrite)
+            make_dir(out)
             run_dir = out
-            prepare_run_dir(run_dir, overwrite)
+        locks.enter_context(run_folder_lock(run_dir))  # (already held: the same lock)
+        prepare_run_dir(run_dir, overwrite)
     return Path(distributed.broadcast_object(run_dir))
 
 
@@ -172,9 +179,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                 # a default name is claimed new (maybe as -2: another run took it meanwhile)
                 existed = out is not None and target.is_dir()
                 fresh = not existed or not any(target.iterdir())
-                run_dir = _shared_run_dir(out, target, overwrite)
-                if not existed:
-                    locks.enter_context(run_folder_lock(run_dir))
+                run_dir = _shared_run_dir(out, target, overwrite, locks)
             global active_run
             active_run = run_dir  # for the last words of a process whose peer ended (cli)
             metrics = _run(cfg, data, run_dir, device, argv or [], resumed=resume is not None,
@@ -249,11 +254,11 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
     results: dict[str, Any] = {}
     grid_dir = None
     try:
-        with distributed.session(device):
+        with distributed.session(device), contextlib.ExitStack() as locks:
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
             check_class_aware(cfg, data.train_counts, stage1_samplers=samplers)
             grid_dir = _shared_run_dir(out, out or default_run_dir(f"{config_name}-grid"),
-                                       overwrite)
+                                       overwrite, locks)
             _grid_rows(cfg, data, samplers, losses, grid_dir, overwrite, device, argv,
                        results)
     except KeyboardInterrupt:

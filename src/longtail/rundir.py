@@ -53,6 +53,9 @@ def require_run_dir(run_dir: Path, option: str = "") -> Path:
     """Return ``run_dir``'s config.yaml; refuse a folder that has none (``option``, e.g.
     "--resume", prefixes the message)."""
     path = run_dir / "config.yaml"
+    if run_dir.is_file():
+        raise LongtailError(f"{option + ' ' if option else ''}{run_dir}: is a file, expected a "
+                            f"run folder (the folder that holds config.yaml)")
     if not path.is_file():
         raise LongtailError(f"{option + ' ' if option else ''}{run_dir}: not a run directory "
                             f"(no config.yaml)")
@@ -97,27 +100,32 @@ def check_out_creatable(out: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise LongtailError(f"--out {out}: {existing} is a file, not a folder")
-    made: list[Path] = []
     if _torchrun_other_rank():  # rank 0 probes: two probes would race on the same folders
         return
-    try:
-        for folder in reversed(missing):
-            try:
-                folder.mkdir()
-            except FileExistsError:  # made meanwhile by another process: not ours to remove
+    for attempt in range(3):
+        made: list[Path] = []
+        try:
+            for folder in reversed(missing):
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # made meanwhile by another process: not ours to remove
+                    continue
+                made.append(folder)
+            _probe_write(target)
+            return
+        except OSError as e:
+            # a folder another command made (and probes) vanished as its probe removed it
+            if isinstance(e, FileNotFoundError) and len(made) < len(missing) and attempt < 2:
                 continue
-            made.append(folder)
-        _probe_write(target)
-    except OSError as e:
-        where = made[-1] if made else existing
-        raise LongtailError(f"--out {out}: cannot write in {where} ({e.strerror}); choose "
-                            f"another --out") from None
-    finally:
-        for folder in reversed(made):
-            try:
-                folder.rmdir()
-            except OSError:  # something else put a file there meanwhile: keep it
-                break
+            where = made[-1] if made else existing
+            raise LongtailError(f"--out {out}: cannot write in {where} ({e.strerror}); choose "
+                                f"another --out") from None
+        finally:
+            for folder in reversed(made):
+                try:
+                    folder.rmdir()
+                except OSError:  # something else put a file there meanwhile: keep it
+                    break
 
 
 def _torchrun_other_rank() -> bool:
