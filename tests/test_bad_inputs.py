@@ -638,6 +638,10 @@ DATA_CASES = [
      "test.txt: list file not found"),
     ("image missing", lambda w: (w / "d" / "train/class_0/00000.png").unlink(),
      "train.txt:1: image not found"),
+    # a zero-width space: the path printed looked exactly like the image's
+    ("path with a character that does not show",
+     lambda w: _edit_list(w, "train", lambda x: [x[0].replace(".png", "\u200b.png"), *x[1:]]),
+     "train.txt:1: image not found: '/"),
     ("list paths from another root", lambda w: _edit_list(w, "train", lambda x: [
         "images/" + line for line in x]),
      "nor any of the next listed images; list paths are relative to data.root: check that "

@@ -321,12 +321,16 @@ def test_images_outside_class_folders_are_said_to_be_left_out(tmp_path, capsys):
     root = make_image_folder(tmp_path / "train", per_class=[3, 2])
     (root / "class_00" / "00000.png").rename(root / "stray.png")
     (root / "notes.txt").write_text("not an image")
+    (root / "class_01" / "anim.gif").write_bytes(b"GIF89a")  # not an ImageFolder extension
     split, classes = read_image_folder(root)
     assert classes == ["class_00", "class_01"] and len(split.paths) == 4
-    assert capsys.readouterr().out.strip() == (
+    assert capsys.readouterr().out.splitlines() == [
+        f"warning: {root}: 1 file in class folders (e.g. class_01/anim.gif) is left out: not "
+        f"one of the image extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp",
         f"warning: {root}: 1 image (e.g. stray.png) directly in the folder, in no class "
-        f"folder, is left out")
+        f"folder, is left out"]
     (root / "stray.png").unlink()
+    (root / "class_01" / "anim.gif").unlink()
     read_image_folder(root)
     assert capsys.readouterr().out == ""
 

@@ -49,8 +49,14 @@ def read_image_folder(folder: str | Path,
     index = {name: i for i, name in enumerate(classes)}
     samples: list[tuple[str, int]] = []
     links: list[str] = []
+    others: list[str] = []
     for name in found:
-        samples.extend((path, index[name]) for path in _images(folder / name, links))
+        samples.extend((path, index[name]) for path in _images(folder / name, links, others))
+    if others and main_process():  # e.g. GIFs, which Pillow reads but ImageFolder leaves out
+        many, first = len(others) > 1, os.path.relpath(others[0], folder)
+        print(f"warning: {folder}: {len(others)} file{'s' * many} in class folders (e.g. "
+              f"{first}) {'are' if many else 'is'} left out: not one of the image extensions "
+              f"{', '.join(IMG_EXTENSIONS)}", flush=True)
     if loose and found and main_process():  # with no class folder at all: the error below
         many = len(loose) > 1
         print(f"warning: {folder}: {len(loose)} image{'s' * many} (e.g. {loose[0]}) directly "
@@ -89,9 +95,10 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def _images(class_folder: Path, links: list[str]) -> list[str]:
+def _images(class_folder: Path, links: list[str], others: list[str]) -> list[str]:
     """Return the image files under ``class_folder``, in torchvision's ImageFolder order
-    (folders sorted by path, files by name).
+    (folders sorted by path, files by name); the paths of files with other extensions are
+    added to ``others``.
 
     Symbolic links to folders inside a class folder are not followed (their paths are added
     to ``links``): torchvision follows them, so ``ln -s .. class_00/loop`` counted every
@@ -105,6 +112,7 @@ def _images(class_folder: Path, links: list[str]) -> list[str]:
                      if os.path.islink(os.path.join(dirpath, d)))
         dirnames[:] = visible
         walked.append((dirpath, filenames))
-    return [os.path.join(dirpath, name) for dirpath, filenames in sorted(walked)
-            for name in sorted(filenames)
-            if not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)]
+    files = [os.path.join(dirpath, name) for dirpath, filenames in sorted(walked)
+             for name in sorted(filenames) if not name.startswith(".")]
+    others.extend(f for f in files if not f.lower().endswith(IMG_EXTENSIONS))
+    return [f for f in files if f.lower().endswith(IMG_EXTENSIONS)]

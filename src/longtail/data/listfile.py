@@ -243,7 +243,10 @@ def check_files_exist(split: FileSplit, skip_missing: bool = False,
                          "is the folder they start from")
                 raise LongtailError(f"{origin}: image not found: {path}, nor any of the next "
                                     f"listed images; {where}")
-            raise LongtailError(f"{origin}: image not found: {path} (data.on_bad_image=skip "
+            shown = str(path)
+            if not shown.isprintable():  # a zero-width space or an escape: it looked right
+                shown = f"{ascii(shown)} (it holds a character that does not show)"
+            raise LongtailError(f"{origin}: image not found: {shown} (data.on_bad_image=skip "
                                 f"leaves missing images out{hint})")
     if len(keep) == len(split.paths):
         return split
