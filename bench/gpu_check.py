@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from loader import images_per_second, write_jpegs
 
 from longtail.models import build_model
+from longtail.stages.joint import native_bf16
 
 
 def train_steps(device: torch.device, batch: int, steps: int, compile: bool) -> tuple[float, float]:
@@ -36,8 +37,8 @@ def train_steps(device: torch.device, batch: int, steps: int, compile: bool) -> 
     x = torch.randn(batch, 3, 224, 224, device=device).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
-    amp = device.type == "cuda"
-    if amp:
+    amp = native_bf16(device)  # as stage1.amp: bf16 where the GPU has it natively
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warmup = 3
     for i in range(steps + warmup):

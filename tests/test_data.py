@@ -596,3 +596,26 @@ def test_a_very_long_image_is_cut_to_its_middle_before_the_resize():
     image = torch.randint(0, 255, (3, 40, 100), dtype=torch.uint8)
     plain = v2.Compose([v2.Resize(28), v2.CenterCrop(28), v2.ToDtype(torch.float32, scale=True)])
     assert torch.equal(build_transform(28, False, (0.0,) * 3, (1.0,) * 3)(image), plain(image))
+
+
+def test_images_augmented_one_at_a_time_get_workers_only_for_a_gpu(tmp_path):
+    """In memory, small images are augmented a batch at a time in the main process; 224 px
+    ones go one at a time, which a GPU would wait for, while on CPU cores the model is the
+    bottleneck (workers measured slower there)."""
+    from longtail.data.builder import usable_cpus
+    from tests.conftest import make_image_list_dataset
+
+    files = make_image_list_dataset(tmp_path / "d", counts=[4, 3], size=16)
+    args = ["data.kind=list", f"data.root={tmp_path / 'd'}", f"data.train={files['train']}",
+            f"data.test={files['test']}", "stage2.tau_norm.tau=1", "stage2.logit_adjust.tau=1"]
+
+    def workers(device_type: str, *extra: str) -> int:
+        cfg = load_config(CONFIG, [*args, *extra])
+        data = build_data(cfg.data, 0, device_type=device_type)
+        assert data.in_memory
+        return data.num_workers
+
+    assert workers("cpu") == workers("cuda") == 0  # 16 px: batched
+    assert workers("cpu", "data.image_size=64") == 0
+    assert workers("cuda", "data.image_size=64") == min(8, usable_cpus())
+    assert workers("cuda", "data.image_size=64", "data.num_workers=1") == 1  # as given

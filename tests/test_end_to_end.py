@@ -304,6 +304,18 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     for method in one:
         assert abs(one[method]["top1"] - two[method]["top1"]) <= 25, method
         assert min(one[method]["top1"], two[method]["top1"]) > 30, method
+    # The run's features as data.kind: features under torchrun: stage 2 on rank 0, the other
+    # waits for it, and both end together
+    feats = tmp_path / "feats"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "longtail", "run", str(ROOT / "configs" / "fmnist_lt.yaml"),
+         "data.kind=features", f"data.root={out / 'features'}", "data.train=train.pt",
+         "data.val=val.pt", "data.test=test.pt", *TINY, "--out", str(feats)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[:3000]
+    assert result.stdout.count("test top-1 (%)") == 1
+    assert json.loads((feats / "metrics.json").read_text())["methods"].keys() == one.keys()
 
 
 def test_torchrun_says_a_config_mistake_once_without_tracebacks(tmp_path):

@@ -161,7 +161,9 @@ class DataConfig:
     in_memory: bool | Literal["auto"] = _opt(
         "auto", "decode images once and keep them as tensors (auto: when under 2 GiB)"
     )
-    num_workers: int | None = _opt(None, "DataLoader workers; null: 0 in memory, else min(8, cpus)")
+    num_workers: int | None = _opt(
+        None, "DataLoader workers; null: min(8, cpus), but 0 for images held in memory, except "
+              "images of 64 px or more on a GPU")
 
 
 @dataclass

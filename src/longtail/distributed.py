@@ -87,7 +87,7 @@ COLLECTIVE_TIMEOUT = timedelta(hours=12)
 JOIN_NOTE_AFTER_S = 3.0
 
 
-def _join_stoppably(backend: str) -> None:
+def _join_stoppably(backend: str, device: torch.device) -> None:
     """``dist.init_process_group(backend)``, waited for from the main thread: the join blocks
     in C++, where Python runs no signal handler, so Ctrl-C and SIGTERM went unheard until the
     other processes came (never, for a WORLD_SIZE left set by hand). A stop now ends the wait;
@@ -96,6 +96,8 @@ def _join_stoppably(backend: str) -> None:
 
     def join() -> None:
         try:
+            if device.type == "cuda":  # the current GPU is per thread: this one's too, so
+                torch.cuda.set_device(device)  # that NCCL never binds every rank to GPU 0
             dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
         except BaseException as e:  # raised again in the main thread
             failed.append(e)
@@ -144,7 +146,7 @@ def session(device: torch.device) -> Iterator[None]:
         note.daemon = True
         note.start()
         try:
-            _join_stoppably("nccl" if device.type == "cuda" else "gloo")
+            _join_stoppably("nccl" if device.type == "cuda" else "gloo", device)
         finally:
             note.cancel()
         global joined, joined_rank
@@ -158,7 +160,10 @@ def session(device: torch.device) -> Iterator[None]:
 
 def barrier() -> None:
     if world_size() > 1:
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # its GPU said, not guessed (with a warning per rank)
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

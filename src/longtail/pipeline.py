@@ -170,7 +170,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
     try:
         with locks, distributed.session(device):
             started = time.perf_counter()  # after torchrun's processes joined
-            data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            data = build_data(cfg.data, cfg.seed, cfg.model.in_channels, device.type)
             # stage 1 trains unless feature files bring the joint classifier
             check_class_aware(cfg, data.train_counts,
                               stage1=getattr(data.train, "joint_weight", None) is None)
@@ -255,7 +255,7 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
     grid_dir = None
     try:
         with distributed.session(device), contextlib.ExitStack() as locks:
-            data = build_data(cfg.data, cfg.seed, cfg.model.in_channels)
+            data = build_data(cfg.data, cfg.seed, cfg.model.in_channels, device.type)
             check_class_aware(cfg, data.train_counts, stage1_samplers=samplers)
             grid_dir = _shared_run_dir(out, out or default_run_dir(f"{config_name}-grid"),
                                        overwrite, locks)
@@ -406,7 +406,8 @@ def _run_on_features(cfg: Config, data: FeatureData, info: DatasetInfo, run_dir:
                      device: torch.device) -> dict[str, Any]:
     """The run of ``data.kind: features``: no stage 1 and no network; the joint classifier is a
     linear classifier on the training features (or the training file's own), then stage 2."""
-    if not distributed.is_main():  # stage 2 runs on rank 0 only; nothing to share here
+    if not distributed.is_main():  # stage 2 runs on rank 0 only; the others wait for it
+        distributed.barrier()
         return {}
     from longtail.stages.linear import joint_on_features
 
@@ -417,10 +418,12 @@ def _run_on_features(cfg: Config, data: FeatureData, info: DatasetInfo, run_dir:
     _say(f"\njoint classifier on {data.feature_dim}-d features: {how} "
          f"({time.perf_counter() - start:.1f} s)")
     try:
-        return rebalance_and_report(cfg, info, weight, bias, feature_sets(data), run_dir,
-                                    device, log)
+        metrics = rebalance_and_report(cfg, info, weight, bias, feature_sets(data), run_dir,
+                                       device, log)
     finally:
         log.close()
+    distributed.barrier()  # as the others: they end together
+    return metrics
 
 
 def feature_sets(data: FeatureData) -> dict[str, FeatureSet]:

@@ -152,10 +152,11 @@ class FeatureData(_Splits):
         return self.train.features.shape[1]
 
 
-def build_data(cfg: DataConfig, seed: int,
-               channels: int | None = None) -> LongTailData | FeatureData:
+def build_data(cfg: DataConfig, seed: int, channels: int | None = None,
+               device_type: str = "cpu") -> LongTailData | FeatureData:
     """Return the dataset of the ``data.*`` keys, images with ``channels`` as the model expects
-    (``FeatureData`` for ``data.kind: features``)."""
+    (``FeatureData`` for ``data.kind: features``); ``device_type``, where the model will run,
+    sets the DataLoader workers of ``data.num_workers: null``."""
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     record = READERS[cfg.kind](cfg, split_seed)
     train = record.splits["train"]
@@ -164,7 +165,7 @@ def build_data(cfg: DataConfig, seed: int,
     if isinstance(train, TensorImages):
         data = _array_data(cfg, record, channels)
     else:
-        data = _file_data(cfg, record, split_seed, channels or 3)
+        data = _file_data(cfg, record, split_seed, channels or 3, device_type)
     if cfg.mean is not None:  # (its length, one per channel, checked with the config)
         data.mean, data.std = tuple(cfg.mean), tuple(cfg.std)
     data.hflip = cfg.hflip if cfg.hflip is not None else data.image_size >= SMALL_IMAGE
@@ -281,7 +282,7 @@ def _match_channels(images: torch.Tensor, mean: tuple, std: tuple,
 
 
 def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
-               channels: int) -> LongTailData:
+               channels: int, device_type: str = "cpu") -> LongTailData:
     root, splits, notes = record.root, record.splits, record.notes
     if _hold_out_val(cfg, record, split_seed, subset):
         record.split_sha256 = readers.file_hashes(splits, root)
@@ -313,7 +314,8 @@ def _file_data(cfg: DataConfig, record: DataRecord, split_seed: int,
                             f"(median side); at least 8 px are needed, or set "
                             f"data.image_size")
     in_memory = _decide_in_memory(cfg, splits, channels * pixels)
-    workers = _num_workers(cfg, in_memory)
+    workers = _num_workers(cfg, in_memory, per_image=image_size >= SMALL_IMAGE,
+                           gpu=device_type == "cuda")
     datasets = {name: _file_dataset(split, channels, in_memory, workers, cfg.on_bad_image,
                                     notes)
                 for name, split in splits.items() if split is not None}
@@ -416,10 +418,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _num_workers(cfg: DataConfig, in_memory: bool) -> int:
+def _num_workers(cfg: DataConfig, in_memory: bool, per_image: bool = False,
+                 gpu: bool = False) -> int:
+    """DataLoader workers of ``data.num_workers: null``. Images read from disk: up to 8 (one
+    per CPU). Held in memory: none, as small images are augmented a batch at a time in the
+    main process, except images augmented one at a time (``per_image``: 64 px and more) for a
+    GPU, which would wait for them (on 2 CPU cores, where the model is the bottleneck, 2
+    workers took a 224 px epoch from 64-71 to 57-61 img/s: docs/benchmarks.md)."""
     if cfg.num_workers is not None:
         return cfg.num_workers
-    return 0 if in_memory else min(8, usable_cpus())
+    return 0 if in_memory and not (per_image and gpu) else min(8, usable_cpus())
 
 
 # Images a decoding worker hands over at once, as NumPy arrays: they cross the pipe by value,

@@ -66,6 +66,13 @@ def mixup(images: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, 
 NAN_CHECK_EVERY = {"cuda": 10}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a GPU with native bfloat16 (Ampere on, compute capability 8.0):
+    the autocast of ``stage1.amp``; emulated (Volta, Turing) it is slower than float32. (Not
+    ``torch.cuda.is_bf16_supported``: it asks the current GPU, not ``device``.)"""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def train_joint(
     model: Classifier,
     data: LongTailData,
@@ -164,9 +171,7 @@ def train_joint(
     elif resume and distributed.is_main():  # stopped within the first epoch
         print(f"resuming stage 1 from its start: no epoch had finished ({checkpoint_path} "
               f"not written yet)", flush=True)
-    # bfloat16 autocast where the GPU has it natively (Ampere on); emulated, it is slower
-    amp = cfg.amp and device.type == "cuda" and torch.cuda.is_bf16_supported(
-        including_emulation=False)
+    amp = cfg.amp and native_bf16(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: choose kernels once
     # A finiteness check is a host sync on a GPU: there, every 10 steps and at the end of
