@@ -769,3 +769,54 @@ def test_sparse_and_meta_tensors_and_devices_are_named():
     with pytest.raises(ValueError, match=r"^device: expected cpu, cuda, cuda:N or mps, found "
                                          r"'meta'$"):
         CRT(epochs=1, device="meta").fit(x, y)
+
+
+def test_complex_numbers_and_labels_beyond_int64_are_named():
+    """Complex features were cut to their real part (one torch warning a process at most);
+    a label of 1e20 or a uint64 of 2^63 + 5 was reported as a negative number."""
+    import numpy as np
+
+    x, y = clusters([20, 10, 6, 4])
+    with pytest.raises(TypeError, match=r"^features: expected .*, found complex numbers "
+                                        r"\(torch.complex64\)$"):
+        NCM().fit(x + 1j * x, y)
+    with pytest.raises(TypeError, match=r"^labels: expected integer class indices, found "
+                                        r"complex numbers"):
+        NCM().fit(x, y.numpy() + 2.5j)
+    with pytest.raises(ValueError, match=r"^labels: expected labels below 2\^63, found 1e\+20 "
+                                         r"in row 0$"):
+        NCM().fit(x, np.where(y.numpy() == 0, 1e20, y.numpy()))
+    big = y.numpy().astype(np.uint64)
+    big[3] = 2**63 + 5
+    with pytest.raises(ValueError, match=r"^labels: expected labels below 2\^63, found "
+                                         r"9223372036854775813 in row 3$"):
+        NCM().fit(x, big)
+    assert NCM().fit(x, y.numpy().astype(np.uint64)).predict(x).shape == (40,)  # fine below
+
+
+def test_val_given_to_a_trained_method_is_checked_even_when_unused():
+    """select='best_val' without val kept the last epoch in silence; val of another length,
+    or features without labels, passed unseen when select='last' did not read them."""
+    x, y = clusters([20, 10, 6, 4])
+    with pytest.raises(ValueError, match=r"^select='best_val' needs val_features and "
+                                         r"val_labels to choose the epoch \(or select='last'\)$"):
+        CRT(epochs=1, select="best_val").fit(x, y)
+    with pytest.raises(ValueError, match=r"^val_features and val_labels: expected both or "
+                                         r"neither, found one$"):
+        LWS(torch.randn(4, x.shape[1]), epochs=1).fit(x, y, x)
+    with pytest.raises(ValueError, match=r"^val_labels: expected 40 labels, found shape \(39,\)"):
+        CRT(epochs=1).fit(x, y, x, y[:-1])
+    with pytest.raises(ValueError, match=r"^val_labels: expected labels below the 4 classes"):
+        CRT(epochs=1).fit(x, y, x, y + 1)
+    assert CRT(epochs=1).fit(x, y, x, y).val_history_ == []  # given, checked, unused
+
+
+def test_methods_that_only_count_the_labels_check_them_against_the_features():
+    """TauNorm and LogitAdjust read the training labels for their counts only: 10 labels for
+    40 features were taken as the class counts."""
+    x, y = clusters([20, 10, 6, 4])
+    w = torch.randn(4, x.shape[1])
+    for method in (TauNorm(w, tau=1.0), LogitAdjust(w, tau=1.0)):
+        with pytest.raises(ValueError, match=r"^labels: expected 40 labels, found shape \(10,\)"):
+            method.fit(x, y[:10])
+        method.fit(None, y)  # labels alone: their counts

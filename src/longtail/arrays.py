@@ -23,12 +23,14 @@ def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
         if x.is_meta:  # shapes without data
             raise TypeError(f"{name}: expected a tensor with data, found one on the meta "
                             f"device")
-        return x.detach()
+        return _real(x.detach(), name, expected)
     try:
         with warnings.catch_warnings():  # a read-only (memory-mapped) array: never written
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            return torch.as_tensor(x).detach()
+            return _real(torch.as_tensor(x).detach(), name, expected)
     except (TypeError, ValueError, RuntimeError) as e:
+        if str(e).startswith(f"{name}: "):  # _real's own
+            raise
         first = x
         with contextlib.suppress(Exception):  # the first element, however deeply nested
             while not isinstance(first, (str, bytes)) and len(first):
@@ -37,6 +39,14 @@ def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
                    or getattr(getattr(x, "dtype", None), "kind", "") in ("U", "S"))
         found = "strings" if strings else f"{type(x).__name__} ({e})"
         raise TypeError(f"{name}: expected {expected}, found {found}") from None
+
+
+def _real(x: Tensor, name: str, expected: str) -> Tensor:
+    """``x``, refused when complex: torch would drop the imaginary parts, with one warning per
+    process at most."""
+    if x.is_complex():
+        raise TypeError(f"{name}: expected {expected}, found complex numbers ({x.dtype})")
+    return x
 
 
 def class_indices(y: ArrayLike, n: int | None, name: str = "labels",
@@ -54,6 +64,17 @@ def class_indices(y: ArrayLike, n: int | None, name: str = "labels",
             row = int(bad.nonzero()[0])
             raise ValueError(f"{name}: expected integer labels, found {y[row].item():g} in "
                              f"row {row}")
+        huge = y >= 2.0**63  # .long() would wrap them round to negative numbers
+        if bool(huge.any()):
+            row = int(huge.nonzero()[0])
+            raise ValueError(f"{name}: expected labels below 2^63, found {y[row].item():g} in "
+                             f"row {row}")
+    elif y.dtype == torch.uint64:  # likewise from 2^63 on
+        signed = y.view(torch.int64)  # (torch has few uint64 operations) the top bit: < 0
+        if bool((signed < 0).any()):
+            row = int((signed < 0).nonzero()[0])
+            raise ValueError(f"{name}: expected labels below 2^63, found "
+                             f"{int(signed[row]) % 2**64} in row {row}")
     y = y.long()
     if len(y) and y.min() < 0:
         raise ValueError(f"{name}: expected labels >= 0, found {int(y.min())}")

@@ -362,7 +362,7 @@ class TauNorm(Rebalancer):
             val_labels: ArrayLike | None = None) -> TauNorm:
         self.weight_ = _owned(_features(self.weight, "weight", fit=True))
         if labels is not None:  # unused, but they say which classes the weight's rows are
-            _class_counts_of(class_indices(labels, None, num_classes=len(self.weight_)),
+            _class_counts_of(class_indices(labels, _rows(features), num_classes=len(self.weight_)),
                              len(self.weight_), transposable=self.weight_.shape[1])
         if self.tau is not None:
             self.tau_ = float(self.tau)
@@ -391,6 +391,12 @@ class TauNorm(Rebalancer):
     def class_weights(self) -> Tensor:
         self._check_fitted("tau_")
         return self.normalized_weight(self.weight_, self.tau_)
+
+
+def _rows(features: ArrayLike | None) -> int | None:
+    """The rows of ``features`` given to a method that only counts the labels (None: any
+    number of labels)."""
+    return None if features is None else len(as_tensor(features, "features", "numbers"))
 
 
 def _choose_tau(logit_blocks: Iterable[Tensor], labels: Tensor, grid: list[float] | None,
@@ -579,7 +585,7 @@ class LogitAdjust(_LinearHead):
         if self.counts is not None:
             counts = _class_counts(self.counts, num_classes)
         elif labels is not None:
-            y = class_indices(labels, None, num_classes=num_classes)
+            y = class_indices(labels, _rows(features), num_classes=num_classes)
             counts = _class_counts(torch.bincount(y, minlength=num_classes), num_classes,
                                    "labels' class counts")
         else:
@@ -665,8 +671,9 @@ class _TrainedOnFeatures(Rebalancer):
 
     ``fit`` takes features and labels, or a batch source with ``set_epoch``, ``__iter__``
     (yielding feature and label batches), ``__len__`` and ``feature_dim``, such as the online
-    stage 2's frozen backbone on augmented images. With ``select="best_val"`` and val features,
-    the parameters of the epoch with the best val top-1 are kept (the authors' choice).
+    stage 2's frozen backbone on augmented images. With ``select="best_val"`` (val features and
+    labels needed), the parameters of the epoch with the best val top-1 are kept (the
+    authors' choice).
     The loss is ``self._loss(counts)`` (cross-entropy unless a subclass says otherwise), with
     the class counts from ``class_counts`` or else the training labels. As ``stage2.min_steps``
     does, a ``batch_size`` above the training rows / ``min_steps`` shrinks to that. Training
@@ -831,12 +838,20 @@ class _TrainedOnFeatures(Rebalancer):
                     val_features: ArrayLike | None, val_labels: ArrayLike | None,
                     step) -> None:
         total = len(batches) * self.epochs
-        select = self.select == "best_val" and val_features is not None
+        select = self.select == "best_val"
+        if (val_features is None or val_labels is None) and (
+                select or val_features is not None or val_labels is not None):
+            raise ValueError("select='best_val' needs val_features and val_labels to choose "
+                             "the epoch (or select='last')" if select else "val_features and "
+                             "val_labels: expected both or neither, found one")
         if select:
             xv = _features(val_features, "val_features", fit=True,
                            columns=(batches.feature_dim, "as the training features"))
             yv = class_indices(val_labels, len(xv), "val_labels", len(params[0]))
             xv, yv = xv.to(self._device()), yv.to(self._device())
+        elif val_features is not None:  # unused, but checked: a mistake shows here too
+            rows = len(as_tensor(val_features, "val_features", "numbers"))
+            class_indices(val_labels, rows, "val_labels", len(params[0]))
         self.loss_history_, self.val_history_ = [], []
         best, done = -1.0, 0
         for epoch in range(self.epochs):
