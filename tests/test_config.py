@@ -417,6 +417,11 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
     assert noted("stage1.loss=logit_adjusted", "stage1.loss_tau=2", "stage2.lws.sampler="
                  "class_aware", "stage2.samples_per_class=3", "stage1.sampler=class_aware",
                  "stage1.samples_per_class=8") == []
+    # a tau grid while tau is fixed (rebalance: also by an earlier rebalance's config.yaml)
+    assert noted("stage2.tau_norm.tau=0.5", "stage2.tau_norm.grid_max=1",
+                 "stage2.logit_adjust.grid_step=0.1") == ["stage2.tau_norm.grid_max"]
+    assert noted("stage2.logit_adjust.tau=1", "stage2.logit_adjust.grid_step=0.1") == [
+        "stage2.logit_adjust.grid_step"]
     # a key given twice: the last one wins, and is said to
     cfg = load_config(str(ROOT / "configs" / "fmnist_lt.yaml"), ["seed=1", "seed=2"])
     assert cfg.seed == 2

@@ -906,8 +906,12 @@ def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
         raise LongtailError(f"rebalance: expected one run folder, found a second: {more} "
                             f"(rebalance each on its own: longtail rebalance "
                             f"{shlex.quote(more)})")
+    from longtail.config import ignored_overrides
+
     # before torch is imported
-    check_device(check_rebalance_args(args.run_dir, args.overrides).device)
+    cfg = check_rebalance_args(args.run_dir, args.overrides)
+    check_device(cfg.device)
+    _print_notes(ignored_overrides(cfg, args.overrides))
     with run_folder_lock(args.run_dir):  # not while the run (or another rebalance) writes
         if (args.run_dir / "metrics.json").is_file():
             from longtail.report import read_metrics

@@ -1320,6 +1320,12 @@ def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:
             any(stage2_sampler(cfg.stage2, m) == "class_aware" for m in cfg.stage2.methods),
             "it applies to the class_aware sampler of stage2.crt, lws, wb or finetune"),
     }
+    for section in ("tau_norm", "logit_adjust"):  # the grid of a tau searched on val
+        tau = getattr(cfg.stage2, section).tau
+        for key in ("grid_max", "grid_step"):
+            applies[f"stage2.{section}.{key}"] = (
+                tau is None, f"stage2.{section}.tau is {tau:g}, not searched (null searches it)"
+                if tau is not None else "")
     keys = [override_key(o) for o in overrides]
     notes = [f"note: {key} is ignored here: {applies[key][1]}" for key in keys
              if key in applies and not applies[key][0] and get_key(cfg, key) is not None]
