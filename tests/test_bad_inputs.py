@@ -666,6 +666,11 @@ DATA_CASES = [
     ("image not decodable", lambda w: _write(w / "d" / "train/class_0/00000.png", b"nope"),
      "train.txt:1: cannot decode image {w}/d/train/class_0/00000.png (not an image Pillow reads "
      "(it starts with b'nope')); data.on_bad_image=skip skips such images"),
+    # (before: "not an image Pillow reads (it starts with b'\\x89PNG...')")
+    ("image damaged", lambda w: _write(w / "d" / "train/class_0/00000.png",
+                                       b"\x89PNG\r\n\x1a\n" + bytes(40)),
+     "train.txt:1: cannot decode image {w}/d/train/class_0/00000.png (a PNG file Pillow cannot "
+     "read: damaged (a bad checksum, cut short?)); data.on_bad_image=skip skips such images"),
     ("image empty", lambda w: _write(w / "d" / "train/class_0/00000.png", b""),
      "train.txt:1: cannot decode image {w}/d/train/class_0/00000.png (an empty file (0 bytes)); "
      "data.on_bad_image=skip skips such images"),

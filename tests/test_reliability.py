@@ -263,6 +263,14 @@ def test_the_out_probe_does_not_race_between_torchruns_processes(tmp_path, monke
     monkeypatch.setattr(Path, "mkdir", other_process_first)
     check_out_creatable(out)
     assert (tmp_path / "a").is_dir() and not out.exists()  # the other's folder stays; ours not
+    # rank 1 looks whether --out holds files just as rank 0's probe removes it: not there
+    # (was: a FileNotFoundError, 'run: No such file or directory', one test run in ~10)
+    from longtail import rundir
+
+    out.mkdir()
+    monkeypatch.setattr(Path, "iterdir", lambda self: (_ for _ in ()).throw(
+        FileNotFoundError(2, "No such file or directory", str(self))))
+    rundir.check_run_dir(out, overwrite=False)
 
 
 def test_the_stop_line_is_the_whole_answer_even_when_clean_up_complains():

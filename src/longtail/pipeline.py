@@ -176,9 +176,11 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
                               stage1=getattr(data.train, "joint_weight", None) is None)
             seconds = {"data": time.perf_counter() - started}
             if resume is None:
-                # a default name is claimed new (maybe as -2: another run took it meanwhile)
-                existed = out is not None and target.is_dir()
-                fresh = not existed or not any(target.iterdir())
+                # a default name is claimed new (maybe as -2: another run took it meanwhile).
+                # Rank 0 looks, as it makes the folder: another rank's look could meet its
+                # probe (the folder made and removed again) and fail.
+                fresh = distributed.is_main() and (
+                    out is None or not target.is_dir() or not any(target.iterdir()))
                 run_dir = _shared_run_dir(out, target, overwrite, locks)
             global active_run
             active_run = run_dir  # for the last words of a process whose peer ended (cli)

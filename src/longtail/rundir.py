@@ -73,11 +73,20 @@ def check_run_dir(run_dir: Path, overwrite: bool, resumable: bool = True) -> Non
     ``check_out_creatable``)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise LongtailError(f"--out {run_dir}: exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+    if _holds_files(run_dir) and not overwrite:
         resume = f", --resume {shlex.quote(str(run_dir))} to continue it," if resumable else ""
         raise LongtailError(f"--out {run_dir}: folder exists and is not empty; pass --overwrite "
                             f"to replace its files{resume} or choose another --out")
     check_out_creatable(run_dir)
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` exists and holds files; False when it vanishes as it is looked at
+    (another process's probe: torchrun's rank 0 makes and removes the folder it checks)."""
+    try:
+        return folder.is_dir() and any(folder.iterdir())
+    except FileNotFoundError:
+        return False
 
 
 def check_out_creatable(out: Path) -> None:

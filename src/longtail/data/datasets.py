@@ -47,6 +47,12 @@ def decode_image(path: Path, channels: int) -> torch.Tensor:
         raise ValueError(str(e)) from None
 
 
+# The first bytes of image formats: a file that starts as one but does not decode is damaged,
+# not "not an image".
+_IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
 def bad_image_line(origin: str, path: Path, error: Exception) -> str:
     """Return the one line that names an image ``decode_image`` refused (``origin``: its list
     line) and why: empty, not an image (its first bytes), or what Pillow said."""
@@ -55,8 +61,11 @@ def bad_image_line(origin: str, path: Path, error: Exception) -> str:
             head = f.read(12)
     except OSError:
         head = None
+    kind = next((k for magic, k in _IMAGE_MAGIC if head and head.startswith(magic)), None)
     if head == b"":
         why = "an empty file (0 bytes)"
+    elif isinstance(error, Image.UnidentifiedImageError) and kind is not None:
+        why = f"a {kind} file Pillow cannot read: damaged (a bad checksum, cut short?)"
     elif isinstance(error, Image.UnidentifiedImageError):
         why = f"not an image Pillow reads (it starts with {head!r})"
     else:
