@@ -222,6 +222,15 @@ def test_a_command_line_mistake_under_torchrun_is_reported_once(monkeypatch, cap
         assert capsys.readouterr().err == (
             f"longtail: error: {command[0]} works in one process (stage 2 and files on "
             f"features); run 'longtail {command[0]} ...' without torchrun\n")
+    # and these printed (or wrote) everything once per process
+    for command, work in ((["make-split", "fmnist", "--root", "r", "--out", "s"],
+                           "list files and images"),
+                          (["summarize", "runs/r"], "it prints a table of finished runs"),
+                          (["config", "fmnist_lt"], "it prints a config")):
+        assert main(command) == 2
+        assert capsys.readouterr().err == (
+            f"longtail: error: {command[0]} works in one process ({work}); run 'longtail "
+            f"{command[0]} ...' without torchrun\n")
 
 
 def test_yaml_merge_keys_still_work(tmp_path):

@@ -188,6 +188,29 @@ def test_a_stopped_grid_says_which_rows_finished(fake_fmnist, tmp_path, capsys, 
     assert list(json.loads((out / "grid.json").read_text())) == ["instance"]
 
 
+def test_a_grid_row_that_fails_before_its_first_checkpoint_leaves_no_folder(
+        fake_fmnist, tmp_path, capsys, monkeypatch):
+    """Its config, dataset and manifest stayed, and the same grid command, run again with a
+    fixed setting, was refused ('folder exists and is not empty')."""
+    from longtail.stages import joint
+
+    def broken(*args, **kwargs):
+        raise joint.LongtailError("stage 1: loss is nan at epoch 1, step 6")
+
+    args = ["grid", str(ROOT / "configs" / "fmnist_lt.yaml"), f"data.root={fake_fmnist}",
+            "data.n_max=60", "data.n_min=2", "data.val_per_class=5", *TINY, "stage1.epochs=1",
+            "stage2.methods=[joint]", "--samplers", "instance,class", "--out",
+            str(tmp_path / "grid")]
+    monkeypatch.setattr("longtail.stages.joint.train_joint", broken)
+    assert main(args) == 2
+    assert "loss is nan" in capsys.readouterr().err
+    assert list((tmp_path / "grid").iterdir()) == []
+    monkeypatch.undo()
+    assert main(args) == 0  # the same command, no --overwrite needed
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == [
+        "class", "grid.json", "grid.md", "instance"]
+
+
 def test_grid_losses_with_mixup_and_every_method(fake_fmnist, tmp_path, capsys):
     """grid --losses runs stage 1 once per loss (here with mixup) and stage2.methods=all fits
     every method on features, each with calibration figures and a reliability diagram."""

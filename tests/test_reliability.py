@@ -161,6 +161,29 @@ def test_two_runs_started_together_into_one_new_out_are_not_mixed(tmp_path, caps
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
 
 
+def test_a_second_make_split_into_the_same_out_is_refused(tmp_path, capsys):
+    """Two make-splits into one new --out wrote one staging folder; one failed ('Directory
+    not empty') and its clean-up removed the split the other had announced."""
+    root = make_fake_fmnist(tmp_path / "f", train_per_class=30, test_per_class=3)
+    out = tmp_path / "split"
+    out.mkdir()  # made by the first, which holds it
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"),
+        str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert main(["make-split", "fmnist", "--root", str(root), "--out", str(out),
+                     "--n-max", "20", "--ratio", "4", "--val-per-class", "2"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert capsys.readouterr().err.strip() == (
+        f"longtail: error: {out}: another longtail command is working in this run folder; "
+        f"wait until it ends (or stop it) and try again")
+    assert out.is_dir() and not any(out.iterdir())  # the first's folder, left to it
+
+
 def test_out_removed_by_another_commands_probe_is_probed_again(tmp_path, monkeypatch):
     """Two runs started at the same instant into one new --out: each makes the folder to
     probe it and removes it again; the one whose folder vanished said 'cannot write in

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longtail import __version__
+from longtail.checkpoint import make_dir
 from longtail.errors import Interrupted, LongtailError, file_problem, too_long
 from longtail.rundir import (
     check_rebalance_args,
@@ -722,6 +723,7 @@ def _refuse_override_as_config(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace, argv: list[str]) -> int:
+    _one_process("config", "it prints a config")
     from longtail.config import config_reference, dump_config, load_config, template_gaps
 
     if args.keys and (args.config is not None or args.overrides):
@@ -889,14 +891,14 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _one_process(command: str) -> None:
+def _one_process(command: str, work: str = "stage 2 and files on features") -> None:
     """Refuse ``command`` under torchrun: its work is one process's (each process would do
-    all of it and write the same files)."""
+    all of it and write the same files, or print the same text)."""
     from longtail.config import env_world_size
 
     if env_world_size() > 1:
-        raise LongtailError(f"{command} works in one process (stage 2 and files on features); "
-                            f"run 'longtail {command} ...' without torchrun")
+        raise LongtailError(f"{command} works in one process ({work}); run 'longtail "
+                            f"{command} ...' without torchrun")
 
 
 def _rebalance(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1021,6 +1023,7 @@ def _undo_out(out: Path):
 
 
 def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
+    _one_process("make-split", "list files and images")
     # Checked before NumPy and torch are imported: a mistake is answered at once. Every option
     # given is used, or refused: none is silently ignored.
     for option, value, low in (("--n-max", args.n_max, 1), ("--n-min", args.n_min, 1),
@@ -1072,20 +1075,25 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
     from longtail.data.profiles import DEFAULT_RATIO, ratio_shortfall
 
     undo = _undo_out(args.out)
-    try:
-        summary = make_split(SplitRequest(
-            source=args.source, root=args.root, out=args.out, list_file=args.list_file,
-            profile=args.profile, n_max=args.n_max, n_min=args.n_min,
-            imbalance_ratio=args.ratio, alpha=6.0 if args.alpha is None else args.alpha,
-            val_per_class=args.val_per_class,
-            test_per_class=50 if args.test_per_class is None else args.test_per_class,
-            seed=args.seed, class_order=args.class_order))
-    except BaseException as e:  # stopped or failed: a half-written split is no use to anyone
-        undo()
-        if isinstance(e, OSError) and e.filename is None:  # a write: say where it went
-            raise LongtailError(f"make-split --out {args.out}: cannot write the split "
-                                f"({e.strerror or e})") from None
-        raise
+    # Made now, to be locked: a second make-split into the same --out, started together, is
+    # refused (two wrote one staging folder; one then removed the other's announced split).
+    make_dir(args.out)
+    with run_folder_lock(args.out):
+        check_run_dir(args.out, args.overwrite, resumable=False)  # again: one may have ended
+        try:
+            summary = make_split(SplitRequest(
+                source=args.source, root=args.root, out=args.out, list_file=args.list_file,
+                profile=args.profile, n_max=args.n_max, n_min=args.n_min,
+                imbalance_ratio=args.ratio, alpha=6.0 if args.alpha is None else args.alpha,
+                val_per_class=args.val_per_class,
+                test_per_class=50 if args.test_per_class is None else args.test_per_class,
+                seed=args.seed, class_order=args.class_order))
+        except BaseException as e:  # stopped or failed: a half-written split is of no use
+            undo()
+            if isinstance(e, OSError) and e.filename is None:  # a write: say where it went
+                raise LongtailError(f"make-split --out {args.out}: cannot write the split "
+                                    f"({e.strerror or e})") from None
+            raise
     for name, info in summary["files"].items():
         print(f"{args.out / name}: {info['images']} images, sha256 {info['sha256']}")
     train = summary["counts"]["train"]
@@ -1107,6 +1115,7 @@ def _make_split(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
+    _one_process("summarize", "it prints a table of finished runs")
     from longtail.checkpoint import atomic_write_json, read_manifest
     from longtail.config import flatten, load_config
     from longtail.report import comparable_runs, format_summary, read_metrics, summarize

@@ -112,10 +112,10 @@ RUN_PRODUCTS = ("config.yaml", "manifest.json", "dataset.json", "metrics.json", 
                 "report.md", "plots", "stage1", "stage2", "features", "logs")
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def prepare_run_dir(run_dir: Path, overwrite: bool, resumable: bool = True) -> None:
     """Create ``run_dir`` (see ``check_run_dir``); with ``overwrite`` of an earlier run's
     folder (it has manifest.json), remove that run's files (and only those names)."""
-    check_run_dir(run_dir, overwrite)
+    check_run_dir(run_dir, overwrite, resumable)
     if overwrite and (run_dir / "manifest.json").is_file():  # a run's folder, not any folder
         for name in RUN_PRODUCTS:
             path = run_dir / name
@@ -127,7 +127,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def _shared_run_dir(out: Path | None, target: Path, overwrite: bool,
-                    locks: contextlib.ExitStack) -> Path:
+                    locks: contextlib.ExitStack, resumable: bool = True) -> Path:
     """Return the run directory chosen (and prepared) by rank 0, in every process: ``out``,
     or without it the default-named ``target`` (or the next free name, see ``claim_run_dir``).
     Rank 0 locks it (into ``locks``) before it removes an earlier run's files: two runs
@@ -138,11 +138,11 @@ def _shared_run_dir(out: Path | None, target: Path, overwrite: bool,
         if out is None:
             run_dir = claim_run_dir(target)
         else:
-            check_run_dir(out, overwrite)
+            check_run_dir(out, overwrite, resumable)
             make_dir(out)
             run_dir = out
         locks.enter_context(run_folder_lock(run_dir))  # (already held: the same lock)
-        prepare_run_dir(run_dir, overwrite)
+        prepare_run_dir(run_dir, overwrite, resumable)
     return Path(distributed.broadcast_object(run_dir))
 
 
@@ -199,8 +199,7 @@ def run(cfg: Config, *, config_name: str, out: Path | None = None, overwrite: bo
         # A run that failed before its first stage-1 checkpoint leaves no folder behind
         # (one it did not create, e.g. with --overwrite, is left alone).
         if fresh and run_dir is not None and distributed.is_main() and \
-                not (run_dir / "stage1" / "last.pt").is_file() and \
-                not (run_dir / "stage1" / "joint.pt").is_file():
+                not _has_checkpoint(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -215,6 +214,12 @@ def continue_hint(run_dir: Path, what: str) -> str:
         return (f"the run is still going there (another longtail command holds {run_dir}); "
                 f"try again when it ends")
     return f"{what} with: {resume_command(run_dir)}"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run has saved stage-1 work (its last epoch, or a joint classifier)."""
+    return (run_dir / "stage1" / "last.pt").is_file() or \
+        (run_dir / "stage1" / "joint.pt").is_file()
 
 
 def check_model_name(cfg: Config) -> None:
@@ -260,7 +265,7 @@ def grid(cfg: Config, samplers: list[str | float], losses: list[str] | None = No
             data = build_data(cfg.data, cfg.seed, cfg.model.in_channels, device.type)
             check_class_aware(cfg, data.train_counts, stage1_samplers=samplers)
             grid_dir = _shared_run_dir(out, out or default_run_dir(f"{config_name}-grid"),
-                                       overwrite, locks)
+                                       overwrite, locks, resumable=False)  # no grid --resume
             _grid_rows(cfg, data, samplers, losses, grid_dir, overwrite, device, argv,
                        results)
     except KeyboardInterrupt:
@@ -290,8 +295,15 @@ def _grid_rows(cfg: Config, data: LongTailData, samplers: list, losses: list[str
             if distributed.is_main():
                 prepare_run_dir(run_dir, overwrite)
             started, seconds = time.perf_counter(), {}
-            metrics = _run(sub, data, run_dir, device, argv or [], resumed=False,
-                           seconds=seconds)
+            try:
+                metrics = _run(sub, data, run_dir, device, argv or [], resumed=False,
+                               seconds=seconds)
+            except BaseException:
+                # a row that failed before its first checkpoint leaves no folder, as a run;
+                # the grid's command, run again, then needs no --overwrite for it
+                if distributed.is_main() and not _has_checkpoint(run_dir):
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
             if distributed.is_main():
                 _record_seconds(run_dir, seconds, time.perf_counter() - started)
                 results[row] = metrics["methods"]
