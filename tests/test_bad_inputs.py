@@ -319,6 +319,10 @@ CASES = [
      ["summarize", "{w}/a", "{w}/b", "--json", "/dev/full"],
      "--json /dev/full: expected a file name for the summary, found a device, FIFO or socket "
      "(the table goes to stdout)"),
+    # (before: the table, then an error line not naming --json)
+    ("summarize: --json where nothing can be written", _two_runs,
+     ["summarize", "{w}/a", "{w}/b", "--json", "/proc/1/s.json"],
+     "--json /proc/1/s.json: cannot write in /proc/1"),
     ("summarize: --json under a file", _two_runs,
      ["summarize", "{w}/a", "{w}/b", "--json", "{w}/d/train.txt/s.json"],
      "--json {w}/d/train.txt/s.json: {w}/d/train.txt is a file, not a folder"),
@@ -421,6 +425,11 @@ CASES = [
         _run_dir(w, "a"), _write(w / "a" / "metrics.json", '{"methods": {"crt": {"few": NaN}}}')),
      ["summarize", "{w}/a"], 'expected "few" of method "crt" to be a finite number or null, '
                              'found NaN'),
+    # (before: averaged, 153.4 +- 136.7)
+    ("summarize: a result beyond 100%", lambda w: (
+        _run_dir(w, "a"), _write(w / "a" / "metrics.json", '{"methods": {"crt": {"top1": 250}}}')),
+     ["summarize", "{w}/a"], 'a/metrics.json: expected "top1" of method "crt" to be a '
+                             'percentage in [0, 100], found 250'),
     ("summarize: a run folder in a link loop", lambda w: (
         os.symlink(w / "l1", w / "l2"), os.symlink(w / "l2", w / "l1")),
      ["summarize", "{w}/l1/r"], "l1/r/metrics.json: is in a loop of symbolic links"),

@@ -190,7 +190,7 @@ def test_out_removed_by_another_commands_probe_is_probed_again(tmp_path, monkeyp
     .../out (No such file or directory)'."""
     from longtail import rundir
 
-    probe, calls, out = rundir._probe_write, [], tmp_path / "new" / "out"
+    probe, calls, out = rundir.probe_write, [], tmp_path / "new" / "out"
 
     def raced(folder):
         calls.append(folder)
@@ -208,7 +208,7 @@ def test_out_removed_by_another_commands_probe_is_probed_again(tmp_path, monkeyp
             raise FileExistsError(17, "File exists")
         mkdir(folder, *args, **kwargs)
 
-    monkeypatch.setattr(rundir, "_probe_write", raced)
+    monkeypatch.setattr(rundir, "probe_write", raced)
     monkeypatch.setattr(Path, "mkdir", made_first_by_the_other)
     rundir.check_out_creatable(out)
     assert len(calls) == 2 and not (tmp_path / "new").exists()  # probed, nothing left

@@ -24,6 +24,7 @@ from longtail.rundir import (
     check_resumable,
     check_run_dir,
     default_run_dir,
+    probe_write,
     require_run_dir,
     resume_command,
     run_folder_lock,
@@ -1137,6 +1138,11 @@ def _summarize(args: argparse.Namespace, argv: list[str]) -> int:
                                 f"folder")
         if not args.json.parent.is_dir():
             raise LongtailError(f"--json {args.json}: folder {args.json.parent} not found")
+        try:  # before the table is printed: the file is written after it
+            probe_write(args.json.parent)
+        except OSError as e:
+            raise LongtailError(f"--json {args.json}: cannot write in {args.json.parent} "
+                                f"({e.strerror})") from None
         if args.json.exists() and not args.overwrite and not _earlier_summary(args.json):
             raise LongtailError(f"--json {args.json}: expected a new file or a summary written "
                                 f"by summarize before (JSON of \"runs\" and \"methods\"), "

@@ -157,6 +157,9 @@ def read_metrics(path: Path) -> dict[str, Any]:
                     value, (int, float)) or not math.isfinite(value)):
                 raise LongtailError(f'{path}: expected "{column}" of method {json.dumps(name)} '
                                     f'to be a finite number or null, found {json.dumps(value)}')
+            if value is not None and column != "tau" and not 0 <= value <= 100:  # percentages
+                raise LongtailError(f'{path}: expected "{column}" of method {json.dumps(name)} '
+                                    f'to be a percentage in [0, 100], found {json.dumps(value)}')
     return metrics
 
 

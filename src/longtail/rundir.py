@@ -120,7 +120,7 @@ def check_out_creatable(out: Path) -> None:
                 except FileExistsError:  # made meanwhile by another process: not ours to remove
                     continue
                 made.append(folder)
-            _probe_write(target)
+            probe_write(target)
             return
         except OSError as e:
             # a folder another command made (and probes) vanished as its probe removed it
@@ -144,7 +144,7 @@ def _torchrun_other_rank() -> bool:
         os.environ.get("RANK", "0").strip() not in ("", "0")
 
 
-def _probe_write(folder: Path) -> None:
+def probe_write(folder: Path) -> None:
     """Create and remove a file in ``folder``: OSError where the file system refuses."""
     fd, probe = tempfile.mkstemp(dir=folder, prefix=".longtail-probe-")
     os.close(fd)
@@ -203,7 +203,7 @@ def check_rebalance_args(run_dir: Path, overrides: list[str]) -> Config:
             raise LongtailError(f"{run_dir / name}: a folder where rebalance writes the file; "
                                 f"move it away")
     try:  # a read-only copy of a run: said now, not by TensorBoard's thread after the fits
-        _probe_write(run_dir)
+        probe_write(run_dir)
     except OSError as e:
         raise LongtailError(f"{run_dir}: cannot write in the run folder ({e.strerror}); "
                             f"rebalance writes stage2/, metrics.json and the report there: "
