@@ -386,6 +386,9 @@ CASES = [
     ("config file a folder", None, ["run", "{w}/d"], "d: is a folder, not a config file"),
     ("--out empty", None, ["run", CONFIG, "--out", ""],
      "argument --out: expected a folder, found ''"),
+    # (before: taken as the working directory)
+    ("make-split: --root empty", None, ["make-split", "fmnist", "--root", "", "--out", "{w}/s"],
+     "argument --root: expected a folder, found ''"),
     ("--out a dangling symlink", lambda w: (w / "gone").symlink_to(w / "nowhere"),
      ["run", CONFIG, "--out", "{w}/gone"], "gone is a symbolic link to"),
     ("--out under a file", lambda w: _write(w / "f.txt", "x"),

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "written out as PNG files, their official test set as the test split.")
     split.add_argument("source", choices=["list", "image_folder", "cifar10", "cifar100",
                                           "fmnist"], help="kind of the balanced source")
-    split.add_argument("--root", type=Path, required=True,
+    split.add_argument("--root", type=_folder, required=True,
                        help="the source's folder (images, CIFAR batches or IDX files)")
     split.add_argument("--list", dest="list_file", type=Path,
                        help="list source: the balanced list file ('relative/path label')")
