@@ -350,3 +350,31 @@ def test_folder_and_file_mixed_up(tmp_path):
     with pytest.raises(LongtailError, match=r"d/names: is a folder, expected a class-name file"):
         data_of("data.kind=list", f"data.root={tmp_path / 'd'}", f"data.train={files['train']}",
                 f"data.test={files['test']}", "data.class_names=names", "stage2.tau_norm.tau=1")
+
+
+def test_splits_a_generated_folder_or_cifar_split_would_have_ignored_or_flattened(tmp_path):
+    """Silent before: image_folder without data.train ignored data.val / data.test (with a
+    note saying the opposite); a root of train/ val/ test/ trained on 'classes' val, test and
+    train; CIFAR's n_max above a class's images flattened the profile's head, and a
+    val_per_class as large left 1 training image a class."""
+    from longtail.config import ConfigError
+
+    for key in ("val", "test"):
+        with pytest.raises(ConfigError, match=rf"^config key data\.{key}: expected null, since "
+                                              r"data\.train is not set: image_folder draws"):
+            load_config(None, ["data.kind=image_folder", "data.root=/d", f"data.{key}=x"])
+    root = tmp_path / "splits"
+    for split in ("train", "val", "test"):
+        make_image_folder(root / split, per_class=[3, 3])
+    with pytest.raises(LongtailError, match=r"splits: its sub-folders test, train, val are "
+                                            r"splits, not classes; use them as they are: "
+                                            r"data\.test=test data\.train=train data\.val=val$"):
+        data_of("data.kind=image_folder", f"data.root={root}", "data.n_max=2",
+                "data.val_per_class=1", "data.test_per_class=1")
+    cifar = make_fake_cifar(tmp_path / "c", "cifar10_lt", train_per_class=60)
+    with pytest.raises(LongtailError, match=r"^config key data\.n_max: expected at most 60 \(the "
+                                            r"images per class of cifar10; null takes them all"):
+        data_of("data.kind=cifar10_lt", f"data.root={cifar}", "data.n_max=100")
+    with pytest.raises(LongtailError, match=r"^config key data\.val_per_class: expected below "
+                                            r"60 \(the images per class of cifar10\), found 60"):
+        data_of("data.kind=cifar10_lt", f"data.root={cifar}", "data.val_per_class=60")

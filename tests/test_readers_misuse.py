@@ -242,6 +242,22 @@ def test_cifar100_label_out_of_range(tmp_path):
         data_of("data.kind=cifar100_lt", f"data.root={root}")
 
 
+def test_cifar_batches_saved_again_with_str_keys_are_read(tmp_path):
+    """Saved again from Python 3 (e.g. loaded with encoding='latin1'), a batch has str keys:
+    it was refused as lacking keys 'data' and 'labels' while listing them."""
+    import pickle
+
+    root = make_fake_cifar(tmp_path, "cifar10_lt", train_per_class=6, test_per_class=1)
+    folder = root / "cifar-10-batches-py"
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        with open(path, "wb") as f:
+            pickle.dump({k.decode(): v for k, v in batch.items()}, f)
+    data = data_of("data.kind=cifar10_lt", f"data.root={root}", "data.val_per_class=1")
+    assert data.num_classes == 10 and len(data.class_names) == 10
+
+
 def test_cifar_download_is_refused_with_where_to_put_the_files(tmp_path):
     with pytest.raises(LongtailError) as info:
         data_of("data.kind=cifar10_lt", f"data.root={tmp_path}", "data.download=true")

@@ -1221,6 +1221,11 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
                       f"a {what[d.kind]} file (data.kind is {d.kind})")
     if d.kind in ("list", "inat_json", "image_folder", "cifar10_lt", "cifar100_lt"):
         need_path(d.root is not None, "data.root", f"the dataset folder (data.kind is {d.kind})")
+    if d.kind == "image_folder" and d.train is None:  # the whole split is drawn from data.root
+        for key in ("val", "test"):
+            need(getattr(d, key) is None, f"data.{key}", "null, since data.train is not set: "
+                 "image_folder draws train, val and test from data.root's class folders (set "
+                 "data.train too to use the folders as they are)", getattr(d, key))
     generated = d.kind in ("fmnist_lt", "cifar10_lt", "cifar100_lt") or (
         d.kind == "image_folder" and d.train is None)
     has_val = d.val_per_class > 0 if generated else (d.val is not None or d.val_from_train > 0)

@@ -34,10 +34,14 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def read_batch(path: Path) -> dict:
-    """Return the dict stored in one CIFAR python batch file (keys are bytes)."""
+    """Return the dict stored in one CIFAR python batch file, its keys as bytes (as the
+    official files have them; a batch saved again from Python 3 has str keys)."""
     try:
         with open(path, "rb") as f:
-            return _SafeUnpickler(f, encoding="bytes").load()
+            batch = _SafeUnpickler(f, encoding="bytes").load()
+        if isinstance(batch, dict):
+            batch = {k.encode() if isinstance(k, str) else k: v for k, v in batch.items()}
+        return batch
     except (EOFError, pickle.UnpicklingError) as e:
         if isinstance(e, pickle.UnpicklingError) and "truncated" not in str(e):
             why = str(e) if str(e).startswith("refused") else (

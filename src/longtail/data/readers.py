@@ -75,6 +75,15 @@ def read_cifar_lt(cfg: DataConfig, split_seed: int) -> DataRecord:
     # Cao et al.'s generator: classes in label order, their own RNG stream.
     per_class = int(np.bincount(labels).min())
     n_max = cfg.n_max or per_class
+    # (more would be capped at what a class has, flattening the head of the profile)
+    if n_max > per_class:
+        raise LongtailError(f"config key data.n_max: expected at most {per_class} (the images "
+                            f"per class of {cfg.kind.removesuffix('_lt')}; null takes them "
+                            f"all, as Cao et al.), found {n_max}")
+    if cfg.val_per_class >= per_class:
+        raise LongtailError(f"config key data.val_per_class: expected below {per_class} (the "
+                            f"images per class of {cfg.kind.removesuffix('_lt')}), found "
+                            f"{cfg.val_per_class}")
     ratio = cfg.imbalance_ratio or (n_max / cfg.n_min if cfg.n_min else 100.0)
     if cfg.profile == "pareto":
         profile = pareto_profile(num_classes, n_max, max(1, round(n_max / ratio)),
@@ -220,8 +229,17 @@ def read_image_folder_kind(cfg: DataConfig, split_seed: int) -> DataRecord:
                       split_sha256=file_hashes(splits, root), root=root)
 
 
+# Sub-folder names that say a folder holds splits, not classes.
+SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
+
+
 def _generated_folder_split(cfg: DataConfig, root: Path, split_seed: int) -> DataRecord:
     pool, names = read_image_folder(root)
+    if "train" in names and set(names) <= SPLIT_FOLDERS:  # its "classes" would mix them all
+        given = " ".join(f"data.{'val' if n in ('valid', 'validation') else n}={n}"
+                         for n in names)
+        raise LongtailError(f"{root}: its sub-folders {', '.join(names)} are splits, not "
+                            f"classes; use them as they are: {given}")
     labels = np.asarray(pool.labels)
     counts = np.bincount(labels, minlength=len(names))
     smallest = int(counts.argmin())
