@@ -163,3 +163,41 @@ def test_narrow_networks_on_cpu_train_in_the_contiguous_layout():
                             timeout=300, env={**os.environ, "PYTHONPATH": str(root / "src"),
                                               "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-500:]
+
+
+def test_weights_with_nan_or_without_a_classifier_for_a_run_of_no_epochs(tmp_path, capsys):
+    """A NaN in the file ended in 'loss is nan ... lower the learning rate'; weights without
+    this data's classifier and stage1.epochs=0 reported fc's random start as `joint` (and
+    tau-norm, LWS, ... built on it), exit 0."""
+    from pathlib import Path
+
+    from longtail.cli import main
+    from tests.conftest import make_fake_fmnist
+
+    state = build_model("resnet10", 10, 1, 28, width=8).state_dict()
+    broken = dict(state)
+    broken["backbone.conv1.weight"] = broken["backbone.conv1.weight"].clone()
+    broken["backbone.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(broken, tmp_path / "nan.pt")
+    with pytest.raises(LongtailError, match=r"nan\.pt: tensor backbone\.conv1\.weight holds NaN "
+                                            r"or infinity; the file is damaged"):
+        load_weights(build_model("resnet10", 10, 1, 28, width=8), tmp_path / "nan.pt")
+    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, tmp_path / "nofc.pt")
+    model = build_model("resnet10", 10, 1, 28, width=8)
+    assert load_weights(model, tmp_path / "nofc.pt").endswith(
+        "; no classifier in the file (it starts fresh)") and not model.classifier_loaded
+    assert build_model("resnet10", 10, 1, 28, width=8,
+                       weights=tmp_path / "nofc.pt").classifier_loaded \
+        is False
+    torch.save(state, tmp_path / "full.pt")
+    assert build_model("resnet10", 10, 1, 28, width=8, weights=tmp_path / "full.pt") \
+        .classifier_loaded
+    root = make_fake_fmnist(tmp_path / "f")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "fmnist_lt.yaml")
+    assert main(["run", config, f"data.root={root}", "data.n_max=40", "data.n_min=4",
+                 "data.val_per_class=4", "model.width=8", "stage1.epochs=0",
+                 f"model.weights={tmp_path / 'nofc.pt'}", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "has none for these 10 classes; train it: stage1.epochs >= 1 (with "
+        "model.trainable=[fc], the classifier alone)")
+    assert not (tmp_path / "r").exists()

@@ -374,6 +374,12 @@ def _run(cfg: Config, data: LongTailData, run_dir: Path, device: torch.device, a
                         pretrained=cfg.model.pretrained, weights=cfg.model.weights)
     if model.weights_note:
         _say(model.weights_note)
+    if cfg.stage1.epochs == 0 and cfg.model.weights and not model.classifier_loaded:
+        # the joint classifier would be fc's random start, and tau-norm, LWS, ... built on it
+        raise LongtailError(
+            f"config key stage1.epochs: 0 takes the joint classifier from model.weights, but "
+            f"{cfg.model.weights} has none for these {data.num_classes} classes; train it: "
+            f"stage1.epochs >= 1 (with model.trainable=[fc], the classifier alone)")
     if cfg.model.trainable is not None:
         trained = model.freeze(cfg.model.trainable)
         _say(f"model.trainable: {len(trained)} of {len(list(model.parameters()))} parameter "

@@ -99,6 +99,7 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
     # as resolved, for the run's output (None: the model's own stem, e.g. timm's)
     model.small_stem = None if name.startswith(TIMM_PREFIX) or name == "resnet32_cifar" \
         else small_stem
+    model.classifier_loaded = False  # whether fc came from ``weights`` (load_weights says)
     if weights is not None:
         from longtail.models.weights import load_weights
 

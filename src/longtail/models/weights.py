@@ -46,6 +46,10 @@ def load_weights(model: Classifier, path: str | Path) -> str:
                             f"backbone; is it a checkpoint of another architecture?")
     loaded, note = {}, ""
     for name, (key, value) in mapped.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            # (training from it ended in 'loss is nan ... lower the learning rate')
+            raise LongtailError(f"{path}: tensor {key} holds NaN or infinity; the file is "
+                                f"damaged, or saved from a run that diverged")
         if value.shape == own[name].shape:
             loaded[name] = value
         elif name in ("fc.weight", "fc.bias") and value.shape[1:] == own[name].shape[1:]:
@@ -64,4 +68,7 @@ def load_weights(model: Classifier, path: str | Path) -> str:
                             f"{missing[0].removeprefix('backbone.')}; is it a checkpoint of "
                             f"model.name's architecture?")
     model.load_state_dict(loaded, strict=False)
+    model.classifier_loaded = "fc.weight" in loaded
+    if not model.classifier_loaded and not note:
+        note = "; no classifier in the file (it starts fresh)"
     return f"loaded {len(loaded)} tensors from {path}{note}"
