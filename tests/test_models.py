@@ -32,8 +32,9 @@ def test_parameter_counts_match_torchvision(name):
 
 
 def test_resnet32_cifar_is_the_standard_size():
-    assert "model.width=32 does not apply to resnet32_cifar" in build_model(
-        "resnet32_cifar", 10, 3, 32, width=32).weights_note
+    wide = build_model("resnet32_cifar", 10, 3, 32, width=32)
+    assert "model.width=32 does not apply to resnet32_cifar" in wide.weights_note
+    assert wide.backbone.feature_dim == 64  # as said: its own widths (was 128, unsaid)
     model = build_model("resnet32_cifar", 10, 3, 32)
     assert model.weights_note == ""
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 0.46

@@ -111,11 +111,12 @@ def build_backbone(name: str, in_channels: int = 3, width: int = 64,
                    small_stem: bool = False) -> nn.Module:
     """Return the backbone ``name`` (see ``BACKBONES``); its ``feature_dim`` is the output size.
 
-    ``resnet32_cifar`` takes ``width`` as its first-stage channels only when it is not 64 (its
-    own default is 16); ``small_stem`` does not apply to it (it has a 3x3 stem).
+    ``resnet32_cifar`` has widths of its own (16-32-64, as Cao et al.'s), whatever ``width``
+    (a config written for the other ResNets, as the demo's width 32, still runs it as the
+    standard model); ``small_stem`` does not apply to it (it has a 3x3 stem).
     """
     if name == "resnet32_cifar":
-        return CifarResNet(5, in_channels, 16 if width == 64 else width)
+        return CifarResNet(5, in_channels, 16)
     if name not in RESNETS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     return Backbone(name, in_channels, width, small_stem)
