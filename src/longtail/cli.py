@@ -13,6 +13,8 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -285,8 +287,27 @@ def _other_rank() -> bool:
 
 # How long a torchrun process that found the same mistake as its node's first process waits
 # before it exits: torchrun stops the others (SIGTERM) as soon as one ends, which cut off the
-# first one's error line in 4 of 10 tries.
-OTHER_RANK_WAIT = 3.0
+# first one's error line in 4 of 10 tries. The first one ends it sooner (its SIGTERM); 3 s
+# was too short on a loaded machine, where the first one had not said its line yet.
+OTHER_RANK_WAIT = 15.0
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Ignore stop signals (SIGTERM, SIGHUP, SIGINT) for the duration; restored after (for a
+    program that called main() in-process)."""
+    import signal
+
+    before = {}
+    for name in (*STOP_SIGNALS, "SIGINT"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            before[number] = signal.signal(number, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def _leave_the_word_to_the_first() -> None:
@@ -346,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         if not _other_rank():
-            print(f"longtail: error: {one_line(str(e))}{_full_disk_hint(str(e))}",
-                  file=sys.stderr)
+            with _stop_signals_held():  # the line is the answer: a SIGTERM cut it (torchrun)
+                print(f"longtail: error: {one_line(str(e))}{_full_disk_hint(str(e))}",
+                      file=sys.stderr)
+                sys.stderr.flush()
         else:
             _leave_the_word_to_the_first()
         return 2
