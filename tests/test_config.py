@@ -481,3 +481,20 @@ def test_a_process_that_follows_another_ones_failure_says_so_in_one_line(monkeyp
     monkeypatch.setattr(longtail.distributed, "joined", False)  # not in a group: a bug, shown
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         main(["config", "fmnist_lt"])
+
+
+def test_a_timm_model_without_timm_is_said_before_any_work(monkeypatch, capsys):
+    """The import error came after torch's import and the checks, 5.7 s in."""
+    import importlib.util
+
+    from longtail.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "timm" else find_spec(name, *a))
+    for command in ("run", "grid"):
+        assert main([command, str(ROOT / "configs" / "fmnist_lt.yaml"),
+                     "model.name=timm/convnext_atto", "data.root=/usr/share"]) == 2
+        assert capsys.readouterr().err == (
+            "longtail: error: config key model.name: timm/ models need the timm package; pip "
+            "install timm (in longtail's repository: pip install '.[timm]')\n")

@@ -789,7 +789,7 @@ def _check_data_files(cfg: Config, config: str | Path) -> None:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from longtail.config import ignored_overrides, load_config
+    from longtail.config import check_timm_installed, ignored_overrides, load_config
 
     if args.resume is not None and args.config is not None and "=" in args.config \
             and not Path(args.config).is_file():  # `--resume D k=v`: an override
@@ -822,6 +822,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         out = out or default_run_dir(Path(args.config).stem)
         check_run_dir(out, args.overwrite)
         _check_out_outside_image_folder(out, cfg, args.out is not None)
+        check_timm_installed(cfg)
         _check_data_files(cfg, args.config)
         notes += ignored_overrides(cfg, args.overrides)
     else:
@@ -846,6 +847,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
         LOSSES,
         SAMPLER_PRESETS,
         ConfigError,
+        check_timm_installed,
         ignored_overrides,
         load_config,
         parse_sampler_spec,
@@ -898,6 +900,7 @@ def _grid(args: argparse.Namespace, argv: list[str]) -> int:
             raise ConfigError(f"--losses: expected distinct losses, found {args.losses!r}")
     out = args.out or default_run_dir(f"{Path(args.config).stem}-grid")
     check_run_dir(out, args.overwrite, resumable=False)
+    check_timm_installed(cfg)
     _check_data_files(cfg, args.config)
     from dataclasses import replace
 

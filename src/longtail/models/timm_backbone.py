@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from longtail.checkpoint import load_checkpoint
-from longtail.config import TIMM_PREFIX
+from longtail.config import TIMM_MISSING, TIMM_PREFIX
 from longtail.errors import LongtailError, file_problem
 
 
@@ -31,9 +31,7 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise LongtailError("config key model.name: timm/ models need the timm package; "
-                            "pip install timm (in longtail's repository: pip install "
-                            "'.[timm]')") from None
+        raise LongtailError(TIMM_MISSING) from None
     return timm
 
 
