@@ -386,6 +386,9 @@ CASES = [
     ("config file a folder", None, ["run", "{w}/d"], "d: is a folder, not a config file"),
     ("--out empty", None, ["run", CONFIG, "--out", ""],
      "argument --out: expected a folder, found ''"),
+    # (before: a folder named '-', and the whole run in it)
+    ("--out -", None, ["run", CONFIG, "--out", "-"],
+     "argument --out: expected a folder, found '-'"),
     # (before: taken as the working directory)
     ("make-split: --root empty", None, ["make-split", "fmnist", "--root", "", "--out", "{w}/s"],
      "argument --root: expected a folder, found ''"),

@@ -58,8 +58,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _folder(text: str) -> Path:
-    """argparse type of a folder option: Path('') would silently be the working directory."""
-    if not text.strip():
+    """argparse type of a folder option: Path('') would silently be the working directory,
+    and '-' (stdout to many commands) a folder of that name."""
+    if not text.strip() or text == "-":
         raise argparse.ArgumentTypeError(f"expected a folder, found {text!r}")
     return Path(text)
 
