@@ -431,6 +431,9 @@ def test_data_overrides_the_dataset_does_not_read_are_noted():
                  "stage2.logit_adjust.grid_step=0.1") == ["stage2.tau_norm.grid_max"]
     assert noted("stage2.logit_adjust.tau=1", "stage2.logit_adjust.grid_step=0.1") == [
         "stage2.logit_adjust.grid_step"]
+    # a grid step beyond grid_max is refused only where the grid is searched
+    assert noted("stage2.tau_norm.tau=0.5", "stage2.tau_norm.grid_step=3") == [
+        "stage2.tau_norm.grid_step"]
     # a key given twice: the last one wins, and is said to
     cfg = load_config(str(ROOT / "configs" / "fmnist_lt.yaml"), ["seed=1", "seed=2"])
     assert cfg.seed == 2

@@ -156,7 +156,7 @@ def test_two_runs_started_together_into_one_new_out_are_not_mixed(tmp_path, caps
             child.kill()
             child.wait()
     assert capsys.readouterr().err.strip() == (
-        f"longtail: error: {out}: another longtail command is working in this run folder; "
+        f"longtail: error: {out}: another longtail command is working in this folder; "
         f"wait until it ends (or stop it) and try again")
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
 
@@ -179,7 +179,7 @@ def test_a_second_make_split_into_the_same_out_is_refused(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert capsys.readouterr().err.strip() == (
-        f"longtail: error: {out}: another longtail command is working in this run folder; "
+        f"longtail: error: {out}: another longtail command is working in this folder; "
         f"wait until it ends (or stop it) and try again")
     assert out.is_dir() and not any(out.iterdir())  # the first's folder, left to it
 
@@ -228,7 +228,7 @@ def test_no_second_command_works_in_a_run_folder_while_the_run_goes_on(tmp_path,
         while not (out / "stage1" / "last.pt").exists() and child.poll() is None \
                 and time.time() < deadline:
             time.sleep(0.01)
-        said = (f"{out}: another longtail command is working in this run folder; wait until it "
+        said = (f"{out}: another longtail command is working in this folder; wait until it "
                 f"ends (or stop it) and try again")
         for argv in (["run", "--resume", str(out)], ["rebalance", str(out)],
                      ["run", *args, "--out", str(out), "--overwrite"]):

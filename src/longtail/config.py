@@ -1210,7 +1210,7 @@ def _check_semantics(cfg: Config, template: bool = False) -> list[str]:
              f"stage2.{section}.grid_step", f"> 0 and at least grid_max / {MAX_TAU_STEPS} "
              f"({grid.grid_max / MAX_TAU_STEPS:g}, at most {MAX_TAU_STEPS} values)",
              grid.grid_step)
-        need(grid.grid_max == 0 or grid.grid_step <= grid.grid_max,
+        need(grid.tau is not None or grid.grid_max == 0 or grid.grid_step <= grid.grid_max,
              f"stage2.{section}.grid_step", f"at most grid_max ({grid.grid_max:g}): a larger "
              f"step leaves tau 0 alone in the grid", grid.grid_step)
         need(grid.tau is None or 0 <= grid.tau <= MAX_TAU, f"stage2.{section}.tau",

@@ -306,7 +306,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     try:
         fd = _try_lock(run_dir)
     except BlockingIOError:
-        raise LongtailError(f"{run_dir}: another longtail command is working in this run "
+        raise LongtailError(f"{run_dir}: another longtail command is working in this "
                             f"folder; wait until it ends (or stop it) and try again") from None
     if fd is None:  # nothing to lock with here: go on unlocked
         yield
