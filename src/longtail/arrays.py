@@ -27,10 +27,8 @@ def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
     try:
         with warnings.catch_warnings():  # a read-only (memory-mapped) array: never written
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            return _real(torch.as_tensor(x).detach(), name, expected)
+            tensor = torch.as_tensor(x).detach()
     except (TypeError, ValueError, RuntimeError) as e:
-        if str(e).startswith(f"{name}: "):  # _real's own
-            raise
         first = x
         with contextlib.suppress(Exception):  # the first element, however deeply nested
             while not isinstance(first, (str, bytes)) and len(first):
@@ -39,6 +37,7 @@ def as_tensor(x: ArrayLike, name: str, expected: str) -> Tensor:
                    or getattr(getattr(x, "dtype", None), "kind", "") in ("U", "S"))
         found = "strings" if strings else f"{type(x).__name__} ({e})"
         raise TypeError(f"{name}: expected {expected}, found {found}") from None
+    return _real(tensor, name, expected)
 
 
 def _real(x: Tensor, name: str, expected: str) -> Tensor:
@@ -64,17 +63,15 @@ def class_indices(y: ArrayLike, n: int | None, name: str = "labels",
             row = int(bad.nonzero()[0])
             raise ValueError(f"{name}: expected integer labels, found {y[row].item():g} in "
                              f"row {row}")
-        huge = y >= 2.0**63  # .long() would wrap them round to negative numbers
-        if bool(huge.any()):
-            row = int(huge.nonzero()[0])
-            raise ValueError(f"{name}: expected labels below 2^63, found {y[row].item():g} in "
-                             f"row {row}")
-    elif y.dtype == torch.uint64:  # likewise from 2^63 on
-        signed = y.view(torch.int64)  # (torch has few uint64 operations) the top bit: < 0
-        if bool((signed < 0).any()):
-            row = int((signed < 0).nonzero()[0])
-            raise ValueError(f"{name}: expected labels below 2^63, found "
-                             f"{int(signed[row]) % 2**64} in row {row}")
+    # from 2^63 on, .long() wraps labels round to negative numbers (torch has few uint64
+    # operations: the top bit set is a negative int64)
+    huge = (y >= 2.0**63 if y.is_floating_point() else
+            y.view(torch.int64) < 0 if y.dtype == torch.uint64 else None)
+    if huge is not None and bool(huge.any()):
+        row = int(huge.nonzero()[0])
+        shown = (f"{y[row].item():g}" if y.is_floating_point()
+                 else int(y.view(torch.int64)[row]) % 2**64)
+        raise ValueError(f"{name}: expected labels below 2^63, found {shown} in row {row}")
     y = y.long()
     if len(y) and y.min() < 0:
         raise ValueError(f"{name}: expected labels >= 0, found {int(y.min())}")

@@ -294,40 +294,33 @@ OTHER_RANK_WAIT = 15.0
 
 
 @contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Ignore stop signals (SIGTERM, SIGHUP, SIGINT) for the duration; restored after (for a
-    program that called main() in-process)."""
+def _stop_signals_handled(handler) -> Iterator[None]:
+    """Handle the stop signals (SIGTERM, SIGHUP, SIGINT) with ``handler`` for the duration;
+    the earlier handlers are restored after (for a program that called main() in-process)."""
     import signal
 
     before = {}
     for name in (*STOP_SIGNALS, "SIGINT"):
         number = getattr(signal, name, None)
         if number is not None:
-            before[number] = signal.signal(number, signal.SIG_IGN)
+            before[number] = signal.signal(number, handler)
     try:
         yield
     finally:
-        for number, handler in before.items():
-            signal.signal(number, handler)
+        for number, earlier in before.items():
+            signal.signal(number, earlier)
 
 
 def _leave_the_word_to_the_first() -> None:
     """Wait OTHER_RANK_WAIT seconds in silence; torchrun's SIGTERM, sent once the first
     process has said the mistake and ended, ends this one quietly (as a KeyboardInterrupt it
     printed tracebacks and a 'stopped by SIGTERM' line from every other process)."""
-    import signal
     import time
 
     sys.stdout.flush()
     sys.stderr.flush()
-    before = {}
-    for name in (*STOP_SIGNALS, "SIGINT"):
-        number = getattr(signal, name, None)
-        if number is not None:
-            before[number] = signal.signal(number, lambda *_: os._exit(2))
-    time.sleep(OTHER_RANK_WAIT)
-    for number, handler in before.items():  # for a program that called main() in-process
-        signal.signal(number, handler)
+    with _stop_signals_handled(lambda *_: os._exit(2)):
+        time.sleep(OTHER_RANK_WAIT)
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -368,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         if not _other_rank():
-            with _stop_signals_held():  # the line is the answer: a SIGTERM cut it (torchrun)
+            import signal
+
+            # the line is the answer: torchrun's SIGTERM (another process ended) cut it
+            with _stop_signals_handled(signal.SIG_IGN):
                 print(f"longtail: error: {one_line(str(e))}{_full_disk_hint(str(e))}",
                       file=sys.stderr)
                 sys.stderr.flush()

@@ -34,16 +34,6 @@ BACKBONE_NAMES = ("resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
 TIMM_PREFIX = "timm/"
 TIMM_MISSING = ("config key model.name: timm/ models need the timm package; pip install timm "
                 "(in longtail's repository: pip install '.[timm]')")
-
-
-def check_timm_installed(cfg: Config) -> None:
-    """Refuse a timm/ model where timm is not installed, at once (found without importing it:
-    the import error came after torch's import, 5 s in)."""
-    import importlib.util
-
-    if cfg.model.name.startswith(TIMM_PREFIX) and cfg.data.kind != "features" and \
-            importlib.util.find_spec("timm") is None:
-        raise ConfigError(TIMM_MISSING)
 # The paper's methods, run by default.
 DEFAULT_METHODS: tuple[str, ...] = STAGE2_METHODS[:6]
 # stage2.methods: all -> every method on cached features (fine-tuning re-trains the network).
@@ -1297,6 +1287,16 @@ def config_reference() -> str:
 
 _GENERATED = ("generated splits (fmnist_lt, cifar10_lt, cifar100_lt, image_folder without "
               "data.train)")
+
+
+def check_timm_installed(cfg: Config) -> None:
+    """Refuse a timm/ model where timm is not installed, at once (found without importing it:
+    the import error came after torch's import, 5 s in)."""
+    import importlib.util
+
+    if cfg.model.name.startswith(TIMM_PREFIX) and cfg.data.kind != "features" and \
+            importlib.util.find_spec("timm") is None:
+        raise ConfigError(TIMM_MISSING)
 
 
 def ignored_overrides(cfg: Config, overrides: list[str]) -> list[str]:

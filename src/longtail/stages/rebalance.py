@@ -839,11 +839,11 @@ class _TrainedOnFeatures(Rebalancer):
                     step) -> None:
         total = len(batches) * self.epochs
         select = self.select == "best_val"
-        if (val_features is None or val_labels is None) and (
-                select or val_features is not None or val_labels is not None):
+        if (val_features is None) != (val_labels is None):
+            raise ValueError("val_features and val_labels: expected both or neither, found one")
+        if select and val_features is None:
             raise ValueError("select='best_val' needs val_features and val_labels to choose "
-                             "the epoch (or select='last')" if select else "val_features and "
-                             "val_labels: expected both or neither, found one")
+                             "the epoch (or select='last')")
         if select:
             xv = _features(val_features, "val_features", fit=True,
                            columns=(batches.feature_dim, "as the training features"))
